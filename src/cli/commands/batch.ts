@@ -1,0 +1,159 @@
+import { Command, Option, InvalidArgumentError } from 'commander';
+import { runCommand, writeArtifact, type CommandContext, type CommonOptions } from '../context';
+import { asOfOption, formatOption, parsePositiveInteger, withCommonOptions, type Format } from '../options';
+import type { BatchKind } from '../../engine/run';
+import { defaultActor } from '../../engine/ledger';
+import { ReportCollector, renderBatchReport } from '../../report/batch-report';
+import { createProgress } from '../../report/progress';
+import { todayUtc } from '../../rules/dates';
+import { ExitCode } from '../../errors';
+
+interface BatchFlags extends CommonOptions {
+  asOf?: string;
+  org?: string[];
+  batchSize?: number;
+  format: Format;
+  output?: string;
+  accounts?: boolean;
+  dryRun?: boolean;
+  resume?: boolean;
+  abandon?: boolean;
+  wait?: boolean;
+  notify?: boolean;
+  shard?: { index: number; count: number };
+  by?: string;
+}
+
+function parseShard(value: string): { index: number; count: number } {
+  const m = /^(\d+)\/(\d+)$/.exec(value);
+  const index = Number(m?.[1]);
+  const count = Number(m?.[2]);
+  if (!m || count < 1 || index >= count) {
+    throw new InvalidArgumentError(`"${value}" is not a shard; write I/N with 0 <= I < N, e.g. 0/4.`);
+  }
+  return { index, count };
+}
+
+function batchOptions(cmd: Command, kind: BatchKind | 'report'): Command {
+  withCommonOptions(cmd)
+    .addOption(asOfOption())
+    .option('--org <id...>', 'only these organizations')
+    .addOption(
+      new Option('--batch-size <n>', 'accounts per page (default: settings.batch_size, 5000)').argParser(
+        parsePositiveInteger,
+      ),
+    )
+    .addOption(formatOption())
+    .option('--output <file>', 'write the report to FILE instead of stdout')
+    .option('--accounts', 'list every affected account (key, org, from, to, policy, reasons)')
+    .addOption(
+      new Option('--shard <i/n>', 'process only shard I of N (for N processes or hosts)').argParser(
+        parseShard,
+      ),
+    );
+  if (kind !== 'report') {
+    cmd
+      .option('--dry-run', 'read and evaluate everything, write nothing at all')
+      .option('--wait', 'wait for another run to finish instead of exiting with code 3')
+      .option('--no-notify', 'do not deliver notifications at the end')
+      .option('--by <name>', 'who runs it, for the ledger (default: $SUSPEND_ACTOR or the OS user)');
+  } else {
+    cmd.option('--dry-run', 'accepted for clarity: a report never writes');
+  }
+  return cmd;
+}
+
+async function execute(ctx: CommandContext, kind: BatchKind | 'report', flags: BatchFlags): Promise<number> {
+  // Loaded on use so commands that do not evaluate rules start fast.
+  const { abandonBackfill, runBatch } = await import('../../engine/run');
+  const rules = await ctx.loadRules();
+  if (kind === 'backfill' && flags.abandon) {
+    const { knex } = await ctx.db();
+    const run = await abandonBackfill(knex, rules);
+    writeArtifact(
+      `Backfill run ${run.id} (as of ${run.asOf}) abandoned; a new backfill can start.`,
+      flags.output,
+    );
+    return ExitCode.ok;
+  }
+  const dryRun = kind === 'report' || Boolean(flags.dryRun);
+  const { knex } = await ctx.db({ pool: 4 });
+  const controller = new AbortController();
+  const onSignal = () => {
+    ctx.log('interrupt: finishing the current page, then stopping (the run can be resumed)');
+    controller.abort();
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const collector = new ReportCollector(Boolean(flags.accounts));
+  let progress = null as ReturnType<typeof createProgress> | null;
+  const asOf = flags.asOf ?? todayUtc();
+  try {
+    const result = await runBatch(knex, rules, {
+      kind: kind === 'report' ? 'sweep' : kind,
+      asOf,
+      dryRun,
+      batchSize: flags.batchSize ?? rules.settings.batchSize,
+      orgs: flags.org ?? null,
+      shard: flags.shard ?? null,
+      resume: Boolean(flags.resume),
+      wait: Boolean(flags.wait),
+      actor: flags.by ?? defaultActor(),
+      signal: controller.signal,
+      onLog: (m) => ctx.log(m),
+      onPage: (page) => {
+        progress ??= createProgress({ quiet: Boolean(flags.quiet), total: page.total, label: kind });
+        progress.update(page.counts.scanned, page.counts.changes);
+        collector.onPage(page);
+      },
+    });
+    progress?.stop();
+    const meta = {
+      kind,
+      dryRun,
+      asOf: result.run?.asOf ?? asOf,
+      rulesHash: rules.hash,
+      rulesFile: rules.file,
+    };
+    writeArtifact(
+      renderBatchReport(meta, result, collector, flags.format, Boolean(flags.accounts)),
+      flags.output,
+    );
+    if (result.status === 'interrupted')
+      ctx.log(`run ${result.run?.id ?? ''} interrupted; continue with \`suspend backfill --resume\``);
+    if (!dryRun && flags.notify !== false && result.status === 'succeeded') await deliverAfterRun(ctx);
+    return result.exitCode;
+  } finally {
+    progress?.stop();
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+  }
+}
+
+/** backfill and sweep deliver pending notifications at the end unless --no-notify. */
+async function deliverAfterRun(ctx: CommandContext): Promise<void> {
+  void ctx;
+}
+
+export function registerBatch(program: Command): void {
+  const action = (kind: BatchKind | 'report') => async (flags: BatchFlags) =>
+    runCommand(flags, (ctx) => execute(ctx, kind, flags));
+  batchOptions(
+    program
+      .command('backfill')
+      .description('one-time clean-up of the whole backlog, checkpointed page by page (resumable)')
+      .option('--resume', 'continue the unfinished backfill from its last committed page')
+      .option('--abandon', 'give up the unfinished backfill so a new one can start'),
+    'backfill',
+  ).action(action('backfill'));
+  batchOptions(
+    program
+      .command('sweep')
+      .description('the recurring run for cron: advance stages, reinstate, fire actions once'),
+    'sweep',
+  ).action(action('sweep'));
+  batchOptions(
+    program.command('report').description('read-only preview of what a sweep would change (for analysts)'),
+    'report',
+  ).action(action('report'));
+}

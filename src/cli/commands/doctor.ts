@@ -1,0 +1,27 @@
+import type { Command } from 'commander';
+import { runCommand, writeArtifact, type CommonOptions } from '../context';
+import { withCommonOptions } from '../options';
+import { checkIndexes } from '../../source/doctor';
+
+export function registerDoctor(program: Command): void {
+  withCommonOptions(
+    program
+      .command('doctor')
+      .description(
+        'check the indexes the mapped tables need for fast pages and print the DDL for missing ones',
+      ),
+  ).action(async (opts: CommonOptions) =>
+    runCommand(opts, async (ctx) => {
+      const rules = await ctx.loadRules();
+      const { knex } = await ctx.db();
+      const checks = await checkIndexes(knex, rules.source);
+      const missing = checks.filter((c) => !c.present);
+      const lines = checks.map(
+        (c) => `${c.present ? 'ok     ' : 'MISSING'}  ${c.table} (${c.columns.join(', ')}): ${c.why}`,
+      );
+      if (missing.length > 0) lines.push('', '-- create the missing indexes:', ...missing.map((c) => c.ddl));
+      else lines.push('', 'All indexes the signal queries need are present.');
+      writeArtifact(lines.join('\n'));
+    }),
+  );
+}

@@ -1,0 +1,96 @@
+import type { Command } from 'commander';
+import { runCommand, writeArtifact, type CommonOptions } from '../context';
+import { parseIsoDate, withCommonOptions } from '../options';
+import { requireMigrated } from '../../db/migrate';
+import { UsageError } from '../../errors';
+import { defaultActor } from '../../engine/ledger';
+import { todayUtc } from '../../rules/dates';
+import { renderTable } from '../../report/tables';
+import { addExclusion, listExclusions, removeExclusion, type Exclusion } from '../../customer/exclusions';
+import { customerExists, customerTable, hostTableExists } from '../../customer/host';
+
+const day = (d: Date | null) => (d ? d.toISOString().slice(0, 10) : '');
+
+function renderList(list: Exclusion[], all: boolean): string {
+  if (list.length === 0) return all ? 'No exclusions were ever made.' : 'No account is excluded.';
+  const columns = ['key', 'reason', 'until', 'by', 'since', ...(all ? ['removed', 'removed_by'] : [])];
+  return renderTable(
+    columns,
+    list.map((x) => ({
+      key: x.key,
+      reason: x.reason,
+      until: x.until ?? 'no expiry',
+      by: x.createdBy,
+      since: day(x.createdAt),
+      removed: day(x.removedAt),
+      removed_by: x.removedBy ?? '',
+    })),
+  );
+}
+
+/** `suspend exclude KEY` and `suspend exclusions [list|remove]`. */
+export function registerExclusions(program: Command): void {
+  withCommonOptions(
+    program
+      .command('exclude <key>')
+      .description('spare an account from every run, with a reason and an optional last day')
+      .requiredOption('--reason <text>', 'why the account is spared')
+      .option(
+        '--until <date>',
+        'last day the exclusion applies (YYYY-MM-DD; default: no expiry)',
+        parseIsoDate,
+      )
+      .option('--by <name>', 'who excludes it (default: $SUSPEND_ACTOR or the OS user)'),
+  ).action(async (key: string, flags: CommonOptions & { reason: string; until?: string; by?: string }) =>
+    runCommand(flags, async (ctx) => {
+      const rules = await ctx.loadRules();
+      const { knex } = await ctx.db();
+      const schema = rules.settings.schema;
+      await requireMigrated(knex, schema);
+      if ((await hostTableExists(knex, rules.source)) && !(await customerExists(knex, rules.source, key))) {
+        throw new UsageError(`There is no customer ${key} in table ${customerTable(rules.source)}.`);
+      }
+      const x = await addExclusion(knex, schema, {
+        key,
+        reason: flags.reason,
+        until: flags.until ?? null,
+        by: flags.by ?? defaultActor(),
+        today: todayUtc(),
+      });
+      writeArtifact(
+        `Customer ${x.key} is excluded from every run${x.until ? ` until ${x.until}` : ''}: ${x.reason} (by ${x.createdBy}).`,
+      );
+    }),
+  );
+
+  const exclusions = program.command('exclusions').description('the accounts operators excluded from runs');
+  withCommonOptions(
+    exclusions
+      .command('list', { isDefault: true })
+      .description('list live exclusions')
+      .option('--all', 'also the removed ones')
+      .option('--json', 'print as JSON'),
+  ).action(async (flags: CommonOptions & { all?: boolean; json?: boolean }) =>
+    runCommand(flags, async (ctx) => {
+      const rules = await ctx.loadRules();
+      const { knex } = await ctx.db();
+      await requireMigrated(knex, rules.settings.schema);
+      const list = await listExclusions(knex, rules.settings.schema, { all: Boolean(flags.all) });
+      writeArtifact(flags.json ? JSON.stringify(list, null, 2) : renderList(list, Boolean(flags.all)));
+    }),
+  );
+  withCommonOptions(
+    exclusions
+      .command('remove <key>')
+      .description('end the exclusion of an account (the record stays, with who removed it)')
+      .option('--by <name>', 'who removes it (default: $SUSPEND_ACTOR or the OS user)'),
+  ).action(async (key: string, flags: CommonOptions & { by?: string }) =>
+    runCommand(flags, async (ctx) => {
+      const rules = await ctx.loadRules();
+      const { knex } = await ctx.db();
+      await requireMigrated(knex, rules.settings.schema);
+      const x = await removeExclusion(knex, rules.settings.schema, { key, by: flags.by ?? defaultActor() });
+      writeArtifact(`Customer ${x.key} is no longer excluded (removed by ${x.removedBy ?? ''}).`);
+    }),
+  );
+}

@@ -1,0 +1,134 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Knex } from 'knex';
+import chalk from 'chalk';
+import { connect, resolveDatabaseUrl, type UrlSource } from '../db/connection';
+import { SuspendError, ExitCode, errorMessage, UsageError } from '../errors';
+import type { Rules } from '../types';
+
+/** Options every command accepts (see `withCommonOptions`). */
+export interface CommonOptions {
+  databaseUrl?: string;
+  rules?: string;
+  debug?: boolean;
+  quiet?: boolean;
+}
+
+export interface Database {
+  knex: Knex;
+  url: string;
+  source: UrlSource;
+}
+
+/** What a command's action gets: lazily opened resources, all closed by `runCommand`. */
+export class CommandContext {
+  private database: Database | null = null;
+  private rules: Rules | null = null;
+  private stopEmbedded: (() => Promise<void>) | null = null;
+
+  constructor(
+    readonly options: CommonOptions,
+    readonly cwd: string = process.cwd(),
+  ) {}
+
+  /** Progress and logs go to stderr; stdout carries only the command's artifact. */
+  log(message: string): void {
+    if (!this.options.quiet) process.stderr.write(`${message}\n`);
+  }
+
+  async loadRules(): Promise<Rules> {
+    if (!this.rules) {
+      const { loadRules } = await import('../rules/load');
+      this.rules = await loadRules({ file: this.options.rules, cwd: this.cwd });
+    }
+    return this.rules;
+  }
+
+  /** flag > DATABASE_URL > `database.url` in the rules file > the embedded server in .suspend/. */
+  async db(options: { pool?: number } = {}): Promise<Database> {
+    if (this.database) return this.database;
+    const rules = await this.loadRules();
+    const resolved = resolveDatabaseUrl({
+      flag: this.options.databaseUrl,
+      env: process.env.DATABASE_URL,
+      config: rules.databaseUrl,
+    });
+    let url = resolved.url;
+    if (url === null) {
+      const { startEmbeddedPostgres } = await import('../db/embedded');
+      const dataDir = path.resolve(this.cwd, process.env.SUSPEND_HOME ?? '.suspend');
+      const server = await startEmbeddedPostgres({ dataDir, log: (line) => this.debug(line) });
+      this.stopEmbedded = () => server.stop();
+      url = server.url;
+    }
+    const knex = await connect(url, resolved.source, options);
+    this.database = { knex, url, source: resolved.source };
+    return this.database;
+  }
+
+  debug(message: string): void {
+    if (this.options.debug) process.stderr.write(chalk.dim(`${message}\n`));
+  }
+
+  async close(): Promise<void> {
+    const db = this.database;
+    this.database = null;
+    if (db) await db.knex.destroy();
+    if (this.stopEmbedded) await this.stopEmbedded();
+    this.stopEmbedded = null;
+  }
+}
+
+/**
+ * Runs one command: every error becomes one sentence on stderr and an exit code; the stack only with
+ * --debug. Resources are closed in `finally`; process.exitCode is set, never process.exit().
+ */
+export async function runCommand(
+  options: CommonOptions,
+  action: (ctx: CommandContext) => Promise<number | void>,
+): Promise<void> {
+  const ctx = new CommandContext(options);
+  try {
+    const code = await action(ctx);
+    process.exitCode = code ?? ExitCode.ok;
+  } catch (err) {
+    process.exitCode = reportError(err, options.debug ?? false);
+  } finally {
+    await ctx.close().catch((err: unknown) => {
+      if (options.debug) process.stderr.write(`while closing: ${errorMessage(err)}\n`);
+    });
+  }
+}
+
+export function reportError(err: unknown, debug: boolean): number {
+  if (err instanceof SuspendError) {
+    for (const line of err.message.split('\n')) process.stderr.write(`${chalk.red('error:')} ${line}\n`);
+    if (debug && err.cause) process.stderr.write(`${describeCause(err.cause)}\n`);
+    if (debug) process.stderr.write(`${err.stack ?? ''}\n`);
+    return err.exitCode;
+  }
+  process.stderr.write(`${chalk.red('error:')} unexpected failure: ${errorMessage(err).split('\n')[0]}\n`);
+  if (debug) process.stderr.write(`${(err as Error)?.stack ?? String(err)}\n`);
+  else process.stderr.write('Run again with --debug for details.\n');
+  return ExitCode.failed;
+}
+
+function describeCause(cause: unknown): string {
+  return cause instanceof Error
+    ? `caused by: ${cause.stack ?? cause.message}`
+    : `caused by: ${String(cause)}`;
+}
+
+/** Writes the command's artifact to stdout or to --output FILE. */
+export function writeArtifact(text: string, output?: string): void {
+  const body = text.endsWith('\n') ? text : `${text}\n`;
+  if (output) fs.writeFileSync(output, body);
+  else process.stdout.write(body);
+}
+
+export function parsePositiveInt(flag: string, value: string): number {
+  if (!/^\d+$/.test(value) || Number(value) < 1) {
+    throw new UsageError(`${flag}: "${value}" is not a positive whole number.`);
+  }
+  return Number(value);
+}

@@ -1,0 +1,69 @@
+import { Command, CommanderError } from 'commander';
+import { ExitCode } from '../errors';
+import { registerMigrate } from './commands/migrate';
+import { registerEmbedded } from './commands/embedded';
+import { registerBatch } from './commands/batch';
+import { registerRuns } from './commands/runs';
+import { registerDoctor } from './commands/doctor';
+import { registerSeed } from './commands/seed';
+import { registerStatus } from './commands/status';
+import { registerGuard } from './commands/guard';
+import { registerReinstate } from './commands/reinstate';
+import { registerExclusions } from './commands/exclusions';
+import { registerRevert } from './commands/revert';
+
+const HELP_FOOTER = `
+Environment:
+  DATABASE_URL   Postgres URL, used when --database-url is not given
+  SUSPEND_HOME   folder of the embedded server (default .suspend/)
+  SMTP_URL       SMTP server for notification mail
+  NO_COLOR       turn colour off
+
+Exit codes:
+  0 done   1 failed   2 bad usage or config   3 another run holds the lock   4 safety limit hit
+
+Examples:
+  suspend demo                                   seed a sample database and walk through a run
+  suspend rules check --rules rules.yaml         validate a rules file
+  suspend report --dry-run --accounts --format csv --output changes.csv
+  suspend backfill --batch-size 5000             clean up the whole backlog once
+  suspend sweep                                  the daily run, for cron
+  suspend status 1042                            why is this customer paused?
+`;
+
+export function buildProgram(): Command {
+  const program = new Command('suspend')
+    .description('Pause, suspend and reinstate inactive or delinquent customer accounts by YAML rules.')
+    // eslint-disable-next-line @typescript-eslint/no-require-imports -- package.json sits outside rootDir
+    .version(require('../../package.json').version as string)
+    .showHelpAfterError('(run with --help for usage)')
+    .addHelpText('after', HELP_FOOTER)
+    .exitOverride();
+  registerMigrate(program);
+  registerEmbedded(program);
+  registerBatch(program);
+  registerRuns(program);
+  registerDoctor(program);
+  registerSeed(program);
+  registerStatus(program);
+  registerGuard(program);
+  registerReinstate(program);
+  registerExclusions(program);
+  registerRevert(program);
+  for (const cmd of program.commands) cmd.exitOverride();
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // --help and --version exit 0; any parse error is bad usage.
+      process.exitCode = err.exitCode === 0 ? ExitCode.ok : ExitCode.usage;
+      return;
+    }
+    throw err;
+  }
+}

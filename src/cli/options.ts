@@ -1,0 +1,52 @@
+import { Command, Option, InvalidArgumentError } from 'commander';
+
+/** Flags every command takes. Precedence: flag > environment > config file > default. */
+export function withCommonOptions(cmd: Command): Command {
+  return cmd
+    .option(
+      '--rules <file>',
+      'rules file (default: found by cosmiconfig: suspend.config.yaml, .suspendrc.yaml, package.json "suspend")',
+    )
+    .option(
+      '--database-url <url>',
+      'Postgres URL (default: $DATABASE_URL, then database.url in the rules, then the embedded server in .suspend/)',
+    )
+    .option('--debug', 'print stack traces and SQL timings')
+    .option('--quiet', 'print nothing but the artifact and errors');
+}
+
+export function asOfOption(): Option {
+  return new Option('--as-of <date>', 'evaluate as of this day (YYYY-MM-DD) instead of today').argParser(
+    parseIsoDate,
+  );
+}
+
+export function parseIsoDate(value: string): string {
+  const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(value);
+  const date = m ? new Date(Date.UTC(Number(m[1]), Number(m[2]) - 1, Number(m[3]))) : null;
+  if (!date || date.toISOString().slice(0, 10) !== value) {
+    throw new InvalidArgumentError(`"${value}" is not a date; write YYYY-MM-DD, e.g. 2026-11-23.`);
+  }
+  return value;
+}
+
+export function parsePositiveInteger(value: string): number {
+  if (!/^\d+$/.test(value) || Number(value) < 1 || !Number.isSafeInteger(Number(value))) {
+    throw new InvalidArgumentError(`"${value}" is not a positive whole number.`);
+  }
+  return Number(value);
+}
+
+export function parseNonNegativeInteger(value: string): number {
+  if (!/^\d+$/.test(value) || !Number.isSafeInteger(Number(value))) {
+    throw new InvalidArgumentError(`"${value}" is not a whole number (0 or more).`);
+  }
+  return Number(value);
+}
+
+export const FORMATS = ['table', 'json', 'csv', 'markdown'] as const;
+export type Format = (typeof FORMATS)[number];
+
+export function formatOption(): Option {
+  return new Option('--format <format>', 'report format').choices(FORMATS).default('table');
+}

@@ -1,0 +1,103 @@
+import type { Knex } from 'knex';
+import { qualified } from '../source/signals';
+import { columnTypes, writeHostColumns } from '../write/host-columns';
+import type { HostColumnChange } from '../engine/plan';
+import type { SourceMapping } from '../types';
+
+/**
+ * The host's customer table, as the customer-side commands need it: does a key exist, what are the
+ * name and email of a page of keys (for outbox payloads), and putting mapped status columns back.
+ * Consent columns are never written, whatever a stored value says.
+ */
+
+/** 22P02: a key that is not a valid value of the key column's type (e.g. "abc" for a bigint key). */
+const INVALID_TEXT_REPRESENTATION = '22P02';
+
+function quoteQualified(name: string): string {
+  return name
+    .split('.')
+    .map((p) => `"${p.replace(/"/g, '""')}"`)
+    .join('.');
+}
+
+export function customerTable(mapping: SourceMapping): string {
+  return qualified(mapping, mapping.customers.table);
+}
+
+export async function hostTableExists(
+  knex: Knex | Knex.Transaction,
+  mapping: SourceMapping,
+): Promise<boolean> {
+  const r = await knex.raw<{ rows: { t: string | null }[] }>('select to_regclass(?) as t', [
+    quoteQualified(customerTable(mapping)),
+  ]);
+  return Boolean(r.rows[0]?.t);
+}
+
+/** True when the host's customer table has this key; false for a key its type cannot hold. */
+export async function customerExists(
+  knex: Knex | Knex.Transaction,
+  mapping: SourceMapping,
+  key: string,
+): Promise<boolean> {
+  const c = mapping.customers;
+  try {
+    // The parameter takes the key column's type, so the primary key index answers.
+    const r = await knex.raw<{ rows: unknown[] }>('select 1 from ?? where ?? = ? limit 1', [
+      customerTable(mapping),
+      c.key,
+      key,
+    ]);
+    return r.rows.length > 0;
+  } catch (err) {
+    if ((err as { code?: string }).code === INVALID_TEXT_REPRESENTATION) return false;
+    throw err;
+  }
+}
+
+export interface CustomerContact {
+  name: string | null;
+  email: string | null;
+}
+
+/** Name and email of a page of keys (for outbox payloads); empty when the host table is not there. */
+export async function customerContacts(
+  knex: Knex | Knex.Transaction,
+  mapping: SourceMapping,
+  keys: string[],
+): Promise<Map<string, CustomerContact>> {
+  const out = new Map<string, CustomerContact>();
+  if (keys.length === 0 || !(await hostTableExists(knex, mapping))) return out;
+  const c = mapping.customers;
+  const types = await columnTypes(knex, mapping, [c.key]);
+  const result = await knex.raw<{ rows: { key: string; name: string | null; email: string | null }[] }>(
+    `select ??::text as key, ${c.name ? '??::text' : 'null::text'} as name, ${c.email ? '??::text' : 'null::text'} as email
+       from ?? where ?? = any(?::text[]::${types.get(c.key)}[])`,
+    [c.key, ...(c.name ? [c.name] : []), ...(c.email ? [c.email] : []), customerTable(mapping), c.key, keys],
+  );
+  for (const r of result.rows) out.set(r.key, { name: r.name, email: r.email });
+  return out;
+}
+
+/**
+ * Writes host column values back (one statement per column for all keys) and returns the values
+ * they held before, per key. Consent columns and the key column are dropped, never written.
+ */
+export async function restoreHostColumns(
+  trx: Knex.Transaction,
+  mapping: SourceMapping,
+  values: { key: string; column: string; value: string | null }[],
+): Promise<Map<string, Record<string, string | null>>> {
+  const forbidden = new Set([...mapping.customers.consent, mapping.customers.key]);
+  const changes: HostColumnChange[] = values
+    .filter((v) => !forbidden.has(v.column))
+    .map((v) => ({ key: v.key, column: v.column, value: v.value, capture: false }));
+  if (changes.length === 0) return new Map();
+  return writeHostColumns(trx, mapping, changes);
+}
+
+/** A stored host value (jsonb: text, number, boolean or null) as the text writeHostColumns casts. */
+export function hostValueText(value: unknown): string | null {
+  if (value === null || value === undefined) return null;
+  return typeof value === 'string' ? value : JSON.stringify(value);
+}

@@ -1,0 +1,193 @@
+import type { Knex } from 'knex';
+import { requireMigrated } from '../db/migrate';
+import { UsageError, errorMessage } from '../errors';
+import { acquireRunLock } from '../engine/lock';
+import { finishRun, startRun, type RunRecord } from '../engine/ledger';
+import { rulesForOrg } from '../engine/plan';
+import { customerContacts, customerExists, customerTable, restoreHostColumns } from './host';
+import { reinstateHostValues } from './host-plan';
+import { currentExclusion, type Exclusion } from './exclusions';
+import { readStoredRows, rewriteStates, valuesOf, type StateRewrite, type StoredRow } from './write';
+import type { IsoDate, Reason, Rules } from '../types';
+
+/**
+ * `suspend reinstate KEY`: a person clears an account's stage(s) by hand. The stage is cleared,
+ * `reinstated_on` set to the as-of day (the policy's clocks restart there, so the next sweep does not
+ * suspend again at once), the mapped host columns the stage had set are put back, and a history row
+ * (kind 'reinstate', with the prior row) and an outbox event are written, all in one transaction.
+ * It is a run in the ledger (kind 'reinstate') and takes the run lock, so it never interleaves with
+ * a sweep's page.
+ */
+
+export interface ReinstateOptions {
+  key: string;
+  reason: string;
+  actor: string;
+  /** Only these policies; null: every policy the account is in. */
+  policies: string[] | null;
+  asOf: IsoDate;
+  /** Wait for a running sweep instead of failing with exit code 3. */
+  wait: boolean;
+  onLog?: (message: string) => void;
+}
+
+export interface ReinstatedPolicy {
+  policy: string;
+  from: string;
+  historyId: string;
+}
+
+export interface ReinstateResult {
+  key: string;
+  /** Null when there was nothing to reinstate (no run is recorded then). */
+  run: RunRecord | null;
+  reinstated: ReinstatedPolicy[];
+  /** Host columns put back: column → value written. */
+  hostRestored: Record<string, string | null>;
+  /** The account's live exclusion, if any: reinstating by hand is allowed, but worth saying. */
+  exclusion: Exclusion | null;
+}
+
+function reinstateReason(options: ReinstateOptions): Reason {
+  return {
+    condition: 'reinstate',
+    text: `reinstated by hand by ${options.actor} on ${options.asOf}: ${options.reason}`,
+    evidence: { actor: options.actor, reason: options.reason, as_of: options.asOf },
+  };
+}
+
+/** The account's current stages to clear, or a sentence saying why there are none. */
+function chooseRows(rows: StoredRow[], options: ReinstateOptions): StoredRow[] {
+  const current = rows.filter((r) => r.stage !== null);
+  if (!options.policies) return current;
+  for (const policy of options.policies) {
+    if (!current.some((r) => r.policy === policy)) {
+      const inStages = current.map((r) => `${r.policy} (${r.stage})`).join(', ') || 'none';
+      throw new UsageError(
+        `--policy ${policy}: account ${options.key} is not in a stage of policy ${policy}; its current stages: ${inStages}.`,
+      );
+    }
+  }
+  return current.filter((r) => options.policies?.includes(r.policy));
+}
+
+export async function reinstateAccount(
+  knex: Knex,
+  rules: Rules,
+  options: ReinstateOptions,
+): Promise<ReinstateResult> {
+  const schema = rules.settings.schema;
+  if (options.reason.trim() === '') throw new UsageError('--reason: say why the account is reinstated.');
+  await requireMigrated(knex, schema);
+  const lock = await acquireRunLock(knex, schema, {
+    wait: options.wait,
+    description: `suspend reinstate ${options.key} by ${options.actor} (pid ${process.pid})`,
+    onWait: (holder) => options.onLog?.(`waiting for the lock held by ${holder}`),
+  });
+  try {
+    const rows = await readStoredRows(knex, schema, [options.key]);
+    const exclusion = await currentExclusion(knex, schema, options.key);
+    if (rows.length === 0 && !(await customerExists(knex, rules.source, options.key))) {
+      throw new UsageError(`There is no customer ${options.key} in table ${customerTable(rules.source)}.`);
+    }
+    if (chooseRows(rows, options).length === 0) {
+      return { key: options.key, run: null, reinstated: [], hostRestored: {}, exclusion };
+    }
+    const run = await startRun(knex, schema, {
+      kind: 'reinstate',
+      asOf: options.asOf,
+      rulesHash: rules.hash,
+      rulesFile: rules.file,
+      options: { key: options.key, policies: options.policies, reason: options.reason },
+      startedBy: options.actor,
+    });
+    try {
+      const result = await knex.transaction((trx) => writeReinstatement(trx, rules, options, run));
+      await finishRun(knex, schema, run.id, {
+        status: 'succeeded',
+        counts: {
+          changes: result.reinstated.length,
+          transitions: { reinstate: result.reinstated.length },
+          hostColumns: Object.keys(result.hostRestored).length,
+        },
+      });
+      return { ...result, key: options.key, run, exclusion };
+    } catch (err) {
+      await finishRun(knex, schema, run.id, { status: 'failed', error: errorMessage(err) }).catch(
+        () => undefined,
+      );
+      throw err;
+    }
+  } finally {
+    await lock.release();
+  }
+}
+
+async function writeReinstatement(
+  trx: Knex.Transaction,
+  rules: Rules,
+  options: ReinstateOptions,
+  run: RunRecord,
+): Promise<Pick<ReinstateResult, 'reinstated' | 'hostRestored'>> {
+  const schema = rules.settings.schema;
+  const rows = await readStoredRows(trx, schema, [options.key], { lock: true });
+  const chosen = chooseRows(rows, options);
+  const orgId = chosen[0]?.org_id ?? null;
+  const policies = rulesForOrg(rules, orgId).policies;
+  const host = reinstateHostValues(options.key, policies, rows, new Set(chosen.map((r) => r.policy)));
+  const old = await restoreHostColumns(trx, rules.source, host);
+  const hostOld = old.get(options.key) ?? null;
+  const contact = (await customerContacts(trx, rules.source, [options.key])).get(options.key);
+  const reason = reinstateReason(options);
+  const rewrites: StateRewrite[] = chosen.map((row) => ({
+    key: options.key,
+    policy: row.policy,
+    kind: 'reinstate',
+    state: {
+      ...valuesOf(row),
+      stage: null,
+      stageIndex: -1,
+      blocksBooking: false,
+      allowsLogin: true,
+      message: null,
+      reasons: [reason],
+      enteredOn: options.asOf,
+      episodeStartedOn: null,
+      reinstatedOn: options.asOf,
+    },
+    expectedVersion: row.version,
+    reasons: [reason],
+    hostOld,
+    payload: {
+      event: 'reinstate',
+      runId: run.id,
+      asOf: options.asOf,
+      orgId: row.org_id,
+      customer: { key: options.key, name: contact?.name ?? null, email: contact?.email ?? null },
+      policy: row.policy,
+      from: row.stage,
+      to: null,
+      blocksBooking: false,
+      allowsLogin: true,
+      message: null,
+      reasons: [reason],
+      actions: [],
+      actor: options.actor,
+    },
+  }));
+  const written = await rewriteStates(
+    trx,
+    { schema, runId: run.id, asOf: options.asOf, rulesHash: rules.hash, actor: options.actor },
+    rewrites,
+  );
+  const hostRestored: Record<string, string | null> = {};
+  for (const h of host) if (hostOld && h.column in hostOld) hostRestored[h.column] = h.value;
+  return {
+    reinstated: written.map((w) => ({
+      policy: w.policy,
+      from: chosen.find((r) => r.policy === w.policy)?.stage ?? '',
+      historyId: w.historyId,
+    })),
+    hostRestored,
+  };
+}

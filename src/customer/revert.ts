@@ -1,0 +1,356 @@
+import type { Knex } from 'knex';
+import { requireMigrated } from '../db/migrate';
+import { UsageError, errorMessage } from '../errors';
+import { acquireRunLock, type HeldLock } from '../engine/lock';
+import { finishRun, getRun, heartbeat, startRun, type RunRecord } from '../engine/ledger';
+import { activeExclusions } from './exclusions';
+import { customerContacts, hostValueText, restoreHostColumns } from './host';
+import { rewriteStates, valuesOf, type StateRewrite, type StateValues, type StoredRow } from './write';
+import type { IsoDate, Reason, Rules } from '../types';
+
+/**
+ * `suspend revert RUN_ID`: undoes what one run changed. For each account+policy whose latest history
+ * row is from that run, the state recorded in that row's `previous_state` comes back (no prior row:
+ * clear), and so do the host column values it overwrote (`previous_state.host`). An account that
+ * changed again since (its latest history row is from a later run) or that is excluded now is left
+ * alone and listed. Page by page of keys, one transaction per page; history rows (kind 'revert') and
+ * outbox events are appended. It is itself a run (kind 'revert', reverts_run_id). `dryRun` reads
+ * the same plan and writes nothing: no lock, no run, no rows.
+ */
+
+export interface RevertOptions {
+  runId: string;
+  dryRun: boolean;
+  actor: string;
+  asOf: IsoDate;
+  wait: boolean;
+  /** Keys per page (one transaction each). */
+  batchSize: number;
+  onLog?: (message: string) => void;
+}
+
+export interface RevertItem {
+  key: string;
+  policy: string;
+  /** The stage now. */
+  from: string | null;
+  /** The stage it is (or would be) restored to. */
+  to: string | null;
+}
+
+export interface LeftAlone extends RevertItem {
+  /** "changed again by run 12 (sweep)" or "excluded: <reason>". */
+  why: string;
+}
+
+export interface RevertResult {
+  target: RunRecord;
+  /** The revert's own run; null for a dry run. */
+  run: RunRecord | null;
+  dryRun: boolean;
+  restored: RevertItem[];
+  leftAlone: LeftAlone[];
+  /** Keys whose host columns were (or would be) put back. */
+  hostRestored: number;
+}
+
+interface PlanRow {
+  history_id: string;
+  key: string;
+  policy: string;
+  previous_state: (Partial<StoredRow> & { host?: Record<string, unknown> | null }) | null;
+  latest_run: string | null;
+  latest_kind: string | null;
+  latest_is_target: boolean;
+  /** Some history row of this key (any policy) is later than the run's and from another run. */
+  key_touched_later: boolean;
+  current: StoredRow;
+}
+
+/** The run's latest history row per account+policy in a page, the account's latest, and its state. */
+const PLAN_SQL = `
+with target as (
+  select distinct on (h.customer_key, h.policy) h.id, h.customer_key, h.policy, h.previous_state
+    from :history: h
+   where h.run_id = :runId and h.customer_key = any(:keys::text[])
+   order by h.customer_key, h.policy, h.id desc
+),
+latest as (
+  select distinct on (h.customer_key, h.policy) h.id, h.run_id, h.customer_key, h.policy
+    from :history: h
+   where h.customer_key = any(:keys::text[])
+   order by h.customer_key, h.policy, h.id desc
+)
+select t.id::text as history_id, t.customer_key as key, t.policy, t.previous_state,
+       l.run_id::text as latest_run, r.kind as latest_kind, l.id = t.id as latest_is_target,
+       exists (select 1 from :history: h2
+                where h2.customer_key = t.customer_key and h2.id > t.id
+                  and h2.run_id is distinct from :runId) as key_touched_later,
+       to_jsonb(s) as current
+  from target t
+  join latest l on l.customer_key = t.customer_key and l.policy = t.policy
+  left join :runs: r on r.id = l.run_id
+  join :states: s on s.customer_key = t.customer_key and s.policy = t.policy
+ order by t.customer_key, t.policy`;
+
+/** The state a history row's previous_state describes; no prior row (or only `host`): clear. */
+export function restoredState(previous: PlanRow['previous_state'], current: StoredRow): StateValues {
+  if (previous && typeof previous.customer_key === 'string') return valuesOf(previous as StoredRow);
+  return {
+    orgId: current.org_id,
+    stage: null,
+    stageIndex: -1,
+    blocksBooking: false,
+    allowsLogin: true,
+    message: null,
+    reasons: [],
+    enteredOn: null,
+    episodeStartedOn: null,
+    reinstatedOn: null,
+    tags: [],
+    hostBefore: null,
+  };
+}
+
+async function readPlan(
+  knex: Knex | Knex.Transaction,
+  schema: string,
+  runId: string,
+  keys: string[],
+  lock: boolean,
+): Promise<PlanRow[]> {
+  const result = await knex.raw<{ rows: PlanRow[] }>(PLAN_SQL + (lock ? ' for update of s' : ''), {
+    history: `${schema}.history`,
+    states: `${schema}.account_states`,
+    runs: `${schema}.runs`,
+    runId,
+    keys,
+  });
+  return result.rows;
+}
+
+async function pageKeys(
+  knex: Knex,
+  schema: string,
+  runId: string,
+  after: string | null,
+  limit: number,
+): Promise<string[]> {
+  const q = knex
+    .withSchema(schema)
+    .from('history')
+    .distinct('customer_key')
+    .where({ run_id: runId })
+    .orderBy('customer_key')
+    .limit(limit);
+  if (after !== null) q.where('customer_key', '>', after);
+  return ((await q) as { customer_key: string }[]).map((r) => r.customer_key);
+}
+
+interface PagePlan {
+  restore: { row: PlanRow; state: StateValues }[];
+  leftAlone: LeftAlone[];
+  host: { key: string; column: string; value: string | null }[];
+}
+
+function planPage(rows: PlanRow[], exclusions: Map<string, { reason: string }>): PagePlan {
+  const plan: PagePlan = { restore: [], leftAlone: [], host: [] };
+  const hostBlocked = new Set(rows.filter((r) => r.key_touched_later).map((r) => r.key));
+  const hostDone = new Set<string>();
+  for (const row of rows) {
+    const state = restoredState(row.previous_state, row.current);
+    const item = { key: row.key, policy: row.policy, from: row.current.stage, to: state.stage };
+    const excluded = exclusions.get(row.key);
+    if (!row.latest_is_target) {
+      plan.leftAlone.push({
+        ...item,
+        why: `changed again by run ${row.latest_run ?? '?'}${row.latest_kind ? ` (${row.latest_kind})` : ''}`,
+      });
+    } else if (excluded) {
+      plan.leftAlone.push({ ...item, why: `excluded: ${excluded.reason}` });
+    } else {
+      plan.restore.push({ row, state });
+      const host = row.previous_state?.host;
+      if (host && !hostBlocked.has(row.key) && !hostDone.has(row.key)) {
+        hostDone.add(row.key);
+        for (const [column, value] of Object.entries(host)) {
+          plan.host.push({ key: row.key, column, value: hostValueText(value) });
+        }
+      }
+    }
+  }
+  return plan;
+}
+
+export async function revertRun(knex: Knex, rules: Rules, options: RevertOptions): Promise<RevertResult> {
+  const schema = rules.settings.schema;
+  await requireMigrated(knex, schema);
+  const target = await getRun(knex, schema, options.runId);
+  if (!target) throw new UsageError(`There is no run ${options.runId}; \`suspend runs\` lists them.`);
+  const earlier = (await knex
+    .withSchema(schema)
+    .from('runs')
+    .where({ reverts_run_id: target.id, status: 'succeeded' })
+    .first('id')) as { id: string } | undefined;
+  if (earlier) {
+    throw new UsageError(
+      `Run ${target.id} was already reverted by run ${earlier.id}; to undo that, revert run ${earlier.id}.`,
+    );
+  }
+  const result: RevertResult = {
+    target,
+    run: null,
+    dryRun: options.dryRun,
+    restored: [],
+    leftAlone: [],
+    hostRestored: 0,
+  };
+  let lock: HeldLock | null = null;
+  if (!options.dryRun) {
+    lock = await acquireRunLock(knex, schema, {
+      wait: options.wait,
+      description: `suspend revert ${target.id} by ${options.actor} (pid ${process.pid})`,
+      onWait: (holder) => options.onLog?.(`waiting for the lock held by ${holder}`),
+    });
+  }
+  try {
+    if (!options.dryRun) {
+      result.run = await startRun(knex, schema, {
+        kind: 'revert',
+        asOf: options.asOf,
+        rulesHash: rules.hash,
+        rulesFile: rules.file,
+        options: { batchSize: options.batchSize },
+        startedBy: options.actor,
+        revertsRunId: target.id,
+      });
+    }
+    try {
+      await revertPages(knex, rules, options, result);
+      if (result.run) {
+        await finishRun(knex, schema, result.run.id, { status: 'succeeded', counts: countsOf(result) });
+        result.run = (await getRun(knex, schema, result.run.id)) ?? result.run;
+      }
+      return result;
+    } catch (err) {
+      if (result.run) {
+        await finishRun(knex, schema, result.run.id, {
+          status: 'failed',
+          counts: countsOf(result),
+          error: errorMessage(err),
+        }).catch(() => undefined);
+      }
+      throw err;
+    }
+  } finally {
+    await lock?.release();
+  }
+}
+
+function countsOf(result: RevertResult): Record<string, unknown> {
+  return {
+    changes: result.restored.length,
+    transitions: { revert: result.restored.length },
+    leftAlone: result.leftAlone.length,
+    hostRestored: result.hostRestored,
+  };
+}
+
+async function revertPages(
+  knex: Knex,
+  rules: Rules,
+  options: RevertOptions,
+  result: RevertResult,
+): Promise<void> {
+  const schema = rules.settings.schema;
+  let after: string | null = null;
+  for (;;) {
+    const keys = await pageKeys(knex, schema, result.target.id, after, options.batchSize);
+    if (keys.length === 0) return;
+    after = keys[keys.length - 1] as string;
+    if (options.dryRun) {
+      const plan = planPage(
+        await readPlan(knex, schema, result.target.id, keys, false),
+        await activeExclusions(knex, schema, keys, options.asOf),
+      );
+      collect(result, plan);
+    } else {
+      const plan = await knex.transaction((trx) => revertPage(trx, rules, options, result, keys));
+      collect(result, plan);
+      if (result.run) await heartbeat(knex, schema, result.run.id, countsOf(result));
+    }
+    if (keys.length < options.batchSize) return;
+  }
+}
+
+function collect(result: RevertResult, plan: PagePlan): void {
+  result.restored.push(
+    ...plan.restore.map(({ row, state }) => ({
+      key: row.key,
+      policy: row.policy,
+      from: row.current.stage,
+      to: state.stage,
+    })),
+  );
+  result.leftAlone.push(...plan.leftAlone);
+  result.hostRestored += new Set(plan.host.map((h) => h.key)).size;
+}
+
+async function revertPage(
+  trx: Knex.Transaction,
+  rules: Rules,
+  options: RevertOptions,
+  result: RevertResult,
+  keys: string[],
+): Promise<PagePlan> {
+  const schema = rules.settings.schema;
+  const run = result.run as RunRecord;
+  const plan = planPage(
+    await readPlan(trx, schema, result.target.id, keys, true),
+    await activeExclusions(trx, schema, keys, options.asOf),
+  );
+  if (plan.restore.length === 0) return plan;
+  const old = await restoreHostColumns(trx, rules.source, plan.host);
+  const contacts = await customerContacts(trx, rules.source, [
+    ...new Set(plan.restore.map((r) => r.row.key)),
+  ]);
+  const rewrites: StateRewrite[] = plan.restore.map(({ row, state }) => {
+    const reason: Reason = {
+      condition: 'revert',
+      text: `run ${result.target.id} (${result.target.kind} as of ${result.target.asOf}) reverted by ${options.actor}`,
+      evidence: { reverted_run: result.target.id, reverted_history_id: row.history_id, actor: options.actor },
+    };
+    const contact = contacts.get(row.key);
+    return {
+      key: row.key,
+      policy: row.policy,
+      kind: 'revert',
+      state,
+      expectedVersion: row.current.version,
+      reasons: [reason],
+      hostOld: old.get(row.key) ?? null,
+      payload: {
+        event: 'revert',
+        runId: run.id,
+        asOf: options.asOf,
+        orgId: state.orgId,
+        customer: { key: row.key, name: contact?.name ?? null, email: contact?.email ?? null },
+        policy: row.policy,
+        from: row.current.stage,
+        to: state.stage,
+        blocksBooking: state.blocksBooking,
+        allowsLogin: state.allowsLogin,
+        message: state.message,
+        reasons: state.reasons,
+        actions: [],
+        actor: options.actor,
+      },
+    };
+  });
+  await rewriteStates(
+    trx,
+    { schema, runId: run.id, asOf: options.asOf, rulesHash: rules.hash, actor: options.actor },
+    rewrites,
+  );
+  return plan;
+}

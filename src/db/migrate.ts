@@ -1,0 +1,66 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import type { Knex } from 'knex';
+import { SuspendError, ExitCode } from '../errors';
+
+/** Shipped beside dist/ in the package. */
+export const MIGRATIONS_DIR = path.resolve(__dirname, '../../migrations');
+const MIGRATIONS_TABLE = 'knex_migrations';
+
+function migrationConfig(schema: string): Knex.MigratorConfig {
+  return {
+    directory: MIGRATIONS_DIR,
+    schemaName: schema,
+    tableName: MIGRATIONS_TABLE,
+    loadExtensions: ['.js'],
+  };
+}
+
+export interface MigrationStatus {
+  schema: string;
+  applied: string[];
+  pending: string[];
+}
+
+function migrationFiles(): string[] {
+  return fs
+    .readdirSync(MIGRATIONS_DIR)
+    .filter((f) => f.endsWith('.js'))
+    .sort();
+}
+
+/**
+ * Reads which migrations are applied without creating anything (knex's own `list` creates its
+ * table, and a dry run must write nothing).
+ */
+export async function migrationStatus(knex: Knex, schema: string): Promise<MigrationStatus> {
+  const files = migrationFiles();
+  const exists = await knex.raw<{ rows: { t: string | null }[] }>('select to_regclass(?) as t', [
+    `"${schema.replace(/"/g, '""')}".${MIGRATIONS_TABLE}`,
+  ]);
+  let applied: string[] = [];
+  if (exists.rows[0]?.t) {
+    const rows = await knex.withSchema(schema).select<{ name: string }[]>('name').from(MIGRATIONS_TABLE);
+    applied = rows.map((r) => r.name).sort();
+  }
+  return { schema, applied, pending: files.filter((f) => !applied.includes(f)) };
+}
+
+/** Applies every pending migration (`suspend migrate`). Knex locks its own table while it runs. */
+export async function migrateLatest(knex: Knex, schema: string): Promise<MigrationStatus> {
+  await knex.raw('create schema if not exists ??', [schema]);
+  await knex.withUserParams({ schema }).migrate.latest(migrationConfig(schema));
+  return migrationStatus(knex, schema);
+}
+
+/** Commands that need suspend's tables call this first, so a missing schema is one clear sentence. */
+export async function requireMigrated(knex: Knex, schema: string): Promise<void> {
+  const status = await migrationStatus(knex, schema);
+  if (status.pending.length > 0) {
+    const what =
+      status.applied.length === 0
+        ? `suspend's schema "${schema}" is not set up in this database`
+        : `${status.pending.length} migration(s) of schema "${schema}" are not applied (${status.pending.join(', ')})`;
+    throw new SuspendError(`${what}; run \`suspend migrate\` first.`, { exitCode: ExitCode.usage });
+  }
+}

@@ -1,0 +1,215 @@
+import os from 'node:os';
+import type { Knex } from 'knex';
+import type { IsoDate } from '../types';
+
+/** The ledger (`<schema>.runs`): one row per run, written before the run acts and closed after. */
+
+export type RunKind = 'backfill' | 'sweep' | 'revert' | 'reinstate';
+export type RunStatus = 'running' | 'succeeded' | 'failed' | 'interrupted' | 'stopped' | 'abandoned';
+
+export interface RunRecord {
+  id: string;
+  kind: RunKind;
+  status: RunStatus;
+  asOf: IsoDate;
+  rulesHash: string;
+  rulesFile: string | null;
+  orgFilter: string | null;
+  options: Record<string, unknown>;
+  counts: Record<string, unknown>;
+  error: string | null;
+  startedBy: string;
+  host: string | null;
+  pid: number | null;
+  startedAt: Date;
+  heartbeatAt: Date;
+  finishedAt: Date | null;
+  revertsRunId: string | null;
+}
+
+interface RunRow {
+  id: string;
+  kind: RunKind;
+  status: RunStatus;
+  as_of: string;
+  rules_hash: string;
+  rules_file: string | null;
+  org_filter: string | null;
+  options: Record<string, unknown>;
+  counts: Record<string, unknown>;
+  error: string | null;
+  started_by: string;
+  host: string | null;
+  pid: number | null;
+  started_at: Date;
+  heartbeat_at: Date;
+  finished_at: Date | null;
+  reverts_run_id: string | null;
+}
+
+/** Who is acting: --by, else $SUSPEND_ACTOR, else the OS user. */
+export function defaultActor(): string {
+  if (process.env.SUSPEND_ACTOR) return process.env.SUSPEND_ACTOR;
+  try {
+    return os.userInfo().username;
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** `as_of` is read back as text so no timezone can shift the day. */
+const RUN_COLUMNS = [
+  'id',
+  'kind',
+  'status',
+  'rules_hash',
+  'rules_file',
+  'org_filter',
+  'options',
+  'counts',
+  'error',
+  'started_by',
+  'host',
+  'pid',
+  'started_at',
+  'heartbeat_at',
+  'finished_at',
+  'reverts_run_id',
+] as const;
+
+function runQuery(knex: Knex | Knex.Transaction, schema: string) {
+  return knex
+    .withSchema(schema)
+    .from('runs')
+    .select(...RUN_COLUMNS)
+    .select(knex.raw("to_char(as_of, 'YYYY-MM-DD') as as_of"));
+}
+
+function toRecord(row: RunRow): RunRecord {
+  return {
+    id: String(row.id),
+    kind: row.kind,
+    status: row.status,
+    asOf: row.as_of,
+    rulesHash: row.rules_hash,
+    rulesFile: row.rules_file,
+    orgFilter: row.org_filter,
+    options: row.options,
+    counts: row.counts,
+    error: row.error,
+    startedBy: row.started_by,
+    host: row.host,
+    pid: row.pid,
+    startedAt: row.started_at,
+    heartbeatAt: row.heartbeat_at,
+    finishedAt: row.finished_at,
+    revertsRunId: row.reverts_run_id === null ? null : String(row.reverts_run_id),
+  };
+}
+
+export interface NewRun {
+  kind: RunKind;
+  asOf: IsoDate;
+  rulesHash: string;
+  rulesFile: string | null;
+  orgFilter?: string | null;
+  options?: Record<string, unknown>;
+  startedBy?: string;
+  revertsRunId?: string | null;
+}
+
+export async function startRun(
+  knex: Knex | Knex.Transaction,
+  schema: string,
+  run: NewRun,
+): Promise<RunRecord> {
+  const [row] = await knex
+    .withSchema(schema)
+    .insert({
+      kind: run.kind,
+      status: 'running',
+      as_of: run.asOf,
+      rules_hash: run.rulesHash,
+      rules_file: run.rulesFile,
+      org_filter: run.orgFilter ?? null,
+      options: JSON.stringify(run.options ?? {}),
+      started_by: run.startedBy ?? defaultActor(),
+      host: os.hostname(),
+      pid: process.pid,
+      reverts_run_id: run.revertsRunId ?? null,
+    })
+    .into('runs')
+    .returning('id');
+  const record = await getRun(knex, schema, String((row as { id: string }).id));
+  if (!record) throw new Error('the new run row was not found');
+  return record;
+}
+
+export async function finishRun(
+  knex: Knex | Knex.Transaction,
+  schema: string,
+  id: string,
+  result: { status: Exclude<RunStatus, 'running'>; counts?: object; error?: string | null },
+): Promise<void> {
+  await knex
+    .withSchema(schema)
+    .table('runs')
+    .where({ id })
+    .update({
+      status: result.status,
+      ...(result.counts ? { counts: JSON.stringify(result.counts) } : {}),
+      error: result.error ?? null,
+      finished_at: knex.fn.now(),
+      heartbeat_at: knex.fn.now(),
+    });
+}
+
+/** Keeps `heartbeat_at` fresh so `suspend runs` can tell a live run from a crashed one. */
+export async function heartbeat(
+  knex: Knex | Knex.Transaction,
+  schema: string,
+  id: string,
+  counts: object,
+): Promise<void> {
+  await knex
+    .withSchema(schema)
+    .table('runs')
+    .where({ id })
+    .update({ heartbeat_at: knex.fn.now(), counts: JSON.stringify(counts) });
+}
+
+export async function getRun(
+  knex: Knex | Knex.Transaction,
+  schema: string,
+  id: string,
+): Promise<RunRecord | null> {
+  if (!/^\d+$/.test(id)) return null;
+  const row = (await runQuery(knex, schema).where({ id }).first()) as RunRow | undefined;
+  return row ? toRecord(row) : null;
+}
+
+export async function listRuns(
+  knex: Knex,
+  schema: string,
+  options: { limit?: number; kind?: RunKind } = {},
+): Promise<RunRecord[]> {
+  let q = runQuery(knex, schema)
+    .orderBy('id', 'desc')
+    .limit(options.limit ?? 20);
+  if (options.kind) q = q.where({ kind: options.kind });
+  return ((await q) as RunRow[]).map(toRecord);
+}
+
+/** A backfill that did not finish (crashed, interrupted, stopped by the safety limit): resumable. */
+export async function unfinishedRun(knex: Knex, schema: string, kind: RunKind): Promise<RunRecord | null> {
+  const row = (await runQuery(knex, schema)
+    .where({ kind })
+    .whereIn('status', ['running', 'interrupted', 'failed', 'stopped'])
+    .orderBy('id', 'desc')
+    .first()) as RunRow | undefined;
+  return row ? toRecord(row) : null;
+}
+
+export async function setRunStatus(knex: Knex, schema: string, id: string, status: RunStatus): Promise<void> {
+  await knex.withSchema(schema).table('runs').where({ id }).update({ status, heartbeat_at: knex.fn.now() });
+}

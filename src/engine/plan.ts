@@ -1,0 +1,140 @@
+import { evaluateAccount } from '../evaluate/evaluate';
+import type { PageState, StoredState } from '../source/states';
+import type { StateChange } from '../write/apply';
+import type { AccountEvaluation, EffectiveRules, IsoDate, Policy, Rules, Signals, Stage } from '../types';
+
+/**
+ * Pure: turns one page of signals and stored states into the evaluations (for the report) and the
+ * state changes a real run writes. The dry run calls exactly this.
+ */
+
+export interface PagePlan {
+  evaluations: AccountEvaluation[];
+  changes: StateChange[];
+  /** Desired values of mapped host columns after the changes, per key (only keys whose values move). */
+  hostColumns: HostColumnChange[];
+}
+
+export interface HostColumnChange {
+  key: string;
+  column: string;
+  /** Value to write, as text (cast back by Postgres); null writes NULL. */
+  value: string | null;
+  /** True when suspend sets the column for the first time in an episode: keep the host's value first. */
+  capture: boolean;
+}
+
+export function rulesForOrg(rules: Rules, orgId: string | null): EffectiveRules {
+  return (orgId !== null && rules.organizations[orgId]) || rules.defaults;
+}
+
+export function planPage(signals: Signals[], page: PageState, rules: Rules, asOf: IsoDate): PagePlan {
+  const evaluations: AccountEvaluation[] = [];
+  const changes: StateChange[] = [];
+  const hostColumns: HostColumnChange[] = [];
+  for (const s of signals) {
+    const effective = rulesForOrg(rules, s.orgId);
+    const stored = page.states.get(s.key) ?? new Map<string, StoredState>();
+    const evaluation = evaluateAccount({
+      signals: s,
+      rules: effective,
+      asOf,
+      states: Object.fromEntries(stored),
+      exclusion: page.exclusions.get(s.key) ?? null,
+    });
+    evaluations.push(evaluation);
+    const written = evaluation.transitions.filter((t) => t.kind !== 'hold');
+    if (written.length === 0) continue;
+    const accountChanges: StateChange[] = written.map((t) => ({
+      key: t.key,
+      orgId: t.orgId,
+      policy: t.policy,
+      kind: t.kind as StateChange['kind'],
+      from: t.from,
+      fromIndex: stored.get(t.policy)?.stageIndex ?? -1,
+      to: t.to,
+      toIndex: t.toIndex,
+      blocksBooking: t.blocksBooking,
+      allowsLogin: t.allowsLogin,
+      message: t.message,
+      reasons: t.reasons,
+      actions: t.actions,
+      expectedVersion: stored.get(t.policy)?.version ?? 0,
+      customer: { name: s.name, email: s.email },
+      hostBefore: null,
+      hostOld: null,
+    }));
+    hostColumns.push(...planHostColumns(s.key, effective.policies, stored, accountChanges));
+    changes.push(...accountChanges);
+  }
+  return { evaluations, changes, hostColumns };
+}
+
+/** Suspend-like beats pause-like beats notify-only; then the later stage of its ladder. */
+function severity(stage: Stage): number {
+  return (stage.allowsLogin ? 0 : 2000) + (stage.blocksBooking ? 1000 : 0) + stage.index;
+}
+
+function setColumns(stage: Stage | null): Record<string, string | number | boolean | null> {
+  const out: Record<string, string | number | boolean | null> = {};
+  for (const a of stage?.actions ?? []) if (a.type === 'set') Object.assign(out, a.columns);
+  return out;
+}
+
+/**
+ * A mapped host column (e.g. customers.status) holds the value of the most severe current stage that
+ * sets it, across all policies; when no current stage sets it any more, the host's own value comes
+ * back (captured before suspend first set it). So clearing one policy never un-suspends an account
+ * another policy still holds.
+ */
+export function planHostColumns(
+  key: string,
+  policies: Policy[],
+  stored: Map<string, StoredState>,
+  changes: StateChange[],
+): HostColumnChange[] {
+  const stageOf = (policy: string, name: string | null): Stage | null => {
+    if (name === null) return null;
+    return policies.find((p) => p.name === policy)?.stages.find((st) => st.name === name) ?? null;
+  };
+  const before = new Map<string, Stage | null>();
+  for (const [policy, state] of stored) before.set(policy, stageOf(policy, state.stage));
+  const after = new Map(before);
+  for (const c of changes) after.set(c.policy, stageOf(c.policy, c.to));
+
+  const winning = (stages: Map<string, Stage | null>) => {
+    const values = new Map<string, { value: string | number | boolean | null; rank: number }>();
+    for (const stage of stages.values()) {
+      if (!stage) continue;
+      for (const [column, value] of Object.entries(setColumns(stage))) {
+        const current = values.get(column);
+        if (!current || severity(stage) > current.rank) values.set(column, { value, rank: severity(stage) });
+      }
+    }
+    return values;
+  };
+  const pre = winning(before);
+  const post = winning(after);
+  const hostBefore = [...stored.values()].reduce<Record<string, unknown>>(
+    (acc, s) => ({ ...s.hostBefore, ...acc }),
+    {},
+  );
+  const out: HostColumnChange[] = [];
+  for (const column of new Set([...pre.keys(), ...post.keys()])) {
+    const p = pre.get(column);
+    const q = post.get(column);
+    if (q && (!p || p.value !== q.value)) {
+      out.push({ key, column, value: q.value === null ? null : String(q.value), capture: !p });
+    } else if (!q && p && column in hostBefore) {
+      // Nothing captured (e.g. the rules changed since): leave the column as it is.
+      const original = hostBefore[column];
+      out.push({
+        key,
+        column,
+        value: original === null || original === undefined ? null : String(original),
+        capture: false,
+      });
+    }
+  }
+  return out;
+}

@@ -1,0 +1,105 @@
+/**
+ * The pure evaluator: one account's signals + its organization's effective rules + the as-of day →
+ * a decision per policy (with reasons and evidence) and the transitions a run would write.
+ * No I/O, no clock: `asOf` is given. This is the product's contract:
+ *
+ * - Each policy is decided on its own. The account belongs in the MOST SEVERE stage (the highest
+ *   index) whose condition holds; when none holds it is clear. Every condition that held gives a
+ *   reason: one sentence plus the values that met the threshold. A clear decision says why the
+ *   first stage does not hold. So any decision can be explained in a sentence (`explainDecision`).
+ * - Durations are day-exact and measured on the calendar: `past_due_for: 14 days` holds from the
+ *   14th day of the streak (as-of − past-due-since ≥ 14); months and years are calendar months.
+ *   A run that comes late simply finds the account further along and enters that stage once.
+ * - Inactivity counts from the last activity, or from the creation day when there was none; with
+ *   neither it does not hold. Account age needs the creation day. Balances must be strictly over
+ *   their threshold; counts at least theirs. Money is integer cents throughout.
+ * - After a manual reinstatement a policy's clocks restart: inactivity, past-due and overdue-invoice
+ *   durations count from no earlier than the reinstatement day. Balances, counts, flags and the
+ *   account's age are facts, not clocks, and do not restart.
+ * - From the current stage to the decided one: up = `enter`/`escalate`, firing the entered stage's
+ *   actions (and the skipped stages' too when the policy says `fire_skipped_stages`); down = `clear`/
+ *   `deescalate` without actions when the policy reinstates automatically, or an informational `hold`
+ *   when only a person may reinstate; same = nothing. Re-evaluating with the new state changes nothing.
+ * - Exclusions beat every rule. An account excluded on as-of (by the rules' key or flag, or by the
+ *   exclusions table; `until` inclusive, expired ones ignored) still gets its decisions, for the
+ *   report, but never a transition.
+ */
+import { evaluateCondition } from './conditions';
+import { findExclusion } from './exclusions';
+import { CLEAR_STATE, planTransition } from './transition';
+import type {
+  AccountEvaluation,
+  AccountPolicyState,
+  EffectiveRules,
+  IsoDate,
+  Policy,
+  PolicyDecision,
+  Settings,
+  Signals,
+  Transition,
+} from '../types';
+
+export { planTransition, CLEAR_STATE } from './transition';
+export { renderMessage, messageContext, templatePlaceholders } from './message';
+export { formatMoney } from './money';
+export { describeCondition, evaluateCondition } from './conditions';
+
+/** Decides one policy for one account: its most severe holding stage, or clear, with the reasons. */
+export function evaluatePolicy(
+  signals: Signals,
+  policy: Policy,
+  asOf: IsoDate,
+  state: AccountPolicyState | null | undefined,
+  settings: Pick<Settings, 'currency'>,
+): PolicyDecision {
+  const ctx = { asOf, reinstatedOn: state?.reinstatedOn ?? null, currency: settings.currency };
+  const ladder = [...policy.stages].sort((a, b) => b.index - a.index);
+  for (const stage of ladder) {
+    const result = evaluateCondition(stage.when, signals, ctx);
+    if (result.holds) return { policy: policy.name, stage, reasons: result.reasons };
+  }
+  const first = ladder[ladder.length - 1];
+  if (!first) {
+    return {
+      policy: policy.name,
+      stage: null,
+      reasons: [{ condition: 'none', text: `policy ${policy.name} has no stages`, evidence: {} }],
+    };
+  }
+  return { policy: policy.name, stage: null, reasons: evaluateCondition(first.when, signals, ctx).reasons };
+}
+
+/** One sentence: "delinquency: suspended, because overdue balance $42.00 is over $5.00 and ...". */
+export function explainDecision(decision: PolicyDecision): string {
+  const because =
+    decision.reasons.length > 0 ? `, because ${decision.reasons.map((r) => r.text).join(' and ')}` : '';
+  return `${decision.policy}: ${decision.stage ? decision.stage.name : 'clear'}${because}`;
+}
+
+/**
+ * Evaluates every policy of the account's effective rules. `states` holds the account's current
+ * state per policy name (missing: clear). An excluded account gets its decisions and no transitions.
+ */
+export function evaluateAccount(input: {
+  signals: Signals;
+  rules: EffectiveRules;
+  asOf: IsoDate;
+  states: Record<string, AccountPolicyState>;
+  exclusion: { reason: string; until: IsoDate | null } | null;
+}): AccountEvaluation {
+  const { signals, rules, asOf, states } = input;
+  const excluded = findExclusion(signals, rules.exclusions, input.exclusion, asOf);
+  const decisions: PolicyDecision[] = [];
+  const transitions: Transition[] = [];
+  for (const policy of rules.policies) {
+    const state = Object.prototype.hasOwnProperty.call(states, policy.name)
+      ? states[policy.name]
+      : CLEAR_STATE;
+    const decision = evaluatePolicy(signals, policy, asOf, state, rules.settings);
+    decisions.push(decision);
+    if (excluded) continue;
+    const transition = planTransition({ signals, policy, state, decision, asOf, settings: rules.settings });
+    if (transition) transitions.push(transition);
+  }
+  return { key: signals.key, orgId: signals.orgId, excluded, decisions, transitions };
+}

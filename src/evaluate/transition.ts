@@ -1,0 +1,126 @@
+import { evaluateCondition } from './conditions';
+import { messageContext, renderMessage } from './message';
+import type {
+  AccountPolicyState,
+  Action,
+  IsoDate,
+  Policy,
+  PolicyDecision,
+  Reason,
+  Settings,
+  Signals,
+  Stage,
+  Transition,
+  TransitionKind,
+} from '../types';
+
+/**
+ * From the account's current stage (index c, −1 = clear) to the decision's target (t):
+ * t = c: nothing. t > c: `enter` (from clear) or `escalate`, firing the target's actions, plus those
+ * of the skipped stages c+1..t−1 when the policy fires skipped stages (deduplicated, ladder order).
+ * t < c: `clear` or `deescalate` when the policy reinstates automatically (no actions); with manual
+ * reinstatement a `hold`, which the engine does not write and the report counts.
+ */
+
+export const CLEAR_STATE: AccountPolicyState = {
+  stage: null,
+  stageIndex: -1,
+  enteredOn: null,
+  reinstatedOn: null,
+};
+
+function actionKey(action: Action): string {
+  if (action.type !== 'set') return JSON.stringify(action);
+  const columns = Object.keys(action.columns)
+    .sort()
+    .map((k) => [k, action.columns[k]]);
+  return JSON.stringify({ type: 'set', columns });
+}
+
+function dedupeActions(actions: Action[]): Action[] {
+  const seen = new Set<string>();
+  return actions.filter((a) => {
+    const key = actionKey(a);
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
+function dedupeReasons(reasons: Reason[]): Reason[] {
+  const seen = new Set<string>();
+  return reasons.filter((r) => !seen.has(r.text) && Boolean(seen.add(r.text)));
+}
+
+/** The actions entering `target` from index `from` fires. */
+export function entryActions(policy: Policy, from: number, target: Stage): Action[] {
+  const skipped = policy.fireSkippedStages
+    ? policy.stages.filter((s) => s.index > from && s.index < target.index).sort((a, b) => a.index - b.index)
+    : [];
+  return dedupeActions([...skipped.flatMap((s) => s.actions), ...target.actions]);
+}
+
+/** The target stage's message, rendered; null when clear or when the stage has no message. */
+export function stageMessage(
+  stage: Stage | null,
+  policy: Policy,
+  signals: Signals,
+  settings: Settings,
+  asOf: IsoDate,
+): string | null {
+  if (!stage || stage.message.trim() === '') return null;
+  return renderMessage(
+    stage.message,
+    messageContext({ signals, settings, asOf, policy: policy.name, stage: stage.name }),
+  );
+}
+
+/** The transition a decision implies for one policy, or null when the account stays where it is. */
+export function planTransition(input: {
+  signals: Signals;
+  policy: Policy;
+  state: AccountPolicyState | null | undefined;
+  decision: PolicyDecision;
+  asOf: IsoDate;
+  settings: Settings;
+}): Transition | null {
+  const { signals, policy, decision, asOf, settings } = input;
+  const state = input.state ?? CLEAR_STATE;
+  const current = state.stageIndex;
+  const target = decision.stage;
+  const to = target?.index ?? -1;
+  if (to === current) return null;
+
+  let kind: TransitionKind;
+  let actions: Action[] = [];
+  let reasons = decision.reasons;
+  if (target && to > current) {
+    kind = current === -1 ? 'enter' : 'escalate';
+    actions = entryActions(policy, current, target);
+  } else {
+    kind = policy.reinstate === 'auto' ? (to === -1 ? 'clear' : 'deescalate') : 'hold';
+    // Say first why the current stage no longer holds, then why the target does (or why nothing does).
+    const stage = policy.stages.find(
+      (s) => s.index === current && (state.stage === null || s.name === state.stage),
+    );
+    if (stage) {
+      const ctx = { asOf, reinstatedOn: state.reinstatedOn, currency: settings.currency };
+      const now = evaluateCondition(stage.when, signals, ctx);
+      reasons = dedupeReasons([...(now.holds ? [] : now.reasons), ...decision.reasons]);
+    }
+  }
+  return {
+    key: signals.key,
+    orgId: signals.orgId,
+    policy: policy.name,
+    kind,
+    from: state.stage,
+    to: target?.name ?? null,
+    toIndex: to,
+    actions,
+    blocksBooking: target?.blocksBooking ?? false,
+    allowsLogin: target?.allowsLogin ?? true,
+    message: stageMessage(target, policy, signals, settings, asOf),
+    reasons,
+  };
+}

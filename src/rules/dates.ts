@@ -1,0 +1,60 @@
+import type { Duration, IsoDate } from '../types';
+
+/**
+ * Calendar-day arithmetic on `YYYY-MM-DD` strings, in UTC so a day is always 24 hours.
+ * Pure: nothing here reads the clock.
+ */
+
+const DAY_MS = 86_400_000;
+
+export function toDayNumber(date: IsoDate): number {
+  return Math.floor(Date.parse(`${date}T00:00:00Z`) / DAY_MS);
+}
+
+export function fromDayNumber(day: number): IsoDate {
+  return new Date(day * DAY_MS).toISOString().slice(0, 10);
+}
+
+/** Whole days from `from` to `to` (positive when `to` is later). */
+export function daysBetween(from: IsoDate, to: IsoDate): number {
+  return toDayNumber(to) - toDayNumber(from);
+}
+
+export function addDays(date: IsoDate, days: number): IsoDate {
+  return fromDayNumber(toDayNumber(date) + days);
+}
+
+/** Months and years move the calendar date, clamping to the month's last day (Jan 31 + 1 month = Feb 28/29). */
+export function addDuration(date: IsoDate, duration: Duration, sign: 1 | -1 = 1): IsoDate {
+  const n = duration.amount * sign;
+  switch (duration.unit) {
+    case 'day':
+      return addDays(date, n);
+    case 'week':
+      return addDays(date, 7 * n);
+    case 'month':
+    case 'year': {
+      const months = duration.unit === 'year' ? 12 * n : n;
+      const [y, m, d] = date.split('-').map(Number) as [number, number, number];
+      const total = y * 12 + (m - 1) + months;
+      const year = Math.floor(total / 12);
+      const month = total - year * 12;
+      const lastDay = new Date(Date.UTC(year, month + 1, 0)).getUTCDate();
+      return fromDayNumber(Math.floor(Date.UTC(year, month, Math.min(d, lastDay)) / DAY_MS));
+    }
+  }
+}
+
+/** True when at least `duration` has passed from `since` to `asOf` (day-exact: day 14 of 14 days counts). */
+export function atLeast(since: IsoDate, asOf: IsoDate, duration: Duration): boolean {
+  return addDuration(since, duration) <= asOf;
+}
+
+/** Today's date in UTC; only the CLI calls this, never the evaluator. */
+export function todayUtc(now: Date = new Date()): IsoDate {
+  return now.toISOString().slice(0, 10);
+}
+
+export function isIsoDate(value: string): boolean {
+  return /^\d{4}-\d{2}-\d{2}$/.test(value) && fromDayNumber(toDayNumber(value)) === value;
+}

@@ -1,0 +1,172 @@
+import { PLACEHOLDERS } from '../evaluate/placeholders';
+import { isPlaceholder, templatePlaceholders } from '../evaluate/message';
+import { DEFAULT_MAPPING } from './defaults';
+import { closest, type Problem, type YamlPath } from './problems';
+
+/**
+ * The checks a schema cannot express, because they relate one part of the file to another: stage
+ * names unique in a policy, message placeholders that exist, `set` never on a consent or key
+ * column, flags the mapping declares, overrides that name existing policies and stages.
+ *
+ * They run on the parsed file even when the schema found problems (so every error comes out at
+ * once), and therefore look at the data defensively: anything malformed was already reported.
+ */
+
+type Dict = Record<string, unknown>;
+
+const isDict = (v: unknown): v is Dict => v !== null && typeof v === 'object' && !Array.isArray(v);
+const dict = (v: unknown): Dict => (isDict(v) ? v : {});
+const list = (v: unknown): unknown[] => (Array.isArray(v) ? v : []);
+
+interface MappingFacts {
+  key: string;
+  consent: string[];
+  /** Declared flag names; null when a signal view supplies the flags (any name may be used). */
+  flags: string[] | null;
+}
+
+function mappingFacts(data: Dict): MappingFacts {
+  const source = dict(data.source);
+  const customers = dict(source.customers);
+  const key = typeof customers.key === 'string' ? customers.key : DEFAULT_MAPPING.customers.key;
+  const consent = Array.isArray(customers.consent)
+    ? customers.consent.filter((c): c is string => typeof c === 'string')
+    : DEFAULT_MAPPING.customers.consent;
+  const flags =
+    typeof source.view === 'string' ? null : Object.keys(isDict(customers.flags) ? customers.flags : {});
+  return { key, consent, flags };
+}
+
+export function semanticProblems(data: unknown): Problem[] {
+  const root = dict(data);
+  const facts = mappingFacts(root);
+  const problems: Problem[] = [];
+  const policies = dict(root.policies);
+
+  for (const [name, policy] of Object.entries(policies)) {
+    const stages = list(dict(policy).stages);
+    const seen = new Map<string, number>();
+    stages.forEach((stage, i) => {
+      const path: YamlPath = ['policies', name, 'stages', i];
+      const s = dict(stage);
+      if (typeof s.name === 'string') {
+        const first = seen.get(s.name);
+        if (first !== undefined) {
+          problems.push({
+            path: [...path, 'name'],
+            message: `${JSON.stringify(s.name)} is already the name of stages[${first}]; stage names must be unique within a policy`,
+          });
+        } else seen.set(s.name, i);
+      }
+      checkStage(s, path, facts, problems);
+    });
+  }
+  list(root.exclusions).forEach((e, i) => checkExclusion(dict(e), ['exclusions', i], facts, problems));
+
+  for (const [orgId, org] of Object.entries(dict(root.organizations))) {
+    const o = dict(org);
+    for (const [name, override] of Object.entries(dict(o.policies))) {
+      const path: YamlPath = ['organizations', orgId, 'policies', name];
+      const policy = policies[name];
+      if (!isDict(policy)) {
+        const known = Object.keys(policies);
+        const guess = closest(name, known);
+        problems.push({
+          path,
+          atKey: true,
+          message: `there is no policy ${JSON.stringify(name)} to override${guess ? ` (did you mean ${guess}?)` : ''}; the policies are: ${known.join(', ') || 'none'}`,
+        });
+        continue;
+      }
+      const stageNames = list(policy.stages)
+        .map((s) => dict(s).name)
+        .filter((n): n is string => typeof n === 'string');
+      const overridden = new Set<string>();
+      list(dict(override).stages).forEach((stage, i) => {
+        const s = dict(stage);
+        const stagePath: YamlPath = [...path, 'stages', i];
+        if (typeof s.name === 'string') {
+          if (!stageNames.includes(s.name)) {
+            const guess = closest(s.name, stageNames);
+            problems.push({
+              path: [...stagePath, 'name'],
+              message: `policy ${name} has no stage ${JSON.stringify(s.name)}${guess ? ` (did you mean ${guess}?)` : ''}; its stages are: ${stageNames.join(', ')} (an override changes existing stages, it cannot add one)`,
+            });
+          } else if (overridden.has(s.name)) {
+            problems.push({
+              path: [...stagePath, 'name'],
+              message: `stage ${JSON.stringify(s.name)} is overridden twice; merge the two entries into one`,
+            });
+          }
+          overridden.add(s.name);
+        }
+        checkStage(s, stagePath, facts, problems);
+      });
+    }
+    list(o.exclusions).forEach((e, i) =>
+      checkExclusion(dict(e), ['organizations', orgId, 'exclusions', i], facts, problems),
+    );
+  }
+  return problems;
+}
+
+function checkStage(stage: Dict, path: YamlPath, facts: MappingFacts, problems: Problem[]): void {
+  if (typeof stage.message === 'string') {
+    for (const name of templatePlaceholders(stage.message)) {
+      if (isPlaceholder(name)) continue;
+      const guess = closest(name, Object.keys(PLACEHOLDERS));
+      problems.push({
+        path: [...path, 'message'],
+        message: `{${name}} is not a placeholder${guess ? ` (did you mean {${guess}}?)` : ''}; allowed: ${Object.keys(
+          PLACEHOLDERS,
+        )
+          .map((p) => `{${p}}`)
+          .join(', ')}`,
+      });
+    }
+  }
+  if (stage.when !== undefined) checkCondition(stage.when, [...path, 'when'], facts, problems);
+  list(stage.actions).forEach((action, i) => {
+    const set = dict(action).set;
+    if (!isDict(set)) return;
+    for (const column of Object.keys(set)) {
+      const at: YamlPath = [...path, 'actions', i, 'set', column];
+      if (facts.consent.includes(column)) {
+        problems.push({
+          path: at,
+          atKey: true,
+          message: `${column} is a consent column (source.customers.consent) and suspend never writes consent; set another column`,
+        });
+      } else if (column === facts.key) {
+        problems.push({
+          path: at,
+          atKey: true,
+          message: `${column} is the customers' key column (source.customers.key) and cannot be set; set another column`,
+        });
+      }
+    }
+  });
+}
+
+function checkCondition(condition: unknown, path: YamlPath, facts: MappingFacts, problems: Problem[]): void {
+  const c = dict(condition);
+  for (const nested of ['all', 'any'] as const) {
+    list(c[nested]).forEach((item, i) => checkCondition(item, [...path, nested, i], facts, problems));
+  }
+  if (c.not !== undefined) checkCondition(c.not, [...path, 'not'], facts, problems);
+  if (typeof c.flag === 'string') checkFlag(c.flag, [...path, 'flag'], facts, problems);
+}
+
+function checkExclusion(exclusion: Dict, path: YamlPath, facts: MappingFacts, problems: Problem[]): void {
+  if (typeof exclusion.flag === 'string') checkFlag(exclusion.flag, [...path, 'flag'], facts, problems);
+}
+
+function checkFlag(flag: string, path: YamlPath, facts: MappingFacts, problems: Problem[]): void {
+  if (facts.flags === null || facts.flags.includes(flag)) return;
+  const declared =
+    facts.flags.length > 0 ? `the declared flags are: ${facts.flags.join(', ')}` : 'no flags are declared';
+  problems.push({
+    path,
+    message: `${JSON.stringify(flag)} is not a flag declared in source.customers.flags (${declared}); declare it there, e.g. flags: { ${flag}: ${flag} }`,
+  });
+}

@@ -1,0 +1,171 @@
+import type { Knex } from 'knex';
+import type { Action, IsoDate, OutboxPayload, Reason, TransitionKind } from '../types';
+
+/**
+ * Writes one page of state changes in ONE statement: upsert the account states, append a history
+ * row per change (with the full previous state, so revert can restore it) and an outbox event per
+ * change (so notification is never lost nor sent for a rolled-back change). The whole page travels
+ * as one jsonb parameter; never one statement per row.
+ *
+ * The upsert is version-guarded: a row that changed since the page was read (a concurrent
+ * reinstatement, say) is not overwritten; it is returned as not applied and left for the next run.
+ */
+
+export interface WriteContext {
+  schema: string;
+  runId: string;
+  asOf: IsoDate;
+  rulesHash: string;
+  actor: string;
+}
+
+export interface StateChange {
+  key: string;
+  orgId: string | null;
+  policy: string;
+  kind: Exclude<TransitionKind, 'hold'>;
+  from: string | null;
+  fromIndex: number;
+  to: string | null;
+  toIndex: number;
+  blocksBooking: boolean;
+  allowsLogin: boolean;
+  message: string | null;
+  reasons: Reason[];
+  actions: Action[];
+  /** The row's version when the page was read; 0 when there was no row. */
+  expectedVersion: number;
+  customer: { name: string | null; email: string | null };
+  /** Host column values captured before this change set them (null: nothing captured). */
+  hostBefore: Record<string, unknown> | null;
+  /** Old values of host columns this change overwrote, recorded in history for revert. */
+  hostOld: Record<string, unknown> | null;
+}
+
+export interface AppliedChange {
+  key: string;
+  policy: string;
+  historyId: string;
+}
+
+const STATE_WRITE_SQL = `
+with input as (
+  select * from jsonb_to_recordset(:changes::jsonb) as x(
+    customer_key text, policy text, org_id text, kind text, from_stage text, from_index int,
+    stage text, stage_index int, blocks_booking boolean, allows_login boolean, message text,
+    reasons jsonb, expected_version int, host_before jsonb, host_old jsonb, payload jsonb)
+),
+previous as (
+  select s.* from :states: s join input i on s.customer_key = i.customer_key and s.policy = i.policy
+),
+upserted as (
+  insert into :states: as s (customer_key, policy, org_id, stage, stage_index, blocks_booking, allows_login,
+                             message, reasons, entered_on, episode_started_on, host_before, run_id, version, updated_at)
+  select customer_key, policy, org_id, stage, stage_index, blocks_booking, allows_login, message, reasons,
+         :asOf::date, case when stage is null then null else :asOf::date end, host_before, :runId, expected_version + 1, now()
+    from input
+  on conflict (customer_key, policy) do update set
+         org_id = excluded.org_id,
+         stage = excluded.stage,
+         stage_index = excluded.stage_index,
+         blocks_booking = excluded.blocks_booking,
+         allows_login = excluded.allows_login,
+         message = excluded.message,
+         reasons = excluded.reasons,
+         entered_on = excluded.entered_on,
+         -- an episode starts when a clear account enters a stage and lasts until it clears
+         episode_started_on = case when excluded.stage is null then null
+                                   when s.stage is null then excluded.entered_on
+                                   else s.episode_started_on end,
+         host_before = coalesce(excluded.host_before, s.host_before),
+         run_id = excluded.run_id,
+         version = s.version + 1,
+         updated_at = now()
+   where s.version = excluded.version - 1
+  returning customer_key, policy
+),
+history_rows as (
+  insert into :history: (run_id, customer_key, org_id, policy, kind, from_stage, to_stage, from_index, to_index,
+                         reasons, previous_state, rules_hash, as_of, actor)
+  select :runId, i.customer_key, i.org_id, i.policy, i.kind, i.from_stage, i.stage, i.from_index, i.stage_index,
+         i.reasons,
+         case when p.customer_key is null and i.host_old is null then null
+              else coalesce(to_jsonb(p), '{}'::jsonb) || jsonb_build_object('host', i.host_old) end,
+         :rulesHash, :asOf::date, :actor
+    from input i
+    join upserted u on u.customer_key = i.customer_key and u.policy = i.policy
+    left join previous p on p.customer_key = i.customer_key and p.policy = i.policy
+  returning id, customer_key, policy
+),
+outbox_rows as (
+  insert into :outbox: (run_id, history_id, org_id, customer_key, event, payload)
+  select :runId, h.id, i.org_id, i.customer_key, i.kind, i.payload
+    from history_rows h join input i on i.customer_key = h.customer_key and i.policy = h.policy
+  returning 1
+)
+select customer_key as key, policy, id::text as history_id, (select count(*) from outbox_rows) as events
+  from history_rows`;
+
+export function payloadFor(change: StateChange, ctx: WriteContext): OutboxPayload {
+  return {
+    event: change.kind,
+    runId: ctx.runId,
+    asOf: ctx.asOf,
+    orgId: change.orgId,
+    customer: { key: change.key, name: change.customer.name, email: change.customer.email },
+    policy: change.policy,
+    from: change.from,
+    to: change.to,
+    blocksBooking: change.blocksBooking,
+    allowsLogin: change.allowsLogin,
+    message: change.message,
+    reasons: change.reasons,
+    actions: change.actions.map((a) => a.type),
+    actor: ctx.actor,
+  };
+}
+
+/** The jsonb rows the state statement reads; also what a dry run shows as "would write". */
+export function changeRecords(changes: StateChange[], ctx: WriteContext): Record<string, unknown>[] {
+  return changes.map((c) => ({
+    customer_key: c.key,
+    policy: c.policy,
+    org_id: c.orgId,
+    kind: c.kind,
+    from_stage: c.from,
+    from_index: c.fromIndex,
+    stage: c.to,
+    stage_index: c.toIndex,
+    blocks_booking: c.blocksBooking,
+    allows_login: c.allowsLogin,
+    message: c.message,
+    reasons: c.reasons,
+    expected_version: c.expectedVersion,
+    host_before: c.hostBefore,
+    host_old: c.hostOld,
+    payload: payloadFor(c, ctx),
+  }));
+}
+
+export async function writeStateChanges(
+  trx: Knex.Transaction,
+  ctx: WriteContext,
+  changes: StateChange[],
+): Promise<AppliedChange[]> {
+  if (changes.length === 0) return [];
+  const result = await trx.raw(STATE_WRITE_SQL, {
+    changes: JSON.stringify(changeRecords(changes, ctx)),
+    states: `${ctx.schema}.account_states`,
+    history: `${ctx.schema}.history`,
+    outbox: `${ctx.schema}.outbox`,
+    asOf: ctx.asOf,
+    runId: ctx.runId,
+    rulesHash: ctx.rulesHash,
+    actor: ctx.actor,
+  });
+  return (result as { rows: { key: string; policy: string; history_id: string }[] }).rows.map((r) => ({
+    key: r.key,
+    policy: r.policy,
+    historyId: r.history_id,
+  }));
+}

@@ -1,0 +1,77 @@
+import type { Knex } from 'knex';
+import { qualified } from '../source/signals';
+import type { SourceMapping } from '../types';
+import type { HostColumnChange } from '../engine/plan';
+
+/**
+ * Writes the mapped host columns the rules name in `set` actions (e.g. customers.status), one
+ * statement per column for the whole page, and returns the values they held before (as text), so
+ * history can record them and a clear can restore them. Consent columns are refused at load time.
+ */
+
+const SAFE_TYPE = /^[a-z][a-z0-9_ ]*(\(\d+(,\d+)?\))?(\[\])?$/i;
+
+/** Column types from the catalog, so text parameters can be cast back to the column's own type. */
+export async function columnTypes(
+  knex: Knex | Knex.Transaction,
+  mapping: SourceMapping,
+  columns: string[],
+): Promise<Map<string, string>> {
+  const table = qualified(mapping, mapping.customers.table);
+  const result = await knex.raw<{ rows: { name: string; type: string }[] }>(
+    `select attname as name, format_type(atttypid, atttypmod) as type
+       from pg_attribute where attrelid = to_regclass(?) and attnum > 0 and not attisdropped and attname = any(?::text[])`,
+    [quoteQualified(table), columns],
+  );
+  const types = new Map(result.rows.map((r) => [r.name, r.type]));
+  for (const c of columns) {
+    const t = types.get(c);
+    if (!t) throw new Error(`column "${c}" of table ${table} does not exist`);
+    if (!SAFE_TYPE.test(t)) throw new Error(`column "${c}" of table ${table} has an unsupported type ${t}`);
+  }
+  return types;
+}
+
+function quoteQualified(name: string): string {
+  return name
+    .split('.')
+    .map((p) => `"${p.replace(/"/g, '""')}"`)
+    .join('.');
+}
+
+export async function writeHostColumns(
+  trx: Knex.Transaction,
+  mapping: SourceMapping,
+  changes: HostColumnChange[],
+): Promise<Map<string, Record<string, string | null>>> {
+  const old = new Map<string, Record<string, string | null>>();
+  if (changes.length === 0) return old;
+  const byColumn = new Map<string, HostColumnChange[]>();
+  for (const c of changes) byColumn.set(c.column, [...(byColumn.get(c.column) ?? []), c]);
+  const c = mapping.customers;
+  const types = await columnTypes(trx, mapping, [...byColumn.keys(), c.key]);
+  const table = qualified(mapping, c.table);
+  for (const [column, rows] of byColumn) {
+    // Joining the table again as "before" yields each row's value as it was before this UPDATE.
+    const result = await trx.raw<{ rows: { key: string; old: string | null }[] }>(
+      `update ?? as t set ?? = x.v::${types.get(column)}
+         from unnest(?::text[], ?::text[]) as x(k, v), ?? as before
+        where t.?? = x.k::${types.get(c.key)} and before.?? = t.??
+        returning t.??::text as key, before.??::text as old`,
+      [
+        table,
+        column,
+        rows.map((r) => r.key),
+        rows.map((r) => r.value) as Knex.Value,
+        table,
+        c.key,
+        c.key,
+        c.key,
+        c.key,
+        column,
+      ],
+    );
+    for (const r of result.rows) old.set(r.key, { ...old.get(r.key), [column]: r.old });
+  }
+  return old;
+}

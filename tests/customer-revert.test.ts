@@ -1,0 +1,332 @@
+import { createTestDatabase, type TestDatabase } from './helpers/database';
+import { runCli } from './helpers/cli';
+import { checksumTables } from './helpers/fixtures';
+
+/**
+ * `suspend revert RUN_ID` on states written as the engine writes them: run A changed four accounts,
+ * a later run B changed one of them again, and one is excluded now.
+ */
+
+let db: TestDatabase;
+let runA: string;
+let runB: string;
+
+function cli(args: string[]) {
+  return runCli([...args, '--database-url', db.url]);
+}
+
+async function newRun(kind: string, asOf: string): Promise<string> {
+  const [row] = await db
+    .knex('suspend.runs')
+    .insert({ kind, status: 'succeeded', as_of: asOf, rules_hash: 'test', started_by: 'cron' })
+    .returning('id');
+  return String((row as { id: string }).id);
+}
+
+const suspended = {
+  stage: 'suspended',
+  stage_index: 0,
+  blocks_booking: true,
+  allows_login: false,
+  message: 'Your account is suspended. Pay at https://pay.example.com.',
+  reasons: JSON.stringify([
+    { condition: 'past_due_for', text: 'past due for 31 days', evidence: { days: 31 } },
+  ]),
+};
+
+/** A prior row of customer 11, as to_jsonb(account_states) gives it. */
+const prior11 = {
+  customer_key: '11',
+  policy: 'overdue_pause',
+  org_id: null,
+  stage: null,
+  stage_index: -1,
+  blocks_booking: false,
+  allows_login: true,
+  message: null,
+  reasons: [{ condition: 'invoice_overdue_for', text: 'no invoice overdue', evidence: {} }],
+  entered_on: '2026-09-01',
+  episode_started_on: null,
+  reinstated_on: '2026-09-01',
+  tags: [],
+  host_before: null,
+  run_id: null,
+  version: 3,
+  updated_at: '2026-09-01T00:00:00+00:00',
+};
+
+async function stateOf(key: string, policy: string) {
+  const [row] = await db
+    .knex('suspend.account_states')
+    .where({ customer_key: key, policy })
+    .select(
+      'stage',
+      'stage_index',
+      'blocks_booking',
+      'allows_login',
+      'message',
+      'reasons',
+      'version',
+      'run_id',
+    )
+    .select(
+      db.knex.raw("to_char(entered_on, 'YYYY-MM-DD') as entered_on"),
+      db.knex.raw("to_char(reinstated_on, 'YYYY-MM-DD') as reinstated_on"),
+    );
+  return row;
+}
+
+beforeAll(async () => {
+  db = await createTestDatabase();
+  await db.knex('customers').insert([
+    { id: 10, name: 'Ten', email: 't@example.com', status: 'suspended', marketing_opt_out: true },
+    { id: 11, name: 'Eleven', email: 'e@example.com' },
+    { id: 12, name: 'Twelve', email: 'w@example.com', status: 'closed', marketing_opt_out: true },
+    { id: 13, name: 'Thirteen', email: 'h@example.com', status: 'suspended' },
+    { id: 14, name: 'Fourteen', email: 'f@example.com' },
+  ]);
+  runA = await newRun('sweep', '2026-11-01');
+  runB = await newRun('sweep', '2026-11-15');
+  const history = (
+    key: string,
+    policy: string,
+    run: string,
+    kind: string,
+    to: string | null,
+    prev: unknown,
+  ) => ({
+    run_id: run,
+    customer_key: key,
+    policy,
+    kind,
+    to_stage: to,
+    to_index: to ? 0 : -1,
+    previous_state: prev === null ? null : JSON.stringify(prev),
+    as_of: run === runA ? '2026-11-01' : '2026-11-15',
+    actor: 'cron',
+  });
+  // 10: entered delinquency in run A (no prior row); A set customers.status from 'active'.
+  await db.knex('suspend.account_states').insert({
+    customer_key: '10',
+    policy: 'delinquency',
+    ...suspended,
+    entered_on: '2026-11-01',
+    episode_started_on: '2026-11-01',
+    host_before: JSON.stringify({ status: 'active' }),
+    run_id: runA,
+    version: 1,
+  });
+  await db
+    .knex('suspend.history')
+    .insert(history('10', 'delinquency', runA, 'enter', 'suspended', { host: { status: 'active' } }));
+  // 11: paused by run A over a prior clear row (version 3, reinstated on 2026-09-01).
+  await db.knex('suspend.account_states').insert({
+    customer_key: '11',
+    policy: 'overdue_pause',
+    stage: 'paused',
+    stage_index: 0,
+    blocks_booking: true,
+    allows_login: true,
+    message: 'Invoice overdue.',
+    entered_on: '2026-11-01',
+    reinstated_on: '2026-09-01',
+    run_id: runA,
+    version: 4,
+  });
+  await db
+    .knex('suspend.history')
+    .insert(history('11', 'overdue_pause', runA, 'enter', 'paused', { ...prior11, host: null }));
+  // 12: suspended by run A, then cleared again by run B: left alone.
+  await db.knex('suspend.account_states').insert({
+    customer_key: '12',
+    policy: 'delinquency',
+    stage: null,
+    stage_index: -1,
+    entered_on: '2026-11-15',
+    run_id: runB,
+    version: 2,
+  });
+  await db
+    .knex('suspend.history')
+    .insert(history('12', 'delinquency', runA, 'enter', 'suspended', { host: { status: 'active' } }));
+  await db.knex('suspend.history').insert(
+    history('12', 'delinquency', runB, 'clear', null, {
+      customer_key: '12',
+      policy: 'delinquency',
+      stage: 'suspended',
+    }),
+  );
+  // 13: suspended by run A, excluded since: left alone.
+  await db.knex('suspend.account_states').insert({
+    customer_key: '13',
+    policy: 'delinquency',
+    ...suspended,
+    entered_on: '2026-11-01',
+    host_before: JSON.stringify({ status: 'active' }),
+    run_id: runA,
+    version: 1,
+  });
+  await db
+    .knex('suspend.history')
+    .insert(history('13', 'delinquency', runA, 'enter', 'suspended', { host: { status: 'active' } }));
+  await db
+    .knex('suspend.exclusions')
+    .insert({ customer_key: '13', reason: 'under review', created_by: 'ops' });
+  // 14: only run B touched it.
+  await db.knex('suspend.account_states').insert({
+    customer_key: '14',
+    policy: 'delinquency',
+    ...suspended,
+    entered_on: '2026-11-15',
+    run_id: runB,
+    version: 1,
+  });
+  await db.knex('suspend.history').insert(history('14', 'delinquency', runB, 'enter', 'suspended', null));
+});
+
+afterAll(async () => db.drop());
+
+test('--dry-run lists what would be restored and what is left alone, and writes nothing', async () => {
+  const before = await checksumTables(db.knex, ['public', 'suspend']);
+  const r = await cli(['revert', runA, '--dry-run', '--as-of', '2026-11-23']);
+  expect(r.stderr).toBe('');
+  expect(r.code).toBe(0);
+  expect(r.stdout).toContain(
+    `Dry run: reverting run ${runA} (sweep as of 2026-11-01) would restore 2 account state(s) and leave 2 alone; nothing was written.`,
+  );
+  expect(r.stdout).toContain('10  delinquency: suspended -> clear');
+  expect(r.stdout).toContain('11  overdue_pause: paused -> clear');
+  expect(r.stdout).toContain(`12  delinquency: clear (changed again by run ${runB} (sweep))`);
+  expect(r.stdout).toContain('13  delinquency: suspended (excluded: under review)');
+  expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
+});
+
+test('revert restores the previous states and host columns, leaves the others alone, and records itself', async () => {
+  const hostBefore = await db.knex('customers').select('*').orderBy('id');
+  const r = await cli([
+    'revert',
+    runA,
+    '--by',
+    'erin',
+    '--as-of',
+    '2026-11-23',
+    '--batch-size',
+    '1',
+    '--json',
+  ]);
+  expect(r.stderr).toBe('');
+  expect(r.code).toBe(0);
+  const result = JSON.parse(r.stdout);
+  expect(result.restored).toEqual([
+    { key: '10', policy: 'delinquency', from: 'suspended', to: null },
+    { key: '11', policy: 'overdue_pause', from: 'paused', to: null },
+  ]);
+  expect(result.leftAlone.map((x: { key: string }) => x.key)).toEqual(['12', '13']);
+  const revertRunId = result.run.id as string;
+
+  // 10 had no prior row: clear. 11 gets its prior row back (reasons, reinstated_on...), one version on.
+  expect(await stateOf('10', 'delinquency')).toMatchObject({
+    stage: null,
+    stage_index: -1,
+    blocks_booking: false,
+    allows_login: true,
+    message: null,
+    version: 2,
+    run_id: revertRunId,
+  });
+  expect(await stateOf('11', 'overdue_pause')).toMatchObject({
+    stage: null,
+    blocks_booking: false,
+    reasons: prior11.reasons,
+    entered_on: '2026-09-01',
+    reinstated_on: '2026-09-01',
+    version: 5,
+  });
+  // Left alone: unchanged.
+  expect(await stateOf('12', 'delinquency')).toMatchObject({ stage: null, version: 2, run_id: runB });
+  expect(await stateOf('13', 'delinquency')).toMatchObject({ stage: 'suspended', version: 1, run_id: runA });
+  expect(await stateOf('14', 'delinquency')).toMatchObject({ stage: 'suspended', version: 1, run_id: runB });
+
+  // Host: only customers.status of 10 moved back; consent and all else byte-identical.
+  const hostAfter = await db.knex('customers').select('*').orderBy('id');
+  expect(hostAfter).toEqual(hostBefore.map((c) => (c.id === '10' ? { ...c, status: 'active' } : c)));
+
+  const history = await db.knex('suspend.history').where({ run_id: revertRunId }).orderBy('customer_key');
+  expect(history.map((h) => [h.customer_key, h.kind, h.from_stage, h.to_stage, h.actor])).toEqual([
+    ['10', 'revert', 'suspended', null, 'erin'],
+    ['11', 'revert', 'paused', null, 'erin'],
+  ]);
+  expect(history[0].previous_state).toMatchObject({
+    stage: 'suspended',
+    version: 1,
+    host: { status: 'suspended' },
+  });
+  const outbox = await db.knex('suspend.outbox').where({ run_id: revertRunId }).orderBy('customer_key');
+  expect(outbox.map((o) => [o.customer_key, o.event, o.payload.event, o.payload.from, o.payload.to])).toEqual(
+    [
+      ['10', 'revert', 'revert', 'suspended', null],
+      ['11', 'revert', 'revert', 'paused', null],
+    ],
+  );
+  expect(outbox[0].payload).toMatchObject({
+    runId: revertRunId,
+    customer: { key: '10', name: 'Ten', email: 't@example.com' },
+    actor: 'erin',
+    asOf: '2026-11-23',
+  });
+  const [run] = await db.knex('suspend.runs').where({ id: revertRunId });
+  expect(run).toMatchObject({
+    kind: 'revert',
+    status: 'succeeded',
+    reverts_run_id: runA,
+    started_by: 'erin',
+  });
+  expect(run.counts).toMatchObject({ changes: 2, leftAlone: 2 });
+});
+
+test('a run cannot be reverted twice; an unknown run is one sentence', async () => {
+  const again = await cli(['revert', runA]);
+  expect(again.code).toBe(2);
+  expect(again.stderr).toContain(`Run ${runA} was already reverted by run`);
+  const unknown = await cli(['revert', '999']);
+  expect(unknown.code).toBe(2);
+  expect(unknown.stderr).toContain('There is no run 999');
+});
+
+test('reinstate then revert of the reinstatement brings the suspension and its host status back', async () => {
+  const before = await db.knex('customers').where({ id: 14 }).first();
+  const r = await cli([
+    'reinstate',
+    '14',
+    '--reason',
+    'goodwill',
+    '--by',
+    'finn',
+    '--as-of',
+    '2026-11-23',
+    '--json',
+  ]);
+  expect(r.code).toBe(0);
+  const reinstated = JSON.parse(r.stdout);
+  expect(await stateOf('14', 'delinquency')).toMatchObject({
+    stage: null,
+    reinstated_on: '2026-11-23',
+    version: 2,
+  });
+  const undo = await cli(['revert', reinstated.run.id, '--by', 'finn']);
+  expect(undo.code).toBe(0);
+  expect(undo.stdout).toContain('14  delinquency: clear -> suspended');
+  expect(await stateOf('14', 'delinquency')).toMatchObject({
+    stage: 'suspended',
+    blocks_booking: true,
+    allows_login: false,
+    entered_on: '2026-11-15',
+    reinstated_on: null,
+    version: 3,
+  });
+  expect(await db.knex('customers').where({ id: 14 }).first()).toEqual(before);
+  const status = await cli(['status', '14']);
+  expect(status.stdout).toMatch(
+    /delinquency: revert clear -> suspended {2}by finn \(run \d+ revert\)\n[^\n]*\n {2}2026-11-23 {2}delinquency: reinstate suspended -> clear {2}by finn/,
+  );
+});

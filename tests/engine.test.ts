@@ -1,0 +1,320 @@
+import { spawn } from 'node:child_process';
+import path from 'node:path';
+import knexFactory from 'knex';
+import { createTestDatabase, type TestDatabase } from './helpers/database';
+import { runCli } from './helpers/cli';
+import { ROOT } from './helpers/server';
+import { checksumTables, ENGINE_RULES, writeRules } from './helpers/fixtures';
+import { runBatch } from '../src/engine/run';
+import { loadRules } from '../src/rules/load';
+
+/** The batch engine as a user runs it: report, backfill, sweep, runs, locks, limits, resume, races. */
+
+const AS_OF = '2026-11-23';
+const rulesFile = writeRules(ENGINE_RULES);
+
+async function seeded(customers: number, seed = 7): Promise<TestDatabase> {
+  const db = await createTestDatabase();
+  const r = await runCli([
+    'seed',
+    '--customers',
+    String(customers),
+    '--orgs',
+    '5',
+    '--seed',
+    String(seed),
+    '--as-of',
+    AS_OF,
+    '--reset',
+    '--database-url',
+    db.url,
+    '--quiet',
+  ]);
+  expect(r).toMatchObject({ code: 0 });
+  return db;
+}
+
+function cli(db: TestDatabase, args: string[]) {
+  return runCli([...args, '--rules', rulesFile, '--database-url', db.url]);
+}
+
+interface ReportJson {
+  runId: string | null;
+  status: string;
+  counts: {
+    scanned: number;
+    changes: number;
+    accountsChanged: number;
+    excluded: number;
+    changedSinceRead: number;
+  };
+  accounts?: { key: string; policy: string; to: string; change: string }[];
+}
+
+async function states(db: TestDatabase): Promise<string[]> {
+  const rows = await db
+    .knex('suspend.account_states')
+    .select('customer_key', 'policy', 'stage')
+    .orderBy(['customer_key', 'policy']);
+  return rows.map(
+    (r: { customer_key: string; policy: string; stage: string | null }) =>
+      `${r.customer_key}|${r.policy}|${r.stage ?? 'clear'}`,
+  );
+}
+
+describe('report, backfill and sweep on 10,000 reference accounts', () => {
+  let db: TestDatabase;
+  let preview: ReportJson;
+  beforeAll(async () => {
+    db = await seeded(10_000);
+  });
+  afterAll(async () => db.drop());
+
+  test('report --dry-run lists the changes and writes nothing at all', async () => {
+    const before = await checksumTables(db.knex, ['public', 'suspend']);
+    const r = await cli(db, ['report', '--dry-run', '--accounts', '--format', 'json', '--as-of', AS_OF]);
+    expect(r.code).toBe(0);
+    preview = JSON.parse(r.stdout) as ReportJson;
+    expect(preview.counts.scanned).toBe(10_000);
+    expect(preview.counts.changes).toBeGreaterThan(1000);
+    expect(preview.counts.excluded).toBeGreaterThan(0);
+    expect(preview.accounts).toHaveLength(preview.counts.changes);
+    expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
+  });
+
+  test('backfill writes exactly what the dry run listed, with history, outbox and host status', async () => {
+    const r = await cli(db, ['backfill', '--as-of', AS_OF, '--format', 'json', '--no-notify', '--quiet']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const result = JSON.parse(r.stdout) as ReportJson;
+    expect(result.status).toBe('succeeded');
+    expect(result.counts.changes).toBe(preview.counts.changes);
+    const expected = preview.accounts!.map((a) => `${a.key}|${a.policy}|${a.to}`).sort();
+    expect(await states(db)).toEqual(expected);
+    const history = await db
+      .knex('suspend.history')
+      .where({ run_id: result.runId })
+      .count<{ n: string }[]>({ n: '*' });
+    const outbox = await db
+      .knex('suspend.outbox')
+      .where({ run_id: result.runId })
+      .count<{ n: string }[]>({ n: '*' });
+    expect(Number(history[0]!.n)).toBe(result.counts.changes);
+    expect(Number(outbox[0]!.n)).toBe(result.counts.changes);
+    // A suspended account has the mapped status; a paused-only one keeps its own.
+    const suspendedKeys = preview.accounts!.filter((a) => a.to === 'suspended').map((a) => a.key);
+    const statuses = await db.knex('customers').whereIn('id', suspendedKeys).distinct('status');
+    expect(statuses).toEqual([{ status: 'suspended' }]);
+  });
+
+  test('a second sweep with the same as-of changes nothing', async () => {
+    const r = await cli(db, ['sweep', '--as-of', AS_OF, '--format', 'json', '--no-notify', '--quiet']);
+    expect(r.code).toBe(0);
+    expect((JSON.parse(r.stdout) as ReportJson).counts.changes).toBe(0);
+  });
+
+  test('a sweep a month later advances stages and reinstates paid accounts; runs lists the ledger', async () => {
+    // Pay every invoice of ten delinquent accounts: the sweep must reinstate them (delinquency is auto).
+    const paid = (await db
+      .knex('suspend.account_states')
+      .where({ policy: 'delinquency', stage: 'suspended' })
+      .limit(10)
+      .pluck('customer_key')) as string[];
+    await db
+      .knex('invoices')
+      .whereIn('customer_id', paid)
+      .whereNull('paid_on')
+      .update({ paid_cents: db.knex.ref('amount_cents'), paid_on: '2026-12-01' });
+    const r = await cli(db, [
+      'sweep',
+      '--as-of',
+      '2026-12-23',
+      '--format',
+      'json',
+      '--no-notify',
+      '--accounts',
+      '--quiet',
+    ]);
+    expect(r.code).toBe(0);
+    const result = JSON.parse(r.stdout) as ReportJson;
+    const cleared = result
+      .accounts!.filter((a) => a.policy === 'delinquency' && a.change === 'clear')
+      .map((a) => a.key);
+    expect(cleared.sort()).toEqual(expect.arrayContaining([...paid].sort()));
+    const runs = await cli(db, ['runs', '--format', 'json']);
+    const ledger = JSON.parse(runs.stdout) as { kind: string; status: string; asOf: string }[];
+    expect(ledger.map((x) => [x.kind, x.status, x.asOf])).toEqual([
+      ['sweep', 'succeeded', '2026-12-23'],
+      ['sweep', 'succeeded', AS_OF],
+      ['backfill', 'succeeded', AS_OF],
+    ]);
+  });
+
+  test('a second run while one holds the lock exits 3 naming the holder; --wait runs after it', async () => {
+    const holder = knexFactory({
+      client: 'pg',
+      connection: { connectionString: db.url, application_name: 'suspend sweep by ops (pid 4242)' },
+      pool: { min: 1, max: 1 },
+    });
+    const conn = await holder.client.acquireConnection();
+    try {
+      await conn.query("select pg_advisory_lock(21333, hashtext('suspend'))");
+      const blocked = await cli(db, ['sweep', '--as-of', AS_OF, '--no-notify']);
+      expect(blocked.code).toBe(3);
+      expect(blocked.stderr).toContain('suspend sweep by ops (pid 4242)');
+      const waiting = cli(db, ['sweep', '--as-of', AS_OF, '--no-notify', '--wait', '--format', 'json']);
+      await new Promise((r) => setTimeout(r, 1500));
+      await conn.query("select pg_advisory_unlock(21333, hashtext('suspend'))");
+      const after = await waiting;
+      expect(after.code).toBe(0);
+    } finally {
+      await holder.client.releaseConnection(conn);
+      await holder.destroy();
+    }
+  });
+});
+
+describe('safety limit', () => {
+  let db: TestDatabase;
+  beforeAll(async () => {
+    db = await seeded(3000, 11);
+  });
+  afterAll(async () => db.drop());
+
+  test('max_changes stops the run before the page that would cross it, exit 4, ledger says stopped', async () => {
+    const limited = writeRules(ENGINE_RULES.replace('settings:\n', 'settings:\n  max_changes: 50\n'));
+    const r = await runCli([
+      'backfill',
+      '--as-of',
+      AS_OF,
+      '--batch-size',
+      '500',
+      '--no-notify',
+      '--rules',
+      limited,
+      '--database-url',
+      db.url,
+    ]);
+    expect(r.code).toBe(4);
+    expect(r.stdout).toContain('safety limit');
+    const [run] = await db.knex('suspend.runs').select('status', 'error');
+    expect(run.status).toBe('stopped');
+    const n = await db.knex('suspend.history').count<{ n: string }[]>({ n: '*' });
+    expect(Number(n[0]!.n)).toBeLessThanOrEqual(50);
+  });
+});
+
+describe('crash and resume', () => {
+  let killed: TestDatabase;
+  let clean: TestDatabase;
+  beforeAll(async () => {
+    [killed, clean] = await Promise.all([seeded(6000, 3), seeded(6000, 3)]);
+  });
+  afterAll(async () => Promise.all([killed.drop(), clean.drop()]));
+
+  test('a killed backfill refuses a new start, resumes to the same final state as an uninterrupted run', async () => {
+    const child = spawn(
+      process.execPath,
+      [
+        path.join(ROOT, 'bin/suspend'),
+        'backfill',
+        '--as-of',
+        AS_OF,
+        '--batch-size',
+        '100',
+        '--no-notify',
+        '--quiet',
+        '--rules',
+        rulesFile,
+        '--database-url',
+        killed.url,
+      ],
+      { stdio: 'ignore' },
+    );
+    // Kill -9 once a few pages have committed.
+    for (let i = 0; i < 600; i++) {
+      const row = await killed
+        .knex('suspend.checkpoints')
+        .max<{ p: number | null }[]>({ p: 'pages' })
+        .catch(() => [{ p: null }]);
+      if ((row[0]?.p ?? 0) >= 5) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+
+    const refused = await cli(killed, ['backfill', '--as-of', AS_OF, '--no-notify']);
+    expect(refused.code).toBe(2);
+    expect(refused.stderr).toContain('--resume');
+    const resumed = await cli(killed, ['backfill', '--resume', '--no-notify', '--quiet', '--format', 'json']);
+    expect(resumed.code).toBe(0);
+    const uninterrupted = await cli(clean, [
+      'backfill',
+      '--as-of',
+      AS_OF,
+      '--batch-size',
+      '100',
+      '--no-notify',
+      '--quiet',
+    ]);
+    expect(uninterrupted.code).toBe(0);
+
+    expect(await states(killed)).toEqual(await states(clean));
+    const dupes = await killed.knex.raw(
+      'select customer_key, policy, to_stage, count(*) from suspend.history group by 1, 2, 3 having count(*) > 1',
+    );
+    expect(dupes.rows).toEqual([]);
+    const outbox = async (d: TestDatabase) =>
+      Number((await d.knex('suspend.outbox').count<{ n: string }[]>({ n: '*' }))[0]!.n);
+    expect(await outbox(killed)).toBe(await outbox(clean));
+  });
+});
+
+describe('payment race', () => {
+  let db: TestDatabase;
+  beforeAll(async () => {
+    db = await seeded(2000, 5);
+  });
+  afterAll(async () => db.drop());
+
+  test('a payment committed between the read and the write: not suspended, counted as changed since read', async () => {
+    const rules = await loadRules({ file: rulesFile, cwd: ROOT });
+    let payer: string | null = null;
+    const result = await runBatch(db.knex, rules, {
+      kind: 'backfill',
+      asOf: AS_OF,
+      dryRun: false,
+      batchSize: 5000,
+      orgs: null,
+      shard: null,
+      resume: false,
+      wait: false,
+      actor: 'test',
+      beforeWrite: async (keys) => {
+        if (payer) return;
+        // A second connection pays every invoice of the first account about to be suspended for debt.
+        const candidates = (await db
+          .knex('invoices')
+          .whereIn('customer_id', db.knex('customers').select('id').whereIn('id', keys).where({ vip: false }))
+          .whereNull('paid_on')
+          .where('due_on', '<', '2026-10-01')
+          .distinct('customer_id')
+          .pluck('customer_id')) as string[];
+        payer = String(candidates[0]);
+        await db
+          .knex('invoices')
+          .where({ customer_id: payer })
+          .whereNull('paid_on')
+          .update({ paid_cents: db.knex.ref('amount_cents'), paid_on: '2026-11-22' });
+      },
+    });
+    expect(result.status).toBe('succeeded');
+    expect(payer).not.toBeNull();
+    expect(result.counts.changedSinceRead).toBeGreaterThanOrEqual(1);
+    const rows = await db
+      .knex('suspend.account_states')
+      .where({ customer_key: payer, policy: 'delinquency' })
+      .whereNotNull('stage');
+    expect(rows).toEqual([]);
+  });
+});

@@ -1,0 +1,84 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { Knex } from 'knex';
+
+/** Writes a rules file into a fresh temp folder and returns its path. */
+export function writeRules(yaml: string, name = 'rules.yaml'): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'suspend-rules-'));
+  const file = path.join(dir, name);
+  fs.writeFileSync(file, yaml);
+  return file;
+}
+
+/**
+ * md5 of every row of every table in the given schemas, in a stable order: equal checksums mean
+ * nothing was written.
+ */
+export async function checksumTables(knex: Knex, schemas: string[]): Promise<Record<string, string>> {
+  const tables = await knex.raw<{ rows: { schema: string; name: string }[] }>(
+    `select table_schema as schema, table_name as name from information_schema.tables
+      where table_schema = any(?::text[]) and table_type = 'BASE TABLE' order by 1, 2`,
+    [schemas],
+  );
+  const out: Record<string, string> = {};
+  for (const t of tables.rows) {
+    const r = await knex.raw<{ rows: { sum: string | null; n: string }[] }>(
+      "select md5(coalesce(string_agg(x::text, '\n' order by x::text), '')) as sum, count(*) as n from ?? as x",
+      [`${t.schema}.${t.name}`],
+    );
+    out[`${t.schema}.${t.name}`] = `${r.rows[0]?.n}:${r.rows[0]?.sum}`;
+  }
+  return out;
+}
+
+/** Rules used by the engine tests: the four example ladders on the reference schema. */
+export const ENGINE_RULES = `
+version: 1
+settings:
+  pay_url: https://pay.example.com/{key}
+  support_url: https://help.example.com
+source:
+  customers:
+    table: customers
+    key: id
+    org: org_id
+    created_at: created_at
+    email: email
+    name: name
+    net_terms_days: net_terms_days
+    flags: { vip: vip }
+    consent: [marketing_opt_out]
+exclusions:
+  - flag: vip
+    reason: VIP accounts are handled by hand
+policies:
+  inactivity:
+    reinstate: manual
+    stages:
+      - name: suspended
+        when: { inactive_for: 12 months, account_age_at_least: 3 months }
+        actions: [notify, suspend, { set: { status: suspended } }]
+        message: "We have not seen you since {last_activity}. Contact {support_url} to reactivate."
+  delinquency:
+    reinstate: auto
+    stages:
+      - name: suspended
+        when: { overdue_balance_over: "5.00", past_due_for: 31 days }
+        actions: [notify, suspend, { set: { status: suspended } }]
+        message: "Your account is suspended: {overdue_balance} is {days_past_due} days past due. Pay at {pay_url}."
+  overdue_pause:
+    stages:
+      - name: paused
+        when: { invoice_overdue_for: 10 days }
+        actions: [notify, pause]
+        message: "Invoice {invoice} for {invoice_amount} is {invoice_days_overdue} days overdue. Pay it at {pay_url} and you can book again right away."
+  escalation:
+    stages:
+      - name: day_14
+        when: { has_active_subscription: true, past_due_for: 14 days }
+        actions: [notify]
+      - name: day_30
+        when: { has_active_subscription: true, past_due_for: 30 days }
+        actions: [notify, pause]
+`;

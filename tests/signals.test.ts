@@ -1,0 +1,199 @@
+import fc from 'fast-check';
+import { createTestDatabase, type TestDatabase } from './helpers/database';
+import { readSignals } from '../src/source/signals';
+import { DEFAULT_MAPPING } from '../src/rules/defaults';
+import { addDays, daysBetween } from '../src/rules/dates';
+
+/**
+ * The signal SQL against a day-by-day oracle: the past-due streak, balances and oldest overdue
+ * invoice, on random invoices inserted in random order.
+ */
+
+const AS_OF = '2026-11-23';
+
+interface Inv {
+  dueOffset: number; // due_on = as-of + offset (negative: in the past)
+  paidAfter: number | null; // paid_on = due_on + paidAfter; null: unpaid
+  amount: number;
+  partial: number; // paid_cents when unpaid
+}
+
+function dueOn(i: Inv) {
+  return addDays(AS_OF, i.dueOffset);
+}
+function paidOn(i: Inv) {
+  return i.paidAfter === null ? null : addDays(dueOn(i), i.paidAfter);
+}
+
+/** Overdue on day d: after the effective due day and before the day it was paid in full. */
+function overdueOn(i: Inv, net: number, day: string): boolean {
+  const dueEff = addDays(dueOn(i), net);
+  const paid = paidOn(i);
+  const paidByAsOf = paid !== null && paid <= AS_OF ? paid : null;
+  return day > dueEff && (paidByAsOf === null || day < paidByAsOf);
+}
+
+function oracle(invoices: Inv[], net: number) {
+  const covered = (day: string) => invoices.some((i) => overdueOn(i, net, day));
+  let since: string | null = null;
+  if (covered(AS_OF)) {
+    let first = AS_OF;
+    while (covered(addDays(first, -1))) first = addDays(first, -1);
+    since = addDays(first, -1); // the due day the streak started after
+  }
+  const unpaid = invoices.filter((i) => {
+    const p = paidOn(i);
+    return p === null || p > AS_OF;
+  });
+  const unpaidAmount = (i: Inv) => (paidOn(i) === null ? i.amount - i.partial : i.amount);
+  const overdue = unpaid.filter((i) => addDays(dueOn(i), net) < AS_OF);
+  const oldest = overdue.length
+    ? Math.max(...overdue.map((i) => daysBetween(addDays(dueOn(i), net), AS_OF)))
+    : null;
+  return {
+    pastDueSince: since,
+    openBalance: unpaid.reduce((s, i) => s + unpaidAmount(i), 0),
+    overdueBalance: overdue.reduce((s, i) => s + unpaidAmount(i), 0),
+    unpaidInvoiceCount: unpaid.length,
+    oldestOverdueDays: oldest,
+  };
+}
+
+const invoiceArb = fc
+  .record({
+    dueOffset: fc.integer({ min: -120, max: 20 }),
+    paidAfter: fc.option(fc.integer({ min: -10, max: 150 }), { nil: null }),
+    amount: fc.integer({ min: 100, max: 50_000 }),
+    partial: fc.integer({ min: 0, max: 99 }),
+  })
+  .map((i) => ({ ...i, partial: i.paidAfter === null ? i.partial : 0 }));
+
+const caseArb = fc.record({
+  net: fc.constantFrom(0, 0, 15, 30),
+  invoices: fc.array(invoiceArb, { maxLength: 6 }),
+});
+
+let db: TestDatabase;
+beforeAll(async () => {
+  db = await createTestDatabase();
+  await db.knex('organizations').insert({ id: 1, name: 'Org', timezone: 'UTC', notification_emails: [] });
+});
+afterAll(async () => db.drop());
+
+test('the past-due streak, balances and oldest overdue match the day-by-day definition, whatever the invoice order', async () => {
+  let run = 0;
+  await fc.assert(
+    fc.asyncProperty(
+      fc.array(caseArb, { minLength: 1, maxLength: 15 }),
+      fc.integer(),
+      async (cases, shuffleSeed) => {
+        run += 1;
+        const base = run * 100;
+        await db.knex.raw('truncate invoices, customers cascade');
+        await db.knex('customers').insert(
+          cases.map((c, n) => ({
+            id: base + n,
+            org_id: 1,
+            email: `c${n}@example.com`,
+            name: `C ${n}`,
+            created_at: '2024-01-01',
+            net_terms_days: c.net,
+          })),
+        );
+        const rows = cases.flatMap((c, n) =>
+          c.invoices.map((i) => ({
+            customer_id: base + n,
+            issued_on: addDays(dueOn(i), -30),
+            due_on: dueOn(i),
+            amount_cents: i.amount,
+            paid_cents: i.paidAfter === null ? i.partial : i.amount,
+            paid_on: paidOn(i),
+          })),
+        );
+        // Insert in a shuffled order: the result must not depend on it.
+        const shuffled = rows
+          .map((r, n) => ({ r, k: Math.imul(n + 1, shuffleSeed | 1) >>> 0 }))
+          .sort((a, b) => a.k - b.k)
+          .map(({ r }, n) => ({ id: base * 10 + n, ...r }));
+        if (shuffled.length > 0) await db.knex('invoices').insert(shuffled);
+        const signals = await readSignals(db.knex, DEFAULT_MAPPING, AS_OF, {
+          from: String(base),
+          to: String(base + cases.length - 1),
+        });
+        expect(signals).toHaveLength(cases.length);
+        for (const [n, c] of cases.entries()) {
+          const got = signals[n]!;
+          const want = oracle(c.invoices, c.net);
+          expect({
+            pastDueSince: got.pastDueSince,
+            openBalance: got.openBalance,
+            overdueBalance: got.overdueBalance,
+            unpaidInvoiceCount: got.unpaidInvoiceCount,
+            oldestOverdueDays: got.oldestOverdueDays,
+          }).toEqual(want);
+        }
+      },
+    ),
+    { numRuns: 60 },
+  );
+});
+
+test('a full payment ends the streak, a partial payment does not, and net terms shift the due day', async () => {
+  await db.knex.raw('truncate invoices, customers cascade');
+  await db.knex('customers').insert([
+    { id: 1, org_id: 1, created_at: '2024-01-01', net_terms_days: 0 },
+    { id: 2, org_id: 1, created_at: '2024-01-01', net_terms_days: 0 },
+    { id: 3, org_id: 1, created_at: '2024-01-01', net_terms_days: 30 },
+  ]);
+  await db.knex('invoices').insert([
+    // 1: A overdue from Sep 2, paid in full Oct 1 (so Oct 1 is not past due); B, due Oct 1, overdue
+    //    from Oct 2: a new streak, past due since B's due day.
+    {
+      id: 10,
+      customer_id: 1,
+      issued_on: '2026-08-01',
+      due_on: '2026-09-01',
+      amount_cents: 1000,
+      paid_cents: 1000,
+      paid_on: '2026-10-01',
+    },
+    {
+      id: 11,
+      customer_id: 1,
+      issued_on: '2026-09-01',
+      due_on: '2026-10-01',
+      amount_cents: 2000,
+      paid_cents: 0,
+      paid_on: null,
+    },
+    // 2: one invoice due Sep 1, partially paid: the streak stays.
+    {
+      id: 20,
+      customer_id: 2,
+      issued_on: '2026-08-01',
+      due_on: '2026-09-01',
+      amount_cents: 5000,
+      paid_cents: 4000,
+      paid_on: null,
+    },
+    // 3: due Oct 1 with 30 days of net terms: effectively due Oct 31, overdue from Nov 1.
+    {
+      id: 30,
+      customer_id: 3,
+      issued_on: '2026-09-01',
+      due_on: '2026-10-01',
+      amount_cents: 700,
+      paid_cents: 0,
+      paid_on: null,
+    },
+  ]);
+  const [one, two, three] = await readSignals(db.knex, DEFAULT_MAPPING, AS_OF, { from: '1', to: '3' });
+  expect(one).toMatchObject({ pastDueSince: '2026-10-01', overdueBalance: 2000, oldestOverdueDays: 53 });
+  expect(two).toMatchObject({ pastDueSince: '2026-09-01', overdueBalance: 1000, oldestOverdueDays: 83 });
+  expect(three).toMatchObject({
+    pastDueSince: '2026-10-31',
+    overdueBalance: 700,
+    oldestOverdueDays: 23,
+    netTermsDays: 30,
+  });
+});
