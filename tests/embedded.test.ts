@@ -223,14 +223,15 @@ describe('CLI with no DATABASE_URL', () => {
     const r = await runCli(['migrate'], { cwd, env: { SUSPEND_HOME: home } });
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(
-      /^schema \S+: 1 applied, 0 pending\n {2}applied {2}20261123000100_initial\.js\n$/,
-    );
+    expect(r.stdout).toMatch(/^schema \S+: (\d+) applied, 0 pending\n( {2}applied {2}\d+_\w+\.js\n)+$/);
     expect(fs.existsSync(pidFileOf(home))).toBe(false);
     // The default folder is .suspend/ in the working directory.
     const again = await runCli(['migrate', '--status'], { cwd });
     expect(again.code).toBe(0);
-    expect(again.stdout).toMatch(/1 applied, 0 pending/);
+    const migrations = fs
+      .readdirSync(path.join(__dirname, '..', 'migrations'))
+      .filter((f) => f.endsWith('.js'));
+    expect(again.stdout).toContain(`${migrations.length} applied, 0 pending`);
   });
 
   test('commands started together on an empty folder all succeed', async () => {
@@ -245,7 +246,7 @@ describe('CLI with no DATABASE_URL', () => {
       [0, ''],
       [0, ''],
     ]);
-    for (const r of runs) expect(r.stdout).toMatch(/0 applied, 1 pending/);
+    for (const r of runs) expect(r.stdout).toMatch(/^schema \S+: 0 applied, [1-9]\d* pending\n/);
     expect(fs.existsSync(pidFileOf(home))).toBe(false);
   });
 

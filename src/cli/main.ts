@@ -11,6 +11,7 @@ import { registerGuard } from './commands/guard';
 import { registerReinstate } from './commands/reinstate';
 import { registerExclusions } from './commands/exclusions';
 import { registerRevert } from './commands/revert';
+import { registerRules } from './commands/rules';
 
 const HELP_FOOTER = `
 Environment:
@@ -39,6 +40,7 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .addHelpText('after', HELP_FOOTER)
     .exitOverride();
+  registerRules(program);
   registerMigrate(program);
   registerEmbedded(program);
   registerBatch(program);

@@ -65,7 +65,9 @@ export async function describeHolder(knex: Knex, schema: string): Promise<string
   const result = await knex.raw<{ rows: Holder[] }>(
     `select a.application_name, a.backend_start, a.client_addr::text as client_addr, a.pid
        from pg_locks l join pg_stat_activity a on a.pid = l.pid
-      where l.locktype = 'advisory' and l.granted and l.classid = ? and l.objid = hashtext(?)::oid and l.objsubid = 2`,
+      where l.locktype = 'advisory' and l.granted
+        and l.database = (select oid from pg_database where datname = current_database())
+        and l.classid = ? and l.objid = hashtext(?)::oid and l.objsubid = 2`,
     [LOCK_CLASS, schema],
   );
   const h = result.rows[0];

@@ -412,10 +412,9 @@ async function recheck(
       keys,
     ]);
   }
-  const [signals, state] = await Promise.all([
-    readSignals(trx, rules.source, ctx.asOf, { keys }),
-    readPageState(trx, ctx.schema, keys, ctx.asOf),
-  ]);
+  // One connection: the two reads run in turn.
+  const signals = await readSignals(trx, rules.source, ctx.asOf, { keys });
+  const state = await readPageState(trx, ctx.schema, keys, ctx.asOf);
   return planPage(signals, state, rules, ctx.asOf);
 }
 

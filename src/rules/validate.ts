@@ -10,7 +10,13 @@ import { FORMATS, RulesFile, type RawRules } from './schema';
 
 /** An Ajv that knows the rules file's formats (`duration`, `money`, ...); also used by the tests. */
 export function createAjv(): Ajv {
-  const ajv = new Ajv({ allErrors: true, verbose: true, strict: true, allowUnionTypes: true });
+  const ajv = new Ajv({
+    allErrors: true,
+    verbose: true,
+    strict: true,
+    strictRequired: false,
+    allowUnionTypes: true,
+  });
   ajv.addFormat('duration', FORMATS.duration);
   ajv.addFormat('money', FORMATS.money);
   ajv.addFormat('money-number', {

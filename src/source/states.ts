@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { activeExclusions } from '../customer/exclusions';
 import type { AccountPolicyState, IsoDate } from '../types';
 
 /** suspend's own view of a page: each account's current state per policy, and operator exclusions. */
@@ -33,7 +34,7 @@ export async function readPageState(
   keys: string[],
   asOf: IsoDate,
 ): Promise<PageState> {
-  const [stateRows, exclusionRows] = await Promise.all([
+  const stateQuery = () =>
     knex
       .withSchema(schema)
       .from('account_states')
@@ -47,17 +48,12 @@ export async function readPageState(
         knex.raw("to_char(entered_on, 'YYYY-MM-DD') as entered_on"),
         knex.raw("to_char(reinstated_on, 'YYYY-MM-DD') as reinstated_on"),
       )
-      .whereRaw('customer_key = any(?::text[])', [keys]) as Promise<StateRow[]>,
-    knex
-      .withSchema(schema)
-      .from('exclusions')
-      .select('customer_key', 'reason', knex.raw("to_char(until, 'YYYY-MM-DD') as until"))
-      .whereRaw('customer_key = any(?::text[])', [keys])
-      .whereNull('removed_at')
-      .where((q) => q.whereNull('until').orWhere('until', '>=', asOf)) as Promise<
-      { customer_key: string; reason: string; until: string | null }[]
-    >,
-  ]);
+      .whereRaw('customer_key = any(?::text[])', [keys]) as Promise<StateRow[]>;
+  // A transaction is one connection: its queries run one after the other; outside one, in parallel.
+  const inTransaction = 'isTransaction' in knex && knex.isTransaction === true;
+  const [stateRows, exclusions] = inTransaction
+    ? [await stateQuery(), await activeExclusions(knex, schema, keys, asOf)]
+    : await Promise.all([stateQuery(), activeExclusions(knex, schema, keys, asOf)]);
   const states = new Map<string, Map<string, StoredState>>();
   for (const r of stateRows) {
     let byPolicy = states.get(r.customer_key);
@@ -71,8 +67,5 @@ export async function readPageState(
       hostBefore: r.host_before,
     });
   }
-  const exclusions = new Map(
-    exclusionRows.map((r) => [r.customer_key, { reason: r.reason, until: r.until }]),
-  );
   return { states, exclusions };
 }

@@ -7,6 +7,7 @@ import { ReportCollector, renderBatchReport } from '../../report/batch-report';
 import { createProgress } from '../../report/progress';
 import { todayUtc } from '../../rules/dates';
 import { ExitCode } from '../../errors';
+import type { Settings } from '../../types';
 
 interface BatchFlags extends CommonOptions {
   asOf?: string;
@@ -22,6 +23,18 @@ interface BatchFlags extends CommonOptions {
   notify?: boolean;
   shard?: { index: number; count: number };
   by?: string;
+  maxChanges?: Settings['maxChanges'] | 'none';
+}
+
+/** `500`, `5%` or `none`: the run's safety limit instead of settings.max_changes. */
+function parseMaxChangesFlag(value: string): Settings['maxChanges'] | 'none' {
+  if (value === 'none') return 'none';
+  if (/^\d+$/.test(value)) return { count: Number(value) };
+  const m = /^(\d+(?:\.\d+)?)%$/.exec(value);
+  if (m && Number(m[1]) > 0 && Number(m[1]) <= 100) return { fraction: Number(m[1]) / 100 };
+  throw new InvalidArgumentError(
+    `"${value}" is not a limit; write a count (500), a percentage (5%) or none.`,
+  );
 }
 
 function parseShard(value: string): { index: number; count: number } {
@@ -56,6 +69,12 @@ function batchOptions(cmd: Command, kind: BatchKind | 'report'): Command {
       .option('--dry-run', 'read and evaluate everything, write nothing at all')
       .option('--wait', 'wait for another run to finish instead of exiting with code 3')
       .option('--no-notify', 'do not deliver notifications at the end')
+      .addOption(
+        new Option(
+          '--max-changes <limit>',
+          'safety limit for this run: a count (500), a percentage (5%) or none (default: settings.max_changes)',
+        ).argParser(parseMaxChangesFlag),
+      )
       .option('--by <name>', 'who runs it, for the ledger (default: $SUSPEND_ACTOR or the OS user)');
   } else {
     cmd.option('--dry-run', 'accepted for clarity: a report never writes');
@@ -66,7 +85,14 @@ function batchOptions(cmd: Command, kind: BatchKind | 'report'): Command {
 async function execute(ctx: CommandContext, kind: BatchKind | 'report', flags: BatchFlags): Promise<number> {
   // Loaded on use so commands that do not evaluate rules start fast.
   const { abandonBackfill, runBatch } = await import('../../engine/run');
-  const rules = await ctx.loadRules();
+  const loaded = await ctx.loadRules();
+  const rules =
+    flags.maxChanges === undefined
+      ? loaded
+      : {
+          ...loaded,
+          settings: { ...loaded.settings, maxChanges: flags.maxChanges === 'none' ? null : flags.maxChanges },
+        };
   if (kind === 'backfill' && flags.abandon) {
     const { knex } = await ctx.db();
     const run = await abandonBackfill(knex, rules);
