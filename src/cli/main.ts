@@ -12,6 +12,7 @@ import { registerReinstate } from './commands/reinstate';
 import { registerExclusions } from './commands/exclusions';
 import { registerRevert } from './commands/revert';
 import { registerRules } from './commands/rules';
+import { registerDemo } from './commands/demo';
 
 const HELP_FOOTER = `
 Environment:
@@ -40,6 +41,7 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .addHelpText('after', HELP_FOOTER)
     .exitOverride();
+  registerDemo(program);
   registerRules(program);
   registerMigrate(program);
   registerEmbedded(program);

@@ -1,0 +1,56 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { runCli } from './helpers/cli';
+
+/**
+ * `suspend demo` as README's first command runs it: no DATABASE_URL, so on the embedded server in a
+ * fresh folder; seed, dry-run report, backfill, payments, a sweep a month later, one customer's status.
+ */
+
+const root = fs.mkdtempSync(path.join(os.tmpdir(), 'suspend-demo-'));
+fs.chmodSync(root, 0o755);
+
+afterAll(async () => {
+  await runCli(['embedded', 'stop'], { cwd: root }).catch(() => undefined);
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+const count = (text: string, re: RegExp): number => Number((re.exec(text)?.[1] ?? 'NaN').replace(/,/g, ''));
+
+test('the demo walks through every step on the embedded default and the report predicts the backfill', async () => {
+  const r = await runCli(['demo', '--customers', '3000', '--as-of', '2026-11-23'], {
+    cwd: root,
+    timeoutMs: 170_000,
+  });
+  expect(r.code).toBe(0);
+  for (const step of [
+    '$ suspend seed',
+    '$ suspend migrate',
+    '$ suspend report --dry-run',
+    '$ suspend backfill',
+    'Meanwhile the app records payments',
+    '$ suspend sweep --as-of 2026-12-23',
+    '$ suspend status',
+  ]) {
+    expect(r.stderr).toContain(step);
+  }
+  const predicted = count(
+    r.stdout,
+    /nothing written\) as of 2026-11-23: 3,?000 accounts scanned, ([\d,]+) would change/,
+  );
+  const changed = count(
+    r.stdout,
+    /suspend backfill run 1 as of 2026-11-23: 3,?000 accounts scanned, ([\d,]+) changed/,
+  );
+  expect(predicted).toBeGreaterThan(0);
+  expect(changed).toBe(predicted);
+  // A month later, some accounts that paid are reinstated (delinquency clears automatically).
+  expect(r.stdout).toMatch(/suspend sweep run 2 as of 2026-12-23: 3,?000 accounts scanned, [\d,]+ changed/);
+  expect(r.stdout).toMatch(/delinquency\s+clear\s+suspended\s+clear\s+\d+/);
+  expect(r.stdout).toMatch(
+    /customer \d+: suspended \(policy delinquency since 2026-11-23\)\n {2}booking blocked: yes/,
+  );
+  // The embedded server was stopped at the end: nothing left running in the folder.
+  expect(fs.existsSync(path.join(root, '.suspend', 'postgres', 'data', 'postmaster.pid'))).toBe(false);
+}, 180_000);

@@ -1,0 +1,245 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parse } from 'yaml';
+import { runCli } from './helpers/cli';
+import { ROOT } from './helpers/server';
+import { writeRules } from './helpers/fixtures';
+import { loadRules, validateRulesText } from '../src/rules/load';
+import { createAjv } from '../src/rules/validate';
+import { ValidationErrors } from '../src/errors';
+
+/** The rules file as a user meets it: found, validated with file:line errors, merged, shown, published. */
+
+const EXAMPLE = path.join(ROOT, 'rules.example.yaml');
+
+const BAD = `version: 1
+policies:
+  delinquency:
+    stages:
+      - name: suspended
+        when: { past_due_for: 30 dayz, overdue_balance_over: 5.123 }
+        actions: [notify, suspnd]
+        message: "Pay {balanse}"
+      - name: suspended
+        when: { flag: vipp }
+        after: 3
+organizations:
+  acme:
+    policies:
+      delinquncy: { enabled: false }
+`;
+
+function tempDir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'suspend-rules-test-'));
+}
+
+describe('suspend rules check', () => {
+  test('the example file is valid and lists its four ladders and two organizations', async () => {
+    const r = await runCli(['rules', 'check', '--rules', EXAMPLE]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('rules.example.yaml: valid.');
+    expect(r.stdout).toContain(
+      'policies: inactivity (suspended), delinquency (suspended), overdue_pause (paused), escalation (day_14 → day_30)',
+    );
+    expect(r.stdout).toContain('organizations with overrides: 2, 3');
+  });
+
+  test('every error at once, each with file, line, YAML path, what was given and what is allowed; exit 2', async () => {
+    const file = writeRules(BAD, 'bad.yaml');
+    const r = await runCli(['rules', 'check', '--rules', file], { cwd: path.dirname(file) });
+    expect(r.code).toBe(2);
+    expect(r.stdout).toBe('');
+    const lines = r.stderr.trim().split('\n');
+    expect(lines).toEqual([
+      'error: bad.yaml:6 policies.delinquency.stages[0].when.overdue_balance_over: 5.123 is not an amount of money: not negative, at most 2 decimals (e.g. "5.00", "$5", 5)',
+      'error: bad.yaml:6 policies.delinquency.stages[0].when.past_due_for: "30 dayz" is not a duration (e.g. "30 days", "12 months")',
+      'error: bad.yaml:7 policies.delinquency.stages[0].actions[1]: "suspnd" is not an action: notify, notify_customer, pause, suspend, { tag: NAME } or { set: { COLUMN: VALUE } }',
+      expect.stringMatching(
+        /^error: bad\.yaml:8 policies\.delinquency\.stages\[0\]\.message: \{balanse\} is not a placeholder \(did you mean \{balance\}\?\)/,
+      ),
+      'error: bad.yaml:9 policies.delinquency.stages[1].name: "suspended" is already the name of stages[0]; stage names must be unique within a policy',
+      'error: bad.yaml:10 policies.delinquency.stages[1].when.flag: "vipp" is not a flag declared in source.customers.flags (no flags are declared); declare it there, e.g. flags: { vipp: vipp }',
+      'error: bad.yaml:11 policies.delinquency.stages[1].after: unknown key "after"; allowed here: name, when, actions, blocks_booking, allows_login, message, description',
+      'error: bad.yaml:15 organizations.acme.policies.delinquncy: there is no policy "delinquncy" to override (did you mean delinquency?); the policies are: delinquency',
+    ]);
+  });
+
+  test('bad rules stop a run before it connects: exit 2 with the rules error, not a connection error', async () => {
+    const file = writeRules(BAD, 'bad.yaml');
+    const r = await runCli([
+      'backfill',
+      '--rules',
+      file,
+      '--database-url',
+      'postgres://nobody@127.0.0.1:1/none',
+    ]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('bad.yaml:6 policies.delinquency.stages[0].when.past_due_for');
+    expect(r.stderr).not.toMatch(/127\.0\.0\.1|connect|\n\s+at /);
+  });
+
+  test('broken YAML, an empty file and a list are one sentence each with a line', async () => {
+    const broken = writeRules('policies:\n  a: [1, 2\n', 'broken.yaml');
+    const r1 = await runCli(['rules', 'check', '--rules', broken], { cwd: path.dirname(broken) });
+    expect(r1.code).toBe(2);
+    expect(r1.stderr).toMatch(/^error: broken\.yaml:\d+ YAML syntax error: .+\n$/);
+
+    const list = writeRules('- a\n- b\n', 'list.yaml');
+    const r2 = await runCli(['rules', 'check', '--rules', list], { cwd: path.dirname(list) });
+    expect(r2.code).toBe(2);
+    expect(r2.stderr).toBe(
+      'error: list.yaml:1 (top level): the rules file must be a map (settings, source, policies, ...), not a list\n',
+    );
+
+    const missing = await runCli(['rules', 'check', '--rules', '/nonexistent/rules.yaml']);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toBe(
+      'error: --rules /nonexistent/rules.yaml: no such file (looked for /nonexistent/rules.yaml).\n',
+    );
+  });
+});
+
+describe('finding the rules file (cosmiconfig)', () => {
+  test('suspend.config.yaml in the working directory or above is used without --rules', async () => {
+    const dir = tempDir();
+    fs.copyFileSync(EXAMPLE, path.join(dir, 'suspend.config.yaml'));
+    const sub = path.join(dir, 'sub');
+    fs.mkdirSync(sub);
+    fs.writeFileSync(path.join(dir, 'package.json'), '{"name":"app"}');
+    const r = await runCli(['rules', 'check'], { cwd: sub });
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain('../suspend.config.yaml: valid.');
+  });
+
+  test('a "suspend" key in package.json, with errors pointing at package.json lines', async () => {
+    const dir = tempDir();
+    const pkg = {
+      name: 'app',
+      suspend: { policies: { idle: { stages: [{ name: 'off', when: { inactive_for: '12 monthz' } }] } } },
+    };
+    fs.writeFileSync(path.join(dir, 'package.json'), JSON.stringify(pkg, null, 2));
+    const r = await runCli(['rules', 'check'], { cwd: dir });
+    expect(r.code).toBe(2);
+    const line =
+      JSON.stringify(pkg, null, 2)
+        .split('\n')
+        .findIndex((l) => l.includes('12 monthz')) + 1;
+    expect(r.stderr).toBe(
+      `error: package.json:${line} policies.idle.stages[0].when.inactive_for: "12 monthz" is not a duration (e.g. "30 days", "12 months")\n`,
+    );
+  });
+
+  test('no rules file anywhere: rules check says where it looked, exit 2', async () => {
+    const dir = tempDir();
+    fs.writeFileSync(path.join(dir, 'package.json'), '{"name":"app"}');
+    const r = await runCli(['rules', 'check'], { cwd: dir });
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(
+      /^error: no rules file found from .+ \(looked for package\.json, suspend\.config\.yaml/,
+    );
+  });
+});
+
+describe('effective rules per organization', () => {
+  test('rules show --org merges the override deeply: a disabled policy, one changed threshold, the rest kept', async () => {
+    const r = await runCli(['rules', 'show', '--rules', EXAMPLE, '--org', '2', '--json']);
+    expect(r.code).toBe(0);
+    const shown = JSON.parse(r.stdout) as {
+      organization: string;
+      rules: {
+        policies: Record<
+          string,
+          { enabled?: boolean; stages: { name: string; when: Record<string, unknown> }[] }
+        >;
+        settings: Record<string, unknown>;
+        notifications: { emails: string[] };
+      };
+    };
+    expect(shown.organization).toBe('2');
+    expect(shown.rules.policies.inactivity?.enabled).toBe(false);
+    expect(shown.rules.policies.delinquency?.stages[0]?.when).toEqual({
+      overdue_balance_over: '50.00',
+      past_due_for: '31 days',
+    });
+    expect(shown.rules.policies.overdue_pause?.stages[0]?.when).toEqual({ invoice_overdue_for: '10 days' });
+    expect(shown.rules.settings.support_url).toBe('https://support.org-two.example');
+    expect(shown.rules.settings.pay_url).toBe('https://pay.example.com/{key}');
+    expect(shown.rules.notifications.emails).toEqual(['finance@org-two.example']);
+
+    const yaml = await runCli(['rules', 'show', '--rules', EXAMPLE, '--org', '2']);
+    expect(yaml.stdout).toContain(
+      '#   suspended: when (overdue balance over $50.00 and past due for 31 days)',
+    );
+    expect(yaml.stdout).not.toContain('# inactivity:');
+  });
+
+  test('loaded rules: organization policies, exclusions added to the defaults, money in integer cents', async () => {
+    const rules = await loadRules({ file: EXAMPLE, cwd: ROOT });
+    expect(rules.defaults.policies.map((p) => p.name)).toEqual([
+      'inactivity',
+      'delinquency',
+      'overdue_pause',
+      'escalation',
+    ]);
+    const two = rules.organizations['2'];
+    expect(two?.policies.map((p) => p.name)).toEqual(['delinquency', 'overdue_pause', 'escalation']);
+    expect(two?.policies[0]?.stages[0]?.when).toEqual({
+      all: [{ overdue_balance_over: 5000 }, { past_due_for: { amount: 31, unit: 'day', text: '31 days' } }],
+    });
+    expect(rules.organizations['3']?.exclusions.map((e) => e.reason)).toEqual([
+      'VIP accounts are handled by their account manager',
+      'promise to pay by the end of the year',
+      'pilot customer',
+    ]);
+    // A YAML number is read from its digits: 19.99 is 1999 cents, never 1998.9999.
+    const money = writeRules(
+      'policies:\n  p:\n    stages:\n      - { name: s, when: { open_balance_over: 19.99 } }\n',
+    );
+    const loaded = await loadRules({ file: money, cwd: ROOT });
+    expect(loaded.defaults.policies[0]?.stages[0]?.when).toEqual({ open_balance_over: 1999 });
+  });
+
+  test('the hash follows the effective rules, not comments or key order', async () => {
+    const a = writeRules(
+      'settings: { batch_size: 100, currency: EUR }\npolicies: { p: { stages: [{ name: s, when: { inactive_for: 90 days } }] } }\n',
+    );
+    const b = writeRules(
+      '# reordered\npolicies: { p: { stages: [{ when: { inactive_for: 90 days }, name: s }] } }\nsettings: { currency: EUR, batch_size: 100 }\n',
+    );
+    const c = writeRules(
+      'settings: { batch_size: 100, currency: EUR }\npolicies: { p: { stages: [{ name: s, when: { inactive_for: 91 days } }] } }\n',
+    );
+    const [ha, hb, hc] = await Promise.all(
+      [a, b, c].map(async (file) => (await loadRules({ file, cwd: ROOT })).hash),
+    );
+    expect(ha).toBe(hb);
+    expect(ha).not.toBe(hc);
+  });
+
+  test('validateRulesText throws every problem as file:line lines', () => {
+    expect(() => validateRulesText(BAD, 'x.yaml')).toThrow(ValidationErrors);
+    try {
+      validateRulesText(BAD, 'x.yaml');
+    } catch (err) {
+      const problems = (err as ValidationErrors).problems;
+      expect(problems).toHaveLength(8);
+      for (const p of problems) expect(p).toMatch(/^x\.yaml:\d+ \S+: /);
+    }
+  });
+});
+
+describe('suspend rules schema', () => {
+  test('prints a JSON Schema that accepts the example file and rejects a typo', async () => {
+    const r = await runCli(['rules', 'schema']);
+    expect(r.code).toBe(0);
+    const schema = JSON.parse(r.stdout) as Record<string, unknown>;
+    expect(schema.$schema).toBe('http://json-schema.org/draft-07/schema#');
+    const validate = createAjv().compile(schema);
+    expect(validate(parse(fs.readFileSync(EXAMPLE, 'utf8')))).toBe(true);
+    expect(
+      validate({ policies: { p: { stages: [{ name: 's', when: { inactive_for: '3 weekz' } }] } } }),
+    ).toBe(false);
+  });
+});
