@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Knex } from 'knex';
+import knexFactory, { type Knex } from 'knex';
 import { SuspendError, ExitCode } from '../errors';
 
 /** Shipped beside dist/ in the package. */
@@ -46,10 +46,25 @@ export async function migrationStatus(knex: Knex, schema: string): Promise<Migra
   return { schema, applied, pending: files.filter((f) => !applied.includes(f)) };
 }
 
-/** Applies every pending migration (`suspend migrate`). Knex locks its own table while it runs. */
+/** Advisory lock class of `suspend migrate` (the run lock is 0x5355). */
+const MIGRATE_LOCK_CLASS = 0x5356;
+
+/**
+ * Applies every pending migration (`suspend migrate`). Knex locks its own table while it runs, but
+ * two processes can still race to create that table: a transaction-scoped advisory lock, held on a
+ * second connection, makes concurrent `suspend migrate` take turns.
+ */
 export async function migrateLatest(knex: Knex, schema: string): Promise<MigrationStatus> {
-  await knex.raw('create schema if not exists ??', [schema]);
-  await knex.withUserParams({ schema }).migrate.latest(migrationConfig(schema));
+  const holder = knexFactory({ ...knex.client.config, pool: { min: 0, max: 1 } } as Knex.Config);
+  try {
+    await holder.transaction(async (trx) => {
+      await trx.raw('select pg_advisory_xact_lock(?, hashtext(?))', [MIGRATE_LOCK_CLASS, schema]);
+      await knex.raw('create schema if not exists ??', [schema]);
+      await knex.withUserParams({ schema }).migrate.latest(migrationConfig(schema));
+    });
+  } finally {
+    await holder.destroy();
+  }
   return migrationStatus(knex, schema);
 }
 
