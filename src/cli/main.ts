@@ -31,6 +31,12 @@ Examples:
   suspend backfill --batch-size 5000             clean up the whole backlog once
   suspend sweep                                  the daily run, for cron
   suspend status 1042                            why is this customer paused?
+  suspend rules show --org 7                     the rules organization 7 gets after its overrides
+  suspend exclude 1042 --reason "promise to pay" --until 2026-12-31
+  suspend reinstate 1042 --reason "called back, still in business"
+  suspend guard install --table reservations --customer-column customer_id
+  suspend revert 12 --dry-run                    what undoing run 12 would restore
+  suspend notify --failed                        notifications that could not be delivered
 `;
 
 export function buildProgram(): Command {
