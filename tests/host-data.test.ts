@@ -67,7 +67,7 @@ function cols(keep: string[]): string[] {
 }
 let ALL_CUSTOMER_COLUMNS: string[] = [];
 
-test("backfill + sweep + revert: host data byte-identical, the sweep's status writes undone, consent untouched", async () => {
+test('backfill + sweep + revert of both, newest first: host data byte-identical, status restored, consent untouched', async () => {
   ALL_CUSTOMER_COLUMNS = (await db
     .knex('information_schema.columns')
     .where({ table_schema: 'public', table_name: 'customers' })
@@ -107,4 +107,17 @@ test("backfill + sweep + revert: host data byte-identical, the sweep's status wr
     (await db.knex('suspend.history').count<{ count: string }[]>('* as count'))[0]?.count,
   );
   expect(historyAfter).toBeGreaterThan(historyBefore);
+
+  // Runs revert newest first: with the sweep undone, the backfill reverts completely.
+  const backfillRun = JSON.parse(backfill.stdout).runId as string;
+  const revertBackfill = await cli(['revert', String(backfillRun)]);
+  expect(revertBackfill.stderr).toBe('');
+  expect(revertBackfill.code).toBe(0);
+  expect(await snapshot()).toEqual(before);
+  expect(await status()).toBe(statusBefore);
+  const left = await db
+    .knex('suspend.account_states')
+    .whereNotNull('stage')
+    .count<{ count: string }[]>('* as count');
+  expect(Number(left[0]?.count)).toBe(0);
 }, 180_000);

@@ -62,7 +62,7 @@ interface PlanRow {
   latest_run: string | null;
   latest_kind: string | null;
   latest_is_target: boolean;
-  /** Some history row of this key (any policy) is later than the run's and from another run. */
+  /** Some history row of this key (any policy) is later than the run's, from another run, not undone. */
   key_touched_later: boolean;
   current: StoredRow;
 }
@@ -75,15 +75,25 @@ with target as (
    where h.run_id = :runId and h.customer_key = any(:keys::text[])
    order by h.customer_key, h.policy, h.id desc
 ),
+-- Later changes that were themselves undone do not count, so runs can be reverted newest first: the
+-- rows of a run whose revert restored this account+policy, and the rows of reverts of later runs.
+live as (
+  select h.* from :history: h
+   where h.customer_key = any(:keys::text[])
+     and not exists (select 1 from :runs: rv join :history: hr on hr.run_id = rv.id
+                      where rv.kind = 'revert' and rv.reverts_run_id = h.run_id and h.run_id <> :runId
+                        and hr.customer_key = h.customer_key and hr.policy = h.policy)
+     and not exists (select 1 from :runs: rv
+                      where rv.id = h.run_id and rv.kind = 'revert' and rv.reverts_run_id > :runId)
+),
 latest as (
   select distinct on (h.customer_key, h.policy) h.id, h.run_id, h.customer_key, h.policy
-    from :history: h
-   where h.customer_key = any(:keys::text[])
+    from live h
    order by h.customer_key, h.policy, h.id desc
 )
 select t.id::text as history_id, t.customer_key as key, t.policy, t.previous_state,
        l.run_id::text as latest_run, r.kind as latest_kind, l.id = t.id as latest_is_target,
-       exists (select 1 from :history: h2
+       exists (select 1 from live h2
                 where h2.customer_key = t.customer_key and h2.id > t.id
                   and h2.run_id is distinct from :runId) as key_touched_later,
        to_jsonb(s) as current
