@@ -7,12 +7,26 @@ import type { Duration, IsoDate } from '../types';
 
 const DAY_MS = 86_400_000;
 
+// A run evaluates millions of conditions over a few thousand distinct days: parsing and formatting
+// dates dominated its profile, so conversions are memoized (bounded: a full cache is dropped).
+const MEMO_LIMIT = 100_000;
+const dayNumbers = new Map<string, number>();
+const isoDays = new Map<number, IsoDate>();
+
+function remember<K, V>(memo: Map<K, V>, key: K, value: V): V {
+  if (memo.size >= MEMO_LIMIT) memo.clear();
+  memo.set(key, value);
+  return value;
+}
+
 export function toDayNumber(date: IsoDate): number {
-  return Math.floor(Date.parse(`${date}T00:00:00Z`) / DAY_MS);
+  return (
+    dayNumbers.get(date) ?? remember(dayNumbers, date, Math.floor(Date.parse(`${date}T00:00:00Z`) / DAY_MS))
+  );
 }
 
 export function fromDayNumber(day: number): IsoDate {
-  return new Date(day * DAY_MS).toISOString().slice(0, 10);
+  return isoDays.get(day) ?? remember(isoDays, day, new Date(day * DAY_MS).toISOString().slice(0, 10));
 }
 
 /** Whole days from `from` to `to` (positive when `to` is later). */
@@ -25,7 +39,14 @@ export function addDays(date: IsoDate, days: number): IsoDate {
 }
 
 /** Months and years move the calendar date, clamping to the month's last day (Jan 31 + 1 month = Feb 28/29). */
+const shifted = new Map<string, IsoDate>();
+
 export function addDuration(date: IsoDate, duration: Duration, sign: 1 | -1 = 1): IsoDate {
+  const key = `${date}|${duration.amount * sign}|${duration.unit}`;
+  return shifted.get(key) ?? remember(shifted, key, shift(date, duration, sign));
+}
+
+function shift(date: IsoDate, duration: Duration, sign: 1 | -1): IsoDate {
   const n = duration.amount * sign;
   switch (duration.unit) {
     case 'day':
