@@ -6,6 +6,7 @@ import {
   isSeq,
   LineCounter,
   parseDocument,
+  visit,
   type Document,
   type Node,
 } from 'yaml';
@@ -44,11 +45,40 @@ export function parseRulesYaml(text: string, root: YamlPath = []): ParsedYaml {
     };
   }
   const line = (offset: number | undefined) => (offset === undefined ? 1 : lineCounter.linePos(offset).line);
+  const aliasErrors = checkAliases(doc, line);
+  if (aliasErrors.length > 0) return { ok: false, errors: aliasErrors };
+  let data: unknown;
+  try {
+    data = doc.toJS({ maxAliasCount: MAX_ALIAS_COUNT });
+  } catch {
+    // The aliases are all resolvable and acyclic (checked above): what is left is their expansion.
+    return {
+      ok: false,
+      errors: [
+        {
+          line: firstAliasLine(doc, line),
+          message: `the aliases expand into too many values (a node may be referenced at most ${MAX_ALIAS_COUNT} times); write the values out`,
+        },
+      ],
+    };
+  }
+  const odd = nonPlainValue(data, []);
+  if (odd) {
+    return {
+      ok: false,
+      errors: [
+        {
+          line: line(find(doc, odd.path).node?.range?.[0]),
+          message: `a ${odd.kind} (from a YAML tag such as !!binary or !!set) cannot be used in a rules file; write text, a number, true/false, a list or a map`,
+        },
+      ],
+    };
+  }
   const locate = (path: YamlPath) => find(doc, [...root, ...path]);
   return {
     ok: true,
     document: {
-      data: subTree(doc.toJS({ maxAliasCount: 1000 }), root),
+      data: subTree(data, root),
       lineOf(path, atKey = false) {
         const found = locate(path);
         const node = atKey && found.complete && found.key ? found.key : found.node;
@@ -62,6 +92,67 @@ export function parseRulesYaml(text: string, root: YamlPath = []): ParsedYaml {
       },
     },
   };
+}
+
+/** How many times one anchored node may be referenced: a guard against alias "bombs". */
+const MAX_ALIAS_COUNT = 1000;
+
+/** Aliases that name no earlier anchor, or that point at a node containing them (a cycle). */
+function checkAliases(
+  doc: Document,
+  line: (offset: number | undefined) => number,
+): { line: number; message: string }[] {
+  const errors: { line: number; message: string }[] = [];
+  visit(doc, {
+    Alias(_key, node, path) {
+      const target = node.resolve(doc);
+      const name = node.source;
+      if (!target) {
+        errors.push({
+          line: line(node.range?.[0]),
+          message: `alias *${name} has no anchor &${name} before it`,
+        });
+      } else if (path.includes(target as never)) {
+        errors.push({
+          line: line(node.range?.[0]),
+          message: `alias *${name} refers to a node that contains it, which would never end`,
+        });
+      }
+    },
+  });
+  return errors;
+}
+
+/** The first value that is not plain JSON data (YAML tags can make a Buffer, a Set, a Map, a Date). */
+function nonPlainValue(value: unknown, path: YamlPath): { path: YamlPath; kind: string } | null {
+  if (value === null || ['string', 'number', 'boolean'].includes(typeof value)) return null;
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const found = nonPlainValue(value[i], [...path, i]);
+      if (found) return found;
+    }
+    return null;
+  }
+  if (typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype) {
+    for (const [k, v] of Object.entries(value)) {
+      const found = nonPlainValue(v, [...path, k]);
+      if (found) return found;
+    }
+    return null;
+  }
+  const kind = (value as object)?.constructor?.name ?? typeof value;
+  return { path, kind: kind === 'Uint8Array' || kind === 'Buffer' ? 'binary value' : `${kind} value` };
+}
+
+function firstAliasLine(doc: Document, line: (offset: number | undefined) => number): number {
+  let found = 1;
+  visit(doc, {
+    Alias(_key, node) {
+      found = line(node.range?.[0]);
+      return visit.BREAK;
+    },
+  });
+  return found;
 }
 
 function subTree(data: unknown, root: YamlPath): unknown {

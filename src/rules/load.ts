@@ -17,6 +17,7 @@ import { mergePolicies, mergeSettings } from './merge';
 import { formatPath, type Problem, type YamlPath } from './problems';
 import type { RawOrganization, RawPolicy, RawRules } from './schema';
 import { semanticProblems } from './semantics';
+import { parseMoney } from './values';
 import { schemaProblems } from './validate';
 
 /**
@@ -112,12 +113,20 @@ function withMoneyAsWritten(raw: RawRules, document: RulesDocument): RawRules {
       Object.entries(node).map(([key, value]) => [
         key,
         MONEY_KEYS.has(key) && typeof value === 'number'
-          ? (document.sourceOf([...at, key]) ?? String(value))
+          ? moneyText(document.sourceOf([...at, key]), value)
           : walk(value, [...at, key]),
       ]),
     );
   };
   return walk(raw, []) as RawRules;
+}
+
+/**
+ * The digits as written (`19.90`), unless YAML wrote the number another way (`+5`, `1e2`, `0x10`):
+ * then its decimal text, which the schema has checked converts.
+ */
+function moneyText(source: string | null, value: number): string {
+  return source !== null && parseMoney(source) !== null ? source : String(value);
 }
 
 /** The rules of one organization in the file's own shape: what `suspend rules show --org` prints. */

@@ -1,6 +1,7 @@
 import Ajv, { type ErrorObject, type ValidateFunction } from 'ajv';
 import { isIsoDate } from './dates';
 import { closest, describeValue, type Problem, type YamlPath } from './problems';
+import { parseDuration, parseMoney } from './values';
 import { FORMATS, RulesFile, type RawRules } from './schema';
 
 /**
@@ -17,12 +18,15 @@ export function createAjv(): Ajv {
     strictRequired: false,
     allowUnionTypes: true,
   });
-  ajv.addFormat('duration', FORMATS.duration);
-  ajv.addFormat('money', FORMATS.money);
+  // Formats check that the value converts too: "99999999999999999999 days" has the shape of a
+  // duration but no amount that fits.
+  ajv.addFormat('duration', { type: 'string', validate: (s: string) => parseDuration(s) !== null });
+  ajv.addFormat('money', { type: 'string', validate: (s: string) => parseMoney(s) !== null });
   ajv.addFormat('money-number', {
     type: 'number',
     // The number's shortest decimal text: the converter reads the YAML source text itself.
-    validate: (n: number) => Number.isFinite(n) && /^\d+(\.\d{1,2})?$/.test(String(n)),
+    validate: (n: number) =>
+      Number.isFinite(n) && /^\d+(\.\d{1,2})?$/.test(String(n)) && parseMoney(String(n)) !== null,
   });
   ajv.addFormat('percent', {
     type: 'string',

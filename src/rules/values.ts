@@ -6,13 +6,16 @@ import { FORMATS } from './schema';
  * cents from the decimal digits, never through a float) and the safety limit.
  */
 
+/** Longer than any account's life (9999 years), and small enough for calendar arithmetic. */
+const MAX_DURATION_AMOUNT = 9999;
+
 /** `"30 days"` → `{ amount: 30, unit: 'day', text: '30 days' }`; null when it is not a duration. */
 export function parseDuration(text: string): Duration | null {
   if (!FORMATS.duration.test(text)) return null;
   const m = /^\s*(\d+)\s*([a-z]+?)s?\s*$/i.exec(text);
   if (!m) return null;
   const amount = Number(m[1]);
-  if (!Number.isSafeInteger(amount)) return null;
+  if (!Number.isSafeInteger(amount) || amount > MAX_DURATION_AMOUNT) return null;
   return {
     amount,
     unit: (m[2] as string).toLowerCase() as DurationUnit,
