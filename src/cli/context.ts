@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Knex } from 'knex';
 import chalk from 'chalk';
-import { connect, resolveDatabaseUrl, type UrlSource } from '../db/connection';
+import { connect, describeDatabaseError, resolveDatabaseUrl, type UrlSource } from '../db/connection';
 import { SuspendError, ExitCode, errorMessage, UsageError } from '../errors';
 import type { Rules } from '../types';
 
@@ -66,6 +66,11 @@ export class CommandContext {
     return this.database;
   }
 
+  /** A lost connection or a refused grant as one sentence about this command's database. */
+  async describeError(err: unknown): Promise<unknown> {
+    return (await describeDatabaseError(err, this.database?.url ?? null)) ?? err;
+  }
+
   debug(message: string): void {
     if (this.options.debug) process.stderr.write(chalk.dim(`${message}\n`));
   }
@@ -92,7 +97,7 @@ export async function runCommand(
     const code = await action(ctx);
     process.exitCode = code ?? ExitCode.ok;
   } catch (err) {
-    process.exitCode = reportError(err, options.debug ?? false);
+    process.exitCode = reportError(await ctx.describeError(err), options.debug ?? false);
   } finally {
     await ctx.close().catch((err: unknown) => {
       if (options.debug) process.stderr.write(`while closing: ${errorMessage(err)}\n`);

@@ -1,7 +1,8 @@
 import knexFactory, { type Knex } from 'knex';
+import pg from 'pg';
 import { parse as parseConnectionString } from 'pg-connection-string';
 import { SuspendError, UsageError, ExitCode, errorMessage } from '../errors';
-import { SqlState, sqlState } from './sqlstate';
+import { SqlState, isConnectionLost, lostConnectionReason, sqlState } from './sqlstate';
 
 /** Where the database URL came from, in precedence order: flag > environment > config file > embedded. */
 export type UrlSource = '--database-url' | 'DATABASE_URL' | 'config' | 'embedded';
@@ -103,4 +104,65 @@ export function connectionError(err: unknown, url: string, source: UrlSource): S
     exitCode: ExitCode.usage,
     cause: err,
   });
+}
+
+/**
+ * The connection was lost mid-command (session terminated, server stopped or crashed): one sentence,
+ * exit code 1. What had committed stays; a run's ledger row is marked interrupted when the database
+ * still answers, and the next run knows a row left "running" died with its session.
+ */
+export function lostConnectionError(
+  err: unknown,
+  url: string | null,
+  answersNow: boolean | null = null,
+): SuspendError {
+  const where = url ? describeUrl(url) : 'the database';
+  const now = answersNow === false ? ' and the server does not answer now' : '';
+  return new SuspendError(
+    `Lost the connection to Postgres at ${where} (${lostConnectionReason(err)}${now}); what was committed stays, so run the command again once the server answers (an interrupted backfill continues with \`suspend backfill --resume\`).`,
+    { exitCode: ExitCode.failed, cause: err },
+  );
+}
+
+/**
+ * A database error the user should see as a sentence instead of "unexpected failure", or null: a lost
+ * connection (saying whether the server answers now) or a missing grant.
+ */
+export async function describeDatabaseError(err: unknown, url: string | null): Promise<SuspendError | null> {
+  if (err instanceof SuspendError) return null;
+  if (isConnectionLost(err)) return lostConnectionError(err, url, url ? await serverAnswers(url) : null);
+  if (sqlState(err) === SqlState.insufficientPrivilege) {
+    const where = url ? ` at ${describeUrl(url)}` : '';
+    return new SuspendError(
+      `Postgres${where} refused: ${firstLine(errorMessage(err))}; the role in the database URL needs the grants listed in docs/least-privilege.sql.`,
+      { exitCode: ExitCode.failed, cause: err },
+    );
+  }
+  return null;
+}
+
+/** Whether a fresh connection gets an answer within a few seconds (to tell a stopped server). */
+export async function serverAnswers(url: string): Promise<boolean> {
+  const client = new pg.Client({
+    connectionString: url,
+    connectionTimeoutMillis: 3000,
+    application_name: 'suspend (checking the server)',
+  });
+  client.on('error', () => undefined);
+  try {
+    await client.connect();
+    await client.query('select 1');
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await client.end().catch(() => undefined);
+  }
+}
+
+/** The driver's message without the statement knex puts in front of it ("select ... - permission denied"). */
+function firstLine(message: string): string {
+  const line = message.split('\n')[0] ?? message;
+  const dash = line.lastIndexOf(' - ');
+  return dash >= 0 ? line.slice(dash + 3) : line;
 }
