@@ -11,6 +11,7 @@ import { registerGuard } from './commands/guard';
 import { registerReinstate } from './commands/reinstate';
 import { registerExclusions } from './commands/exclusions';
 import { registerRevert } from './commands/revert';
+import { registerNotify } from './commands/notify';
 import { registerRules } from './commands/rules';
 import { registerDemo } from './commands/demo';
 
@@ -60,6 +61,7 @@ export function buildProgram(): Command {
   registerReinstate(program);
   registerExclusions(program);
   registerRevert(program);
+  registerNotify(program);
   for (const cmd of program.commands) cmd.exitOverride();
   return program;
 }

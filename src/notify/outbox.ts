@@ -1,0 +1,337 @@
+import type { Knex } from 'knex';
+import type { OutboxPayload } from '../types';
+
+/**
+ * The outbox as `suspend notify` reads and settles it (`<schema>.outbox`). Events are claimed with
+ * FOR UPDATE SKIP LOCKED in a short transaction and stamped with the claimer and a lease; delivery
+ * happens outside any transaction; each channel that went out is recorded at once, and the event is
+ * settled (sent, retry later, failed) in its own statement afterwards. A process killed in between
+ * loses nothing: its session, and so its claim, ends with it, and the next process resends only the
+ * channels that were not recorded.
+ *
+ * Every statement takes "now" as a parameter (null: the database clock), so tests can step over
+ * the backoff instead of waiting.
+ */
+
+/** Where an event goes: the organization's email digest, the customer's own mail, the webhook. */
+export type Channel = 'digest' | 'customer' | 'webhook';
+
+export interface OutboxEvent {
+  id: string;
+  runId: string | null;
+  orgId: string | null;
+  customerKey: string;
+  event: string;
+  payload: OutboxPayload;
+  attempts: number;
+  /** Channels already delivered, with when. */
+  delivered: Partial<Record<Channel, string>>;
+  createdAt: Date;
+}
+
+/** Advisory lock class held by a delivering session (run lock 0x5355, migrate 0x5356). */
+export const NOTIFY_LOCK_CLASS = 0x5357;
+
+const NOW = 'coalesce(:now::timestamptz, now())';
+
+/** Claimers that are alive: sessions holding (NOTIFY_LOCK_CLASS, pid) in this database. */
+const LIVE_CLAIMERS = `
+live as (
+  select l.objid::bigint as pid from pg_locks l
+   where l.locktype = 'advisory' and l.granted and l.objsubid = 2 and l.classid = :lockClass
+     and l.database = (select oid from pg_database where datname = current_database())
+)`;
+
+/** A pending event is claimable when due and not held by a live claimer within its lease. */
+const CLAIMABLE = `o.status = 'pending' and o.next_attempt_at <= ${NOW}
+  and (o.claimed_by is null or o.claimed_until < ${NOW} or o.claimed_by not in (select pid from live))`;
+
+type Db = Knex | Knex.Transaction;
+
+function table(schema: string): string {
+  return `${schema}.outbox`;
+}
+
+type PgConnection = { query(sql: string, params?: unknown[]): Promise<{ rows: Record<string, unknown>[] }> };
+
+/** The session a delivering process claims through; its advisory lock says it is alive. */
+export interface ClaimSession {
+  /** Backend pid of the held session: the value of `claimed_by`. */
+  owner: number;
+  close(): Promise<void>;
+}
+
+export async function openClaimSession(knex: Knex): Promise<ClaimSession> {
+  const conn = (await knex.client.acquireConnection()) as PgConnection;
+  try {
+    const r = await conn.query(
+      'select pid, pg_try_advisory_lock($1, pid) as ok from (select pg_backend_pid() as pid) s',
+      [NOTIFY_LOCK_CLASS],
+    );
+    const row = r.rows[0] as { pid: number; ok: boolean } | undefined;
+    if (!row?.ok) throw new Error('could not take the notify session lock');
+    return {
+      owner: row.pid,
+      async close() {
+        try {
+          await conn.query('select pg_advisory_unlock($1, $2)', [NOTIFY_LOCK_CLASS, row.pid]);
+        } finally {
+          await knex.client.releaseConnection(conn);
+        }
+      },
+    };
+  } catch (err) {
+    await knex.client.releaseConnection(conn);
+    throw err;
+  }
+}
+
+export interface EventGroup {
+  runId: string | null;
+  orgId: string | null;
+}
+
+/** The (run, organization) pairs that have events due: one digest each. */
+export async function dueGroups(knex: Db, schema: string, now: Date | null): Promise<EventGroup[]> {
+  const r = await knex.raw<{ rows: { run_id: string | null; org_id: string | null }[] }>(
+    `with ${LIVE_CLAIMERS}
+     select g.run_id::text as run_id, g.org_id from (
+       select distinct o.run_id, o.org_id from :outbox: o where ${CLAIMABLE}) g
+      order by g.run_id nulls first, g.org_id nulls first`,
+    { outbox: table(schema), now, lockClass: NOTIFY_LOCK_CLASS },
+  );
+  return r.rows.map((row) => ({ runId: row.run_id, orgId: row.org_id }));
+}
+
+interface EventRow {
+  id: string;
+  run_id: string | null;
+  org_id: string | null;
+  customer_key: string;
+  event: string;
+  payload: OutboxPayload;
+  attempts: number;
+  delivered: Partial<Record<Channel, string>>;
+  created_at: Date;
+}
+
+/** Claims up to `limit` due events of one group with ids above `afterId`, in id order. */
+export async function claimEvents(
+  knex: Knex,
+  schema: string,
+  options: {
+    group: EventGroup;
+    owner: number;
+    leaseMs: number;
+    limit: number;
+    afterId: string;
+    now: Date | null;
+  },
+): Promise<OutboxEvent[]> {
+  const r = await knex.raw<{ rows: EventRow[] }>(
+    `with ${LIVE_CLAIMERS},
+     due as (
+       select o.id from :outbox: o
+        where ${CLAIMABLE}
+          and o.run_id is not distinct from :runId::bigint and o.org_id is not distinct from :orgId::text
+          and o.id > :afterId::bigint
+        order by o.id
+        limit :limit
+        for update of o skip locked
+     )
+     update :outbox: o
+        set claimed_by = :owner, claimed_until = ${NOW} + :leaseMs * interval '1 millisecond'
+       from due where o.id = due.id
+     returning o.id::text as id, o.run_id::text as run_id, o.org_id, o.customer_key, o.event, o.payload,
+               o.attempts, o.delivered, o.created_at`,
+    {
+      outbox: table(schema),
+      lockClass: NOTIFY_LOCK_CLASS,
+      now: options.now,
+      runId: options.group.runId,
+      orgId: options.group.orgId,
+      afterId: options.afterId,
+      limit: options.limit,
+      owner: options.owner,
+      leaseMs: options.leaseMs,
+    },
+  );
+  return r.rows
+    .map((row) => ({
+      id: row.id,
+      runId: row.run_id,
+      orgId: row.org_id,
+      customerKey: row.customer_key,
+      event: row.event,
+      payload: row.payload,
+      attempts: row.attempts,
+      delivered: row.delivered,
+      createdAt: row.created_at,
+    }))
+    .sort((a, b) => Number(BigInt(a.id) - BigInt(b.id)));
+}
+
+/** Records that a channel went out for these events, and extends the claimer's lease on them. */
+export async function recordDelivered(
+  knex: Db,
+  schema: string,
+  options: { ids: string[]; channel: Channel; owner: number; leaseMs: number; now: Date | null },
+): Promise<void> {
+  if (options.ids.length === 0) return;
+  await knex.raw(
+    `update :outbox: set delivered = delivered || jsonb_build_object(:channel::text, ${NOW}),
+            claimed_until = case when claimed_by = :owner then ${NOW} + :leaseMs * interval '1 millisecond'
+                                 else claimed_until end
+      where id = any(:ids::bigint[])`,
+    { outbox: table(schema), ...options },
+  );
+}
+
+/** Extends the lease of everything this claimer holds (called between slow deliveries). */
+export async function renewLease(
+  knex: Db,
+  schema: string,
+  options: { owner: number; leaseMs: number; now: Date | null },
+): Promise<void> {
+  await knex.raw(
+    `update :outbox: set claimed_until = ${NOW} + :leaseMs * interval '1 millisecond'
+      where claimed_by = :owner and status = 'pending'`,
+    { outbox: table(schema), ...options },
+  );
+}
+
+/**
+ * What became of one claimed event: `sent` (every channel delivered), `retry` (a channel failed:
+ * try again after the backoff, or give up after maxAttempts), `wait` (mail is not configured: stay
+ * due, no attempt counted unless another channel was tried).
+ */
+export interface Settlement {
+  id: string;
+  outcome: 'sent' | 'retry' | 'wait';
+  /** Whether any channel was tried this time (counts as an attempt). */
+  tried: boolean;
+  error: string | null;
+}
+
+export interface BackoffPolicy {
+  maxAttempts: number;
+  /** Delay after the first failed attempt; doubled after each further one. */
+  baseSeconds: number;
+  maxSeconds: number;
+}
+
+/** Settles claimed events in one statement; returns the resulting status per id. */
+export async function settleEvents(
+  knex: Db,
+  schema: string,
+  options: { settlements: Settlement[]; owner: number; backoff: BackoffPolicy; now: Date | null },
+): Promise<Map<string, 'sent' | 'pending' | 'failed'>> {
+  const out = new Map<string, 'sent' | 'pending' | 'failed'>();
+  if (options.settlements.length === 0) return out;
+  const r = await knex.raw<{ rows: { id: string; status: 'sent' | 'pending' | 'failed' }[] }>(
+    `with input as (
+       select * from jsonb_to_recordset(:rows::jsonb) as x(id bigint, outcome text, tried boolean, error text)
+     )
+     update :outbox: o set
+       attempts = o.attempts + case when i.tried then 1 else 0 end,
+       status = case when i.outcome = 'sent' then 'sent'
+                     when i.outcome = 'retry' and o.attempts + 1 >= :maxAttempts then 'failed'
+                     else 'pending' end,
+       last_error = case when i.outcome = 'retry' then i.error else o.last_error end,
+       next_attempt_at = case when i.outcome = 'retry'
+                              then ${NOW} + least(:baseSeconds * power(2, o.attempts), :maxSeconds) * interval '1 second'
+                              else o.next_attempt_at end,
+       sent_at = case when i.outcome = 'sent' then ${NOW} else o.sent_at end,
+       claimed_by = null,
+       claimed_until = null
+       from input i
+      where o.id = i.id and o.claimed_by = :owner and o.status = 'pending'
+     returning o.id::text as id, o.status`,
+    {
+      outbox: table(schema),
+      rows: JSON.stringify(options.settlements),
+      owner: options.owner,
+      now: options.now,
+      maxAttempts: options.backoff.maxAttempts,
+      baseSeconds: options.backoff.baseSeconds,
+      maxSeconds: options.backoff.maxSeconds,
+    },
+  );
+  for (const row of r.rows) out.set(row.id, row.status);
+  return out;
+}
+
+/** `--retry-failed`: failed events become due again with a fresh count; returns how many. */
+export async function resetFailed(knex: Db, schema: string, now: Date | null): Promise<number> {
+  const r = await knex.raw<{ rows: unknown[] }>(
+    `update :outbox: set status = 'pending', attempts = 0, next_attempt_at = ${NOW},
+            claimed_by = null, claimed_until = null
+      where status = 'failed' returning id`,
+    { outbox: table(schema), now },
+  );
+  return r.rows.length;
+}
+
+export interface FailedEvent {
+  id: string;
+  createdAt: Date;
+  runId: string | null;
+  orgId: string | null;
+  customerKey: string;
+  event: string;
+  policy: string | null;
+  stage: string | null;
+  attempts: number;
+  delivered: Channel[];
+  lastError: string | null;
+}
+
+/** `--failed`: events that gave up, oldest first. */
+export async function listFailed(knex: Db, schema: string): Promise<FailedEvent[]> {
+  const rows = await knex
+    .withSchema(schema)
+    .from('outbox')
+    .where({ status: 'failed' })
+    .orderBy('id')
+    .select(
+      knex.raw('id::text as id'),
+      'created_at',
+      knex.raw('run_id::text as run_id'),
+      'org_id',
+      'customer_key',
+      'event',
+      knex.raw("payload->>'policy' as policy"),
+      knex.raw("coalesce(payload->>'to', payload->>'from') as stage"),
+      'attempts',
+      'delivered',
+      'last_error',
+    );
+  return (rows as Record<string, unknown>[]).map((r) => ({
+    id: r.id as string,
+    createdAt: r.created_at as Date,
+    runId: r.run_id as string | null,
+    orgId: r.org_id as string | null,
+    customerKey: r.customer_key as string,
+    event: r.event as string,
+    policy: r.policy as string | null,
+    stage: r.stage as string | null,
+    attempts: r.attempts as number,
+    delivered: Object.keys((r.delivered as object | null) ?? {}) as Channel[],
+    lastError: r.last_error as string | null,
+  }));
+}
+
+export interface OutboxCounts {
+  pending: number;
+  failed: number;
+}
+
+export async function outboxCounts(knex: Db, schema: string): Promise<OutboxCounts> {
+  const r = await knex.raw<{ rows: { pending: string; failed: string }[] }>(
+    `select count(*) filter (where status = 'pending') as pending,
+            count(*) filter (where status = 'failed') as failed
+       from ??`,
+    [table(schema)],
+  );
+  return { pending: Number(r.rows[0]?.pending ?? 0), failed: Number(r.rows[0]?.failed ?? 0) };
+}

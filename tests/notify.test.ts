@@ -1,0 +1,620 @@
+import { spawn } from 'node:child_process';
+import { createHmac } from 'node:crypto';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+import { SMTPServer } from 'smtp-server';
+import { createTestDatabase, type TestDatabase } from './helpers/database';
+import { runCli } from './helpers/cli';
+import { ROOT } from './helpers/server';
+import { checksumTables, ENGINE_RULES, writeRules } from './helpers/fixtures';
+import { deliverPending } from '../src/notify/deliver';
+import { NOTIFY_LOCK_CLASS } from '../src/notify/outbox';
+import { loadRules } from '../src/rules/load';
+
+/**
+ * `suspend notify` against a real SMTP server (smtp-server on loopback) and a real HTTP server: the
+ * outbox rows come from a real backfill of 2,000 seeded accounts. Each scenario puts the same rows
+ * back to pending and delivers them under its own rules.
+ */
+
+const AS_OF = '2026-11-23';
+
+// ---------------------------------------------------------------------------------------------
+// A loopback SMTP server that keeps every message, and a small MIME reader for what nodemailer sends.
+
+interface ReceivedMail {
+  rcptTo: string[];
+  raw: string;
+}
+
+interface MimePart {
+  headers: Record<string, string>;
+  body: string;
+  parts: MimePart[];
+}
+
+function parseMime(raw: string): MimePart {
+  const split = raw.indexOf('\r\n\r\n');
+  const head = split < 0 ? raw : raw.slice(0, split);
+  const rest = split < 0 ? '' : raw.slice(split + 4);
+  const headers: Record<string, string> = {};
+  for (const line of head.replace(/\r\n[ \t]+/g, ' ').split('\r\n')) {
+    const i = line.indexOf(':');
+    if (i > 0) headers[line.slice(0, i).toLowerCase()] = line.slice(i + 1).trim();
+  }
+  const type = headers['content-type'] ?? 'text/plain';
+  const boundary = /boundary="?([^";]+)"?/.exec(type)?.[1];
+  if (type.startsWith('multipart/') && boundary) {
+    const parts = rest
+      .split(`--${boundary}`)
+      .slice(1)
+      .filter((p) => !p.startsWith('--'))
+      .map((p) => parseMime(p.replace(/^\r\n/, '')));
+    return { headers, body: '', parts };
+  }
+  const encoding = (headers['content-transfer-encoding'] ?? '7bit').toLowerCase();
+  let body = rest;
+  if (encoding === 'base64') body = Buffer.from(rest.replace(/\s+/g, ''), 'base64').toString('utf8');
+  if (encoding === 'quoted-printable') {
+    body = Buffer.from(
+      rest
+        .replace(/=\r\n/g, '')
+        .replace(/=([0-9A-F]{2})/gi, (_, h: string) => String.fromCharCode(parseInt(h, 16))),
+      'latin1',
+    ).toString('utf8');
+  }
+  return { headers, body, parts: [] };
+}
+
+function leaves(part: MimePart): MimePart[] {
+  return part.parts.length === 0 ? [part] : part.parts.flatMap(leaves);
+}
+
+interface Mail {
+  rcptTo: string[];
+  subject: string;
+  text: string;
+  html: string;
+  attachments: { filename: string; content: string }[];
+}
+
+function readMail(m: ReceivedMail): Mail {
+  const root = parseMime(m.raw);
+  const all = leaves(root);
+  const isAttachment = (p: MimePart) => (p.headers['content-disposition'] ?? '').startsWith('attachment');
+  return {
+    rcptTo: m.rcptTo,
+    subject: root.headers.subject ?? '',
+    text:
+      all.find((p) => !isAttachment(p) && p.headers['content-type']?.startsWith('text/plain'))?.body ?? '',
+    html: all.find((p) => !isAttachment(p) && p.headers['content-type']?.startsWith('text/html'))?.body ?? '',
+    attachments: all.filter(isAttachment).map((p) => ({
+      filename: /filename="?([^";]+)"?/.exec(p.headers['content-disposition'] ?? '')?.[1] ?? '',
+      content: p.body,
+    })),
+  };
+}
+
+async function startSmtp(): Promise<{ url: string; mails: ReceivedMail[]; close(): Promise<void> }> {
+  const mails: ReceivedMail[] = [];
+  const server = new SMTPServer({
+    authOptional: true,
+    disabledCommands: ['AUTH', 'STARTTLS'],
+    logger: false,
+    onData(stream, session, callback) {
+      const chunks: Buffer[] = [];
+      stream.on('data', (c: Buffer) => chunks.push(c));
+      stream.on('end', () => {
+        mails.push({
+          rcptTo: session.envelope.rcptTo.map((a) => a.address),
+          raw: Buffer.concat(chunks).toString('utf8'),
+        });
+        callback();
+      });
+    },
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.server.address() as AddressInfo).port;
+  return {
+    url: `smtp://127.0.0.1:${port}`,
+    mails,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// A loopback HTTP server; `respond` decides each answer (a status, or 'hold' to never answer).
+
+interface HookRequest {
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+
+interface Hook {
+  url: string;
+  requests: HookRequest[];
+  respond: (request: HookRequest, index: number) => number | 'hold';
+  held: http.ServerResponse[];
+  close(): Promise<void>;
+}
+
+async function startHook(): Promise<Hook> {
+  const hook: Hook = {
+    url: '',
+    requests: [],
+    respond: () => 200,
+    held: [],
+    close: async () => undefined,
+  };
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const request = { headers: req.headers, body: Buffer.concat(chunks).toString('utf8') };
+      hook.requests.push(request);
+      const answer = hook.respond(request, hook.requests.length - 1);
+      if (answer === 'hold') {
+        hook.held.push(res);
+        return;
+      }
+      res.writeHead(answer, { 'content-type': 'text/plain' }).end(answer === 200 ? 'ok' : 'nope');
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  hook.url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks/suspend`;
+  hook.close = () =>
+    new Promise<void>((resolve) => {
+      for (const r of hook.held) r.destroy();
+      server.closeAllConnections();
+      server.close(() => resolve());
+    });
+  return hook;
+}
+
+interface WebhookEventBody {
+  id: string;
+  event: string;
+  customer: { key: string };
+  policy: string;
+  to: string | null;
+}
+
+function eventsOf(request: HookRequest): WebhookEventBody[] {
+  const body = JSON.parse(request.body) as { events?: WebhookEventBody[] } & WebhookEventBody;
+  return body.events ?? [body];
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const ENGINE_WITH_CUSTOMER_NOTICE = ENGINE_RULES.replace(
+  '        actions: [notify]\n',
+  '        actions: [notify, notify_customer]\n',
+);
+
+function rulesWith(notifications: string): string {
+  return writeRules(`${ENGINE_WITH_CUSTOMER_NOTICE}\n${notifications}\n`);
+}
+
+/** The organizations hear by webhook only (customers still get their notices by mail). */
+function webhookOnlyRules(hook: Hook, batch: boolean): string {
+  return rulesWith(`notifications:
+  emails: []
+  use_organization_column: false
+  webhook: { url: "${hook.url}", secret: hook-secret, batch: ${batch} }`);
+}
+
+interface OutboxRow {
+  id: string;
+  org_id: string | null;
+  run_id: string;
+  status: string;
+  attempts: number;
+  next_attempt_at: Date;
+  last_error: string | null;
+  delivered: Record<string, string>;
+  payload: {
+    to: string | null;
+    event: string;
+    actions: string[];
+    customer: { key: string; email: string | null };
+  };
+}
+
+describe('suspend notify', () => {
+  let db: TestDatabase;
+  let smtp: Awaited<ReturnType<typeof startSmtp>>;
+  let hook: Hook;
+  let backfillRows: OutboxRow[];
+
+  /** `suspend notify` with these rules, mail through the loopback SMTP server. */
+  function notify(file: string, ...args: string[]) {
+    return runCli(['notify', ...args, '--rules', file, '--database-url', db.url], {
+      env: { SMTP_URL: smtp.url },
+    });
+  }
+
+  /** The backfill's events (once known), as stored now. */
+  async function outbox(): Promise<OutboxRow[]> {
+    const run = backfillRows?.[0]?.run_id ?? null;
+    return (
+      await db.knex.raw<{ rows: OutboxRow[] }>(
+        `select o.*, o.id::text as id, o.run_id::text as run_id from suspend.outbox o
+          where ?::bigint is null or o.run_id = ? order by o.id`,
+        [run, run],
+      )
+    ).rows;
+  }
+
+  /** Every event of the backfill due again, as if never delivered; later events (reinstate) settled. */
+  async function resetOutbox(): Promise<void> {
+    await db.knex.raw(
+      `update suspend.outbox set status = case when run_id = ? then 'pending' else 'sent' end, attempts = 0,
+              next_attempt_at = now(), last_error = null, sent_at = null, delivered = '{}',
+              claimed_by = null, claimed_until = null`,
+      [backfillRows[0]?.run_id ?? null],
+    );
+  }
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    smtp = await startSmtp();
+    hook = await startHook();
+    const seed = await runCli([
+      'seed',
+      '--customers',
+      '2000',
+      '--orgs',
+      '5',
+      '--seed',
+      '7',
+      '--as-of',
+      AS_OF,
+      '--reset',
+      '--database-url',
+      db.url,
+      '--quiet',
+    ]);
+    expect(seed).toMatchObject({ code: 0 });
+    const backfill = await runCli([
+      'backfill',
+      '--as-of',
+      AS_OF,
+      '--max-changes',
+      'none',
+      '--no-notify',
+      '--quiet',
+      '--rules',
+      rulesWith('notifications: { emails: [] }'),
+      '--database-url',
+      db.url,
+    ]);
+    expect(backfill.code).toBe(0);
+    backfillRows = await outbox();
+  }, 180_000);
+
+  afterAll(async () => {
+    await hook?.close();
+    await smtp?.close();
+    await db?.drop();
+  });
+
+  beforeEach(() => {
+    smtp.mails.length = 0;
+    hook.requests.length = 0;
+    hook.held.length = 0;
+    hook.respond = () => 200;
+  });
+
+  test('the backfill left one pending event per change, in several organizations', () => {
+    expect(backfillRows.length).toBeGreaterThan(100);
+    expect(new Set(backfillRows.map((r) => r.org_id)).size).toBe(5);
+    expect(backfillRows.every((r) => r.status === 'pending' && r.attempts === 0)).toBe(true);
+    expect(backfillRows.some((r) => r.payload.actions.includes('notify_customer'))).toBe(true);
+  });
+
+  test('a digest per organization to its contacts, customer notices, and signed batches to the webhook', async () => {
+    await resetOutbox();
+    const rules = rulesWith(`notifications:
+  emails: [ops@example.com]
+  use_organization_column: true
+  webhook: { url: "${hook.url}", secret: hook-secret, batch: true }`);
+    const r = await runCli(['notify', '--rules', rules, '--database-url', db.url], {
+      env: { SMTP_URL: smtp.url },
+    });
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(
+      `Delivered ${backfillRows.length} of ${backfillRows.length} event(s): 5 digest(s)`,
+    );
+
+    const mails = smtp.mails.map(readMail);
+    const digests = mails.filter((m) => m.subject.startsWith('[suspend]'));
+    const notices = mails.filter((m) => !m.subject.startsWith('[suspend]'));
+    expect(digests).toHaveLength(5);
+
+    const orgs = await db.knex.raw<{ rows: { id: string; emails: string[] }[] }>(
+      'select id::text as id, notification_emails as emails from organizations',
+    );
+    for (const org of orgs.rows) {
+      const rows = backfillRows.filter((row) => row.org_id === org.id);
+      const digest = digests.find((m) => m.subject.startsWith(`[suspend] Organization ${org.id}:`));
+      expect(digest).toBeDefined();
+      if (!digest) continue;
+      expect(digest.rcptTo.sort()).toEqual(['ops@example.com', ...org.emails].sort());
+      // counts per stage, in the subject and the body
+      const perStage = new Map<string, number>();
+      for (const row of rows)
+        perStage.set(row.payload.to ?? 'cleared', (perStage.get(row.payload.to ?? 'cleared') ?? 0) + 1);
+      for (const [stage, n] of perStage) expect(digest.subject).toContain(`${n} ${stage}`);
+      expect(digest.subject).toContain(`(backfill ${AS_OF})`);
+      expect(digest.text).toContain('What happened');
+      expect(digest.text).toContain('suspend reinstate');
+      expect(digest.html).toContain('What you can do');
+      // many changes: a CSV with one line per event
+      expect(digest.attachments).toHaveLength(1);
+      const csv = digest.attachments[0]?.content.trim().split('\r\n') ?? [];
+      expect(digest.attachments[0]?.filename).toBe(`suspend-org-${org.id}-run-${rows[0]?.run_id}.csv`);
+      expect(csv[0]).toBe(
+        'event_id,customer_key,name,email,policy,change,from_stage,to_stage,blocks_booking,allows_login,reasons,as_of,actor',
+      );
+      expect(
+        csv
+          .slice(1)
+          .map((line) => line.split(',')[0])
+          .sort(),
+      ).toEqual(rows.map((row) => row.id).sort());
+    }
+
+    // the customers' own notices (notify_customer), to their addresses
+    const noticeRows = backfillRows.filter((row) => row.payload.actions.includes('notify_customer'));
+    expect(notices.map((m) => m.rcptTo.join()).sort()).toEqual(
+      noticeRows.map((row) => row.payload.customer.email).sort(),
+    );
+
+    // the webhook: batches of events, each signed over `${t}.${body}`
+    expect(hook.requests.length).toBeGreaterThanOrEqual(5);
+    const received: string[] = [];
+    for (const req of hook.requests) {
+      const m = /^t=(\d+),v1=([0-9a-f]{64})$/.exec(String(req.headers['suspend-signature']));
+      expect(m).not.toBeNull();
+      const expected = createHmac('sha256', 'hook-secret').update(`${m?.[1]}.${req.body}`).digest('hex');
+      expect(m?.[2]).toBe(expected);
+      expect(req.headers['content-type']).toBe('application/json');
+      const events = eventsOf(req);
+      expect(req.headers['idempotency-key']).toBe(events.map((e) => e.id).join(','));
+      received.push(...events.map((e) => e.id));
+    }
+    expect(received.sort()).toEqual(backfillRows.map((row) => row.id).sort());
+    const sample = eventsOf(hook.requests[0] as HookRequest)[0];
+    const row = backfillRows.find((x) => x.id === sample?.id);
+    expect(sample).toMatchObject({
+      event: row?.payload.event,
+      to: row?.payload.to,
+      customer: { key: row?.payload.customer.key },
+    });
+
+    const after = await outbox();
+    expect(after.every((x) => x.status === 'sent' && x.attempts === 1)).toBe(true);
+    expect(after.every((x) => x.delivered.digest && x.delivered.webhook)).toBe(true);
+
+    // nothing is due any more: a second call sends nothing
+    smtp.mails.length = 0;
+    const again = await runCli(['notify', '--rules', rules, '--database-url', db.url], {
+      env: { SMTP_URL: smtp.url },
+    });
+    expect(again).toMatchObject({ code: 0 });
+    expect(again.stdout).toContain('No notifications were due.');
+    expect(smtp.mails).toHaveLength(0);
+  });
+
+  test('a reinstatement: a digest with a table of accounts, customer text escaped in HTML', async () => {
+    const state = await db
+      .knex('suspend.account_states')
+      .whereNotNull('stage')
+      .where({ policy: 'inactivity' })
+      .first();
+    const key = String(state.customer_key);
+    const evil = '<img src=x onerror=alert(1)> & "Bo"';
+    await db.knex('customers').where({ id: key }).update({ name: evil });
+    const rules = rulesWith('notifications: { emails: [ops@example.com], use_organization_column: false }');
+    const reinstate = await runCli([
+      'reinstate',
+      key,
+      '--reason',
+      'called back, still in business',
+      '--policy',
+      'inactivity',
+      '--as-of',
+      AS_OF,
+      '--rules',
+      rules,
+      '--database-url',
+      db.url,
+    ]);
+    expect(reinstate.code).toBe(0);
+    const r = await runCli(['notify', '--rules', rules, '--database-url', db.url], {
+      env: { SMTP_URL: smtp.url },
+    });
+    expect(r).toMatchObject({ code: 0 });
+    expect(smtp.mails).toHaveLength(1);
+    const digest = readMail(smtp.mails[0] as ReceivedMail);
+    expect(digest.rcptTo).toEqual(['ops@example.com']);
+    expect(digest.subject).toBe(`[suspend] Organization ${state.org_id}: 1 reinstated (reinstate ${AS_OF})`);
+    expect(digest.attachments).toHaveLength(0);
+    expect(digest.text).toContain(evil);
+    expect(digest.text).toContain('reinstated by hand from suspended');
+    expect(digest.html).toContain('&lt;img src=x onerror=alert(1)&gt; &amp; &quot;Bo&quot;');
+    expect(digest.html).not.toContain('<img');
+  });
+
+  test('without SMTP, events that need mail stay pending and one line says why', async () => {
+    await resetOutbox();
+    const rules = rulesWith('notifications: { emails: [ops@example.com] }');
+    const r = await runCli(['notify', '--rules', rules, '--database-url', db.url], {
+      env: { SMTP_URL: undefined },
+    });
+    expect(r.code).toBe(0);
+    expect(r.stderr.trim().split('\n')).toEqual([
+      `SMTP is not configured (settings.smtp.url or SMTP_URL): ${backfillRows.length} event(s) that need mail stay pending until it is.`,
+    ]);
+    const after = await outbox();
+    expect(
+      after
+        .filter((x) => x.run_id === backfillRows[0]?.run_id)
+        .every((x) => x.status === 'pending' && x.attempts === 0),
+    ).toBe(true);
+  });
+
+  test('a webhook that fails twice then succeeds: attempts, backoff, and account states untouched', async () => {
+    await resetOutbox();
+    const rules = await loadRules({ file: webhookOnlyRules(hook, true), cwd: ROOT });
+    hook.respond = (_req, i) => (i < 2 ? 500 : 200);
+    const states = await checksumTables(db.knex, ['suspend']).then((c) => c['suspend.account_states']);
+    const t0 = new Date('2030-01-01T00:00:00Z');
+
+    const first = await deliverPending(db.knex, rules, { smtpUrl: smtp.url, now: t0 });
+    expect(first).toMatchObject({
+      claimed: backfillRows.length,
+      sent: 0,
+      retrying: backfillRows.length,
+      failed: 0,
+    });
+    expect(hook.requests).toHaveLength(1); // the first failure stops this call's other requests to the URL
+    let rows = await outbox();
+    expect(rows.every((x) => x.status === 'pending' && x.attempts === 1)).toBe(true);
+    expect(rows.every((x) => x.next_attempt_at.getTime() === t0.getTime() + 60_000)).toBe(true);
+    expect(rows[0]?.last_error).toBe(`webhook ${hook.url}: HTTP 500`);
+
+    // not due yet: nothing is tried
+    expect(
+      await deliverPending(db.knex, rules, { smtpUrl: smtp.url, now: new Date(t0.getTime() + 30_000) }),
+    ).toMatchObject({
+      claimed: 0,
+    });
+
+    const t1 = new Date(t0.getTime() + 3600_000);
+    expect(await deliverPending(db.knex, rules, { smtpUrl: smtp.url, now: t1 })).toMatchObject({
+      retrying: backfillRows.length,
+    });
+    rows = await outbox();
+    expect(
+      rows.every((x) => x.attempts === 2 && x.next_attempt_at.getTime() === t1.getTime() + 120_000),
+    ).toBe(true);
+
+    const third = await deliverPending(db.knex, rules, {
+      smtpUrl: smtp.url,
+      now: new Date(t1.getTime() + 3600_000),
+    });
+    expect(third).toMatchObject({ sent: backfillRows.length, retrying: 0, failed: 0 });
+    rows = await outbox();
+    expect(rows.every((x) => x.status === 'sent' && x.attempts === 3 && x.delivered.webhook)).toBe(true);
+    const ids = hook.requests.slice(2).flatMap((req) => eventsOf(req).map((e) => e.id));
+    expect(ids.sort()).toEqual(backfillRows.map((x) => x.id).sort());
+
+    expect(await checksumTables(db.knex, ['suspend']).then((c) => c['suspend.account_states'])).toBe(states);
+  });
+
+  test('after the last attempt: failed, listed by --failed, sent again by --retry-failed', async () => {
+    await resetOutbox();
+    const file = webhookOnlyRules(hook, true);
+    const rules = await loadRules({ file, cwd: ROOT });
+    hook.respond = () => 503;
+    const t0 = new Date('2030-02-01T00:00:00Z');
+    await deliverPending(db.knex, rules, { smtpUrl: smtp.url, now: t0, maxAttempts: 2 });
+    const second = await deliverPending(db.knex, rules, {
+      smtpUrl: smtp.url,
+      now: new Date(t0.getTime() + 3600_000),
+      maxAttempts: 2,
+    });
+    expect(second).toMatchObject({ failed: backfillRows.length, outbox: { failed: backfillRows.length } });
+
+    const listed = await notify(file, '--failed');
+    expect(listed.code).toBe(0);
+    const lines = listed.stdout.trim().split('\n');
+    expect(lines[0]).toMatch(/^id +created +org +run +customer +event +policy +stage +attempts +error$/);
+    expect(lines).toHaveLength(backfillRows.length + 4);
+    expect(lines[2]).toContain(`webhook ${hook.url}: HTTP 503`);
+    expect(lines[lines.length - 1]).toBe(
+      `${backfillRows.length} failed; send them again with \`suspend notify --retry-failed\`.`,
+    );
+
+    hook.respond = () => 200;
+    hook.requests.length = 0;
+    const retried = await notify(file, '--retry-failed');
+    expect(retried.code).toBe(0);
+    expect(retried.stdout).toContain(`${backfillRows.length} failed event(s) put back to be sent again.`);
+    expect((await outbox()).every((x) => x.status === 'sent')).toBe(true);
+    const none = await notify(file, '--failed');
+    expect(none.stdout.trim()).toBe('No failed notifications.');
+  });
+
+  test('two processes at once deliver every event exactly once', async () => {
+    await resetOutbox();
+    const file = webhookOnlyRules(hook, false);
+    const [a, b] = await Promise.all([notify(file), notify(file)]);
+    expect([a?.code, b?.code]).toEqual([0, 0]);
+    const ids = hook.requests.flatMap((req) => eventsOf(req).map((e) => e.id));
+    expect(ids.sort()).toEqual(backfillRows.map((x) => x.id).sort());
+    expect((await outbox()).every((x) => x.status === 'sent')).toBe(true);
+  });
+
+  test('a process killed in the middle of delivering loses nothing and sends each event at most once more', async () => {
+    await resetOutbox();
+    const file = webhookOnlyRules(hook, false);
+    let stalled: () => void = () => undefined;
+    const stall = new Promise<void>((resolve) => (stalled = resolve));
+    hook.respond = (_req, i) => {
+      if (i === 10) {
+        stalled();
+        return 'hold';
+      }
+      return 200;
+    };
+    const child = spawn(
+      process.execPath,
+      [path.join(ROOT, 'bin/suspend'), 'notify', '--rules', file, '--database-url', db.url],
+      {
+        env: { ...process.env, DATABASE_URL: undefined, SMTP_URL: smtp.url },
+        stdio: 'ignore',
+      },
+    );
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    await stall;
+    child.kill('SIGKILL');
+    await exited;
+
+    // The killed process's session ends with it, and with it its claim.
+    for (let i = 0; i < 200; i++) {
+      const held = await db.knex.raw<{ rows: { n: string }[] }>(
+        `select count(*) as n from pg_locks where locktype = 'advisory' and classid = ?
+            and database = (select oid from pg_database where datname = current_database())`,
+        [NOTIFY_LOCK_CLASS],
+      );
+      if (held.rows[0]?.n === '0') break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    const mid = await outbox();
+    expect(mid.filter((x) => x.delivered.webhook)).toHaveLength(10);
+    expect(mid.every((x) => x.status === 'pending')).toBe(true);
+
+    hook.respond = () => 200;
+    const again = await notify(file);
+    expect(again.code).toBe(0);
+    expect((await outbox()).every((x) => x.status === 'sent')).toBe(true);
+
+    const times = new Map<string, number>();
+    for (const id of hook.requests.flatMap((req) => eventsOf(req).map((e) => e.id))) {
+      times.set(id, (times.get(id) ?? 0) + 1);
+    }
+    expect([...times.keys()].sort()).toEqual(backfillRows.map((x) => x.id).sort());
+    expect(Math.max(...times.values())).toBe(2);
+    expect([...times.values()].filter((n) => n === 2)).toHaveLength(1);
+  });
+
+  test('bad flags: --failed with --retry-failed is a usage error', async () => {
+    const r = await runCli(['notify', '--failed', '--retry-failed', '--database-url', db.url]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain("option '--failed' cannot be used with option '--retry-failed'");
+  });
+});
