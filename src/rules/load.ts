@@ -81,7 +81,12 @@ export function validateRulesText(text: string, display: string, root: YamlPath 
     );
   }
   const { document } = parsed;
-  const data = document.data ?? {};
+  if (document.data === null || document.data === undefined) {
+    throw new ValidationErrors([
+      `${display}:1 (top level): the rules file is empty (or only comments); write at least the policies to apply (see rules.example.yaml)`,
+    ]);
+  }
+  const data = document.data;
   if (data === null || typeof data !== 'object' || Array.isArray(data)) {
     throw new ValidationErrors([
       `${display}:1 (top level): the rules file must be a map (settings, source, policies, ...), not ${Array.isArray(data) ? 'a list' : JSON.stringify(data)}`,

@@ -41,6 +41,7 @@ export function semanticProblems(data: unknown): Problem[] {
   const root = dict(data);
   const facts = mappingFacts(root);
   const problems: Problem[] = [];
+  checkSourceNames(dict(root.source), problems);
   const policies = dict(root.policies);
 
   for (const [name, policy] of Object.entries(policies)) {
@@ -131,7 +132,10 @@ function checkStage(stage: Dict, path: YamlPath, facts: MappingFacts, problems: 
     if (!isDict(set)) return;
     for (const column of Object.keys(set)) {
       const at: YamlPath = [...path, 'actions', i, 'set', column];
-      if (facts.consent.includes(column)) {
+      const unusable = unusableName(column, 'column');
+      if (unusable) {
+        problems.push({ path: at, atKey: true, message: unusable });
+      } else if (facts.consent.includes(column)) {
         problems.push({
           path: at,
           atKey: true,
@@ -169,4 +173,63 @@ function checkFlag(flag: string, path: YamlPath, facts: MappingFacts, problems: 
     path,
     message: `${JSON.stringify(flag)} is not a flag declared in source.customers.flags (${declared}); declare it there, e.g. flags: { ${flag}: ${flag} }`,
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names of tables and columns in the mapping
+
+/** Where the mapping names tables (which may be schema-qualified) and columns. */
+const SOURCE_NAMES: Record<string, { tables: string[]; columns: string[] }> = {
+  customers: {
+    tables: ['table'],
+    columns: ['key', 'org', 'created_at', 'email', 'name', 'net_terms_days'],
+  },
+  activity: { tables: ['table'], columns: ['customer', 'at'] },
+  invoices: {
+    tables: ['table'],
+    columns: ['key', 'customer', 'issued_on', 'due_on', 'amount', 'paid', 'paid_on'],
+  },
+  subscriptions: { tables: ['table'], columns: ['customer', 'status'] },
+  organizations: { tables: ['table'], columns: ['key', 'timezone', 'notification_emails'] },
+};
+
+/**
+ * Every name is quoted when it reaches SQL, so a hostile one can only ever be a name. A few are
+ * still refused, because the query builder reads them as something else: a dot (a table prefix)
+ * in a column or schema name, " as " (an alias), and control characters.
+ */
+function unusableName(name: string, kind: 'column' | 'table' | 'schema'): string | null {
+  // eslint-disable-next-line no-control-regex -- control characters are what this looks for
+  const why = /[\u0000-\u001f\u007f]/.test(name)
+    ? 'it contains a control character'
+    : /\sas\s/i.test(name)
+      ? 'suspend would read " as " in it as an alias'
+      : kind !== 'table' && name.includes('.')
+        ? `a dot would be read as a ${kind === 'column' ? 'table' : 'database'} prefix`
+        : null;
+  return why
+    ? `${JSON.stringify(name)} cannot be used as a ${kind} name: ${why}; rename it in the database or map a view`
+    : null;
+}
+
+function checkSourceNames(source: Dict, problems: Problem[]): void {
+  const check = (value: unknown, path: YamlPath, kind: 'column' | 'table' | 'schema') => {
+    if (typeof value !== 'string') return;
+    const message = unusableName(value, kind);
+    if (message) problems.push({ path, message });
+  };
+  check(source.schema, ['source', 'schema'], 'schema');
+  check(source.view, ['source', 'view'], 'table');
+  for (const [section, names] of Object.entries(SOURCE_NAMES)) {
+    const s = dict(source[section]);
+    for (const key of names.tables) check(s[key], ['source', section, key], 'table');
+    for (const key of names.columns) check(s[key], ['source', section, key], 'column');
+  }
+  const customers = dict(source.customers);
+  for (const [flag, column] of Object.entries(dict(customers.flags))) {
+    check(column, ['source', 'customers', 'flags', flag], 'column');
+  }
+  list(customers.consent).forEach((column, i) =>
+    check(column, ['source', 'customers', 'consent', i], 'column'),
+  );
 }
