@@ -126,15 +126,27 @@ export function lostConnectionError(
 
 /**
  * A database error the user should see as a sentence instead of "unexpected failure", or null: a lost
- * connection (saying whether the server answers now) or a missing grant.
+ * connection (saying whether the server answers now), a mapped name the database does not have
+ * (exit 2: the rules file needs fixing), or a missing grant.
  */
 export async function describeDatabaseError(err: unknown, url: string | null): Promise<SuspendError | null> {
   if (err instanceof SuspendError) return null;
   if (isConnectionLost(err)) return lostConnectionError(err, url, url ? await serverAnswers(url) : null);
-  if (sqlState(err) === SqlState.insufficientPrivilege) {
-    const where = url ? ` at ${describeUrl(url)}` : '';
+  const where = url ? ` at ${describeUrl(url)}` : '';
+  const code = sqlState(err);
+  if (
+    code === SqlState.undefinedColumn ||
+    code === SqlState.undefinedTable ||
+    code === SqlState.invalidSchemaName
+  ) {
+    return new UsageError(
+      `Postgres${where}: ${driverMessage(errorMessage(err))}; a table or column named in the rules file (source mapping or a set action) is not in this database, so check the names against its tables.`,
+      { cause: err },
+    );
+  }
+  if (code === SqlState.insufficientPrivilege) {
     return new SuspendError(
-      `Postgres${where} refused: ${firstLine(errorMessage(err))}; the role in the database URL needs the grants listed in docs/least-privilege.sql.`,
+      `Postgres${where} refused: ${driverMessage(errorMessage(err))}; the role in the database URL needs the grants listed in docs/least-privilege.sql.`,
       { exitCode: ExitCode.failed, cause: err },
     );
   }
@@ -161,8 +173,8 @@ export async function serverAnswers(url: string): Promise<boolean> {
 }
 
 /** The driver's message without the statement knex puts in front of it ("select ... - permission denied"). */
-function firstLine(message: string): string {
-  const line = message.split('\n')[0] ?? message;
-  const dash = line.lastIndexOf(' - ');
-  return dash >= 0 ? line.slice(dash + 3) : line;
+function driverMessage(message: string): string {
+  const dash = message.lastIndexOf(' - ');
+  const own = dash >= 0 ? message.slice(dash + 3) : message;
+  return own.split('\n')[0] ?? own;
 }
