@@ -1,0 +1,100 @@
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import knexFactory, { type Knex } from 'knex';
+import type { TestDatabase } from '../helpers/database';
+import { runCli } from '../helpers/cli';
+import { readServerState, ROOT } from '../helpers/server';
+import { ACTOR, AS_OF, ledger, RULES_FILE, seededDatabase, STACK_FRAME } from '../helpers/reliability';
+
+/**
+ * Least privilege: a role with only the grants of docs/least-privilege.sql runs a sweep through
+ * the CLI, and cannot write anything else. A grant taken away is one sentence naming the file.
+ */
+
+const GRANTS = fs.readFileSync(path.join(ROOT, 'docs/least-privilege.sql'), 'utf8');
+const role = `suspend_runner_${crypto.randomBytes(4).toString('hex')}`;
+let db: TestDatabase;
+let url: string;
+let asRole: Knex;
+
+beforeAll(async () => {
+  db = await seededDatabase(1500, 12);
+  await db.knex.raw(GRANTS.replace(/\bsuspend_runner\b/g, role));
+  const u = new URL(db.url);
+  u.username = role;
+  u.password = 'change-me';
+  url = u.toString();
+  asRole = knexFactory({ client: 'pg', connection: url, pool: { min: 0, max: 1 } });
+});
+
+afterAll(async () => {
+  await asRole.destroy();
+  await db.drop();
+  const admin = knexFactory({
+    client: 'pg',
+    connection: readServerState().adminUrl,
+    pool: { min: 0, max: 1 },
+  });
+  await admin.raw('drop role if exists ??', [role]).finally(() => admin.destroy());
+});
+
+function sweep(asOf: string) {
+  return runCli([
+    'sweep',
+    '--as-of',
+    asOf,
+    '--format',
+    'json',
+    '--by',
+    ACTOR,
+    '--rules',
+    RULES_FILE,
+    '--database-url',
+    url,
+  ]);
+}
+
+test('the documented role runs a sweep: states, history, events and customers.status written', async () => {
+  expect((await asRole.raw('select current_user as u')).rows).toEqual([{ u: role }]);
+  const r = await sweep(AS_OF);
+  expect(r.stderr).toBe('');
+  expect(r.code).toBe(0);
+  const result = JSON.parse(r.stdout) as { status: string; counts: { changes: number } };
+  expect(result.status).toBe('succeeded');
+  expect(result.counts.changes).toBeGreaterThan(100);
+  const history = await db.knex('suspend.history').count<{ n: string }[]>({ n: '*' });
+  expect(Number(history[0]!.n)).toBe(result.counts.changes);
+  expect(
+    await db.knex('customers').where({ status: 'suspended' }).count<{ n: string }[]>({ n: '*' }),
+  ).not.toEqual([{ n: '0' }]);
+});
+
+test('the role can write nothing else: host columns, consent, history, DDL', async () => {
+  const denied = async (sql: string) => {
+    await expect(asRole.raw(sql)).rejects.toMatchObject({ code: '42501' });
+  };
+  await denied("update customers set email = 'x@example.com'");
+  await denied('update customers set marketing_opt_out = true');
+  await denied('update invoices set paid_cents = amount_cents');
+  await denied('delete from reservations');
+  await denied("update suspend.history set actor = 'someone else'");
+  await denied('delete from suspend.history');
+  await denied('delete from suspend.account_states');
+  await denied('create table public.intruder (id int)');
+  await denied('create table suspend.intruder (id int)');
+  await denied('drop table suspend.runs');
+});
+
+test('a grant taken away: one sentence naming the table and docs/least-privilege.sql, exit 1, run interrupted', async () => {
+  await db.knex.raw('revoke select on public.invoices from ??', [role]);
+  const r = await sweep('2026-12-23');
+  expect(r.stderr).not.toMatch(STACK_FRAME);
+  expect(r.stderr.trim().split('\n')).toEqual([
+    expect.stringMatching(
+      /^error: Postgres at 127\.0\.0\.1:5432\/suspend_test_\w+ refused: permission denied for table invoices; the role in the database URL needs the grants listed in docs\/least-privilege\.sql\.$/,
+    ),
+  ]);
+  expect(r.code).toBe(1);
+  expect((await ledger(db.knex)).map((x) => x.status)).toEqual(['succeeded', 'interrupted']);
+});
