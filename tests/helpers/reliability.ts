@@ -342,7 +342,7 @@ export const KILL_POINTS: KillPoint[] = fc
  * One crash trial: a fresh database, a backfill killed at `point`, then `backfill --resume` through
  * the CLI; the final state must equal `reference` (an uninterrupted run's) with no duplicates.
  */
-export async function crashAndResume(point: KillPoint, reference: Record<string, string>): Promise<void> {
+async function crashAndResume(point: KillPoint, reference: Record<string, string>): Promise<void> {
   const db = await seededDatabase(CRASH_CUSTOMERS, 3);
   try {
     const pages = await killBackfill(db, point, CRASH_BATCH);
@@ -362,7 +362,7 @@ export async function crashAndResume(point: KillPoint, reference: Record<string,
 }
 
 /** The final state of an uninterrupted backfill of the crash suites' data. */
-export async function uninterruptedBackfill(): Promise<Record<string, string>> {
+async function uninterruptedBackfill(): Promise<Record<string, string>> {
   const db = await seededDatabase(CRASH_CUSTOMERS, 3);
   try {
     const r = await cli(db, [
@@ -382,4 +382,18 @@ export async function uninterruptedBackfill(): Promise<Record<string, string>> {
   } finally {
     await db.drop();
   }
+}
+
+/** The body of each crash suite file: the reference run once, then one test per kill point. */
+export function crashSuite(points: KillPoint[]): void {
+  let reference: Record<string, string>;
+  beforeAll(async () => {
+    reference = await uninterruptedBackfill();
+  });
+  test.each(points)(
+    'killed at page %o, resumed: the same final state as an uninterrupted run',
+    async (point) => {
+      await crashAndResume(point, reference);
+    },
+  );
 }
