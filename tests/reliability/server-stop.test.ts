@@ -53,57 +53,64 @@ afterAll(async () => {
   await reference.drop();
 });
 
-test('the server stops mid-run: one sentence, exit 1; once it is back, the backfill resumes to the same state', async () => {
-  server = await startEmbeddedPostgres({ dataDir: home });
-  const admin = new pg.Client({ connectionString: server.url });
-  await admin.connect();
-  await admin.query('create database app');
-  await admin.end();
-  const url = withDatabase(server.url, 'app');
-  for (const args of [['seed', ...SEED, '--reset'], ['migrate']]) {
-    const r = await runCli([...args, '--database-url', url, '--quiet']);
-    expect(r).toMatchObject({ code: 0 });
-  }
+describe('the server stops in the middle of a backfill', () => {
+  let url: string;
+  let db: TestDatabase | null = null;
+  afterAll(async () => db?.drop());
 
-  let db = onServer(url);
-  const gate = await Gate.install(db, 'suspend.checkpoints', 'new.pages = 6');
-  const run = startCli(db, [...BACKFILL, '--quiet']);
-  await gate.blocked(run);
-  // Fast shutdown with the run parked inside page 6's transaction: every session is cut.
-  expect(await stopEmbeddedPostgres(home, { force: true })).toMatchObject({ stopped: true });
-  const result = await run.done;
-  await db.drop();
-  await server.stop();
+  test('one sentence saying the server does not answer, exit 1', async () => {
+    server = await startEmbeddedPostgres({ dataDir: home });
+    const admin = new pg.Client({ connectionString: server.url });
+    await admin.connect();
+    await admin.query('create database app');
+    await admin.end();
+    url = withDatabase(server.url, 'app');
+    for (const args of [['seed', ...SEED, '--reset'], ['migrate']]) {
+      const r = await runCli([...args, '--database-url', url, '--quiet']);
+      expect(r).toMatchObject({ code: 0 });
+    }
 
-  expect(result.stdout).toBe('');
-  expect(result.stderr).not.toMatch(STACK_FRAME);
-  const lines = result.stderr.trim().split('\n');
-  expect(lines).toEqual([
-    expect.stringMatching(
-      /^error: Lost the connection to Postgres at socket \S+\/app \(.+ and the server does not answer now\); what was committed stays, so run the command again once the server answers \(an interrupted backfill continues with `suspend backfill --resume`\)\.$/,
-    ),
-  ]);
-  expect(result.code).toBe(1);
+    const before = onServer(url);
+    const gate = await Gate.install(before, 'suspend.checkpoints', 'new.pages = 6');
+    const run = startCli(before, [...BACKFILL, '--quiet']);
+    await gate.blocked(run);
+    // Fast shutdown with the run parked inside page 6's transaction: every session is cut.
+    expect(await stopEmbeddedPostgres(home, { force: true })).toMatchObject({ stopped: true });
+    const result = await run.done;
+    await before.drop();
+    await server.stop();
 
-  // Back up: five pages were committed, the sixth rolled back with the server.
-  server = await startEmbeddedPostgres({ dataDir: home });
-  db = onServer(url);
-  try {
+    expect(result.stdout).toBe('');
+    expect(result.stderr).not.toMatch(STACK_FRAME);
+    expect(result.stderr.trim().split('\n')).toEqual([
+      expect.stringMatching(
+        /^error: Lost the connection to Postgres at socket \S+\/app \(.+ and the server does not answer now\); what was committed stays, so run the command again once the server answers \(an interrupted backfill continues with `suspend backfill --resume`\)\.$/,
+      ),
+    ]);
+    expect(result.code).toBe(1);
+
+    // Back up: five pages were committed, the sixth rolled back with the server.
+    server = await startEmbeddedPostgres({ dataDir: home });
+    db = onServer(url);
     await db.knex.raw('drop trigger reliability_gate on suspend.checkpoints');
     expect(await db.knex('suspend.checkpoints').max({ p: 'pages' })).toEqual([{ p: 5 }]);
-    const [interrupted] = await ledger(db.knex);
-    expect(interrupted?.kind).toBe('backfill');
-    expect(interrupted?.status).not.toBe('succeeded');
+  });
 
-    const refused = await cli(db, BACKFILL);
+  // Fails today: the run could not write its status with the server down, and nothing corrects a
+  // "running" row whose session is gone: the backfill that refuses to start holds the run lock, so
+  // it could mark it interrupted (see the report).
+  test.failing('once the server is back, the ledger shows the run interrupted', async () => {
+    const refused = await cli(db!, BACKFILL);
     expect(refused.code).toBe(2);
     expect(refused.stderr).toContain('suspend backfill --resume');
-    const resumed = await cli(db, ['backfill', '--resume', '--no-notify', '--quiet', '--by', ACTOR]);
+    expect((await ledger(db!.knex)).map((r) => [r.kind, r.status])).toEqual([['backfill', 'interrupted']]);
+  });
+
+  test('backfill --resume reaches the state of an uninterrupted run', async () => {
+    const resumed = await cli(db!, ['backfill', '--resume', '--no-notify', '--quiet', '--by', ACTOR]);
     expect(resumed.stderr).toBe('');
     expect(resumed.code).toBe(0);
-    expect((await ledger(db.knex)).map((r) => r.status)).toEqual(['succeeded']);
-    expect(await finalState(db.knex)).toEqual(await finalState(reference.knex));
-  } finally {
-    await db.drop();
-  }
+    expect((await ledger(db!.knex)).map((r) => r.status)).toEqual(['succeeded']);
+    expect(await finalState(db!.knex)).toEqual(await finalState(reference.knex));
+  });
 });
