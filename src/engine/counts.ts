@@ -56,15 +56,13 @@ function bump(record: Record<string, number>, key: string, by = 1): void {
   record[key] = (record[key] ?? 0) + by;
 }
 
-export function countEvaluations(counts: RunCounts, evaluations: AccountEvaluation[]): void {
-  counts.scanned += evaluations.length;
-  for (const e of evaluations) {
-    if (e.excluded) {
-      counts.excluded += 1;
-      bump(counts.excludedByReason, e.excluded.reason);
-    }
-    counts.held += e.transitions.filter((t) => t.kind === 'hold').length;
+/** The exclusion and holds of one evaluated account ("scanned" counts every account of a page, evaluated or not). */
+export function countEvaluation(counts: RunCounts, e: AccountEvaluation): void {
+  if (e.excluded) {
+    counts.excluded += 1;
+    bump(counts.excludedByReason, e.excluded.reason);
   }
+  for (const t of e.transitions) if (t.kind === 'hold') counts.held += 1;
 }
 
 export function countChanges(counts: RunCounts, changes: StateChange[]): void {
@@ -76,4 +74,26 @@ export function countChanges(counts: RunCounts, changes: StateChange[]): void {
 export function countSkipped(counts: RunCounts, skipped: { reason: string }[]): void {
   counts.skipped += skipped.length;
   for (const s of skipped) bump(counts.skippedByReason, s.reason);
+}
+
+/** The sum of two counts (a worker's and a page's, or the workers' of one run). */
+export function mergeCounts(a: RunCounts, b: RunCounts): RunCounts {
+  const sum = (x: Record<string, number>, y: Record<string, number>) => {
+    const out = { ...x };
+    for (const [k, v] of Object.entries(y)) out[k] = (out[k] ?? 0) + v;
+    return out;
+  };
+  return {
+    scanned: a.scanned + b.scanned,
+    pages: a.pages + b.pages,
+    changes: a.changes + b.changes,
+    accountsChanged: a.accountsChanged + b.accountsChanged,
+    excluded: a.excluded + b.excluded,
+    excludedByReason: sum(a.excludedByReason, b.excludedByReason),
+    held: a.held + b.held,
+    changedSinceRead: a.changedSinceRead + b.changedSinceRead,
+    skipped: a.skipped + b.skipped,
+    skippedByReason: sum(a.skippedByReason, b.skippedByReason),
+    transitions: sum(a.transitions, b.transitions),
+  };
 }

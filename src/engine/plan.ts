@@ -1,15 +1,19 @@
 import { evaluateAccount } from '../evaluate/evaluate';
 import type { PageState, StoredState } from '../source/states';
 import type { StateChange } from '../write/apply';
-import type { AccountEvaluation, EffectiveRules, IsoDate, Policy, Rules, Signals, Stage } from '../types';
+import { countEvaluation, emptyCounts, type RunCounts } from './counts';
+import type { EffectiveRules, IsoDate, Policy, Rules, Signals, Stage } from '../types';
 
 /**
- * Pure: turns one page of signals and stored states into the evaluations (for the report) and the
- * state changes a real run writes. The dry run calls exactly this.
+ * Pure: turns one page of signals and stored states into the state changes a real run writes (and
+ * the counts the report shows). The dry run calls exactly this.
  */
 
 export interface PagePlan {
-  evaluations: AccountEvaluation[];
+  /** Accounts evaluated. Their evaluations are not kept (a page's memory is its changes). */
+  evaluated: number;
+  /** Their exclusions and holds (see countEvaluation). */
+  tally: RunCounts;
   changes: StateChange[];
   /** Desired values of mapped host columns after the changes, per key (only keys whose values move). */
   hostColumns: HostColumnChange[];
@@ -29,7 +33,7 @@ export function rulesForOrg(rules: Rules, orgId: string | null): EffectiveRules 
 }
 
 export function planPage(signals: Signals[], page: PageState, rules: Rules, asOf: IsoDate): PagePlan {
-  const evaluations: AccountEvaluation[] = [];
+  const tally = emptyCounts();
   const changes: StateChange[] = [];
   const hostColumns: HostColumnChange[] = [];
   for (const s of signals) {
@@ -42,7 +46,7 @@ export function planPage(signals: Signals[], page: PageState, rules: Rules, asOf
       states: Object.fromEntries(stored),
       exclusion: page.exclusions.get(s.key) ?? null,
     });
-    evaluations.push(evaluation);
+    countEvaluation(tally, evaluation);
     const written = evaluation.transitions.filter((t) => t.kind !== 'hold');
     if (written.length === 0) continue;
     const accountChanges: StateChange[] = written.map((t) => ({
@@ -67,7 +71,7 @@ export function planPage(signals: Signals[], page: PageState, rules: Rules, asOf
     hostColumns.push(...planHostColumns(s.key, effective.policies, stored, accountChanges));
     changes.push(...accountChanges);
   }
-  return { evaluations, changes, hostColumns };
+  return { evaluated: signals.length, tally, changes, hostColumns };
 }
 
 /** Suspend-like beats pause-like beats notify-only; then the later stage of its ladder. */

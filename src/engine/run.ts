@@ -1,12 +1,12 @@
-import type { Knex } from 'knex';
+import knexFactory, { type Knex } from 'knex';
 import { ExitCode, UsageError, errorMessage } from '../errors';
 import { migrationStatus, requireMigrated } from '../db/migrate';
-import { pageKeysQuery, qualified, readSignals } from '../source/signals';
-import { readPageState, type PageState } from '../source/states';
-import { writeStateChanges, type StateChange, type WriteContext } from '../write/apply';
-import { writeHostColumns } from '../write/host-columns';
+import { signalsUsed } from '../source/candidates';
+import { countAccountsQuery, qualified, stateTables } from '../source/signals';
+import type { StateChange, WriteContext } from '../write/apply';
 import { acquireRunLock, type HeldLock } from './lock';
-import { countChanges, countEvaluations, emptyCounts, restoreCounts, type RunCounts } from './counts';
+import { commitPage } from './commit';
+import { countChanges, emptyCounts, mergeCounts, restoreCounts, type RunCounts } from './counts';
 import {
   defaultActor,
   finishRun,
@@ -17,13 +17,26 @@ import {
   unfinishedRun,
   type RunRecord,
 } from './ledger';
-import { planPage, type PagePlan } from './plan';
-import type { AccountEvaluation, IsoDate, Rules, Signals } from '../types';
+import type { PagePlan } from './plan';
+import {
+  evaluated,
+  readAhead,
+  readPages,
+  splitRange,
+  WHOLE_RANGE,
+  type AccountFilter,
+  type KeyRange,
+  type Page,
+  type PageSource,
+} from './pages';
+import type { IsoDate, Rules } from '../types';
 
 /**
  * The batch engine: walks the customers by keyset pages, reads each page's signals with one
- * set-based query, evaluates them in memory with the pure evaluator, and (unless dry) writes the
- * page's changes in one transaction together with the checkpoint. Memory is one page at a time.
+ * set-based query (only the accounts a rule could touch, see source/candidates.ts), evaluates them
+ * in memory with the pure evaluator, and (unless dry) writes the page's changes in one transaction
+ * together with the checkpoint. Each worker walks its own key range and reads its next page while
+ * it writes the current one; memory is a couple of pages per worker.
  */
 
 export type BatchKind = 'backfill' | 'sweep';
@@ -35,6 +48,10 @@ export interface BatchOptions {
   batchSize: number;
   orgs: string[] | null;
   shard: { index: number; count: number } | null;
+  /** Page pipelines over disjoint key ranges (`--workers N`, default 1). A resumed run keeps its own. */
+  workers?: number;
+  /** Evaluate every account, not only the SQL pre-filter's candidates (the tests compare both). */
+  allAccounts?: boolean;
   /** Continue the unfinished backfill instead of refusing. */
   resume: boolean;
   /** Wait for the lock instead of failing with exit code 3. */
@@ -50,8 +67,10 @@ export interface BatchOptions {
 }
 
 export interface PageReport {
-  evaluations: AccountEvaluation[];
+  /** Accounts of the page the evaluator saw: those a rule could touch (all with `allAccounts`). */
+  evaluated: number;
   changes: StateChange[];
+  /** The run's counts so far (all workers). */
   counts: RunCounts;
   total: number;
 }
@@ -75,6 +94,15 @@ function shardName(shard: BatchOptions['shard']): string {
   return shard ? `${shard.index}/${shard.count}` : SHARD_ALL;
 }
 
+/** The checkpoint row of worker i of n: the shard's own name when there is one worker. */
+function checkpointName(shard: string, i: number, n: number): string {
+  return n === 1 ? shard : `${shard} part ${i + 1}/${n}`;
+}
+
+function filterOf(options: BatchOptions): AccountFilter {
+  return { orgs: options.orgs, shard: options.shard };
+}
+
 export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions): Promise<BatchResult> {
   const schema = rules.settings.schema;
   if (rules.defaults.policies.length === 0 && Object.keys(rules.organizations).length === 0) {
@@ -82,8 +110,12 @@ export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions):
       `No policies to apply: ${rules.file ?? 'no rules file was found'}; write them in suspend.config.yaml or pass --rules FILE (see rules.example.yaml).`,
     );
   }
+  const workers = options.workers ?? 1;
+  if (!Number.isSafeInteger(workers) || workers < 1 || workers > 64) {
+    throw new UsageError(`--workers ${workers}: give a number of page pipelines from 1 to 64.`);
+  }
   await checkSource(knex, rules);
-  if (options.dryRun) return dryRun(knex, rules, options);
+  if (options.dryRun) return withPipelinePool(knex, workers, (pool) => dryRun(knex, pool, rules, options));
 
   await requireMigrated(knex, schema);
   const lock = await acquireRunLock(knex, schema, {
@@ -92,9 +124,44 @@ export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions):
     onWait: (holder) => options.onLog?.(`waiting for the lock held by ${holder}`),
   });
   try {
-    return await realRun(knex, rules, options);
+    return await withPipelinePool(knex, workers, (pool) => realRun(knex, pool, rules, options));
   } finally {
     await lock.release();
+  }
+}
+
+/**
+ * The workers' own connections, two each (one reads a page while the other writes the previous
+ * one), set up for page work:
+ * - JIT compilation off: it costs more than it saves on page-sized queries (64 ms of a 160 ms read);
+ * - asynchronous commit: a page's transaction returns without waiting for its WAL flush. A server
+ *   crash can then lose the last pages that committed, but each with its checkpoint, so the run
+ *   resumes before them; the ledger's final row is written on another connection with a normal
+ *   commit, which flushes every page before it, before a run reports success or sends anything.
+ */
+const SESSION_SETUP = `select set_config(name, value, false)
+  from (values ('jit', 'off'), ('synchronous_commit', 'off')) v(name, value)
+ where exists (select 1 from pg_settings s where s.name = v.name)`;
+
+async function withPipelinePool<T>(knex: Knex, workers: number, fn: (pool: Knex) => Promise<T>): Promise<T> {
+  const config = knex.client.config as Knex.Config;
+  const pool = knexFactory({
+    ...config,
+    pool: {
+      min: 0,
+      max: 2 * workers,
+      afterCreate: (
+        conn: { query: (sql: string, cb: (err: Error | null) => void) => void },
+        done: (err: Error | null, conn: unknown) => void,
+      ) => {
+        conn.query(SESSION_SETUP, (err) => done(err, conn));
+      },
+    },
+  });
+  try {
+    return await fn(pool);
+  } finally {
+    await pool.destroy();
   }
 }
 
@@ -122,64 +189,92 @@ async function checkSource(knex: Knex, rules: Rules): Promise<void> {
 }
 
 async function countAccounts(knex: Knex, rules: Rules, options: BatchOptions): Promise<number> {
-  const c = rules.source.customers;
-  const q = knex.from(qualified(rules.source, c.table)).count<{ n: string }[]>({ n: '*' });
-  if (options.orgs && options.orgs.length > 0) q.whereRaw('??::text = any(?::text[])', [c.org, options.orgs]);
-  if (options.shard && options.shard.count > 1) {
-    q.whereRaw('abs(hashtext(??::text)) % ? = ?', [c.key, options.shard.count, options.shard.index]);
-  }
-  const [row] = await q;
+  const [row] = (await countAccountsQuery(knex, rules.source, filterOf(options))) as { n: string }[];
   return Number(row?.n ?? 0);
 }
 
-/** Reads pages one at a time; the connection goes back to the pool between pages. */
-async function* readPages(
+/** Where one worker starts: its range (after its checkpoint when resuming) and what it counted. */
+interface WorkerStart {
+  range: KeyRange;
+  checkpoint: string;
+  counts: RunCounts;
+  done: boolean;
+}
+
+/**
+ * Runs one page pipeline per range at once. `handle` gets each page read and evaluated, while the
+ * next page is already being read and evaluated; it returns false to stop this worker. The first
+ * failure stops the others after their current page and is thrown once all have stopped.
+ */
+async function runWorkers(
+  pool: Knex,
+  source: Omit<PageSource, 'signal'>,
+  ranges: KeyRange[],
+  signal: AbortSignal | undefined,
+  handle: (page: Page & { plan: PagePlan }, worker: number) => Promise<boolean>,
+  onRangeDone: (worker: number) => Promise<void> = async () => undefined,
+): Promise<void> {
+  const stopped = new AbortController();
+  const both = signal ? AbortSignal.any([signal, stopped.signal]) : stopped.signal;
+  const settled = await Promise.allSettled(
+    ranges.map(async (range, worker) => {
+      try {
+        // Three stages, each a page ahead of the next: Postgres reads page N+2 while Node evaluates
+        // page N+1 while page N is written.
+        const pages = readAhead(readPages(pool, { ...source, signal: both }, range));
+        for await (const page of readAhead(evaluated(pages, source.rules, source.asOf))) {
+          if (!(await handle(page, worker))) return;
+        }
+        if (!both.aborted) await onRangeDone(worker);
+      } catch (err) {
+        stopped.abort();
+        throw err;
+      }
+    }),
+  );
+  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+}
+
+async function pageSource(
   knex: Knex,
   rules: Rules,
   options: BatchOptions,
-  after: string | null,
-  readState: (keys: string[]) => Promise<PageState>,
-): AsyncGenerator<{ keys: string[]; signals: Signals[]; state: PageState }> {
-  let last = after;
-  for (;;) {
-    if (options.signal?.aborted) return;
-    const rows = (await pageKeysQuery(knex, rules.source, {
-      after: last,
-      limit: options.batchSize,
-      orgs: options.orgs,
-      shard: options.shard,
-    })) as { key: string }[];
-    if (rows.length === 0) return;
-    const keys = rows.map((r) => r.key);
-    const first = keys[0] as string;
-    last = keys[keys.length - 1] as string;
-    const [signals, state] = await Promise.all([
-      readSignals(knex, rules.source, options.asOf, { from: first, to: last, orgs: options.orgs }),
-      readState(keys),
-    ]);
-    // The range query also returns keys of other shards between first and last: keep the page's own.
-    const own = new Set(keys);
-    yield { keys, signals: signals.filter((s) => own.has(s.key)), state };
-    if (rows.length < options.batchSize) return;
-  }
+  stateSchema: string | null,
+): Promise<Omit<PageSource, 'signal'>> {
+  return {
+    rules,
+    asOf: options.asOf,
+    batchSize: options.batchSize,
+    filter: filterOf(options),
+    state: stateSchema === null ? null : await stateTables(knex, stateSchema),
+    allAccounts: Boolean(options.allAccounts),
+    needs: signalsUsed(rules),
+  };
 }
 
-async function dryRun(knex: Knex, rules: Rules, options: BatchOptions): Promise<BatchResult> {
+async function dryRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptions): Promise<BatchResult> {
   const schema = rules.settings.schema;
   // A dry run writes nothing, not even suspend's schema: without it every account is simply clear.
   const migrated = (await migrationStatus(knex, schema)).applied.length > 0;
-  const noState: PageState = { states: new Map(), exclusions: new Map() };
   const total = await countAccounts(knex, rules, options);
-  const counts = emptyCounts();
-  for await (const page of readPages(knex, rules, options, null, (keys) =>
-    migrated ? readPageState(knex, schema, keys, options.asOf) : Promise.resolve(noState),
-  )) {
-    const plan = planPage(page.signals, page.state, rules, options.asOf);
-    counts.pages += 1;
-    countEvaluations(counts, plan.evaluations);
-    countChanges(counts, plan.changes);
-    await options.onPage?.({ evaluations: plan.evaluations, changes: plan.changes, counts, total });
-  }
+  const ranges = await splitRange(knex, rules, filterOf(options), total, options.workers ?? 1);
+  let counts = emptyCounts();
+  await runWorkers(
+    pool,
+    await pageSource(knex, rules, options, migrated ? schema : null),
+    ranges,
+    options.signal,
+    async ({ plan, total: pageTotal }) => {
+      const pageCounts = mergeCounts(emptyCounts(), plan.tally);
+      pageCounts.scanned = pageTotal;
+      pageCounts.pages = 1;
+      countChanges(pageCounts, plan.changes);
+      counts = mergeCounts(counts, pageCounts);
+      await options.onPage?.({ evaluated: plan.evaluated, changes: plan.changes, counts, total });
+      return true;
+    },
+  );
   const status = options.signal?.aborted ? 'interrupted' : 'succeeded';
   return { run: null, status, counts, total, limit: null, error: null, exitCode: ExitCode.ok };
 }
@@ -190,11 +285,21 @@ function maxChangesFor(rules: Rules, total: number): number | null {
   return 'count' in m ? m.count : Math.floor(m.fraction * total);
 }
 
+function storedRanges(run: RunRecord): KeyRange[] {
+  const ranges = run.options.ranges;
+  if (!Array.isArray(ranges) || ranges.length === 0) return [WHOLE_RANGE];
+  return ranges.map((r) => {
+    const [after, until] = r as [string | null, string | null];
+    return { after, until };
+  });
+}
+
 async function openRun(
   knex: Knex,
   rules: Rules,
   options: BatchOptions,
-): Promise<{ run: RunRecord; after: string | null; counts: RunCounts }> {
+  total: number,
+): Promise<{ run: RunRecord; workers: WorkerStart[] }> {
   const schema = rules.settings.schema;
   const shard = shardName(options.shard);
   if (options.kind === 'backfill') {
@@ -207,27 +312,7 @@ async function openRun(
     if (options.resume) {
       if (!unfinished)
         throw new UsageError('There is no unfinished backfill to resume; start one with `suspend backfill`.');
-      if (unfinished.rulesHash !== rules.hash) {
-        options.onLog?.(
-          `note: the rules changed since run ${unfinished.id} started; the remaining pages use the current rules`,
-        );
-      }
-      await setRunStatus(knex, schema, unfinished.id, 'running');
-      const checkpoint = (await knex
-        .withSchema(schema)
-        .from('checkpoints')
-        .where({ run_id: unfinished.id, shard })
-        .first()) as { last_key: string | null; counts: Partial<RunCounts> } | undefined;
-      options.onLog?.(
-        `resuming backfill run ${unfinished.id} as of ${unfinished.asOf} after key ${checkpoint?.last_key ?? '(start)'}`,
-      );
-      // The run keeps its own as-of, so every page of one backfill is judged on the same day.
-      options.asOf = unfinished.asOf;
-      return {
-        run: unfinished,
-        after: checkpoint?.last_key ?? null,
-        counts: restoreCounts(checkpoint?.counts),
-      };
+      return { run: unfinished, workers: await resumeRun(knex, rules, options, unfinished, shard) };
     }
   } else {
     // A sweep that crashed left its row "running"; we hold the lock now, so it is dead.
@@ -237,22 +322,109 @@ async function openRun(
       .where({ kind: options.kind, status: 'running' })
       .update({ status: 'interrupted', finished_at: knex.fn.now() });
   }
+  const ranges = await splitRange(knex, rules, filterOf(options), total, options.workers ?? 1);
   const run = await startRun(knex, schema, {
     kind: options.kind,
     asOf: options.asOf,
     rulesHash: rules.hash,
     rulesFile: rules.file,
     orgFilter: options.orgs?.join(',') ?? null,
-    options: { batchSize: options.batchSize, shard, dryRun: false },
+    options: {
+      batchSize: options.batchSize,
+      shard,
+      dryRun: false,
+      workers: ranges.length,
+      // Where each worker's range ends, so a resumed run splits the accounts the same way.
+      ...(ranges.length > 1 ? { ranges: ranges.map((r) => [r.after, r.until]) } : {}),
+    },
     startedBy: options.actor,
   });
-  return { run, after: null, counts: emptyCounts() };
+  return {
+    run,
+    workers: ranges.map((range, i) => ({
+      range,
+      checkpoint: checkpointName(shard, i, ranges.length),
+      counts: emptyCounts(),
+      done: false,
+    })),
+  };
 }
 
-async function realRun(knex: Knex, rules: Rules, options: BatchOptions): Promise<BatchResult> {
+async function resumeRun(
+  knex: Knex,
+  rules: Rules,
+  options: BatchOptions,
+  unfinished: RunRecord,
+  shard: string,
+): Promise<WorkerStart[]> {
   const schema = rules.settings.schema;
-  const { run, after, counts } = await openRun(knex, rules, options);
+  if (unfinished.rulesHash !== rules.hash) {
+    options.onLog?.(
+      `note: the rules changed since run ${unfinished.id} started; the remaining pages use the current rules`,
+    );
+  }
+  await setRunStatus(knex, schema, unfinished.id, 'running');
+  const ranges = storedRanges(unfinished);
+  if ((options.workers ?? 1) !== ranges.length) {
+    options.onLog?.(
+      `note: run ${unfinished.id} continues with the ${ranges.length} worker(s) it started with`,
+    );
+  }
+  const rows = (await knex
+    .withSchema(schema)
+    .from('checkpoints')
+    .where({ run_id: unfinished.id })
+    .select('shard', 'last_key', 'counts', 'done')) as {
+    shard: string;
+    last_key: string | null;
+    counts: Partial<RunCounts>;
+    done: boolean;
+  }[];
+  const workers = ranges.map((range, i) => {
+    const checkpoint = checkpointName(shard, i, ranges.length);
+    const row = rows.find((r) => r.shard === checkpoint);
+    return {
+      range: { after: row?.last_key ?? range.after, until: range.until },
+      checkpoint,
+      counts: restoreCounts(row?.counts),
+      done: row?.done ?? false,
+    };
+  });
+  options.onLog?.(
+    `resuming backfill run ${unfinished.id} as of ${unfinished.asOf} after key ${workers
+      .map((w) => w.range.after ?? '(start)')
+      .join(', ')}`,
+  );
+  // The run keeps its own as-of, so every page of one backfill is judged on the same day.
+  options.asOf = unfinished.asOf;
+  return workers;
+}
+
+const HEARTBEAT_MS = 2000;
+
+/**
+ * Page reads and writes look account states up by key lists. Until account_states has planner
+ * statistics (a new table, a first backfill) Postgres guesses such a list matches most of the table
+ * and scans all of it, a cost that grows with every page. So as soon as the table has rows and no
+ * statistics, analyze it once; its key statistics then scale as it grows. Returns whether it is done.
+ */
+async function analyzeStatesOnce(knex: Knex, schema: string): Promise<boolean> {
+  const result = await knex.raw<{ rows: { analyzed: boolean; empty: boolean }[] }>(
+    `select exists (select 1 from pg_stats where schemaname = ? and tablename = 'account_states' and attname = 'customer_key') as analyzed,
+            not exists (select 1 from ??) as empty`,
+    [schema, `${schema}.account_states`],
+  );
+  const row = result.rows[0];
+  if (!row || row.analyzed) return true;
+  if (row.empty) return false;
+  await knex.raw('analyze ??', [`${schema}.account_states`]);
+  return true;
+}
+
+async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptions): Promise<BatchResult> {
+  const schema = rules.settings.schema;
   const total = await countAccounts(knex, rules, options);
+  const { run, workers } = await openRun(knex, rules, options, total);
   const max = maxChangesFor(rules, total);
   const ctx: WriteContext = {
     schema,
@@ -261,182 +433,103 @@ async function realRun(knex: Knex, rules: Rules, options: BatchOptions): Promise
     rulesHash: rules.hash,
     actor: options.actor,
   };
-  const shard = shardName(options.shard);
+  let counts = workers.reduce((sum, w) => mergeCounts(sum, w.counts), emptyCounts());
+  const workerCounts = workers.map((w) => w.counts);
+  // Changes planned by pages being written right now, so concurrent workers respect the limit together.
+  let inFlight = 0;
+  let limit: BatchResult['limit'] = null;
+  let lastBeat = Date.now();
+  let analyzed = await analyzeStatesOnce(knex, schema);
+  let analyzing: Promise<boolean> | null = null;
+  const active = workers.filter((w) => !w.done);
+  const result = (status: BatchStatus, exitCode: number, runRecord: RunRecord | null = run): BatchResult => ({
+    run: runRecord,
+    status,
+    counts,
+    total,
+    limit,
+    error: null,
+    exitCode,
+  });
   try {
-    for await (const page of readPages(knex, rules, options, after, (keys) =>
-      readPageState(knex, schema, keys, options.asOf),
-    )) {
-      const plan = planPage(page.signals, page.state, rules, options.asOf);
-      if (max !== null && counts.changes + plan.changes.length > max) {
-        const wouldReach = counts.changes + plan.changes.length;
-        await finishRun(knex, schema, run.id, {
-          status: 'stopped',
-          counts: { ...counts },
-          error: `safety limit: max_changes ${max} would be crossed (${wouldReach} changes)`,
-        });
-        return {
-          run,
-          status: 'stopped',
-          counts,
-          total,
-          limit: { max, wouldReach },
-          error: null,
-          exitCode: ExitCode.safetyLimit,
-        };
-      }
-      const written = await commitPage(knex, rules, options, ctx, shard, page.keys, plan, counts);
-      await options.onPage?.({ evaluations: plan.evaluations, changes: written, counts, total });
+    const source = await pageSource(knex, rules, options, schema);
+    await runWorkers(
+      pool,
+      source,
+      active.map((w) => w.range),
+      options.signal,
+      async ({ plan, ...page }, i) => {
+        const worker = active[i] as WorkerStart;
+        if (limit) return false;
+        if (max !== null && counts.changes + inFlight + plan.changes.length > max) {
+          limit = { max, wouldReach: counts.changes + inFlight + plan.changes.length };
+          return false;
+        }
+        inFlight += plan.changes.length;
+        let committed;
+        try {
+          committed = await commitPage(
+            pool,
+            {
+              rules,
+              ctx,
+              needs: source.needs,
+              checkpoint: worker.checkpoint,
+              beforeWrite: options.beforeWrite,
+            },
+            { ...page, plan },
+            workerCounts[workers.indexOf(worker)] as RunCounts,
+          );
+        } finally {
+          inFlight -= plan.changes.length;
+        }
+        workerCounts[workers.indexOf(worker)] = committed.counts;
+        counts = mergeCounts(counts, committed.page);
+        if (!analyzed && committed.changes.length > 0) {
+          analyzing ??= analyzeStatesOnce(knex, schema).finally(() => (analyzing = null));
+          analyzed = await analyzing;
+        }
+        if (Date.now() - lastBeat >= HEARTBEAT_MS) {
+          lastBeat = Date.now();
+          await heartbeat(knex, schema, run.id, counts);
+        }
+        await options.onPage?.({ evaluated: plan.evaluated, changes: committed.changes, counts, total });
+        return true;
+      },
+      async (i) => {
+        await knex
+          .withSchema(schema)
+          .table('checkpoints')
+          .insert({ run_id: run.id, shard: (active[i] as WorkerStart).checkpoint, done: true })
+          .onConflict(['run_id', 'shard'])
+          .merge({ done: true, updated_at: knex.fn.now() });
+      },
+    );
+    if (limit) {
+      const { wouldReach } = limit;
+      await finishRun(knex, schema, run.id, {
+        status: 'stopped',
+        counts,
+        error: `safety limit: max_changes ${max} would be crossed (${wouldReach} changes)`,
+      });
+      return result('stopped', ExitCode.safetyLimit);
     }
     if (options.signal?.aborted) {
-      await finishRun(knex, schema, run.id, { status: 'interrupted', counts: { ...counts } });
-      return {
-        run,
-        status: 'interrupted',
-        counts,
-        total,
-        limit: null,
-        error: null,
-        exitCode: ExitCode.failed,
-      };
+      await finishRun(knex, schema, run.id, { status: 'interrupted', counts });
+      return result('interrupted', ExitCode.failed);
     }
-    await finishRun(knex, schema, run.id, { status: 'succeeded', counts: { ...counts } });
-    return {
-      run: await getRun(knex, schema, run.id),
-      status: 'succeeded',
-      counts,
-      total,
-      limit: null,
-      error: null,
-      exitCode: ExitCode.ok,
-    };
+    await finishRun(knex, schema, run.id, { status: 'succeeded', counts });
+    return result('succeeded', ExitCode.ok, await getRun(knex, schema, run.id));
   } catch (err) {
     // Mark the run interrupted when the database still answers; if it does not, the row stays
     // "running" and the next run (which then holds the lock) knows it died.
     await finishRun(knex, schema, run.id, {
       status: 'interrupted',
-      counts: { ...counts },
+      counts,
       error: errorMessage(err),
     }).catch(() => undefined);
     throw err;
   }
-}
-
-/**
- * One transaction per page: re-check the changed accounts (their invoices locked so a payment
- * cannot slip in between), write host columns, states, history and outbox, then the checkpoint.
- * Counts are updated only once the transaction has committed.
- */
-async function commitPage(
-  knex: Knex,
-  rules: Rules,
-  options: BatchOptions,
-  ctx: WriteContext,
-  shard: string,
-  pageKeys: string[],
-  plan: PagePlan,
-  counts: RunCounts,
-): Promise<StateChange[]> {
-  const pageCounts = emptyCounts();
-  countEvaluations(pageCounts, plan.evaluations);
-  const written = await knex.transaction(async (trx) => {
-    let changes = plan.changes;
-    let host = plan.hostColumns;
-    if (changes.length > 0) {
-      const keys = [...new Set(changes.map((c) => c.key))];
-      await options.beforeWrite?.(keys);
-      const fresh = await recheck(trx, rules, ctx, keys);
-      const same = (c: StateChange) =>
-        fresh.changes.some(
-          (f) =>
-            f.key === c.key &&
-            f.policy === c.policy &&
-            f.kind === c.kind &&
-            f.to === c.to &&
-            f.expectedVersion === c.expectedVersion,
-        );
-      const stale = new Set(changes.filter((c) => !same(c)).map((c) => c.key));
-      pageCounts.changedSinceRead += stale.size;
-      changes = fresh.changes.filter((c) => !stale.has(c.key) && keys.includes(c.key));
-      host = fresh.hostColumns.filter((h) => !stale.has(h.key));
-    }
-    const old = await writeHostColumns(trx, rules.source, host);
-    for (const c of changes) {
-      const before = old.get(c.key);
-      if (!before) continue;
-      c.hostOld = before;
-      const captured = host.filter((h) => h.key === c.key && h.capture).map((h) => h.column);
-      if (captured.length > 0)
-        c.hostBefore = Object.fromEntries(captured.map((col) => [col, before[col] ?? null]));
-    }
-    const applied = await writeStateChanges(trx, ctx, changes);
-    const appliedSet = new Set(applied.map((a) => `${a.key}\u0000${a.policy}`));
-    const result = changes.filter((c) => appliedSet.has(`${c.key}\u0000${c.policy}`));
-    pageCounts.changedSinceRead += new Set(
-      changes.filter((c) => !appliedSet.has(`${c.key}\u0000${c.policy}`)).map((c) => c.key),
-    ).size;
-    countChanges(pageCounts, result);
-    const merged = mergeCounts(counts, pageCounts);
-    merged.pages += 1;
-    await trx
-      .withSchema(ctx.schema)
-      .insert({
-        run_id: ctx.runId,
-        shard,
-        last_key: pageKeys[pageKeys.length - 1],
-        pages: merged.pages,
-        scanned: merged.scanned,
-        counts: JSON.stringify(merged),
-        updated_at: trx.fn.now(),
-      })
-      .into('checkpoints')
-      .onConflict(['run_id', 'shard'])
-      .merge();
-    await heartbeat(trx, ctx.schema, ctx.runId, merged);
-    return { result, merged };
-  });
-  Object.assign(counts, written.merged);
-  return written.result;
-}
-
-async function recheck(
-  trx: Knex.Transaction,
-  rules: Rules,
-  ctx: WriteContext,
-  keys: string[],
-): Promise<PagePlan> {
-  const inv = rules.source.invoices;
-  if (inv) {
-    await trx.raw('select 1 from ?? where ?? = any(?) for share', [
-      qualified(rules.source, inv.table),
-      inv.customer,
-      keys,
-    ]);
-  }
-  // One connection: the two reads run in turn.
-  const signals = await readSignals(trx, rules.source, ctx.asOf, { keys });
-  const state = await readPageState(trx, ctx.schema, keys, ctx.asOf);
-  return planPage(signals, state, rules, ctx.asOf);
-}
-
-function mergeCounts(a: RunCounts, b: RunCounts): RunCounts {
-  const sum = (x: Record<string, number>, y: Record<string, number>) => {
-    const out = { ...x };
-    for (const [k, v] of Object.entries(y)) out[k] = (out[k] ?? 0) + v;
-    return out;
-  };
-  return {
-    scanned: a.scanned + b.scanned,
-    pages: a.pages + b.pages,
-    changes: a.changes + b.changes,
-    accountsChanged: a.accountsChanged + b.accountsChanged,
-    excluded: a.excluded + b.excluded,
-    excludedByReason: sum(a.excludedByReason, b.excludedByReason),
-    held: a.held + b.held,
-    changedSinceRead: a.changedSinceRead + b.changedSinceRead,
-    skipped: a.skipped + b.skipped,
-    skippedByReason: sum(a.skippedByReason, b.skippedByReason),
-    transitions: sum(a.transitions, b.transitions),
-  };
 }
 
 /** `suspend backfill --abandon`: gives up the unfinished backfill so a new one can start. */

@@ -1,5 +1,7 @@
 import type { Knex } from 'knex';
-import type { IsoDate, Signals, SourceMapping } from '../types';
+import { candidatePredicate } from './candidates';
+import type { PageState, StoredState } from './states';
+import type { IsoDate, Rules, Signals, SourceMapping } from '../types';
 
 /**
  * SQL builders for reading accounts and their signals. The real run, the dry run and the race
@@ -15,41 +17,127 @@ import type { IsoDate, Signals, SourceMapping } from '../types';
  * - as-of in the past: an invoice paid after as-of counts as unpaid in full on as-of.
  */
 
-/** Text of the key, in key order: the page's boundaries for keyset pagination. */
-export interface PageBounds {
-  /** Exclusive lower bound (the last key of the previous page), null for the first page. */
-  after: string | null;
-  limit: number;
-  orgs?: string[] | null;
-  /** `--shard I/N`: keep keys whose hash falls in this shard. */
-  shard?: { index: number; count: number } | null;
-}
-
 export function qualified(mapping: SourceMapping, table: string): string {
   return mapping.schema ? `${mapping.schema}.${table}` : table;
 }
 
-/** `select key from customers where key > $after order by key limit $n`. */
-export function pageKeysQuery(knex: Knex, mapping: SourceMapping, bounds: PageBounds): Knex.QueryBuilder {
+/** The table that lists the accounts, with its key and organization columns. */
+function accountList(mapping: SourceMapping): { table: string; key: string; org: string } {
   // With a signal view, the view is the list of accounts: its `key` and `org_id` columns.
-  const c = mapping.view
-    ? { ...mapping.customers, table: mapping.view, key: 'key', org: 'org_id' }
-    : mapping.customers;
-  const q = knex
-    .select(knex.raw('??::text as key', [c.key]))
-    .from(qualified(mapping, c.table))
-    .orderBy(c.key)
-    .limit(bounds.limit);
-  if (bounds.after !== null) q.where(c.key, '>', bounds.after);
-  if (bounds.orgs && bounds.orgs.length > 0) q.whereRaw('??::text = any(?::text[])', [c.org, bounds.orgs]);
-  if (bounds.shard && bounds.shard.count > 1) {
-    q.whereRaw('abs(hashtext(??::text)) % ? = ?', [c.key, bounds.shard.count, bounds.shard.index]);
+  return mapping.view
+    ? { table: mapping.view, key: 'key', org: 'org_id' }
+    : { table: mapping.customers.table, key: mapping.customers.key, org: mapping.customers.org };
+}
+
+function filterAccounts(
+  q: Knex.QueryBuilder,
+  column: { key: string; org: string },
+  filter: { orgs?: string[] | null; shard?: { index: number; count: number } | null },
+): Knex.QueryBuilder {
+  if (filter.orgs && filter.orgs.length > 0)
+    q.whereRaw('??::text = any(?::text[])', [column.org, filter.orgs]);
+  if (filter.shard && filter.shard.count > 1) {
+    q.whereRaw('abs(hashtext(??::text)) % ? = ?', [column.key, filter.shard.count, filter.shard.index]);
   }
   return q;
 }
 
-/** Which accounts a signal query covers: a key range (a page) or a list of keys (a re-check). */
-export type SignalScope = { from: string; to: string; orgs?: string[] | null } | { keys: string[] };
+/**
+ * Accounts, in key order, at the given ranks (0-based): where N workers split the key space. One
+ * index scan in key order that stops at the highest rank.
+ */
+export function keysAtRanksQuery(
+  knex: Knex,
+  mapping: SourceMapping,
+  filter: { orgs?: string[] | null; shard?: { index: number; count: number } | null },
+  ranks: number[],
+): Knex.QueryBuilder {
+  const c = accountList(mapping);
+  const numbered = filterAccounts(
+    knex
+      .select(
+        knex.raw('??::text as key', [c.key]),
+        knex.raw('row_number() over (order by ??) - 1 as rank', [c.key]),
+      )
+      .from(qualified(mapping, c.table))
+      .orderBy(c.key)
+      .limit(Math.max(0, ...ranks) + 1),
+    c,
+    filter,
+  );
+  return knex
+    .select('key')
+    .from(numbered.as('n'))
+    .whereRaw('rank = any(?::bigint[])', [ranks])
+    .orderBy('rank');
+}
+
+/** How many accounts a run covers. */
+export function countAccountsQuery(
+  knex: Knex,
+  mapping: SourceMapping,
+  filter: { orgs?: string[] | null; shard?: { index: number; count: number } | null },
+): Knex.QueryBuilder {
+  const c = accountList(mapping);
+  return filterAccounts(
+    knex.from(qualified(mapping, c.table)).select(knex.raw('count(*)::bigint as n')),
+    c,
+    filter,
+  );
+}
+
+/**
+ * Which accounts a signal query covers: a key range (tests, tools), a list of keys (the re-check), or
+ * a keyset page (see PageScope).
+ */
+export type SignalScope =
+  { from: string; to: string; orgs?: string[] | null } | { keys: string[] } | PageScope;
+
+/**
+ * The next keyset page: the first `limit` accounts in key order after `after` (up to `until`) with
+ * the run's filters. The query also says how many accounts the page held and its last key, so one
+ * statement per page both advances the walk and reads it.
+ */
+export interface PageScope {
+  /** Exclusive lower bound (the last key of the previous page), null for the first page. */
+  after: string | null;
+  /** Inclusive upper bound of the key range this walk covers (a worker's range), null for the end. */
+  until: string | null;
+  limit: number;
+  orgs?: string[] | null;
+  /** `--shard I/N`: keep keys whose hash falls in this shard. */
+  shard?: { index: number; count: number } | null;
+  /**
+   * suspend's own tables to read each account's states and exclusion from, in the same statement
+   * (null before the first migrate).
+   */
+  state?: StateTables | null;
+  /** Leave out the accounts no rule can touch (see source/candidates.ts): the rules to test. */
+  candidates?: Rules | null;
+}
+
+/** suspend's own tables as a run found them when it started. */
+export interface StateTables {
+  schema: string;
+  /** account_states has rows: a page's accounts may have states. */
+  states: boolean;
+  /** exclusions has live rows. */
+  exclusions: boolean;
+}
+
+/**
+ * Whether suspend's tables hold anything a page must read, once per run. A run's own writes never
+ * concern a later page of it (pages are disjoint), so what was empty at the start stays so for it.
+ */
+export async function stateTables(knex: Knex, schema: string): Promise<StateTables> {
+  const result = await knex.raw<{ rows: { states: boolean; exclusions: boolean }[] }>(
+    `select exists (select 1 from ??) as states,
+            exists (select 1 from ?? where removed_at is null) as exclusions`,
+    [`${schema}.account_states`, `${schema}.exclusions`],
+  );
+  const row = result.rows[0];
+  return { schema, states: row?.states ?? true, exclusions: row?.exclusions ?? true };
+}
 
 export interface SignalRow {
   key: string;
@@ -71,18 +159,34 @@ export interface SignalRow {
 }
 
 /**
+ * Which groups of signals to compute; a group no rule, message or exclusion uses can be left out
+ * (see `signalsUsed`). Left out, its signals read as never active / nothing owed / no subscription.
+ */
+export interface SignalNeeds {
+  activity: boolean;
+  invoices: boolean;
+  subscriptions: boolean;
+}
+
+export const ALL_SIGNALS: SignalNeeds = { activity: true, invoices: true, subscriptions: true };
+
+/**
  * One set-based query per page: customers of the page joined to page-bounded aggregates of
  * activity, invoices and subscriptions (a GROUP BY bounded to the page's key range beat LATERAL
- * joins by 1.4x when measured; per-row queries are out).
+ * joins by 1.4x when measured; per-row queries are out). For a keyset page the first row also
+ * carries the page's size and last key (`page_size`, `page_last`), with no signals when no account
+ * of the page is a candidate.
  */
 export function signalsQuery(
   knex: Knex,
   mapping: SourceMapping,
   asOf: IsoDate,
   scope: SignalScope,
+  needs: SignalNeeds = ALL_SIGNALS,
 ): Knex.Raw {
   if (mapping.view) return viewSignalsQuery(knex, mapping, scope);
   const c = mapping.customers;
+  // Placeholders are positional: every fragment binds its values in the order it appears in the SQL.
   const bindings: Knex.RawBinding[] = [];
   const b = (v: Knex.RawBinding) => {
     bindings.push(v);
@@ -90,10 +194,31 @@ export function signalsQuery(
   };
   // Identifiers from the mapping are quoted by knex and inlined; values stay positional parameters.
   const id = (name: string) => knex.raw('??', [name]).toQuery();
-  const inScope = (column: string) =>
-    'keys' in scope
-      ? `${id(column)} = any(${b(scope.keys)})` // the array's type is inferred from the column's
-      : `${id(column)} >= ${b(scope.from)} and ${id(column)} <= ${b(scope.to)}`;
+  const page = 'limit' in scope ? scope : null;
+  /** Rows of another table that belong to the page's accounts. */
+  const inScope = (column: string) => {
+    // The page's keys, which the planner does not count: it probes the indexes instead of scanning
+    // whole tables for a long list.
+    if ('keys' in scope) return `${id(column)} = any(array(select k from page))`;
+    if ('from' in scope) return `${id(column)} >= ${b(scope.from)} and ${id(column)} <= ${b(scope.to)}`;
+    const lower = scope.after === null ? '' : `${id(column)} > ${b(scope.after)} and `;
+    return `${lower}${id(column)} <= (select max(k) from page)`;
+  };
+  const key = id(`c.${c.key}`);
+  const accounts = (): string => {
+    if ('keys' in scope) return `${key} = any(${b(scope.keys)})`; // the array's type is inferred from the column's
+    const where: string[] = [];
+    if ('from' in scope) where.push(`${key} >= ${b(scope.from)}`, `${key} <= ${b(scope.to)}`);
+    else {
+      if (scope.after !== null) where.push(`${key} > ${b(scope.after)}`);
+      if (scope.until !== null) where.push(`${key} <= ${b(scope.until)}`);
+      if (scope.shard && scope.shard.count > 1)
+        where.push(`abs(hashtext(${key}::text)) % ${b(scope.shard.count)} = ${b(scope.shard.index)}`);
+    }
+    if (scope.orgs && scope.orgs.length > 0)
+      where.push(`${id(`c.${c.org}`)}::text = any(${b(scope.orgs)}::text[])`);
+    return where.length > 0 ? where.join(' and ') : 'true';
+  };
 
   const flagNames = Object.keys(c.flags);
   const flagExpr =
@@ -103,68 +228,66 @@ export function signalsQuery(
 
   const parts: string[] = [];
   parts.push(`page as (
-    select ${id(`c.${c.key}`)} as k, ${id(`c.${c.org}`)}::text as org_id,
+    select ${key} as k, ${id(`c.${c.org}`)}::text as org_id,
            ${c.createdAt ? `${id(`c.${c.createdAt}`)}::date` : 'null::date'} as created_on,
            ${c.netTermsDays ? `coalesce(${id(`c.${c.netTermsDays}`)}, 0)` : '0'} as net_terms_days,
            ${flagExpr} as flags,
            ${c.name ? `${id(`c.${c.name}`)}::text` : 'null::text'} as name,
            ${c.email ? `${id(`c.${c.email}`)}::text` : 'null::text'} as email
       from ${id(qualified(mapping, c.table))} as c
-     where ${inScope(`c.${c.key}`)}${
-       'from' in scope && scope.orgs && scope.orgs.length > 0
-         ? ` and ${id(`c.${c.org}`)}::text = any(${b(scope.orgs)}::text[])`
-         : ''
-     })`);
+     where ${accounts()}${page ? `\n     order by ${key} limit ${b(page.limit)}` : ''})`);
 
   const asOfDate = () => `${b(asOf)}::date`;
-  if (mapping.activity) {
-    const a = mapping.activity;
+  const activity = needs.activity ? mapping.activity : null;
+  const invoices = needs.invoices ? mapping.invoices : null;
+  const subscriptions = needs.subscriptions ? mapping.subscriptions : null;
+  if (activity) {
+    const a = activity;
     parts.push(`activity as (
       select ${id(`r.${a.customer}`)} as k, max(${id(`r.${a.at}`)})::date as last_on
         from ${id(qualified(mapping, a.table))} as r
        where ${inScope(`r.${a.customer}`)} and ${id(`r.${a.at}`)} < ${asOfDate()} + 1
        group by 1)`);
   }
-  if (mapping.invoices) {
-    const i = mapping.invoices;
+  if (invoices) {
+    const i = invoices;
     const paidOn = `${id(`i.${i.paidOn}`)}`;
-    // Unpaid on as-of: never paid in full, or paid in full only after as-of.
+    // Each invoice: what is unpaid on as-of (never paid in full, or paid in full only after as-of),
+    // and the days it was overdue, [due_eff + 1, paid_on - 1] clipped to as-of (iv: it has some).
+    // Gaps and islands in one window pass: an island starts where an interval begins after every
+    // earlier one has ended (+1 day); the streak is the island that reaches as-of.
     parts.push(`inv as (
-      select ${id(`i.${i.key}`)}::text as invoice_id, ${id(`i.${i.customer}`)} as k,
-             (${id(`i.${i.dueOn}`)} + p.net_terms_days) as due_eff,
-             ${paidOn} as paid_on,
-             case when ${paidOn} is null then ${id(`i.${i.amount}`)} - coalesce(${id(`i.${i.paid}`)}, 0)
-                  when ${paidOn} > ${asOfDate()} then ${id(`i.${i.amount}`)}
-                  else 0 end as unpaid
-        from ${id(qualified(mapping, i.table))} as i
-        join page p on p.k = ${id(`i.${i.customer}`)}
-       where ${inScope(`i.${i.customer}`)}
-         ${i.issuedOn ? `and (${id(`i.${i.issuedOn}`)} is null or ${id(`i.${i.issuedOn}`)} <= ${asOfDate()})` : ''})`);
-    parts.push(`balances as (
-      select k,
-             sum(unpaid) filter (where unpaid > 0) as open_balance,
-             sum(unpaid) filter (where unpaid > 0 and due_eff < ${asOfDate()}) as overdue_balance,
-             count(*) filter (where unpaid > 0) as unpaid_count
-        from inv group by k)`);
-    parts.push(`oldest as (
-      select distinct on (k) k, invoice_id, unpaid, ${asOfDate()} - due_eff as days
-        from inv where unpaid > 0 and due_eff < ${asOfDate()}
-       order by k, due_eff, invoice_id)`);
-    // Each invoice is overdue on days [due_eff + 1, paid_on - 1], clipped to as-of. Gaps and islands:
-    // a new island starts where an interval begins after every earlier one has ended (+1 day).
-    parts.push(`intervals as (
-      select k, due_eff + 1 as s, least(coalesce(paid_on - 1, ${asOfDate()}), ${asOfDate()}) as e
-        from inv
-       where due_eff + 1 <= ${asOfDate()} and (paid_on is null or paid_on > due_eff + 1))`);
-    parts.push(`streaks as (
-      select k, max(s) filter (where prev_end is null or s > prev_end + 1) - 1 as since
-        from (select k, s, e, max(e) over (partition by k order by s, e rows between unbounded preceding and 1 preceding) as prev_end
-                from intervals
-               where k in (select k from intervals where e = ${asOfDate()})) x
-       group by k)`);
+      select k, invoice_id, due_eff, unpaid, iv, s, e,
+             max(e) filter (where iv) over (partition by k order by s, e rows between unbounded preceding and 1 preceding) as prev_end
+        from (select ${id(`i.${i.key}`)}::text as invoice_id, ${id(`i.${i.customer}`)} as k,
+                     ${id(`i.${i.dueOn}`)} + p.net_terms_days as due_eff,
+                     case when ${paidOn} is null then ${id(`i.${i.amount}`)} - coalesce(${id(`i.${i.paid}`)}, 0)
+                          when ${paidOn} > ${asOfDate()} then ${id(`i.${i.amount}`)}
+                          else 0 end as unpaid,
+                     ${id(`i.${i.dueOn}`)} + p.net_terms_days + 1 <= ${asOfDate()}
+                       and (${paidOn} is null or ${paidOn} > ${id(`i.${i.dueOn}`)} + p.net_terms_days + 1) as iv,
+                     ${id(`i.${i.dueOn}`)} + p.net_terms_days + 1 as s,
+                     least(coalesce(${paidOn} - 1, ${asOfDate()}), ${asOfDate()}) as e
+                from ${id(qualified(mapping, i.table))} as i
+                join page p on p.k = ${id(`i.${i.customer}`)}
+               where ${inScope(`i.${i.customer}`)}
+                 ${i.issuedOn ? `and (${id(`i.${i.issuedOn}`)} is null or ${id(`i.${i.issuedOn}`)} <= ${asOfDate()})` : ''}) x)`);
+    // The oldest overdue unpaid invoice: the least (due day, id) as text, which sorts the same.
+    parts.push(`invoice_signals as (
+      select k, open_balance, overdue_balance, unpaid_count, since,
+             ${asOfDate()} - oldest[1]::date as oldest_days, oldest[2] as oldest_id, oldest[3] as oldest_unpaid
+        from (select k,
+                     sum(unpaid) filter (where unpaid > 0) as open_balance,
+                     sum(unpaid) filter (where unpaid > 0 and due_eff < ${asOfDate()}) as overdue_balance,
+                     count(*) filter (where unpaid > 0) as unpaid_count,
+                     min(array[to_char(due_eff, 'YYYY-MM-DD'), invoice_id, unpaid::text])
+                       filter (where unpaid > 0 and due_eff < ${asOfDate()}) as oldest,
+                     case when max(e) filter (where iv) = ${asOfDate()}
+                          then max(s) filter (where iv and (prev_end is null or s > prev_end + 1)) - 1 end as since
+                from inv group by k) g)`);
   }
-  if (mapping.subscriptions) {
-    const s = mapping.subscriptions;
+  if (subscriptions) {
+    const s = subscriptions;
     parts.push(`subs as (
       select ${id(`s.${s.customer}`)} as k, count(*) as n
         from ${id(qualified(mapping, s.table))} as s
@@ -172,18 +295,82 @@ export function signalsQuery(
        group by 1)`);
   }
 
-  const select = `select p.k::text as key, p.org_id, to_char(p.created_on, 'YYYY-MM-DD') as created_on,
-      ${mapping.activity ? "to_char(a.last_on, 'YYYY-MM-DD')" : 'null'} as last_activity_on,
-      ${mapping.invoices ? "bal.open_balance, bal.overdue_balance, bal.unpaid_count, o.days as oldest_overdue_days, o.invoice_id as oldest_overdue_id, o.unpaid as oldest_overdue_unpaid, to_char(st.since, 'YYYY-MM-DD') as past_due_since" : 'null as open_balance, null as overdue_balance, null as unpaid_count, null as oldest_overdue_days, null as oldest_overdue_id, null as oldest_overdue_unpaid, null as past_due_since'},
-      ${mapping.subscriptions ? 'sb.n' : '0'} as active_subscriptions,
-      p.net_terms_days, p.flags, p.name, p.email
-    from page p
-    ${mapping.activity ? 'left join activity a on a.k = p.k' : ''}
-    ${mapping.invoices ? 'left join balances bal on bal.k = p.k left join oldest o on o.k = p.k left join streaks st on st.k = p.k' : ''}
-    ${mapping.subscriptions ? 'left join subs sb on sb.k = p.k' : ''}
-    order by p.k`;
+  // The page's states and live exclusions, probed by key once for every account of the page: they
+  // make an account a candidate (a stage to keep or clear, an exclusion to count) and come back
+  // with it, as the rows source/states.ts reads.
+  const state = page?.state ?? null;
+  const pageKeys = 'array(select k::text from page)';
+  if (state?.states) {
+    parts.push(`page_states as (
+      select customer_key,
+             json_agg(json_build_object('policy', policy, 'stage', stage, 'stage_index', stage_index,
+                       'version', version, 'host_before', host_before,
+                       'entered_on', to_char(entered_on, 'YYYY-MM-DD'),
+                       'reinstated_on', to_char(reinstated_on, 'YYYY-MM-DD'))) as rows,
+             bool_or(stage is not null) as staged
+        from ${id(`${state.schema}.account_states`)}
+       where customer_key = any(${pageKeys})
+       group by customer_key)`);
+  }
+  if (state?.exclusions) {
+    parts.push(`page_exclusions as (
+      select customer_key, reason, to_char(until, 'YYYY-MM-DD') as until, until is null or until >= ${asOfDate()} as active
+        from ${id(`${state.schema}.exclusions`)}
+       where customer_key = any(${pageKeys}) and removed_at is null)`);
+  }
+  const rules = page?.candidates ?? null;
+  let where = '';
+  if (rules) {
+    const predicate = candidatePredicate(
+      rules,
+      asOf,
+      {
+        key: 'p.k',
+        createdOn: 'p.created_on',
+        lastActivityOn: activity ? 'a.last_on' : 'null::date',
+        openBalance: invoices ? 'iv.open_balance' : 'null::bigint',
+        overdueBalance: invoices ? 'iv.overdue_balance' : 'null::bigint',
+        unpaidCount: invoices ? 'iv.unpaid_count' : 'null::bigint',
+        oldestOverdueDays: invoices ? 'iv.oldest_days' : 'null::int',
+        pastDueSince: invoices ? 'iv.since' : 'null::date',
+        activeSubscriptions: subscriptions ? 'sb.n' : 'null::bigint',
+        flags: 'p.flags',
+      },
+      (v) => b(v),
+    );
+    where = `where ${[
+      predicate,
+      state?.states ? 'st.staged' : '',
+      state?.exclusions ? 'ex.customer_key is not null' : '',
+    ]
+      .filter(Boolean)
+      .join('\n       or ')}`;
+  }
 
+  const signals = `select p.k as sort_key, p.k::text as key, p.org_id, to_char(p.created_on, 'YYYY-MM-DD') as created_on,
+      ${activity ? "to_char(a.last_on, 'YYYY-MM-DD')" : 'null'} as last_activity_on,
+      ${invoices ? `iv.open_balance, iv.overdue_balance, iv.unpaid_count, iv.oldest_days as oldest_overdue_days, iv.oldest_id as oldest_overdue_id, iv.oldest_unpaid as oldest_overdue_unpaid, to_char(iv.since, 'YYYY-MM-DD') as past_due_since` : 'null as open_balance, null as overdue_balance, null as unpaid_count, null as oldest_overdue_days, null as oldest_overdue_id, null as oldest_overdue_unpaid, null as past_due_since'},
+      ${subscriptions ? 'sb.n' : '0'} as active_subscriptions,
+      p.net_terms_days, p.flags, p.name, p.email,
+      ${state?.states ? 'st.rows' : 'null::jsonb'} as state_rows,
+      ${state?.exclusions ? "case when ex.active then jsonb_build_object('reason', ex.reason, 'until', ex.until) end" : 'null::jsonb'} as exclusion
+    from page p
+    ${activity ? 'left join activity a on a.k = p.k' : ''}
+    ${invoices ? 'left join invoice_signals iv on iv.k = p.k' : ''}
+    ${subscriptions ? 'left join subs sb on sb.k = p.k' : ''}
+    ${state?.states ? 'left join page_states st on st.customer_key = p.k::text' : ''}
+    ${state?.exclusions ? 'left join page_exclusions ex on ex.customer_key = p.k::text' : ''}
+    ${where}`;
+  const select = page ? pageSelect(signals) : `${signals}\n    order by p.k`;
   return knex.raw(`with ${parts.join(',\n')}\n${select}`, bindings);
+}
+
+/** A page's size and last key on every row, and one row with them alone when it has no candidate. */
+function pageSelect(signals: string): string {
+  return `select s.page_size, s.page_last, x.*
+    from (select count(*)::int as page_size, max(k)::text as page_last from page) s
+    left join (${signals}) x on true
+   order by x.sort_key`;
 }
 
 /** The columns a signal view must yield (`source.view`), named as in SignalRow. */
@@ -223,10 +410,39 @@ function viewSignalsQuery(knex: Knex, mapping: SourceMapping, scope: SignalScope
   if ('keys' in scope) {
     return knex.raw(`select ${columns} from ${view} v where v.key = any(?) order by v.key`, [scope.keys]);
   }
-  const orgs = scope.orgs && scope.orgs.length > 0 ? ' and v.org_id::text = any(?::text[])' : '';
+  const bindings: Knex.RawBinding[] = [];
+  const where: string[] = [];
+  if ('from' in scope) {
+    where.push('v.key >= ?', 'v.key <= ?');
+    bindings.push(scope.from, scope.to);
+  } else {
+    if (scope.after !== null) {
+      where.push('v.key > ?');
+      bindings.push(scope.after);
+    }
+    if (scope.until !== null) {
+      where.push('v.key <= ?');
+      bindings.push(scope.until);
+    }
+    if (scope.shard && scope.shard.count > 1) {
+      where.push('abs(hashtext(v.key::text)) % ? = ?');
+      bindings.push(scope.shard.count, scope.shard.index);
+    }
+  }
+  if (scope.orgs && scope.orgs.length > 0) {
+    where.push('v.org_id::text = any(?::text[])');
+    bindings.push(scope.orgs);
+  }
+  const filter = where.length > 0 ? where.join(' and ') : 'true';
+  if (!('limit' in scope)) {
+    return knex.raw(`select ${columns} from ${view} v where ${filter} order by v.key`, bindings);
+  }
+  // A keyset page of the view: every account is a candidate (the view's signals are opaque here).
+  bindings.push(scope.limit);
   return knex.raw(
-    `select ${columns} from ${view} v where v.key >= ? and v.key <= ?${orgs} order by v.key`,
-    orgs ? [scope.from, scope.to, scope.orgs as string[]] : [scope.from, scope.to],
+    `with page as (select v.key as k, ${columns} from ${view} v where ${filter} order by v.key limit ?)
+     ${pageSelect('select p.k as sort_key, p.* from page p')}`,
+    bindings,
   );
 }
 
@@ -270,7 +486,71 @@ export async function readSignals(
   mapping: SourceMapping,
   asOf: IsoDate,
   scope: SignalScope,
+  needs: SignalNeeds = ALL_SIGNALS,
 ): Promise<Signals[]> {
-  const result = await signalsQuery(knex as Knex, mapping, asOf, scope);
+  const result = await signalsQuery(knex as Knex, mapping, asOf, scope, needs);
   return (result as { rows: SignalRow[] }).rows.map(toSignals);
+}
+
+export interface PageRead {
+  /** Accounts in the page, candidates or not; 0 when the walk is over. */
+  total: number;
+  /** The page's last key, where the next page starts. */
+  last: string | null;
+  /** Signals of the page's candidates (every account without a candidate filter), in key order. */
+  signals: Signals[];
+  /** Their states and exclusions, as `readPageState` reads them. */
+  state: PageState;
+}
+
+interface StateJson {
+  policy: string;
+  stage: string | null;
+  stage_index: number;
+  version: number;
+  host_before: Record<string, unknown> | null;
+  entered_on: string | null;
+  reinstated_on: string | null;
+}
+
+type PageRow = SignalRow & {
+  page_size: number;
+  page_last: string | null;
+  state_rows: StateJson[] | null;
+  exclusion: { reason: string; until: IsoDate | null } | null;
+};
+
+/** Reads one keyset page (see PageScope) with one statement. */
+export async function readPage(
+  knex: Knex,
+  mapping: SourceMapping,
+  asOf: IsoDate,
+  scope: PageScope,
+  needs: SignalNeeds = ALL_SIGNALS,
+): Promise<PageRead> {
+  const result = await signalsQuery(knex, mapping, asOf, scope, needs);
+  const rows = (result as { rows: PageRow[] }).rows;
+  const first = rows[0];
+  const state: PageState = { states: new Map(), exclusions: new Map() };
+  const signals: Signals[] = [];
+  for (const row of rows) {
+    if (row.key === null) continue;
+    signals.push(toSignals(row));
+    if (row.state_rows) {
+      const byPolicy = new Map<string, StoredState>();
+      for (const r of row.state_rows) {
+        byPolicy.set(r.policy, {
+          stage: r.stage,
+          stageIndex: r.stage_index,
+          enteredOn: r.entered_on,
+          reinstatedOn: r.reinstated_on,
+          version: r.version,
+          hostBefore: r.host_before,
+        });
+      }
+      state.states.set(row.key, byPolicy);
+    }
+    if (row.exclusion) state.exclusions.set(row.key, row.exclusion);
+  }
+  return { total: first?.page_size ?? 0, last: first?.page_last ?? null, signals, state };
 }

@@ -5,7 +5,7 @@ import type { Action, IsoDate, OutboxPayload, Reason, TransitionKind } from '../
  * Writes one page of state changes in ONE statement: upsert the account states, append a history
  * row per change (with the full previous state, so revert can restore it) and an outbox event per
  * change (so notification is never lost nor sent for a rolled-back change). The whole page travels
- * as one jsonb parameter; never one statement per row.
+ * as one json parameter (see changeRows); never one statement per row.
  *
  * The upsert is version-guarded: a row that changed since the page was read (a concurrent
  * reinstatement, say) is not overwritten; it is returned as not applied and left for the next run.
@@ -48,12 +48,55 @@ export interface AppliedChange {
   historyId: string;
 }
 
+/** The outbox payload of one change: what `suspend notify` delivers (see OutboxPayload). */
+export function payloadFor(change: StateChange, ctx: WriteContext): OutboxPayload {
+  return {
+    event: change.kind,
+    runId: ctx.runId,
+    asOf: ctx.asOf,
+    orgId: change.orgId,
+    customer: { key: change.key, name: change.customer.name, email: change.customer.email },
+    policy: change.policy,
+    from: change.from,
+    to: change.to,
+    blocksBooking: change.blocksBooking,
+    allowsLogin: change.allowsLogin,
+    message: change.message,
+    reasons: change.reasons,
+    actions: change.actions.map((a) => a.type),
+    actor: ctx.actor,
+  };
+}
+
+/**
+ * A page travels as one json array with one array per change: its outbox payload, which carries
+ * most of what the state and history rows hold, then what only they need. Postgres parses the page
+ * into jsonb once and takes its parts by position; the payload goes into the outbox as it arrived and
+ * its reasons into the state and history rows, so nothing is parsed or built twice. (Measured per
+ * 1,770 changes: 83 ms with objects and a payload built in SQL, 60 ms like this.)
+ */
+export function changeRows(changes: StateChange[], ctx: WriteContext): string {
+  return JSON.stringify(
+    changes.map((c) => [
+      payloadFor(c, ctx),
+      c.fromIndex,
+      c.toIndex,
+      c.expectedVersion,
+      c.hostBefore,
+      c.hostOld,
+    ]),
+  );
+}
+
 const STATE_WRITE_SQL = `
 with input as (
-  select * from jsonb_to_recordset(:changes::jsonb) as x(
-    customer_key text, policy text, org_id text, kind text, from_stage text, from_index int,
-    stage text, stage_index int, blocks_booking boolean, allows_login boolean, message text,
-    reasons jsonb, expected_version int, host_before jsonb, host_old jsonb, payload jsonb)
+  select p->'customer'->>'key' as customer_key, p->>'policy' as policy, p->>'orgId' as org_id,
+         p->>'event' as kind, p->>'from' as from_stage, (r->>1)::int as from_index,
+         p->>'to' as stage, (r->>2)::int as stage_index,
+         (p->>'blocksBooking')::boolean as blocks_booking, (p->>'allowsLogin')::boolean as allows_login,
+         p->>'message' as message, p->'reasons' as reasons, (r->>3)::int as expected_version,
+         nullif(r->4, 'null') as host_before, nullif(r->5, 'null') as host_old, p as payload
+    from jsonb_array_elements(:changes::jsonb) as r, lateral (select r->0 as p) as x
 ),
 previous as (
   select s.* from :states: s join input i on s.customer_key = i.customer_key and s.policy = i.policy
@@ -106,47 +149,6 @@ outbox_rows as (
 select customer_key as key, policy, id::text as history_id, (select count(*) from outbox_rows) as events
   from history_rows`;
 
-export function payloadFor(change: StateChange, ctx: WriteContext): OutboxPayload {
-  return {
-    event: change.kind,
-    runId: ctx.runId,
-    asOf: ctx.asOf,
-    orgId: change.orgId,
-    customer: { key: change.key, name: change.customer.name, email: change.customer.email },
-    policy: change.policy,
-    from: change.from,
-    to: change.to,
-    blocksBooking: change.blocksBooking,
-    allowsLogin: change.allowsLogin,
-    message: change.message,
-    reasons: change.reasons,
-    actions: change.actions.map((a) => a.type),
-    actor: ctx.actor,
-  };
-}
-
-/** The jsonb rows the state statement reads; also what a dry run shows as "would write". */
-export function changeRecords(changes: StateChange[], ctx: WriteContext): Record<string, unknown>[] {
-  return changes.map((c) => ({
-    customer_key: c.key,
-    policy: c.policy,
-    org_id: c.orgId,
-    kind: c.kind,
-    from_stage: c.from,
-    from_index: c.fromIndex,
-    stage: c.to,
-    stage_index: c.toIndex,
-    blocks_booking: c.blocksBooking,
-    allows_login: c.allowsLogin,
-    message: c.message,
-    reasons: c.reasons,
-    expected_version: c.expectedVersion,
-    host_before: c.hostBefore,
-    host_old: c.hostOld,
-    payload: payloadFor(c, ctx),
-  }));
-}
-
 export async function writeStateChanges(
   trx: Knex.Transaction,
   ctx: WriteContext,
@@ -154,7 +156,7 @@ export async function writeStateChanges(
 ): Promise<AppliedChange[]> {
   if (changes.length === 0) return [];
   const result = await trx.raw(STATE_WRITE_SQL, {
-    changes: JSON.stringify(changeRecords(changes, ctx)),
+    changes: changeRows(changes, ctx),
     states: `${ctx.schema}.account_states`,
     history: `${ctx.schema}.history`,
     outbox: `${ctx.schema}.outbox`,

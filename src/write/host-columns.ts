@@ -53,17 +53,23 @@ export async function writeHostColumns(
   const table = qualified(mapping, c.table);
   for (const [column, rows] of byColumn) {
     // Joining the table again as "before" yields each row's value as it was before this UPDATE.
+    // The key list also goes in as an array the planner cannot count, so it looks the rows up by
+    // key instead of hashing the whole table (which a list of a thousand keys otherwise gets).
+    const keyType = types.get(c.key) as string;
     const result = await trx.raw<{ rows: { key: string; old: string | null }[] }>(
-      `update ?? as t set ?? = x.v::${types.get(column)}
-         from unnest(?::text[], ?::text[]) as x(k, v), ?? as before
-        where t.?? = x.k::${types.get(c.key)} and before.?? = t.??
+      `with x as materialized (select * from unnest(?::text[], ?::text[]) as x(k, v))
+       update ?? as t set ?? = x.v::${types.get(column)}
+         from x, ?? as before
+        where t.?? = x.k::${keyType} and before.?? = t.??
+          and t.?? = any(array(select k::${keyType} from x))
         returning t.??::text as key, before.??::text as old`,
       [
-        table,
-        column,
         rows.map((r) => r.key),
         rows.map((r) => r.value) as Knex.Value,
         table,
+        column,
+        table,
+        c.key,
         c.key,
         c.key,
         c.key,

@@ -22,6 +22,7 @@ interface BatchFlags extends CommonOptions {
   wait?: boolean;
   notify?: boolean;
   shard?: { index: number; count: number };
+  workers?: number;
   by?: string;
   maxChanges?: Settings['maxChanges'] | 'none';
 }
@@ -63,6 +64,12 @@ function batchOptions(cmd: Command, kind: BatchKind | 'report'): Command {
       new Option('--shard <i/n>', 'process only shard I of N (for N processes or hosts)').argParser(
         parseShard,
       ),
+    )
+    .addOption(
+      new Option(
+        '--workers <n>',
+        'N page pipelines over disjoint key ranges in this process (default 1; 2N more connections)',
+      ).argParser(parsePositiveInteger),
     );
   if (kind !== 'report') {
     cmd
@@ -122,6 +129,7 @@ async function execute(ctx: CommandContext, kind: BatchKind | 'report', flags: B
       batchSize: flags.batchSize ?? rules.settings.batchSize,
       orgs: flags.org ?? null,
       shard: flags.shard ?? null,
+      workers: flags.workers ?? 1,
       resume: Boolean(flags.resume),
       wait: Boolean(flags.wait),
       actor: flags.by ?? defaultActor(),

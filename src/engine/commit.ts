@@ -1,0 +1,224 @@
+import type { Knex } from 'knex';
+import { qualified, readSignals, type SignalNeeds } from '../source/signals';
+import { readPageState, type PageState } from '../source/states';
+import { writeStateChanges, type StateChange, type WriteContext } from '../write/apply';
+import { writeHostColumns } from '../write/host-columns';
+import { countChanges, emptyCounts, mergeCounts, type RunCounts } from './counts';
+import { planPage, type HostColumnChange, type PagePlan } from './plan';
+import type { Rules, Signals } from '../types';
+
+/**
+ * Writing one page: one transaction that re-checks the accounts about to change (their invoices
+ * locked so a payment cannot slip in between), writes host columns, states, history and outbox,
+ * and advances the worker's checkpoint. Counts change only once the transaction has committed.
+ */
+
+export interface PageToCommit {
+  /** The key before the page (null for the first), and its last key: where this worker resumes. */
+  after: string | null;
+  last: string;
+  /** Accounts in the page (candidates or not): what "scanned" counts. */
+  total: number;
+  signals: Signals[];
+  state: PageState;
+  plan: PagePlan;
+}
+
+export interface CommitTarget {
+  rules: Rules;
+  ctx: WriteContext;
+  /** The signals the page read computed: the re-check compares the same. */
+  needs: SignalNeeds;
+  /** The checkpoint row of this worker (`checkpoints.shard`). */
+  checkpoint: string;
+  /** Test seam: runs inside the page transaction, after the read and before the re-check. */
+  beforeWrite?: (keys: string[]) => Promise<void>;
+}
+
+export interface Committed {
+  changes: StateChange[];
+  /** The worker's counts after this page (what its checkpoint now holds). */
+  counts: RunCounts;
+  /** This page's own counts, to add to the run's. */
+  page: RunCounts;
+}
+
+function groupBy<T>(items: T[], key: (item: T) => string): Map<string, T[]> {
+  const out = new Map<string, T[]>();
+  for (const item of items) {
+    const k = key(item);
+    const list = out.get(k);
+    if (list) list.push(item);
+    else out.set(k, [item]);
+  }
+  return out;
+}
+
+export async function commitPage(
+  knex: Knex,
+  target: CommitTarget,
+  page: PageToCommit,
+  workerCounts: RunCounts,
+): Promise<Committed> {
+  const { rules, ctx } = target;
+  const pageCounts = mergeCounts(emptyCounts(), page.plan.tally);
+  pageCounts.scanned += page.total;
+  return knex.transaction(async (trx) => {
+    let changes = page.plan.changes;
+    let host = page.plan.hostColumns;
+    if (changes.length > 0) {
+      const keys = [...new Set(changes.map((c) => c.key))];
+      await target.beforeWrite?.(keys);
+      const checked = await recheck(trx, target, page, keys);
+      pageCounts.changedSinceRead += checked.stale;
+      changes = checked.changes;
+      host = checked.hostColumns;
+    }
+    const old = await writeHostColumns(trx, rules.source, host);
+    const hostByKey = groupBy(
+      host.filter((h) => h.capture),
+      (h) => h.key,
+    );
+    for (const c of changes) {
+      const before = old.get(c.key);
+      if (!before) continue;
+      c.hostOld = before;
+      const captured = hostByKey.get(c.key)?.map((h) => h.column) ?? [];
+      if (captured.length > 0)
+        c.hostBefore = Object.fromEntries(captured.map((col) => [col, before[col] ?? null]));
+    }
+    const applied = await writeStateChanges(trx, ctx, changes);
+    const pair = (key: string, policy: string) => `${key}\u0000${policy}`;
+    const appliedSet = new Set(applied.map((a) => pair(a.key, a.policy)));
+    const written = changes.filter((c) => appliedSet.has(pair(c.key, c.policy)));
+    pageCounts.changedSinceRead += new Set(
+      changes.filter((c) => !appliedSet.has(pair(c.key, c.policy))).map((c) => c.key),
+    ).size;
+    countChanges(pageCounts, written);
+    pageCounts.pages += 1;
+    const merged = mergeCounts(workerCounts, pageCounts);
+    await trx
+      .withSchema(ctx.schema)
+      .insert({
+        run_id: ctx.runId,
+        shard: target.checkpoint,
+        last_key: page.last,
+        pages: merged.pages,
+        scanned: merged.scanned,
+        counts: JSON.stringify(merged),
+        updated_at: trx.fn.now(),
+      })
+      .into('checkpoints')
+      .onConflict(['run_id', 'shard'])
+      .merge();
+    return { changes: written, counts: merged, page: pageCounts };
+  });
+}
+
+/** Structural equality of plain data (signals, stored states): what JSON would compare, without JSON. */
+function same(a: unknown, b: unknown): boolean {
+  if (a === b) return true;
+  if (a === null || b === null || typeof a !== 'object' || typeof b !== 'object') return false;
+  if (a instanceof Map || b instanceof Map) {
+    if (!(a instanceof Map && b instanceof Map) || a.size !== b.size) return false;
+    for (const [k, v] of a) if (!b.has(k) || !same(v, b.get(k))) return false;
+    return true;
+  }
+  if (Array.isArray(a) !== Array.isArray(b)) return false;
+  const ka = Object.keys(a);
+  if (ka.length !== Object.keys(b).length) return false;
+  return ka.every((k) => same((a as Record<string, unknown>)[k], (b as Record<string, unknown>)[k]));
+}
+
+/** Whether everything the evaluation of one account depends on (besides rules and as-of) is as read. */
+function unchanged(
+  key: string,
+  before: Signals | undefined,
+  read: PageState,
+  fresh: Signals | undefined,
+  now: PageState,
+): boolean {
+  return (
+    before !== undefined &&
+    same(before, fresh) &&
+    same(read.states.get(key), now.states.get(key)) &&
+    same(read.exclusions.get(key), now.exclusions.get(key))
+  );
+}
+
+/**
+ * Re-reads the accounts about to change, their invoices locked. An account whose signals, states
+ * and exclusion are exactly as read keeps its planned changes (evaluation is pure, so it would
+ * decide the same). The others are evaluated again; if a planned change no longer comes out the
+ * same, the account is left alone and counted as changed since read.
+ */
+async function recheck(
+  trx: Knex.Transaction,
+  target: CommitTarget,
+  page: PageToCommit,
+  keys: string[],
+): Promise<{ changes: StateChange[]; hostColumns: HostColumnChange[]; stale: number }> {
+  const { rules, ctx } = target;
+  const inv = rules.source.invoices;
+  if (inv) {
+    // Bounded by the page's key range as well: a long key list alone makes the planner scan the
+    // whole table.
+    const table = qualified(rules.source, inv.table);
+    if (page.after === null) {
+      await trx.raw('select 1 from ?? where ?? <= ? and ?? = any(?) for share', [
+        table,
+        inv.customer,
+        page.last,
+        inv.customer,
+        keys,
+      ]);
+    } else {
+      await trx.raw('select 1 from ?? where ?? > ? and ?? <= ? and ?? = any(?) for share', [
+        table,
+        inv.customer,
+        page.after,
+        inv.customer,
+        page.last,
+        inv.customer,
+        keys,
+      ]);
+    }
+  }
+  // One connection: the two reads run in turn.
+  const signals = await readSignals(trx, rules.source, ctx.asOf, { keys }, target.needs);
+  const state = await readPageState(trx, ctx.schema, keys, ctx.asOf);
+  const readBefore = new Map(page.signals.map((s) => [s.key, s]));
+  const freshByKey = new Map(signals.map((s) => [s.key, s]));
+  const moved = new Set(
+    keys.filter((k) => !unchanged(k, readBefore.get(k), page.state, freshByKey.get(k), state)),
+  );
+  if (moved.size === 0) return { changes: page.plan.changes, hostColumns: page.plan.hostColumns, stale: 0 };
+
+  const fresh = planPage(
+    signals.filter((s) => moved.has(s.key)),
+    state,
+    rules,
+    ctx.asOf,
+  );
+  const sameAs = new Set(
+    fresh.changes.map((f) => [f.key, f.policy, f.kind, f.to, f.expectedVersion].join('\u0000')),
+  );
+  const stale = new Set(
+    page.plan.changes
+      .filter(
+        (c) =>
+          moved.has(c.key) && !sameAs.has([c.key, c.policy, c.kind, c.to, c.expectedVersion].join('\u0000')),
+      )
+      .map((c) => c.key),
+  );
+  const keep = (key: string) => !moved.has(key);
+  const redo = (key: string) => moved.has(key) && !stale.has(key);
+  return {
+    changes: [...page.plan.changes.filter((c) => keep(c.key)), ...fresh.changes.filter((c) => redo(c.key))],
+    hostColumns: [
+      ...page.plan.hostColumns.filter((h) => keep(h.key)),
+      ...fresh.hostColumns.filter((h) => redo(h.key)),
+    ],
+    stale: stale.size,
+  };
+}

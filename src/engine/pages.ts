@@ -1,0 +1,130 @@
+import type { Knex } from 'knex';
+import { keysAtRanksQuery, readPage, type SignalNeeds, type StateTables } from '../source/signals';
+import type { PageState } from '../source/states';
+import { planPage, type PagePlan } from './plan';
+import type { IsoDate, Rules, Signals } from '../types';
+
+/**
+ * Reading a run's accounts: key ranges for the workers, keyset pages within a range (one statement
+ * each: the page's signals, states and exclusions), their evaluation, and a read-ahead that keeps
+ * the next item of a stage in the making while the caller works on the current one.
+ */
+
+/** A key range `(after, until]`; null bounds are open. */
+export interface KeyRange {
+  after: string | null;
+  until: string | null;
+}
+
+export const WHOLE_RANGE: KeyRange = { after: null, until: null };
+
+export interface AccountFilter {
+  orgs: string[] | null;
+  shard: { index: number; count: number } | null;
+}
+
+export interface Page {
+  /** The key before the page, null for the first page of a range. */
+  after: string | null;
+  /** Last key of the page: the next page starts after it, the checkpoint records it. */
+  last: string;
+  /** Accounts in the page, candidates or not. */
+  total: number;
+  /** Signals of the accounts a rule could touch (all of them with `allAccounts`), in key order. */
+  signals: Signals[];
+  state: PageState;
+}
+
+export interface PageSource {
+  rules: Rules;
+  asOf: IsoDate;
+  batchSize: number;
+  filter: AccountFilter;
+  /** suspend's own tables as the run found them; null before the first migrate (a dry run). */
+  state: StateTables | null;
+  /** Evaluate every account instead of the SQL pre-filter's candidates. */
+  allAccounts: boolean;
+  /** The signals the rules use (the re-check reads the same). */
+  needs: SignalNeeds;
+  signal?: AbortSignal;
+}
+
+/**
+ * Splits the accounts into `n` key ranges of about the same number of accounts, at the keys of
+ * ranks total/n, 2·total/n... (one index scan that stops at the last boundary).
+ */
+export async function splitRange(
+  knex: Knex,
+  rules: Rules,
+  filter: AccountFilter,
+  total: number,
+  n: number,
+): Promise<KeyRange[]> {
+  if (n <= 1 || total < n) return [WHOLE_RANGE];
+  const ranks = Array.from({ length: n - 1 }, (_, i) => Math.floor((total * (i + 1)) / n) - 1);
+  const rows = (await keysAtRanksQuery(knex, rules.source, filter, ranks)) as { key: string }[];
+  const bounds = [null, ...rows.map((r) => r.key), null];
+  return bounds.slice(0, -1).map((after, i) => ({ after, until: bounds[i + 1] ?? null }));
+}
+
+/** Keyset pages of a range, one at a time; connections go back to the pool between queries. */
+export async function* readPages(knex: Knex, source: PageSource, range: KeyRange): AsyncGenerator<Page> {
+  const { rules, filter } = source;
+  let after = range.after;
+  for (;;) {
+    if (source.signal?.aborted) return;
+    const read = await readPage(
+      knex,
+      rules.source,
+      source.asOf,
+      {
+        after,
+        until: range.until,
+        limit: source.batchSize,
+        ...filter,
+        state: source.state,
+        candidates: source.allAccounts ? null : rules,
+      },
+      source.needs,
+    );
+    if (read.total === 0 || read.last === null) return;
+    yield { after, last: read.last, total: read.total, signals: read.signals, state: read.state };
+    if (read.total < source.batchSize) return;
+    after = read.last;
+  }
+}
+
+/** Each page with its plan: the pure evaluation of its accounts. */
+export async function* evaluated(
+  pages: AsyncGenerator<Page>,
+  rules: Rules,
+  asOf: IsoDate,
+): AsyncGenerator<Page & { plan: PagePlan }> {
+  for await (const page of pages) {
+    // Let the queries already started go out before this page's evaluation holds the event loop.
+    await new Promise((resolve) => setImmediate(resolve));
+    yield { ...page, plan: planPage(page.signals, page.state, rules, asOf) };
+  }
+}
+
+/**
+ * Keeps one `next()` of `source` in flight: while the caller works on an item (evaluates a page,
+ * writes it), the next one is already in the making (read on another connection, evaluated).
+ */
+export async function* readAhead<T>(source: AsyncGenerator<T>): AsyncGenerator<T> {
+  let pending: Promise<IteratorResult<T>> | null = source.next();
+  try {
+    for (;;) {
+      const result: IteratorResult<T> = await pending;
+      pending = null;
+      if (result.done) return;
+      pending = source.next();
+      // Its failure surfaces when awaited; until then it must not count as unhandled.
+      pending.catch(() => undefined);
+      yield result.value;
+    }
+  } finally {
+    if (pending) await pending.catch(() => undefined);
+    await source.return(undefined);
+  }
+}
