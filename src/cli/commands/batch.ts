@@ -6,7 +6,7 @@ import { defaultActor } from '../../engine/ledger';
 import { ReportCollector, renderBatchReport } from '../../report/batch-report';
 import { createProgress } from '../../report/progress';
 import { todayUtc } from '../../rules/dates';
-import { ExitCode } from '../../errors';
+import { ExitCode, errorMessage } from '../../errors';
 import type { Settings } from '../../types';
 
 interface BatchFlags extends CommonOptions {
@@ -166,7 +166,17 @@ async function execute(ctx: CommandContext, kind: BatchKind | 'report', flags: B
 
 /** backfill and sweep deliver pending notifications at the end unless --no-notify. */
 async function deliverAfterRun(ctx: CommandContext): Promise<void> {
-  void ctx;
+  const { deliverPending, describeDelivery } = await import('../../notify/deliver');
+  const rules = await ctx.loadRules();
+  const { knex } = await ctx.db();
+  try {
+    ctx.log(describeDelivery(await deliverPending(knex, rules, { log: (m) => ctx.log(m) })));
+  } catch (err) {
+    // The run's changes are committed: a delivery problem never changes its exit code.
+    ctx.log(
+      `notifications were not delivered (${errorMessage(err)}); they stay in the outbox for \`suspend notify\`.`,
+    );
+  }
 }
 
 export function registerBatch(program: Command): void {
