@@ -30,8 +30,11 @@ export async function acquireRunLock(
   const release = async () => {
     try {
       await conn.query('select pg_advisory_unlock($1, hashtext($2))', [LOCK_CLASS, schema]);
+    } catch {
+      // The session is gone (connection cut, server stopped): the lock died with it, and the error
+      // that ended the run is the one worth reporting, not this one.
     } finally {
-      await knex.client.releaseConnection(conn);
+      await Promise.resolve(knex.client.releaseConnection(conn)).catch(() => undefined);
     }
   };
   try {
