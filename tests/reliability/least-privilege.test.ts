@@ -52,6 +52,7 @@ function sweep(asOf: string) {
     RULES_FILE,
     '--database-url',
     url,
+    '--quiet', // the end-of-run delivery says SMTP is not configured; only errors should show
   ]);
 }
 
