@@ -203,7 +203,7 @@ export function signalsQuery(
     if ('from' in scope) return `${id(column)} >= ${b(scope.from)} and ${id(column)} <= ${b(scope.to)}`;
     const lower = scope.after === null ? '' : `${id(column)} > ${b(scope.after)} and `;
     // Not max(k): Postgres has no max(uuid).
-    return `${lower}${id(column)} <= (select k from page order by k desc limit 1)`;
+    return `${lower}${id(column)} <= (select (array_agg(k order by k desc))[1] from page)`;
   };
   const key = id(`c.${c.key}`);
   const accounts = (): string => {
@@ -369,7 +369,7 @@ export function signalsQuery(
 /** A page's size and last key on every row, and one row with them alone when it has no candidate. */
 function pageSelect(signals: string): string {
   return `select s.page_size, s.page_last, x.*
-    from (select count(*)::int as page_size, (select k::text from page order by k desc limit 1) as page_last from page) s
+    from (select count(*)::int as page_size, (array_agg(k order by k desc))[1]::text as page_last from page) s
     left join (${signals}) x on true
    order by x.sort_key`;
 }
