@@ -6,23 +6,25 @@ import knexFactory, { type Knex } from 'knex';
 import { BASELINE_READ, BASELINE_SETUP, BASELINE_WRITE } from './baseline';
 
 /**
- * `npm run bench [-- --customers 100000,1000000 --runs 3]`: seeds the reference data once per size
- * into a template database, then for each measured run clones it so every run starts from the same
- * data, and times the hand-written SQL baseline against suspend's backfill, dry-run report and a
- * sweep with nothing to change. Writes bench/results.json and bench/results.md. Fails when the
- * baseline and suspend do not suspend the same accounts.
+ * `npm run bench [-- --customers 100000,1000000 --runs 3 --workers 2]`: seeds the reference data once
+ * per size into a template database (`suspend_bench_<size>_s42`), then for every measured run clones
+ * it, so each run starts from the same data, and times the hand-written SQL baseline against
+ * suspend's dry-run report, backfill, a second sweep with nothing to change, and the backfill with
+ * --workers. Writes bench/results.json and bench/results.md. Fails when the baseline and suspend do
+ * not suspend the same accounts. Not a test: CI does not run it.
  */
 
 const ROOT = path.resolve(__dirname, '../..');
 const AS_OF = '2026-11-23';
 const SEED = 42;
 const RULES = path.join(ROOT, 'bench/rules.yaml');
+const PREFIX = 'suspend_bench';
 
 interface Args {
   sizes: number[];
   runs: number;
+  workers: number;
   url: string;
-  extra: string[][];
 }
 
 function parseArgs(argv: string[]): Args {
@@ -33,12 +35,16 @@ function parseArgs(argv: string[]): Args {
   const sizes = (get('--customers') ?? '100000').split(',').map((s) => Number(s.replace(/_/g, '')));
   if (sizes.some((n) => !Number.isInteger(n) || n < 1))
     throw new Error('--customers takes sizes like 100000,1000000');
-  const workers = get('--workers');
+  const runs = Number(get('--runs') ?? 3);
+  const workers = Number(get('--workers') ?? 2);
+  if (!Number.isInteger(runs) || runs < 1) throw new Error('--runs takes a whole number, at least 1');
+  if (!Number.isInteger(workers) || workers < 1)
+    throw new Error('--workers takes a whole number, at least 1');
   return {
     sizes,
-    runs: Number(get('--runs') ?? 3),
+    runs,
+    workers,
     url: get('--database-url') ?? process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
-    extra: workers ? [[], ['--workers', workers]] : [[]],
   };
 }
 
@@ -48,22 +54,27 @@ function withDatabase(url: string, db: string): string {
   return u.toString();
 }
 
+function log(message: string): void {
+  process.stderr.write(`${message}\n`);
+}
+
 interface Timed {
   seconds: number;
   rssMb: number | null;
   stdout: string;
 }
 
-/** Runs the CLI under /usr/bin/time -v for its peak RSS. */
+/** Runs the CLI as a user would, under /usr/bin/time -v for its peak RSS. */
 function timeCli(args: string[]): Promise<Timed> {
   return new Promise((resolve, reject) => {
     const started = process.hrtime.bigint();
     const useTime = fs.existsSync('/usr/bin/time');
+    const bin = path.join(ROOT, 'bin/suspend');
     const cmd = useTime ? '/usr/bin/time' : process.execPath;
-    const argv = useTime
-      ? ['-v', process.execPath, path.join(ROOT, 'bin/suspend'), ...args]
-      : [path.join(ROOT, 'bin/suspend'), ...args];
-    const child = spawn(cmd, argv, { env: { ...process.env, DATABASE_URL: undefined, NO_COLOR: '1' } });
+    const argv = useTime ? ['-v', process.execPath, bin, ...args] : [bin, ...args];
+    const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: '1' };
+    delete env.DATABASE_URL;
+    const child = spawn(cmd, argv, { env });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -71,24 +82,23 @@ function timeCli(args: string[]): Promise<Timed> {
     child.on('error', reject);
     child.on('close', (code) => {
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      if (code !== 0)
-        return reject(new Error(`suspend ${args.join(' ')} exited ${code}: ${stderr.slice(-2000)}`));
+      if (code !== 0) {
+        const said = stderr
+          .split('\n')
+          .filter((l) => !/^\s|^Command exited/.test(l))
+          .join('\n');
+        return reject(new Error(`suspend ${args.join(' ')} exited ${code}: ${said.slice(-2000)}`));
+      }
       const rss = /Maximum resident set size \(kbytes\): (\d+)/.exec(stderr);
       resolve({ seconds, rssMb: rss ? Number(rss[1]) / 1024 : null, stdout });
     });
   });
 }
 
-async function timeSql(
-  knex: Knex,
-  sql: string,
-): Promise<{ seconds: number; rows: Record<string, unknown>[] }> {
+async function timeSql(knex: Knex, sql: string): Promise<number> {
   const started = process.hrtime.bigint();
-  const result = await knex.raw(sql, { asOf: AS_OF });
-  return {
-    seconds: Number(process.hrtime.bigint() - started) / 1e9,
-    rows: (result as { rows: Record<string, unknown>[] }).rows,
-  };
+  await knex.raw(sql, { asOf: AS_OF });
+  return Number(process.hrtime.bigint() - started) / 1e9;
 }
 
 function median(values: number[]): number {
@@ -97,164 +107,304 @@ function median(values: number[]): number {
   return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
 }
 
-async function suspendedChecksum(knex: Knex, sql: string): Promise<{ n: number; md5: string }> {
+interface Checksum {
+  n: number;
+  md5: string;
+}
+
+async function keyChecksum(knex: Knex, sql: string): Promise<Checksum> {
   const r = await knex.raw<{ rows: { n: string; md5: string }[] }>(
     `select count(*) as n, md5(coalesce(string_agg(id::text, ',' order by id), '')) as md5 from (${sql}) x`,
   );
   return { n: Number(r.rows[0]?.n), md5: String(r.rows[0]?.md5) };
 }
 
+const SUSPENDED_HOST = "select id from customers where status = 'suspended'";
+const SUSPENDED_STATES =
+  "select distinct customer_key::bigint as id from suspend.account_states where stage = 'suspended'";
+
+async function withDb<T>(url: string, fn: (db: Knex) => Promise<T>): Promise<T> {
+  const db = knexFactory({ client: 'pg', connection: url, pool: { min: 0, max: 1 } });
+  try {
+    return await fn(db);
+  } finally {
+    await db.destroy();
+  }
+}
+
+/** The seeded, migrated template of one size; built once, then reused by every later bench. */
+async function ensureTemplate(admin: Knex, args: Args, size: number): Promise<string> {
+  const template = `${PREFIX}_${size}_s${SEED}`;
+  const exists = await admin.raw<{ rows: unknown[] }>('select 1 from pg_database where datname = ?', [
+    template,
+  ]);
+  const url = withDatabase(args.url, template);
+  if (exists.rows.length === 0) {
+    const building = `${template}_building`;
+    await admin.raw('drop database if exists ?? with (force)', [building]);
+    await admin.raw('create database ??', [building]);
+    log(`seeding ${size.toLocaleString('en-US')} customers into ${template}...`);
+    const buildingUrl = withDatabase(args.url, building);
+    const seed = await timeCli([
+      'seed',
+      '--customers',
+      String(size),
+      '--seed',
+      String(SEED),
+      '--as-of',
+      AS_OF,
+      '--database-url',
+      buildingUrl,
+      '--quiet',
+    ]);
+    log(`seeded in ${seed.seconds.toFixed(1)} s`);
+    await admin.raw('alter database ?? rename to ??', [building, template]);
+  }
+  // suspend's own schema follows the code being measured (a no-op when current).
+  await timeCli(['migrate', '--database-url', url, '--quiet']);
+  // Settle the data as a production database would be: all-visible pages (index-only scans) and
+  // fresh statistics, for the baseline and suspend alike.
+  await withDb(url, async (db) => {
+    const unsettled = await db.raw<{ rows: unknown[] }>(
+      `select 1 from pg_class where relname = any(?) and relkind = 'r' and relpages > 0 and relallvisible < relpages / 2`,
+      [['customers', 'reservations', 'invoices', 'subscriptions']],
+    );
+    if (unsettled.rows.length > 0) {
+      log(`vacuum (freeze, analyze) ${template}...`);
+      await db.raw('vacuum (freeze, analyze)');
+    }
+  });
+  return template;
+}
+
+async function cloneOf(admin: Knex, args: Args, template: string): Promise<string> {
+  const clone = `${template}_run`;
+  await admin.raw('drop database if exists ?? with (force)', [clone]);
+  await admin.raw('create database ?? template ??', [clone, template]);
+  return withDatabase(args.url, clone);
+}
+
+async function dropClone(admin: Knex, template: string): Promise<void> {
+  await admin.raw('drop database if exists ?? with (force)', [`${template}_run`]);
+}
+
+/**
+ * Flushes what the previous step left dirty, so its writes are not paid for by the next step and
+ * every measurement starts from the same quiet server.
+ */
+async function settle(admin: Knex): Promise<void> {
+  await admin.raw('checkpoint');
+}
+
+type Samples = Record<string, number[]>;
+
+function add(samples: Samples, key: string, value: number | null): void {
+  if (value !== null) (samples[key] ??= []).push(value);
+}
+
+function common(url: string): string[] {
+  return ['--as-of', AS_OF, '--rules', RULES, '--database-url', url, '--quiet', '--format', 'json'];
+}
+
+function changesOf(run: Timed): number {
+  return (JSON.parse(run.stdout) as { counts: { changes: number } }).counts.changes;
+}
+
+function sameSet(what: string, a: Checksum, b: Checksum, aName: string, bName: string): void {
+  if (a.md5 !== b.md5) {
+    throw new Error(
+      `correctness: ${what}: ${aName} suspended ${a.n} accounts and ${bName} ${b.n}; the sets differ (checksums ${a.md5} vs ${b.md5})`,
+    );
+  }
+}
+
+interface SizeResult {
+  customers: number;
+  runs: number;
+  workers: number;
+  suspended: number;
+  stateChanges: number;
+  checksum: string;
+  seconds: Record<string, number>;
+  samples: Samples;
+  accountsPerSecond: Record<string, number>;
+  ratios: Record<string, number>;
+  peakRssMb: Record<string, number | null>;
+}
+
+async function measureSize(admin: Knex, args: Args, size: number): Promise<SizeResult> {
+  const template = await ensureTemplate(admin, args, size);
+  const samples: Samples = {};
+  let baselineSet: Checksum = { n: 0, md5: '' };
+  let stateChanges = 0;
+  const workers = ['--workers', String(args.workers)];
+  for (let run = 1; run <= args.runs; run++) {
+    // The hand-written statement: its read part alone, then the whole job.
+    let url = await cloneOf(admin, args, template);
+    baselineSet = await withDb(url, async (db) => {
+      await db.raw(BASELINE_SETUP);
+      await settle(admin);
+      add(samples, 'baselineRead', await timeSql(db, BASELINE_READ));
+      await settle(admin);
+      add(samples, 'baseline', await timeSql(db, BASELINE_WRITE));
+      return keyChecksum(db, SUSPENDED_HOST);
+    });
+
+    // suspend as a user runs it: a dry-run report, the backfill, then a sweep with nothing to do.
+    url = await cloneOf(admin, args, template);
+    await settle(admin);
+    const report = await timeCli(['report', '--dry-run', ...common(url)]);
+    add(samples, 'report', report.seconds);
+    add(samples, 'reportRss', report.rssMb);
+    await settle(admin);
+    const backfill = await timeCli(['backfill', '--no-notify', ...common(url)]);
+    add(samples, 'backfill', backfill.seconds);
+    add(samples, 'backfillRss', backfill.rssMb);
+    stateChanges = changesOf(backfill);
+    if (changesOf(report) !== stateChanges)
+      throw new Error(
+        `the report listed ${changesOf(report)} changes and the backfill wrote ${stateChanges}`,
+      );
+    await settle(admin);
+    const sweep = await timeCli(['sweep', '--no-notify', ...common(url)]);
+    add(samples, 'sweep', sweep.seconds);
+    add(samples, 'sweepRss', sweep.rssMb);
+    if (changesOf(sweep) !== 0)
+      throw new Error(`the second sweep changed ${changesOf(sweep)} accounts; it must change none`);
+    await withDb(url, async (db) => {
+      sameSet(
+        'account states',
+        baselineSet,
+        await keyChecksum(db, SUSPENDED_STATES),
+        'the baseline',
+        'suspend',
+      );
+      sameSet(
+        'customers.status',
+        baselineSet,
+        await keyChecksum(db, SUSPENDED_HOST),
+        'the baseline',
+        'suspend',
+      );
+    });
+
+    // The same with N workers in one process.
+    if (args.workers > 1) {
+      url = await cloneOf(admin, args, template);
+      await settle(admin);
+      const reportW = await timeCli(['report', '--dry-run', ...workers, ...common(url)]);
+      add(samples, 'reportWorkers', reportW.seconds);
+      await settle(admin);
+      const backfillW = await timeCli(['backfill', '--no-notify', ...workers, ...common(url)]);
+      add(samples, 'backfillWorkers', backfillW.seconds);
+      add(samples, 'backfillWorkersRss', backfillW.rssMb);
+      if (changesOf(backfillW) !== stateChanges)
+        throw new Error(`--workers wrote ${changesOf(backfillW)} changes, one worker ${stateChanges}`);
+      await withDb(url, async (db) => {
+        const set = await keyChecksum(db, SUSPENDED_STATES);
+        sameSet('account states', baselineSet, set, 'the baseline', `suspend --workers ${args.workers}`);
+      });
+    }
+    await dropClone(admin, template);
+    const last = (k: string) => samples[k]?.[samples[k].length - 1]?.toFixed(2) ?? '-';
+    log(
+      `${size.toLocaleString('en-US')} customers, run ${run}/${args.runs}: baseline ${last('baseline')} s (read ${last('baselineRead')} s), backfill ${last('backfill')} s, report ${last('report')} s, sweep ${last('sweep')} s, backfill --workers ${args.workers} ${last('backfillWorkers')} s`,
+    );
+  }
+  const m = Object.fromEntries(Object.entries(samples).map(([k, v]) => [k, median(v)]));
+  const perSecond = (k: string) => (m[k] ? Math.round(size / m[k]) : 0);
+  const ratio = (a: string, b: string) => Number(((m[a] ?? 0) / (m[b] ?? 1)).toFixed(3));
+  return {
+    customers: size,
+    runs: args.runs,
+    workers: args.workers,
+    suspended: baselineSet.n,
+    stateChanges,
+    checksum: baselineSet.md5,
+    seconds: m,
+    samples,
+    accountsPerSecond: {
+      baseline: perSecond('baseline'),
+      backfill: perSecond('backfill'),
+      backfillWorkers: perSecond('backfillWorkers'),
+      report: perSecond('report'),
+      sweep: perSecond('sweep'),
+    },
+    ratios: {
+      backfillVsBaseline: ratio('backfill', 'baseline'),
+      backfillWorkersVsBaseline: ratio('backfillWorkers', 'baseline'),
+      reportVsBaselineRead: ratio('report', 'baselineRead'),
+      sweepVsReport: ratio('sweep', 'report'),
+    },
+    peakRssMb: {
+      report: m.reportRss ?? null,
+      backfill: m.backfillRss ?? null,
+      sweep: m.sweepRss ?? null,
+      backfillWorkers: m.backfillWorkersRss ?? null,
+    },
+  };
+}
+
+async function describeMachine(admin: Knex): Promise<Record<string, string>> {
+  const setting = async (name: string) =>
+    (await admin.raw<{ rows: { s: string }[] }>('select current_setting(?) as s', [name])).rows[0]?.s ?? '?';
+  return {
+    cpu: `${os.cpus().length} cores (${os.cpus()[0]?.model ?? 'unknown cpu'})`,
+    memory: `${Math.round(os.totalmem() / 2 ** 30)} GiB`,
+    node: process.version,
+    postgres: `PostgreSQL ${await setting('server_version')} on the same machine (shared_buffers ${await setting('shared_buffers')}, work_mem ${await setting('work_mem')}, default settings)`,
+  };
+}
+
 async function main(): Promise<void> {
   const args = parseArgs(process.argv.slice(2));
   const admin = knexFactory({ client: 'pg', connection: args.url, pool: { min: 0, max: 1 } });
-  const results: Record<string, unknown>[] = [];
+  const results: SizeResult[] = [];
+  let machine: Record<string, string>;
   try {
-    for (const size of args.sizes) {
-      const template = `suspend_bench_${size}_s${SEED}`;
-      const exists = await admin.raw<{ rows: unknown[] }>('select 1 from pg_database where datname = ?', [
-        template,
-      ]);
-      if (exists.rows.length === 0) {
-        process.stderr.write(`seeding ${size} customers into ${template}...\n`);
-        await admin.raw('create database ??', [`${template}_building`]);
-        const url = withDatabase(args.url, `${template}_building`);
-        const seed = await timeCli([
-          'seed',
-          '--customers',
-          String(size),
-          '--seed',
-          String(SEED),
-          '--as-of',
-          AS_OF,
-          '--database-url',
-          url,
-          '--quiet',
-        ]);
-        process.stderr.write(`seeded in ${seed.seconds.toFixed(1)} s\n`);
-        await timeCli(['migrate', '--database-url', url, '--quiet']);
-        await admin.raw('alter database ?? rename to ??', [`${template}_building`, template]);
-      }
-      for (const extra of args.extra) {
-        const samples: Record<string, number[]> = {};
-        const add = (k: string, v: number | null) => {
-          if (v !== null) (samples[k] ??= []).push(v);
-        };
-        let baselineSet = { n: 0, md5: '' };
-        let suspendSet = { n: 0, md5: '' };
-        for (let run = 0; run < args.runs; run++) {
-          const clone = `${template}_run`;
-          const cloneDb = async () => {
-            await admin.raw('drop database if exists ?? with (force)', [clone]);
-            await admin.raw('create database ?? template ??', [clone, template]);
-            return withDatabase(args.url, clone);
-          };
-          // Baseline: read part and the whole statement, on a fresh clone.
-          let url = await cloneDb();
-          let db = knexFactory({ client: 'pg', connection: url, pool: { min: 0, max: 1 } });
-          try {
-            await db.raw(BASELINE_SETUP);
-            add('baselineRead', (await timeSql(db, BASELINE_READ)).seconds);
-            add('baseline', (await timeSql(db, BASELINE_WRITE)).seconds);
-            baselineSet = await suspendedChecksum(db, "select id from customers where status = 'suspended'");
-          } finally {
-            await db.destroy();
-          }
-          // suspend: dry-run report, backfill, then a sweep that has nothing to change.
-          url = await cloneDb();
-          const common = [
-            '--as-of',
-            AS_OF,
-            '--rules',
-            RULES,
-            '--database-url',
-            url,
-            '--quiet',
-            '--format',
-            'json',
-          ];
-          const report = await timeCli(['report', '--dry-run', ...common, ...extra]);
-          add('report', report.seconds);
-          add('reportRss', report.rssMb);
-          const backfill = await timeCli(['backfill', '--no-notify', ...common, ...extra]);
-          add('backfill', backfill.seconds);
-          add('backfillRss', backfill.rssMb);
-          const sweep = await timeCli(['sweep', '--no-notify', ...common, ...extra]);
-          add('sweep', sweep.seconds);
-          const changes = (JSON.parse(sweep.stdout) as { counts: { changes: number } }).counts.changes;
-          if (changes !== 0)
-            throw new Error(`the second sweep changed ${changes} accounts; it must change none`);
-          db = knexFactory({ client: 'pg', connection: url, pool: { min: 0, max: 1 } });
-          try {
-            suspendSet = await suspendedChecksum(
-              db,
-              "select distinct customer_key::bigint as id from suspend.account_states where stage = 'suspended'",
-            );
-          } finally {
-            await db.destroy();
-          }
-          await admin.raw('drop database if exists ?? with (force)', [clone]);
-          process.stderr.write(
-            `size ${size}${extra.length ? ` ${extra.join(' ')}` : ''} run ${run + 1}/${args.runs} done\n`,
-          );
-        }
-        if (baselineSet.md5 !== suspendSet.md5) {
-          throw new Error(
-            `correctness: the baseline suspended ${baselineSet.n} accounts and suspend ${suspendSet.n}; the sets differ (checksums ${baselineSet.md5} vs ${suspendSet.md5})`,
-          );
-        }
-        const m = Object.fromEntries(Object.entries(samples).map(([k, v]) => [k, median(v)]));
-        results.push({
-          customers: size,
-          variant: extra.length ? extra.join(' ') : 'default',
-          runs: args.runs,
-          suspended: suspendSet.n,
-          seconds: m,
-          accountsPerSecond: {
-            backfill: Math.round(size / (m.backfill ?? 1)),
-            report: Math.round(size / (m.report ?? 1)),
-          },
-          ratios: {
-            backfillVsBaseline: (m.backfill ?? 0) / (m.baseline ?? 1),
-            reportVsBaselineRead: (m.report ?? 0) / (m.baselineRead ?? 1),
-            sweepVsReport: (m.sweep ?? 0) / (m.report ?? 1),
-          },
-          peakRssMb: { backfill: m.backfillRss ?? null, report: m.reportRss ?? null },
-        });
-      }
-    }
+    machine = await describeMachine(admin);
+    for (const size of args.sizes) results.push(await measureSize(admin, args, size));
   } finally {
     await admin.destroy();
   }
-  const machine = `${os.cpus().length} cores (${os.cpus()[0]?.model ?? 'unknown cpu'}), ${Math.round(os.totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
   const out = { date: new Date().toISOString(), machine, asOf: AS_OF, seed: SEED, results };
-  fs.mkdirSync(path.join(ROOT, 'bench'), { recursive: true });
   fs.writeFileSync(path.join(ROOT, 'bench/results.json'), `${JSON.stringify(out, null, 2)}\n`);
   const md = renderMarkdown(out);
-  fs.writeFileSync(path.join(ROOT, 'bench/results.md'), `${md}\n`);
-  process.stdout.write(`${md}\n`);
+  fs.writeFileSync(path.join(ROOT, 'bench/results.md'), md);
+  process.stdout.write(md);
 }
 
-function renderMarkdown(out: { date: string; machine: string; results: Record<string, unknown>[] }): string {
+function renderMarkdown(out: {
+  date: string;
+  machine: Record<string, string>;
+  results: SizeResult[];
+}): string {
+  const s = (r: SizeResult, k: string) =>
+    r.seconds[k] === undefined ? '-' : `${(r.seconds[k] as number).toFixed(2)} s`;
+  const x = (v: number | undefined) => (v === undefined ? '-' : `${v.toFixed(2)}x`);
+  const mb = (v: number | null | undefined) =>
+    v === null || v === undefined ? 'n/a' : `${Math.round(v)} MB`;
   const lines = [
-    `Measured ${out.date.slice(0, 10)} on ${out.machine}; medians of the runs; each run starts from a clone of the same seeded database.`,
+    `# suspend benchmark`,
     '',
-    '| customers | variant | baseline (SQL) | baseline read | suspend backfill | backfill / baseline | report --dry-run | report / baseline read | 2nd sweep | peak RSS backfill | accounts/s (backfill) |',
-    '| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    `Measured ${out.date.slice(0, 10)} with \`npm run bench\` on ${out.machine.cpu}, ${out.machine.memory}, Node ${out.machine.node}, ${out.machine.postgres}.`,
+    `Reference data of \`suspend seed --seed ${SEED}\` (about 5 reservations, 2 invoices and 0.9 subscriptions per customer), rules in bench/rules.yaml, as of ${AS_OF}.`,
+    'Each figure is the median of the runs; every run starts from a fresh clone of the same seeded database.',
+    'suspend times are wall times of the CLI as a user runs it (process start included); the baseline is one hand-written SQL statement (src/bench/baseline.ts) run over an open connection.',
+    '',
+    '| customers | state changes | baseline SQL | its read part | `backfill` | backfill / baseline | `backfill --workers N` | / baseline | `report --dry-run` | report / baseline read | 2nd `sweep` (no change) | sweep / report | peak RSS report / backfill / sweep | backfill accounts/s |',
+    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
-  for (const r of out.results as {
-    customers: number;
-    variant: string;
-    seconds: Record<string, number>;
-    ratios: Record<string, number>;
-    peakRssMb: { backfill: number | null };
-    accountsPerSecond: { backfill: number };
-  }[]) {
-    const s = (k: string) => `${(r.seconds[k] ?? 0).toFixed(2)} s`;
+  for (const r of out.results) {
     lines.push(
-      `| ${r.customers.toLocaleString('en-US')} | ${r.variant} | ${s('baseline')} | ${s('baselineRead')} | ${s('backfill')} | ${(r.ratios.backfillVsBaseline ?? 0).toFixed(2)}x | ${s('report')} | ${(r.ratios.reportVsBaselineRead ?? 0).toFixed(2)}x | ${s('sweep')} | ${r.peakRssMb.backfill === null ? 'n/a' : `${Math.round(r.peakRssMb.backfill)} MB`} | ${r.accountsPerSecond.backfill.toLocaleString('en-US')} |`,
+      `| ${r.customers.toLocaleString('en-US')} | ${r.stateChanges.toLocaleString('en-US')} | ${s(r, 'baseline')} | ${s(r, 'baselineRead')} | ${s(r, 'backfill')} | ${x(r.ratios.backfillVsBaseline)} | ${r.workers > 1 ? `${s(r, 'backfillWorkers')} (N=${r.workers})` : '-'} | ${r.workers > 1 ? x(r.ratios.backfillWorkersVsBaseline) : '-'} | ${s(r, 'report')} | ${x(r.ratios.reportVsBaselineRead)} | ${s(r, 'sweep')} | ${x(r.ratios.sweepVsReport)} | ${mb(r.peakRssMb.report)} / ${mb(r.peakRssMb.backfill)} / ${mb(r.peakRssMb.sweep)} | ${(r.accountsPerSecond.backfill ?? 0).toLocaleString('en-US')} |`,
     );
   }
-  return lines.join('\n');
+  lines.push(
+    '',
+    'Correctness: in every run the set of accounts suspended by the baseline, by `suspend backfill` (its states and the customers.status it set) and by `backfill --workers N` had the same checksum; the second sweep changed nothing.',
+  );
+  return `${lines.join('\n')}\n`;
 }
 
 main().catch((err: unknown) => {

@@ -3,7 +3,7 @@ import { qualified, readSignals, type SignalNeeds } from '../source/signals';
 import { readPageState, type PageState } from '../source/states';
 import { writeStateChanges, type StateChange, type WriteContext } from '../write/apply';
 import { writeHostColumns } from '../write/host-columns';
-import { countChanges, emptyCounts, mergeCounts, type RunCounts } from './counts';
+import { countChanges, mergeCounts, pageCounts, type RunCounts } from './counts';
 import { planPage, type HostColumnChange, type PagePlan } from './plan';
 import type { Rules, Signals } from '../types';
 
@@ -61,8 +61,7 @@ export async function commitPage(
   workerCounts: RunCounts,
 ): Promise<Committed> {
   const { rules, ctx } = target;
-  const pageCounts = mergeCounts(emptyCounts(), page.plan.tally);
-  pageCounts.scanned += page.total;
+  const counted = pageCounts(page.total, page.plan.tally);
   return knex.transaction(async (trx) => {
     let changes = page.plan.changes;
     let host = page.plan.hostColumns;
@@ -70,7 +69,7 @@ export async function commitPage(
       const keys = [...new Set(changes.map((c) => c.key))];
       await target.beforeWrite?.(keys);
       const checked = await recheck(trx, target, page, keys);
-      pageCounts.changedSinceRead += checked.stale;
+      counted.changedSinceRead += checked.stale;
       changes = checked.changes;
       host = checked.hostColumns;
     }
@@ -91,28 +90,43 @@ export async function commitPage(
     const pair = (key: string, policy: string) => `${key}\u0000${policy}`;
     const appliedSet = new Set(applied.map((a) => pair(a.key, a.policy)));
     const written = changes.filter((c) => appliedSet.has(pair(c.key, c.policy)));
-    pageCounts.changedSinceRead += new Set(
+    counted.changedSinceRead += new Set(
       changes.filter((c) => !appliedSet.has(pair(c.key, c.policy))).map((c) => c.key),
     ).size;
-    countChanges(pageCounts, written);
-    pageCounts.pages += 1;
-    const merged = mergeCounts(workerCounts, pageCounts);
-    await trx
-      .withSchema(ctx.schema)
-      .insert({
-        run_id: ctx.runId,
-        shard: target.checkpoint,
-        last_key: page.last,
-        pages: merged.pages,
-        scanned: merged.scanned,
-        counts: JSON.stringify(merged),
-        updated_at: trx.fn.now(),
-      })
-      .into('checkpoints')
-      .onConflict(['run_id', 'shard'])
-      .merge();
-    return { changes: written, counts: merged, page: pageCounts };
+    countChanges(counted, written);
+    const merged = mergeCounts(workerCounts, counted);
+    await saveCheckpoint(trx, ctx, target.checkpoint, page.last, merged);
+    return { changes: written, counts: merged, page: counted };
   });
+}
+
+/**
+ * Where a worker resumes and what it counted so far; `done` once its range is finished. Written in
+ * a page's transaction, or alone for pages that had nothing to write.
+ */
+export async function saveCheckpoint(
+  knex: Knex | Knex.Transaction,
+  ctx: WriteContext,
+  checkpoint: string,
+  lastKey: string | null,
+  counts: RunCounts,
+  done = false,
+): Promise<void> {
+  await knex
+    .withSchema(ctx.schema)
+    .insert({
+      run_id: ctx.runId,
+      shard: checkpoint,
+      last_key: lastKey,
+      pages: counts.pages,
+      scanned: counts.scanned,
+      counts: JSON.stringify(counts),
+      done,
+      updated_at: knex.fn.now(),
+    })
+    .into('checkpoints')
+    .onConflict(['run_id', 'shard'])
+    .merge();
 }
 
 /** Structural equality of plain data (signals, stored states): what JSON would compare, without JSON. */

@@ -76,6 +76,14 @@ export function countSkipped(counts: RunCounts, skipped: { reason: string }[]): 
   for (const s of skipped) bump(counts.skippedByReason, s.reason);
 }
 
+/** What one page counts before anything is written: all its accounts, the evaluated ones' exclusions and holds. */
+export function pageCounts(total: number, tally: RunCounts): RunCounts {
+  const counts = mergeCounts(emptyCounts(), tally);
+  counts.scanned += total;
+  counts.pages += 1;
+  return counts;
+}
+
 /** The sum of two counts (a worker's and a page's, or the workers' of one run). */
 export function mergeCounts(a: RunCounts, b: RunCounts): RunCounts {
   const sum = (x: Record<string, number>, y: Record<string, number>) => {

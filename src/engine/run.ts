@@ -5,8 +5,8 @@ import { signalsUsed } from '../source/candidates';
 import { countAccountsQuery, qualified, stateTables } from '../source/signals';
 import type { StateChange, WriteContext } from '../write/apply';
 import { acquireRunLock, type HeldLock } from './lock';
-import { commitPage } from './commit';
-import { countChanges, emptyCounts, mergeCounts, restoreCounts, type RunCounts } from './counts';
+import { commitPage, saveCheckpoint } from './commit';
+import { countChanges, emptyCounts, mergeCounts, pageCounts, restoreCounts, type RunCounts } from './counts';
 import {
   defaultActor,
   finishRun,
@@ -201,6 +201,9 @@ interface WorkerStart {
   done: boolean;
 }
 
+/** A page with nothing to write is not committed; a checkpoint is still saved this often. */
+const CHECKPOINT_MS = 5000;
+
 /**
  * Runs one page pipeline per range at once. `handle` gets each page read and evaluated, while the
  * next page is already being read and evaluated; it returns false to stop this worker. The first
@@ -266,11 +269,9 @@ async function dryRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOption
     ranges,
     options.signal,
     async ({ plan, total: pageTotal }) => {
-      const pageCounts = mergeCounts(emptyCounts(), plan.tally);
-      pageCounts.scanned = pageTotal;
-      pageCounts.pages = 1;
-      countChanges(pageCounts, plan.changes);
-      counts = mergeCounts(counts, pageCounts);
+      const counted = pageCounts(pageTotal, plan.tally);
+      countChanges(counted, plan.changes);
+      counts = mergeCounts(counts, counted);
       await options.onPage?.({ evaluated: plan.evaluated, changes: plan.changes, counts, total });
       return true;
     },
@@ -435,6 +436,8 @@ async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptio
   };
   let counts = workers.reduce((sum, w) => mergeCounts(sum, w.counts), emptyCounts());
   const workerCounts = workers.map((w) => w.counts);
+  const lastKeys = workers.map((w) => w.range.after);
+  const savedAt = workers.map(() => Date.now());
   // Changes planned by pages being written right now, so concurrent workers respect the limit together.
   let inFlight = 0;
   let limit: BatchResult['limit'] = null;
@@ -460,32 +463,44 @@ async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptio
       options.signal,
       async ({ plan, ...page }, i) => {
         const worker = active[i] as WorkerStart;
+        const w = workers.indexOf(worker);
         if (limit) return false;
         if (max !== null && counts.changes + inFlight + plan.changes.length > max) {
           limit = { max, wouldReach: counts.changes + inFlight + plan.changes.length };
           return false;
         }
-        inFlight += plan.changes.length;
-        let committed;
-        try {
-          committed = await commitPage(
-            pool,
-            {
-              rules,
-              ctx,
-              needs: source.needs,
-              checkpoint: worker.checkpoint,
-              beforeWrite: options.beforeWrite,
-            },
-            { ...page, plan },
-            workerCounts[workers.indexOf(worker)] as RunCounts,
-          );
-        } finally {
-          inFlight -= plan.changes.length;
+        let written: StateChange[] = [];
+        if (plan.changes.length === 0 && Date.now() - (savedAt[w] as number) < CHECKPOINT_MS) {
+          // Nothing to write: count the page; the worker's next checkpoint records it.
+          const counted = pageCounts(page.total, plan.tally);
+          workerCounts[w] = mergeCounts(workerCounts[w] as RunCounts, counted);
+          counts = mergeCounts(counts, counted);
+        } else {
+          inFlight += plan.changes.length;
+          let committed;
+          try {
+            committed = await commitPage(
+              pool,
+              {
+                rules,
+                ctx,
+                needs: source.needs,
+                checkpoint: worker.checkpoint,
+                beforeWrite: options.beforeWrite,
+              },
+              { ...page, plan },
+              workerCounts[w] as RunCounts,
+            );
+          } finally {
+            inFlight -= plan.changes.length;
+          }
+          savedAt[w] = Date.now();
+          written = committed.changes;
+          workerCounts[w] = committed.counts;
+          counts = mergeCounts(counts, committed.page);
         }
-        workerCounts[workers.indexOf(worker)] = committed.counts;
-        counts = mergeCounts(counts, committed.page);
-        if (!analyzed && committed.changes.length > 0) {
+        lastKeys[w] = page.last;
+        if (!analyzed && written.length > 0) {
           analyzing ??= analyzeStatesOnce(knex, schema).finally(() => (analyzing = null));
           analyzed = await analyzing;
         }
@@ -493,16 +508,20 @@ async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptio
           lastBeat = Date.now();
           await heartbeat(knex, schema, run.id, counts);
         }
-        await options.onPage?.({ evaluated: plan.evaluated, changes: committed.changes, counts, total });
+        await options.onPage?.({ evaluated: plan.evaluated, changes: written, counts, total });
         return true;
       },
       async (i) => {
-        await knex
-          .withSchema(schema)
-          .table('checkpoints')
-          .insert({ run_id: run.id, shard: (active[i] as WorkerStart).checkpoint, done: true })
-          .onConflict(['run_id', 'shard'])
-          .merge({ done: true, updated_at: knex.fn.now() });
+        const w = workers.indexOf(active[i] as WorkerStart);
+        const worker = workers[w] as WorkerStart;
+        await saveCheckpoint(
+          knex,
+          ctx,
+          worker.checkpoint,
+          lastKeys[w] ?? null,
+          workerCounts[w] as RunCounts,
+          true,
+        );
       },
     );
     if (limit) {
