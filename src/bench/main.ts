@@ -61,6 +61,8 @@ function log(message: string): void {
 interface Timed {
   seconds: number;
   rssMb: number | null;
+  /** CPU time of the suspend process (user + system). */
+  cpuSeconds: number | null;
   stdout: string;
 }
 
@@ -90,7 +92,14 @@ function timeCli(args: string[]): Promise<Timed> {
         return reject(new Error(`suspend ${args.join(' ')} exited ${code}: ${said.slice(-2000)}`));
       }
       const rss = /Maximum resident set size \(kbytes\): (\d+)/.exec(stderr);
-      resolve({ seconds, rssMb: rss ? Number(rss[1]) / 1024 : null, stdout });
+      const user = /User time \(seconds\): ([\d.]+)/.exec(stderr);
+      const system = /System time \(seconds\): ([\d.]+)/.exec(stderr);
+      resolve({
+        seconds,
+        rssMb: rss ? Number(rss[1]) / 1024 : null,
+        cpuSeconds: user && system ? Number(user[1]) + Number(system[1]) : null,
+        stdout,
+      });
     });
   });
 }
@@ -256,10 +265,12 @@ async function measureSize(admin: Knex, args: Args, size: number): Promise<SizeR
     const report = await timeCli(['report', '--dry-run', ...common(url)]);
     add(samples, 'report', report.seconds);
     add(samples, 'reportRss', report.rssMb);
+    add(samples, 'reportCpu', report.cpuSeconds);
     await settle(admin);
     const backfill = await timeCli(['backfill', '--no-notify', ...common(url)]);
     add(samples, 'backfill', backfill.seconds);
     add(samples, 'backfillRss', backfill.rssMb);
+    add(samples, 'backfillCpu', backfill.cpuSeconds);
     stateChanges = changesOf(backfill);
     if (changesOf(report) !== stateChanges)
       throw new Error(
@@ -269,6 +280,7 @@ async function measureSize(admin: Knex, args: Args, size: number): Promise<SizeR
     const sweep = await timeCli(['sweep', '--no-notify', ...common(url)]);
     add(samples, 'sweep', sweep.seconds);
     add(samples, 'sweepRss', sweep.rssMb);
+    add(samples, 'sweepCpu', sweep.cpuSeconds);
     if (changesOf(sweep) !== 0)
       throw new Error(`the second sweep changed ${changesOf(sweep)} accounts; it must change none`);
     await withDb(url, async (db) => {
@@ -321,7 +333,8 @@ async function measureSize(admin: Knex, args: Args, size: number): Promise<SizeR
     suspended: baselineSet.n,
     stateChanges,
     checksum: baselineSet.md5,
-    seconds: m,
+    // Wall times, and the suspend process's CPU time (keys ending in Cpu), in seconds.
+    seconds: Object.fromEntries(Object.entries(m).filter(([k]) => !k.endsWith('Rss'))),
     samples,
     accountsPerSecond: {
       baseline: perSecond('baseline'),
@@ -401,6 +414,13 @@ function renderMarkdown(out: {
     );
   }
   lines.push(
+    '',
+    `CPU time of the suspend process (user + system; the rest of a run's work is Postgres's, on the same ${out.machine.cpu}): ${out.results
+      .map(
+        (r) =>
+          `${r.customers.toLocaleString('en-US')} customers: report ${s(r, 'reportCpu')}, backfill ${s(r, 'backfillCpu')}, sweep ${s(r, 'sweepCpu')}`,
+      )
+      .join('; ')}.`,
     '',
     'Correctness: in every run the set of accounts suspended by the baseline, by `suspend backfill` (its states and the customers.status it set) and by `backfill --workers N` had the same checksum; the second sweep changed nothing.',
   );
