@@ -66,14 +66,15 @@ interface Timed {
   stdout: string;
 }
 
-/** Runs the CLI as a user would, under /usr/bin/time -v for its peak RSS. */
+/** Runs the CLI as a user would, under /usr/bin/time -v for its peak RSS and CPU time. */
 function timeCli(args: string[]): Promise<Timed> {
   return new Promise((resolve, reject) => {
     const started = process.hrtime.bigint();
     const useTime = fs.existsSync('/usr/bin/time');
     const bin = path.join(ROOT, 'bin/suspend');
-    const cmd = useTime ? '/usr/bin/time' : process.execPath;
-    const argv = useTime ? ['-v', process.execPath, bin, ...args] : [bin, ...args];
+    // bin/suspend itself, as `npx suspend` runs it (with whatever its first line gives node).
+    const cmd = useTime ? '/usr/bin/time' : bin;
+    const argv = useTime ? ['-v', bin, ...args] : args;
     const env: NodeJS.ProcessEnv = { ...process.env, NO_COLOR: '1' };
     delete env.DATABASE_URL;
     const child = spawn(cmd, argv, { env });
