@@ -284,6 +284,9 @@ async function measureSize(admin: Knex, args: Args, size: number): Promise<SizeR
     add(samples, 'sweepCpu', sweep.cpuSeconds);
     if (changesOf(sweep) !== 0)
       throw new Error(`the second sweep changed ${changesOf(sweep)} accounts; it must change none`);
+    // The dry run again, on the data the sweep saw (every suspended account now has a stage to read).
+    await settle(admin);
+    add(samples, 'reportAfter', (await timeCli(['report', '--dry-run', ...common(url)])).seconds);
     await withDb(url, async (db) => {
       sameSet(
         'account states',
@@ -321,7 +324,7 @@ async function measureSize(admin: Knex, args: Args, size: number): Promise<SizeR
     await dropClone(admin, template);
     const last = (k: string) => samples[k]?.[samples[k].length - 1]?.toFixed(2) ?? '-';
     log(
-      `${size.toLocaleString('en-US')} customers, run ${run}/${args.runs}: baseline ${last('baseline')} s (read ${last('baselineRead')} s), backfill ${last('backfill')} s, report ${last('report')} s, sweep ${last('sweep')} s, backfill --workers ${args.workers} ${last('backfillWorkers')} s`,
+      `${size.toLocaleString('en-US')} customers, run ${run}/${args.runs}: baseline ${last('baseline')} s (read ${last('baselineRead')} s), backfill ${last('backfill')} s, report ${last('report')} s, sweep ${last('sweep')} s, report after ${last('reportAfter')} s, backfill --workers ${args.workers} ${last('backfillWorkers')} s`,
     );
   }
   const m = Object.fromEntries(Object.entries(samples).map(([k, v]) => [k, median(v)]));
@@ -349,6 +352,7 @@ async function measureSize(admin: Knex, args: Args, size: number): Promise<SizeR
       backfillWorkersVsBaseline: ratio('backfillWorkers', 'baseline'),
       reportVsBaselineRead: ratio('report', 'baselineRead'),
       sweepVsReport: ratio('sweep', 'report'),
+      sweepVsReportAfter: ratio('sweep', 'reportAfter'),
     },
     peakRssMb: {
       report: m.reportRss ?? null,
@@ -406,12 +410,12 @@ function renderMarkdown(out: {
     'Each figure is the median of the runs; every run starts from a fresh clone of the same seeded database.',
     'suspend times are wall times of the CLI as a user runs it (process start included); the baseline is one hand-written SQL statement (src/bench/baseline.ts) run over an open connection.',
     '',
-    '| customers | state changes | baseline SQL | its read part | `backfill` | backfill / baseline | `backfill --workers N` | / baseline | `report --dry-run` | report / baseline read | 2nd `sweep` (no change) | sweep / report | peak RSS report / backfill / sweep | backfill accounts/s |',
-    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    '| customers | state changes | baseline SQL | its read part | `backfill` | backfill / baseline | `backfill --workers N` | / baseline | `report --dry-run` | report / baseline read | 2nd `sweep` (no change) | sweep / report | report after the backfill | sweep / that report | peak RSS report / backfill / sweep | backfill accounts/s |',
+    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   for (const r of out.results) {
     lines.push(
-      `| ${r.customers.toLocaleString('en-US')} | ${r.stateChanges.toLocaleString('en-US')} | ${s(r, 'baseline')} | ${s(r, 'baselineRead')} | ${s(r, 'backfill')} | ${x(r.ratios.backfillVsBaseline)} | ${r.workers > 1 ? `${s(r, 'backfillWorkers')} (N=${r.workers})` : '-'} | ${r.workers > 1 ? x(r.ratios.backfillWorkersVsBaseline) : '-'} | ${s(r, 'report')} | ${x(r.ratios.reportVsBaselineRead)} | ${s(r, 'sweep')} | ${x(r.ratios.sweepVsReport)} | ${mb(r.peakRssMb.report)} / ${mb(r.peakRssMb.backfill)} / ${mb(r.peakRssMb.sweep)} | ${(r.accountsPerSecond.backfill ?? 0).toLocaleString('en-US')} |`,
+      `| ${r.customers.toLocaleString('en-US')} | ${r.stateChanges.toLocaleString('en-US')} | ${s(r, 'baseline')} | ${s(r, 'baselineRead')} | ${s(r, 'backfill')} | ${x(r.ratios.backfillVsBaseline)} | ${r.workers > 1 ? `${s(r, 'backfillWorkers')} (N=${r.workers})` : '-'} | ${r.workers > 1 ? x(r.ratios.backfillWorkersVsBaseline) : '-'} | ${s(r, 'report')} | ${x(r.ratios.reportVsBaselineRead)} | ${s(r, 'sweep')} | ${x(r.ratios.sweepVsReport)} | ${s(r, 'reportAfter')} | ${x(r.ratios.sweepVsReportAfter)} | ${mb(r.peakRssMb.report)} / ${mb(r.peakRssMb.backfill)} / ${mb(r.peakRssMb.sweep)} | ${(r.accountsPerSecond.backfill ?? 0).toLocaleString('en-US')} |`,
     );
   }
   lines.push(
