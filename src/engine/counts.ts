@@ -79,7 +79,8 @@ export function countSkipped(counts: RunCounts, skipped: { reason: string }[]): 
 /** What one page counts before anything is written: all its accounts, the evaluated ones' exclusions and holds. */
 export function pageCounts(total: number, tally: RunCounts): RunCounts {
   const counts = mergeCounts(emptyCounts(), tally);
-  counts.scanned += total;
+  // Skipped accounts are counted apart: scanned + skipped = the accounts the pages held.
+  counts.scanned += total - tally.skipped;
   counts.pages += 1;
   return counts;
 }

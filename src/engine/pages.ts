@@ -1,5 +1,12 @@
 import type { Knex } from 'knex';
-import { keysAtRanksQuery, readPage, type SignalNeeds, type StateTables } from '../source/signals';
+import { countSkipped } from './counts';
+import {
+  keysAtRanksQuery,
+  readPage,
+  type SignalNeeds,
+  type SkippedAccount,
+  type StateTables,
+} from '../source/signals';
 import type { PageState } from '../source/states';
 import { planPage, type PagePlan } from './plan';
 import type { IsoDate, Rules, Signals } from '../types';
@@ -32,6 +39,8 @@ export interface Page {
   total: number;
   /** Signals of the accounts a rule could touch (all of them with `allAccounts`), in key order. */
   signals: Signals[];
+  /** Accounts that cannot be judged (bad data), with why. */
+  skipped: SkippedAccount[];
   state: PageState;
 }
 
@@ -88,7 +97,8 @@ export async function* readPages(knex: Knex, source: PageSource, range: KeyRange
       source.needs,
     );
     if (read.total === 0 || read.last === null) return;
-    yield { after, last: read.last, total: read.total, signals: read.signals, state: read.state };
+    const { last, total, signals, skipped, state } = read;
+    yield { after, last, total, signals, skipped, state };
     if (read.total < source.batchSize) return;
     after = read.last;
   }
@@ -103,7 +113,9 @@ export async function* evaluated(
   for await (const page of pages) {
     // Let the queries already started go out before this page's evaluation holds the event loop.
     await new Promise((resolve) => setImmediate(resolve));
-    yield { ...page, plan: planPage(page.signals, page.state, rules, asOf) };
+    const plan = planPage(page.signals, page.state, rules, asOf);
+    countSkipped(plan.tally, page.skipped);
+    yield { ...page, plan };
   }
 }
 

@@ -17,6 +17,15 @@ import type { IsoDate, Rules, Signals, SourceMapping } from '../types';
  * - as-of in the past: an invoice paid after as-of counts as unpaid in full on as-of.
  */
 
+/** Net terms beyond a century are not terms but bad data (and far enough out overflow a date). */
+const MAX_NET_TERMS_DAYS = 36500;
+
+/** Why an account was skipped instead of judged (the run counts them by these). */
+export const SKIP_REASONS = {
+  netTerms: `net terms out of range (more than ${MAX_NET_TERMS_DAYS} days either way)`,
+  balance: 'balance too large to count in cents (over 2^53)',
+} as const;
+
 export function qualified(mapping: SourceMapping, table: string): string {
   return mapping.schema ? `${mapping.schema}.${table}` : table;
 }
@@ -153,6 +162,9 @@ export interface SignalRow {
   past_due_since: string | null;
   active_subscriptions: string | null;
   net_terms_days: number | null;
+  /** Why the account cannot be judged (see SKIP_REASONS); not columns of a signal view. */
+  bad_terms?: boolean;
+  huge_balance?: boolean;
   flags: string[] | null;
   name: string | null;
   email: string | null;
@@ -231,7 +243,7 @@ export function signalsQuery(
   parts.push(`page as (
     select ${key} as k, ${id(`c.${c.org}`)}::text as org_id,
            ${c.createdAt ? `${id(`c.${c.createdAt}`)}::date` : 'null::date'} as created_on,
-           ${c.netTermsDays ? `coalesce(${id(`c.${c.netTermsDays}`)}, 0)` : '0'} as net_terms_days,
+           ${c.netTermsDays ? `case when abs(coalesce(${id(`c.${c.netTermsDays}`)}, 0)) <= ${MAX_NET_TERMS_DAYS} then coalesce(${id(`c.${c.netTermsDays}`)}, 0)::int end` : '0'} as net_terms_days,
            ${flagExpr} as flags,
            ${c.name ? `${id(`c.${c.name}`)}::text` : 'null::text'} as name,
            ${c.email ? `${id(`c.${c.email}`)}::text` : 'null::text'} as email
@@ -319,6 +331,10 @@ export function signalsQuery(
         from ${id(`${state.schema}.exclusions`)}
        where customer_key = any(${pageKeys}) and removed_at is null)`);
   }
+  // Accounts nothing can be computed for come back with the reason, so the run counts them as
+  // skipped instead of failing the page (net terms beyond a date's range null their due days).
+  const badTerms = 'p.net_terms_days is null';
+  const hugeBalance = invoices ? `coalesce(iv.open_balance > ${Number.MAX_SAFE_INTEGER}, false)` : 'false';
   const rules = page?.candidates ?? null;
   let where = '';
   if (rules) {
@@ -343,6 +359,7 @@ export function signalsQuery(
       predicate,
       state?.states ? 'st.staged' : '',
       state?.exclusions ? 'ex.customer_key is not null' : '',
+      `${badTerms} or ${hugeBalance}`,
     ]
       .filter(Boolean)
       .join('\n       or ')}`;
@@ -352,7 +369,7 @@ export function signalsQuery(
       ${activity ? "to_char(a.last_on, 'YYYY-MM-DD')" : 'null'} as last_activity_on,
       ${invoices ? `iv.open_balance, iv.overdue_balance, iv.unpaid_count, iv.oldest_days as oldest_overdue_days, iv.oldest_id as oldest_overdue_id, iv.oldest_unpaid as oldest_overdue_unpaid, to_char(iv.since, 'YYYY-MM-DD') as past_due_since` : 'null as open_balance, null as overdue_balance, null as unpaid_count, null as oldest_overdue_days, null as oldest_overdue_id, null as oldest_overdue_unpaid, null as past_due_since'},
       ${subscriptions ? 'sb.n' : '0'} as active_subscriptions,
-      p.net_terms_days, p.flags, p.name, p.email,
+      p.net_terms_days, p.flags, p.name, p.email, ${badTerms} as bad_terms, ${hugeBalance} as huge_balance,
       ${state?.states ? 'st.rows' : 'null::jsonb'} as state_rows,
       ${state?.exclusions ? "case when ex.active then jsonb_build_object('reason', ex.reason, 'until', ex.until) end" : 'null::jsonb'} as exclusion
     from page p
@@ -455,6 +472,13 @@ function cents(value: string | null, key: string, field: string): number {
   return n;
 }
 
+/** Whether the row's amounts are whole numbers of cents a JavaScript number holds exactly. */
+function centsFit(row: SignalRow): boolean {
+  return [row.open_balance, row.overdue_balance, row.oldest_overdue_unpaid].every(
+    (v) => v === null || Number.isSafeInteger(Number(v)),
+  );
+}
+
 export function toSignals(row: SignalRow): Signals {
   return {
     key: row.key,
@@ -500,8 +524,15 @@ export interface PageRead {
   last: string | null;
   /** Signals of the page's candidates (every account without a candidate filter), in key order. */
   signals: Signals[];
+  /** Accounts of the page that cannot be judged, with why: counted, never evaluated. */
+  skipped: SkippedAccount[];
   /** Their states and exclusions, as `readPageState` reads them. */
   state: PageState;
+}
+
+export interface SkippedAccount {
+  key: string;
+  reason: string;
 }
 
 interface StateJson {
@@ -534,8 +565,18 @@ export async function readPage(
   const first = rows[0];
   const state: PageState = { states: new Map(), exclusions: new Map() };
   const signals: Signals[] = [];
+  const skipped: SkippedAccount[] = [];
   for (const row of rows) {
     if (row.key === null) continue;
+    const reason = row.bad_terms
+      ? SKIP_REASONS.netTerms
+      : row.huge_balance || !centsFit(row)
+        ? SKIP_REASONS.balance
+        : null;
+    if (reason !== null) {
+      skipped.push({ key: row.key, reason });
+      continue;
+    }
     signals.push(toSignals(row));
     if (row.state_rows) {
       const byPolicy = new Map<string, StoredState>();
@@ -553,5 +594,5 @@ export async function readPage(
     }
     if (row.exclusion) state.exclusions.set(row.key, row.exclusion);
   }
-  return { total: first?.page_size ?? 0, last: first?.page_last ?? null, signals, state };
+  return { total: first?.page_size ?? 0, last: first?.page_last ?? null, signals, skipped, state };
 }
