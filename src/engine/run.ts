@@ -4,6 +4,7 @@ import { migrationStatus, requireMigrated } from '../db/migrate';
 import { signalsUsed } from '../source/candidates';
 import { countAccountsQuery, qualified, stateTables } from '../source/signals';
 import type { StateChange, WriteContext } from '../write/apply';
+import { checkSetColumns } from '../write/host-columns';
 import { acquireRunLock, type HeldLock } from './lock';
 import { commitPage, saveCheckpoint } from './commit';
 import { countChanges, emptyCounts, mergeCounts, pageCounts, restoreCounts, type RunCounts } from './counts';
@@ -186,6 +187,7 @@ async function checkSource(knex: Knex, rules: Rules): Promise<void> {
       );
     }
   }
+  await checkSetColumns(knex, rules);
 }
 
 async function countAccounts(knex: Knex, rules: Rules, options: BatchOptions): Promise<number> {
@@ -305,6 +307,12 @@ async function openRun(
   const shard = shardName(options.shard);
   if (options.kind === 'backfill') {
     const unfinished = await unfinishedRun(knex, schema, 'backfill');
+    if (unfinished?.status === 'running') {
+      // We hold the run lock, so the process that wrote "running" is gone (killed, or cut off
+      // from the server before it could say so): the ledger says interrupted from now on.
+      await setRunStatus(knex, schema, unfinished.id, 'interrupted');
+      unfinished.status = 'interrupted';
+    }
     if (unfinished && !options.resume) {
       throw new UsageError(
         `Backfill run ${unfinished.id} (as of ${unfinished.asOf}, started ${unfinished.startedAt.toISOString()} by ${unfinished.startedBy}) did not finish (${unfinished.status}); continue it with \`suspend backfill --resume\` or give it up with \`suspend backfill --abandon\`.`,

@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import { qualified } from '../source/signals';
-import type { SourceMapping } from '../types';
+import { UsageError, errorMessage } from '../errors';
+import type { Rules, SourceMapping } from '../types';
 import type { HostColumnChange } from '../engine/plan';
 
 /**
@@ -30,6 +31,32 @@ export async function columnTypes(
     if (!SAFE_TYPE.test(t)) throw new Error(`column "${c}" of table ${table} has an unsupported type ${t}`);
   }
   return types;
+}
+
+/**
+ * Refuses, before a run starts, `set` actions that name a column the customers table lacks (or one
+ * of a type suspend cannot write): one sentence naming the policy and stage, exit 2.
+ */
+export async function checkSetColumns(knex: Knex, rules: Rules): Promise<void> {
+  const named = new Map<string, string>();
+  for (const effective of [rules.defaults, ...Object.values(rules.organizations)]) {
+    for (const policy of effective.policies)
+      for (const stage of policy.stages)
+        for (const action of stage.actions)
+          if (action.type === 'set')
+            for (const column of Object.keys(action.columns))
+              if (!named.has(column)) named.set(column, `policy ${policy.name}, stage ${stage.name}`);
+  }
+  if (named.size === 0) return;
+  try {
+    await columnTypes(knex, rules.source, [...named.keys()]);
+  } catch (err) {
+    const column = /column "((?:[^"]|"")*)"/.exec(errorMessage(err))?.[1];
+    const where = column === undefined ? '' : ` (${named.get(column)})`;
+    throw new UsageError(
+      `A set action${where} cannot be applied: ${errorMessage(err)}; name a column of that table in the rules file (${rules.file ?? 'rules'}).`,
+    );
+  }
 }
 
 function quoteQualified(name: string): string {

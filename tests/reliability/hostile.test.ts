@@ -112,11 +112,8 @@ describe('SQL injection through the mapping', () => {
     async (_what, rules) => refusedAndNothingHappens(rules),
   );
 
-  // Fails today: src/write/host-columns.ts throws a plain Error for a column it cannot find, so the
-  // CLI prints "unexpected failure" (exit 1) instead of one sentence with exit 2 (see the report).
-  test.failing('a set action on a column that is not there: refused with one sentence, exit 2', async () =>
-    refusedAndNothingHappens(SET_COLUMN),
-  );
+  test('a set action on a column that is not there: refused with one sentence, exit 2', async () =>
+    refusedAndNothingHappens(SET_COLUMN));
 });
 
 // ---------------------------------------------------------------------------------------------

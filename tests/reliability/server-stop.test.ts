@@ -96,10 +96,7 @@ describe('the server stops in the middle of a backfill', () => {
     expect(await db.knex('suspend.checkpoints').max({ p: 'pages' })).toEqual([{ p: 5 }]);
   });
 
-  // Fails today: the run could not write its status with the server down, and nothing corrects a
-  // "running" row whose session is gone: the backfill that refuses to start holds the run lock, so
-  // it could mark it interrupted (see the report).
-  test.failing('once the server is back, the ledger shows the run interrupted', async () => {
+  test('once the server is back, the ledger shows the run interrupted', async () => {
     const refused = await cli(db!, BACKFILL);
     expect(refused.code).toBe(2);
     expect(refused.stderr).toContain('suspend backfill --resume');
