@@ -93,7 +93,7 @@ test('a grant taken away: one sentence naming the table and docs/least-privilege
   expect(r.stderr).not.toMatch(STACK_FRAME);
   expect(r.stderr.trim().split('\n')).toEqual([
     expect.stringMatching(
-      /^error: Postgres at 127\.0\.0\.1:5432\/suspend_test_\w+ refused: permission denied for table invoices; the role in the database URL needs the grants listed in docs\/least-privilege\.sql\.$/,
+      /^error: Postgres at (?:socket )?\S+\/suspend_test_\w+ refused: permission denied for table invoices; the role in the database URL needs the grants listed in docs\/least-privilege\.sql\.$/,
     ),
   ]);
   expect(r.code).toBe(1);
