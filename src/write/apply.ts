@@ -98,9 +98,6 @@ with input as (
          nullif(r->4, 'null') as host_before, nullif(r->5, 'null') as host_old, p as payload
     from jsonb_array_elements(:changes::jsonb) as r, lateral (select r->0 as p) as x
 ),
-previous as (
-  select s.* from :states: s join input i on s.customer_key = i.customer_key and s.policy = i.policy
-),
 upserted as (
   insert into :states: as s (customer_key, policy, org_id, stage, stage_index, blocks_booking, allows_login,
                              message, reasons, entered_on, episode_started_on, host_before, run_id, version, updated_at)
@@ -132,12 +129,15 @@ history_rows as (
                          reasons, previous_state, rules_hash, as_of, actor)
   select :runId, i.customer_key, i.org_id, i.policy, i.kind, i.from_stage, i.stage, i.from_index, i.stage_index,
          i.reasons,
-         case when p.customer_key is null and i.host_old is null then null
-              else coalesce(to_jsonb(p), '{}'::jsonb) || jsonb_build_object('host', i.host_old) end,
+         case when p.state is null and i.host_old is null then null
+              else coalesce(p.state, '{}'::jsonb) || jsonb_build_object('host', i.host_old) end,
          :rulesHash, :asOf::date, :actor
     from input i
     join upserted u on u.customer_key = i.customer_key and u.policy = i.policy
-    left join previous p on p.customer_key = i.customer_key and p.policy = i.policy
+    -- The state before this statement (its own upsert is not visible to it): one key probe per
+    -- change; a join with the page's rows instead can turn quadratic in the page size.
+    left join lateral (select to_jsonb(s) as state from :states: s
+                        where s.customer_key = i.customer_key and s.policy = i.policy) p on true
   returning id, customer_key, policy
 ),
 outbox_rows as (
