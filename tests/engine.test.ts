@@ -1,4 +1,6 @@
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import knexFactory from 'knex';
 import { createTestDatabase, type TestDatabase } from './helpers/database';
@@ -82,6 +84,35 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
     expect(preview.counts.excluded).toBeGreaterThan(0);
     expect(preview.accounts).toHaveLength(preview.counts.changes);
     expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
+  });
+
+  test('--accounts lists the same accounts in csv (to a file), table and markdown', async () => {
+    const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'suspend-report-')), 'accounts.csv');
+    const base = ['report', '--dry-run', '--accounts', '--as-of', AS_OF, '--quiet'];
+    const csv = await cli(db, [...base, '--format', 'csv', '--output', file]);
+    expect(csv).toMatchObject({ code: 0, stdout: '' });
+    const csvLines = fs.readFileSync(file, 'utf8').trimEnd().split('\n');
+    expect(csvLines[0]).toBe('key,org,policy,change,from,to,reasons');
+    const listed = preview.accounts!.map((a) => `${a.key}|${a.policy}|${a.to}`);
+    // Reasons hold no commas or quotes here, so the first columns split plainly.
+    expect(
+      csvLines
+        .slice(1)
+        .map((l) => l.split(','))
+        .map((c) => `${c[0]}|${c[2]}|${c[5]}`),
+    ).toEqual(listed);
+    for (const format of ['table', 'markdown']) {
+      const r = await cli(db, [...base, '--format', format]);
+      expect(r.code).toBe(0);
+      const rows = r.stdout.slice(
+        r.stdout.indexOf(`Accounts (${preview.counts.changes.toLocaleString('en-US')})`),
+      );
+      const keyed = rows
+        .split('\n')
+        .map((l) => l.replace(/^\|\s*/, '').split(/\s+\|?\s*/))
+        .filter((c) => /^\d+$/.test(c[0] ?? ''));
+      expect(keyed.map((c) => `${c[0]}|${c[2]}|${c[5]}`)).toEqual(listed);
+    }
   });
 
   test('backfill writes exactly what the dry run listed, with history, outbox and host status', async () => {

@@ -131,6 +131,34 @@ export function writeArtifact(text: string, output?: string): void {
   else process.stdout.write(body);
 }
 
+/**
+ * Like writeArtifact for a report written a piece at a time: to FILE, or to stdout waiting for it
+ * to drain, so a long listing never piles up in memory.
+ */
+export async function streamArtifact(
+  output: string | undefined,
+  produce: (write: (chunk: string) => Promise<void>) => Promise<void>,
+): Promise<void> {
+  if (output) {
+    const fd = fs.openSync(output, 'w');
+    try {
+      await produce(async (chunk) => {
+        fs.writeSync(fd, chunk);
+      });
+    } finally {
+      fs.closeSync(fd);
+    }
+    return;
+  }
+  await produce(
+    (chunk) =>
+      new Promise<void>((resolve) => {
+        if (process.stdout.write(chunk)) resolve();
+        else process.stdout.once('drain', () => resolve());
+      }),
+  );
+}
+
 export function parsePositiveInt(flag: string, value: string): number {
   if (!/^\d+$/.test(value) || Number(value) < 1) {
     throw new UsageError(`${flag}: "${value}" is not a positive whole number.`);

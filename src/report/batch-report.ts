@@ -2,7 +2,18 @@ import type { BatchKind, BatchResult, PageReport } from '../engine/run';
 import { parseTransitionKey } from '../engine/counts';
 import type { StateChange } from '../write/apply';
 import type { Format } from '../cli/options';
-import { formatCount, renderCsv, renderMarkdown, renderTable, type Row } from './tables';
+import { AccountList } from './account-list';
+import {
+  csvFormat,
+  formatCount,
+  markdownFormat,
+  renderCsv,
+  renderMarkdown,
+  renderTable,
+  tableFormat,
+  type LineFormat,
+  type Row,
+} from './tables';
 
 /** What `report`, `backfill` and `sweep` print: the same report for a dry and a real run. */
 
@@ -31,18 +42,44 @@ export function accountRow(c: StateChange): Row {
 const ACCOUNT_COLUMNS = ['key', 'org', 'policy', 'change', 'from', 'to', 'reasons'];
 const TRANSITION_COLUMNS = ['org', 'policy', 'change', 'from', 'to', 'accounts'];
 
-/** Collects what the report needs page by page: a sample always, every account only with --accounts. */
+/**
+ * Collects what the report needs page by page: a sample always, every account only with --accounts
+ * (on disk, see AccountList). `dispose()` when the report is written.
+ */
 export class ReportCollector {
   readonly sample: StateChange[] = [];
-  readonly accounts: Row[] = [];
+  readonly accounts = new AccountList(ACCOUNT_COLUMNS);
   constructor(private readonly listAccounts: boolean) {}
 
   onPage = (page: PageReport): void => {
     for (const c of page.changes) {
-      if (this.sample.length < SAMPLE_SIZE) this.sample.push(c);
-      if (this.listAccounts) this.accounts.push(accountRow(c));
+      if (this.sample.length >= SAMPLE_SIZE) break;
+      this.sample.push(c);
     }
+    if (this.listAccounts) this.accounts.add(page.changes.map(accountRow));
   };
+
+  dispose(): void {
+    this.accounts.dispose();
+  }
+}
+
+/** Receives the report a piece at a time (stdout with back-pressure, or a file). */
+export type ReportWriter = (chunk: string) => Promise<void>;
+
+/** Streams the account list through `format`, a megabyte or so per write. */
+async function writeAccounts(
+  out: ReportWriter,
+  accounts: AccountList,
+  format: LineFormat,
+  separator = '\n',
+): Promise<void> {
+  let first = true;
+  for (const rows of accounts.batches()) {
+    if (rows.length === 0) continue;
+    await out((first ? '' : separator) + rows.map(format.row).join(separator));
+    first = false;
+  }
 }
 
 function transitionRows(result: BatchResult): Row[] {
@@ -75,17 +112,20 @@ function headline(meta: ReportMeta, result: BatchResult): string {
   return `suspend ${what} as of ${meta.asOf}: ${formatCount(c.scanned)} accounts scanned, ${formatCount(c.accountsChanged)} ${verb} (${formatCount(c.changes)} state changes), ${formatCount(c.excluded)} spared by exclusions, status ${result.status}`;
 }
 
-export function renderBatchReport(
+/** Writes the report of a run in the chosen format; the account list is streamed, never held whole. */
+export async function writeBatchReport(
   meta: ReportMeta,
   result: BatchResult,
   collector: ReportCollector,
   format: Format,
   listAccounts: boolean,
-): string {
+  out: ReportWriter,
+): Promise<void> {
   const c = result.counts;
   const transitions = transitionRows(result);
+  const accounts = collector.accounts;
   if (format === 'json') {
-    return JSON.stringify(
+    const summary = JSON.stringify(
       {
         kind: meta.kind,
         dryRun: meta.dryRun,
@@ -109,28 +149,35 @@ export function renderBatchReport(
         limit: result.limit,
         transitions,
         sample: collector.sample.map((s) => ({ ...accountRow(s), reasons: s.reasons, message: s.message })),
-        ...(listAccounts ? { accounts: collector.accounts } : {}),
       },
       null,
       2,
     );
+    if (!listAccounts) return out(`${summary}\n`);
+    // The summary object, then "accounts": one compact object per line.
+    await out(`${summary.slice(0, -2)},\n  "accounts": [`);
+    const json: LineFormat = { head: [], row: (r) => `\n    ${JSON.stringify(r)}` };
+    await writeAccounts(out, accounts, json, ',');
+    return out(accounts.count > 0 ? '\n  ]\n}\n' : ']\n}\n');
   }
   if (format === 'csv') {
     // CSV is for spreadsheets: one table, the accounts when listed, else the transition counts.
-    return listAccounts
-      ? renderCsv(ACCOUNT_COLUMNS, collector.accounts)
-      : renderCsv(TRANSITION_COLUMNS, transitions);
+    if (!listAccounts) return out(`${renderCsv(TRANSITION_COLUMNS, transitions)}\n`);
+    const csv = csvFormat(ACCOUNT_COLUMNS);
+    await out(`${csv.head.join('\n')}\n`);
+    await writeAccounts(out, accounts, csv);
+    return out(accounts.count > 0 ? '\n' : '');
   }
   const table = format === 'markdown' ? renderMarkdown : renderTable;
   const heading = (t: string) => (format === 'markdown' ? `\n## ${t}\n` : `\n${t}\n`);
-  const out = [format === 'markdown' ? `# ${headline(meta, result)}` : headline(meta, result)];
+  const lines = [format === 'markdown' ? `# ${headline(meta, result)}` : headline(meta, result)];
   if (result.limit) {
-    out.push(
+    lines.push(
       `\nStopped by the safety limit: this page would bring the run to ${formatCount(result.limit.wouldReach)} changes, over max_changes ${formatCount(result.limit.max)}. Nothing of that page was written.`,
     );
   }
-  out.push(heading('Changes by organization, policy and stage'));
-  out.push(transitions.length > 0 ? table(TRANSITION_COLUMNS, transitions) : '(none)');
+  lines.push(heading('Changes by organization, policy and stage'));
+  lines.push(transitions.length > 0 ? table(TRANSITION_COLUMNS, transitions) : '(none)');
   const notes: string[] = [];
   if (c.excluded > 0) {
     notes.push(
@@ -152,17 +199,26 @@ export function renderBatchReport(
         .join(', ')}`,
     );
   }
-  if (notes.length > 0) out.push(heading('Notes'), notes.map((n) => `- ${n}`).join('\n'));
+  if (notes.length > 0) lines.push(heading('Notes'), notes.map((n) => `- ${n}`).join('\n'));
   if (listAccounts) {
-    out.push(heading(`Accounts (${formatCount(collector.accounts.length)})`));
-    out.push(collector.accounts.length > 0 ? table(ACCOUNT_COLUMNS, collector.accounts) : '(none)');
+    lines.push(heading(`Accounts (${formatCount(accounts.count)})`));
+    if (accounts.count === 0) lines.push('(none)');
+    else {
+      const lineFormat =
+        format === 'markdown'
+          ? markdownFormat(ACCOUNT_COLUMNS)
+          : tableFormat(ACCOUNT_COLUMNS, accounts.widths);
+      await out(`${[...lines, ...lineFormat.head].join('\n')}\n`);
+      await writeAccounts(out, accounts, lineFormat);
+      return out('\n');
+    }
   } else if (collector.sample.length > 0) {
-    out.push(
+    lines.push(
       heading(
         `Sample of accounts (${collector.sample.length} of ${formatCount(c.changes)}; --accounts lists all)`,
       ),
     );
-    out.push(table(ACCOUNT_COLUMNS, collector.sample.map(accountRow)));
+    lines.push(table(ACCOUNT_COLUMNS, collector.sample.map(accountRow)));
   }
-  return out.join('\n');
+  return out(`${lines.join('\n')}\n`);
 }

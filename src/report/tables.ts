@@ -2,29 +2,55 @@
 
 export type Row = Record<string, string | number | null>;
 
-export function renderTable(columns: string[], rows: Row[]): string {
-  const cell = (v: string | number | null | undefined) => (v === null || v === undefined ? '' : String(v));
-  const widths = columns.map((c) => Math.max(c.length, ...rows.map((r) => cell(r[c]).length)));
+const cell = (v: string | number | null | undefined) => (v === null || v === undefined ? '' : String(v));
+
+/** How each format writes a table line by line, so a long table can be streamed (see account-list.ts). */
+export interface LineFormat {
+  head: string[];
+  row: (r: Row) => string;
+}
+
+/** Aligned text columns of the given widths (the widest cell of each column). */
+export function tableFormat(columns: string[], widths: number[]): LineFormat {
+  const w = columns.map((c, i) => Math.max(c.length, widths[i] ?? 0));
   const line = (values: string[]) =>
     values
-      .map((v, i) => v.padEnd(widths[i] ?? 0))
+      .map((v, i) => v.padEnd(w[i] ?? 0))
       .join('  ')
       .trimEnd();
-  return [
-    line(columns),
-    line(widths.map((w) => '-'.repeat(w))),
-    ...rows.map((r) => line(columns.map((c) => cell(r[c])))),
-  ].join('\n');
+  return {
+    head: [line(columns), line(w.map((n) => '-'.repeat(n)))],
+    row: (r) => line(columns.map((c) => cell(r[c]))),
+  };
+}
+
+export function cellWidth(v: string | number | null | undefined): number {
+  return cell(v).length;
+}
+
+export function markdownFormat(columns: string[]): LineFormat {
+  const esc = (v: string | number | null | undefined) => cell(v).replace(/\|/g, '\\|').replace(/\r?\n/g, ' ');
+  return {
+    head: [`| ${columns.join(' | ')} |`, `| ${columns.map(() => '---').join(' | ')} |`],
+    row: (r) => `| ${columns.map((c) => esc(r[c])).join(' | ')} |`,
+  };
+}
+
+export function csvFormat(columns: string[]): LineFormat {
+  return { head: [columns.join(',')], row: (r) => columns.map((c) => csvCell(r[c])).join(',') };
+}
+
+function render(format: LineFormat, rows: Row[]): string {
+  return [...format.head, ...rows.map(format.row)].join('\n');
+}
+
+export function renderTable(columns: string[], rows: Row[]): string {
+  const widths = columns.map((c) => Math.max(0, ...rows.map((r) => cellWidth(r[c]))));
+  return render(tableFormat(columns, widths), rows);
 }
 
 export function renderMarkdown(columns: string[], rows: Row[]): string {
-  const esc = (v: string | number | null | undefined) =>
-    v === null || v === undefined ? '' : String(v).replace(/\|/g, '\\|').replace(/\r?\n/g, ' ');
-  return [
-    `| ${columns.join(' | ')} |`,
-    `| ${columns.map(() => '---').join(' | ')} |`,
-    ...rows.map((r) => `| ${columns.map((c) => esc(r[c])).join(' | ')} |`),
-  ].join('\n');
+  return render(markdownFormat(columns), rows);
 }
 
 /** RFC 4180: quote cells with commas, quotes or line breaks; double inner quotes. */
@@ -35,7 +61,7 @@ export function csvCell(v: string | number | null | undefined): string {
 }
 
 export function renderCsv(columns: string[], rows: Row[]): string {
-  return [columns.join(','), ...rows.map((r) => columns.map((c) => csvCell(r[c])).join(','))].join('\n');
+  return render(csvFormat(columns), rows);
 }
 
 export function formatCount(n: number): string {

@@ -1,9 +1,15 @@
 import { Command, Option, InvalidArgumentError } from 'commander';
-import { runCommand, writeArtifact, type CommandContext, type CommonOptions } from '../context';
+import {
+  runCommand,
+  streamArtifact,
+  writeArtifact,
+  type CommandContext,
+  type CommonOptions,
+} from '../context';
 import { asOfOption, formatOption, parsePositiveInteger, withCommonOptions, type Format } from '../options';
 import type { BatchKind } from '../../engine/run';
 import { defaultActor } from '../../engine/ledger';
-import { ReportCollector, renderBatchReport } from '../../report/batch-report';
+import { ReportCollector, writeBatchReport } from '../../report/batch-report';
 import { createProgress } from '../../report/progress';
 import { todayUtc } from '../../rules/dates';
 import { ExitCode, errorMessage } from '../../errors';
@@ -149,9 +155,8 @@ async function execute(ctx: CommandContext, kind: BatchKind | 'report', flags: B
       rulesHash: rules.hash,
       rulesFile: rules.file,
     };
-    writeArtifact(
-      renderBatchReport(meta, result, collector, flags.format, Boolean(flags.accounts)),
-      flags.output,
+    await streamArtifact(flags.output, (write) =>
+      writeBatchReport(meta, result, collector, flags.format, Boolean(flags.accounts), write),
     );
     if (result.status === 'interrupted')
       ctx.log(`run ${result.run?.id ?? ''} interrupted; continue with \`suspend backfill --resume\``);
@@ -159,6 +164,7 @@ async function execute(ctx: CommandContext, kind: BatchKind | 'report', flags: B
     return result.exitCode;
   } finally {
     progress?.stop();
+    collector.dispose();
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
   }
