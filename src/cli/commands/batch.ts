@@ -67,9 +67,10 @@ function batchOptions(cmd: Command, kind: BatchKind | 'report'): Command {
     .option('--output <file>', 'write the report to FILE instead of stdout')
     .option('--accounts', 'list every affected account (key, org, from, to, policy, reasons)')
     .addOption(
-      new Option('--shard <i/n>', 'process only shard I of N (for N processes or hosts)').argParser(
-        parseShard,
-      ),
+      new Option(
+        '--shard <i/n>',
+        'process only shard I of N (hash of the key; shards take turns on the run lock)',
+      ).argParser(parseShard),
     )
     .addOption(
       new Option(
