@@ -1,5 +1,6 @@
 import { createTestDatabase, type TestDatabase } from './helpers/database';
 import { runCli } from './helpers/cli';
+import { Gate, startCli } from './helpers/reliability';
 import { ROOT } from './helpers/server';
 import { checksumTables, ENGINE_RULES, writeRules } from './helpers/fixtures';
 import { runBatch, type BatchOptions } from '../src/engine/run';
@@ -198,5 +199,46 @@ describe('the SQL pre-filter', () => {
     const all = await dry(true, '2026-12-23');
     expect(all.changes.length).toBeGreaterThan(0);
     expect(decided(await dry(false, '2026-12-23'))).toEqual(decided(all));
+  });
+});
+
+describe('--shard I/N processes run side by side', () => {
+  let sharded: TestDatabase;
+  let whole: TestDatabase;
+  beforeAll(async () => {
+    [sharded, whole] = await Promise.all([seeded(), seeded()]);
+  });
+  afterAll(async () => Promise.all([sharded.drop(), whole.drop()]));
+
+  test('shard 1/2 runs while 0/2 is inside a page; a run over every account or a second 0/2 exits 3; together they write what one run writes', async () => {
+    const gate = await Gate.install(sharded, 'suspend.checkpoints', "new.shard = '0/2'");
+    const parked = startCli(
+      sharded,
+      ['backfill', '--shard', '0/2', '--no-notify', '--quiet', '--as-of', AS_OF, ...PAGES],
+      rulesFile,
+    );
+    try {
+      await gate.blocked(parked);
+      const other = await cli(sharded, ['backfill', '--shard', '1/2', '--no-notify', ...PAGES]);
+      expect(other.stderr).toBe('');
+      expect(other.code).toBe(0);
+      const everyAccount = await cli(sharded, ['sweep', '--no-notify', ...PAGES]);
+      expect(everyAccount.code).toBe(3);
+      expect(everyAccount.stderr).toContain('holds the lock on schema "suspend"');
+      const sameShard = await cli(sharded, ['backfill', '--shard', '0/2', '--no-notify', ...PAGES]);
+      expect(sameShard.code).toBe(3);
+      expect(sameShard.stderr).toContain('holds shard 0/2');
+    } finally {
+      await gate.remove();
+    }
+    const first = await parked.done;
+    expect(first.stderr).toBe('');
+    expect(first.code).toBe(0);
+    const reference = await cli(whole, ['backfill', '--no-notify', ...PAGES]);
+    expect(reference.code).toBe(0);
+    expect((JSON.parse(reference.stdout) as ReportJson).counts.changes).toBeGreaterThan(300);
+    expect(await outcome(sharded)).toEqual(await outcome(whole));
+    const runs = await sharded.knex('suspend.runs').orderBy('id').select('status');
+    expect(runs).toEqual([{ status: 'succeeded' }, { status: 'succeeded' }]);
   });
 });

@@ -201,8 +201,16 @@ export async function listRuns(
 }
 
 /** A backfill that did not finish (crashed, interrupted, stopped by the safety limit): resumable. */
-export async function unfinishedRun(knex: Knex, schema: string, kind: RunKind): Promise<RunRecord | null> {
-  const row = (await runQuery(knex, schema)
+export async function unfinishedRun(
+  knex: Knex,
+  schema: string,
+  kind: RunKind,
+  /** Only the runs of this `--shard` (`0/1`: over every account); any shard when absent. */
+  shard?: string,
+): Promise<RunRecord | null> {
+  const query = runQuery(knex, schema);
+  if (shard) query.whereRaw("coalesce(options->>'shard', '0/1') = ?", [shard]);
+  const row = (await query
     .where({ kind })
     .whereIn('status', ['running', 'interrupted', 'failed', 'stopped'])
     .orderBy('id', 'desc')

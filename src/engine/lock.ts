@@ -7,6 +7,11 @@ import { SuspendError, ExitCode } from '../errors';
  * The two-int form shows up in pg_locks as (classid, objid), which lets us name the holder.
  */
 const LOCK_CLASS = 0x5355; // "SU"
+/**
+ * `--shard I/N` runs hold the database's lock shared (so shards run side by side, and a run over
+ * every account waits for them all) and their own shard's lock exclusively.
+ */
+const SHARD_LOCK_CLASS = 0x5353; // "SS"
 
 export interface HeldLock {
   release(): Promise<void>;
@@ -24,12 +29,31 @@ type PgConnection = { query(sql: string, params?: unknown[]): Promise<{ rows: Re
 export async function acquireRunLock(
   knex: Knex,
   schema: string,
-  options: { wait: boolean; description: string; onWait?: (holder: string) => void },
+  options: {
+    wait: boolean;
+    description: string;
+    onWait?: (holder: string) => void;
+    /** `I/N` for a `--shard` run. */
+    shard?: string | null;
+  },
 ): Promise<HeldLock> {
   const conn = (await knex.client.acquireConnection()) as PgConnection;
+  const shard = options.shard ?? null;
+  const locks: { cls: number; key: string; shared: boolean; what: string }[] = shard
+    ? [
+        { cls: LOCK_CLASS, key: schema, shared: true, what: `the lock on schema "${schema}"` },
+        { cls: SHARD_LOCK_CLASS, key: `${schema}/${shard}`, shared: false, what: `shard ${shard}` },
+      ]
+    : [{ cls: LOCK_CLASS, key: schema, shared: false, what: `the lock on schema "${schema}"` }];
+  const held: typeof locks = [];
   const release = async () => {
     try {
-      await conn.query('select pg_advisory_unlock($1, hashtext($2))', [LOCK_CLASS, schema]);
+      for (const l of held.reverse()) {
+        await conn.query(`select pg_advisory_unlock${l.shared ? '_shared' : ''}($1, hashtext($2))`, [
+          l.cls,
+          l.key,
+        ]);
+      }
     } catch {
       // The session is gone (connection cut, server stopped): the lock died with it, and the error
       // that ended the run is the one worth reporting, not this one.
@@ -43,35 +67,40 @@ export async function acquireRunLock(
       'application_name',
       options.description.slice(0, 63),
     ]);
-    const tried = await conn.query('select pg_try_advisory_lock($1, hashtext($2)) as ok', [
-      LOCK_CLASS,
-      schema,
-    ]);
-    if (tried.rows[0]?.ok === true) return { release };
-    const holder = await describeHolder(knex, schema);
-    if (!options.wait) {
-      throw new SuspendError(
-        `Another suspend run holds the lock on schema "${schema}": ${holder}; wait for it to finish or pass --wait.`,
-        { exitCode: ExitCode.lockHeld },
-      );
+    for (const l of locks) {
+      const kind = l.shared ? '_shared' : '';
+      const tried = await conn.query(`select pg_try_advisory_lock${kind}($1, hashtext($2)) as ok`, [
+        l.cls,
+        l.key,
+      ]);
+      if (tried.rows[0]?.ok !== true) {
+        const holder = await describeHolder(knex, l.key, l.cls);
+        if (!options.wait) {
+          throw new SuspendError(
+            `Another suspend run holds ${l.what}: ${holder}; wait for it to finish or pass --wait.`,
+            { exitCode: ExitCode.lockHeld },
+          );
+        }
+        options.onWait?.(holder);
+        await conn.query(`select pg_advisory_lock${kind}($1, hashtext($2))`, [l.cls, l.key]);
+      }
+      held.push(l);
     }
-    options.onWait?.(holder);
-    await conn.query('select pg_advisory_lock($1, hashtext($2))', [LOCK_CLASS, schema]);
     return { release };
   } catch (err) {
-    await knex.client.releaseConnection(conn);
+    await release();
     throw err;
   }
 }
 
-export async function describeHolder(knex: Knex, schema: string): Promise<string> {
+export async function describeHolder(knex: Knex, schema: string, cls = LOCK_CLASS): Promise<string> {
   const result = await knex.raw<{ rows: Holder[] }>(
     `select a.application_name, a.backend_start, a.client_addr::text as client_addr, a.pid
        from pg_locks l join pg_stat_activity a on a.pid = l.pid
       where l.locktype = 'advisory' and l.granted
         and l.database = (select oid from pg_database where datname = current_database())
         and l.classid = ? and l.objid = hashtext(?)::oid and l.objsubid = 2`,
-    [LOCK_CLASS, schema],
+    [cls, schema],
   );
   const h = result.rows[0];
   if (!h) return 'a session that has just finished';

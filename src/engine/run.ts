@@ -121,6 +121,7 @@ export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions):
   await requireMigrated(knex, schema);
   const lock = await acquireRunLock(knex, schema, {
     wait: options.wait,
+    shard: options.shard && options.shard.count > 1 ? shardName(options.shard) : null,
     description: `suspend ${options.kind} by ${options.actor} (pid ${process.pid})`,
     onWait: (holder) => options.onLog?.(`waiting for the lock held by ${holder}`),
   });
@@ -306,7 +307,8 @@ async function openRun(
   const schema = rules.settings.schema;
   const shard = shardName(options.shard);
   if (options.kind === 'backfill') {
-    const unfinished = await unfinishedRun(knex, schema, 'backfill');
+    // Shards run side by side, each with its own runs: only this shard's backfill concerns us.
+    const unfinished = await unfinishedRun(knex, schema, 'backfill', shard);
     if (unfinished?.status === 'running') {
       // We hold the run lock, so the process that wrote "running" is gone (killed, or cut off
       // from the server before it could say so): the ledger says interrupted from now on.
@@ -324,12 +326,11 @@ async function openRun(
       return { run: unfinished, workers: await resumeRun(knex, rules, options, unfinished, shard) };
     }
   } else {
-    // A sweep that crashed left its row "running"; we hold the lock now, so it is dead.
-    await knex
-      .withSchema(schema)
-      .table('runs')
-      .where({ kind: options.kind, status: 'running' })
-      .update({ status: 'interrupted', finished_at: knex.fn.now() });
+    // A sweep that crashed left its row "running"; we hold the lock now (of this shard, when it
+    // is one), so it is dead.
+    const stale = knex.withSchema(schema).table('runs').where({ kind: options.kind, status: 'running' });
+    if (shard !== SHARD_ALL) stale.whereRaw("options->>'shard' = ?", [shard]);
+    await stale.update({ status: 'interrupted', finished_at: knex.fn.now() });
   }
   const ranges = await splitRange(knex, rules, filterOf(options), total, options.workers ?? 1);
   const run = await startRun(knex, schema, {

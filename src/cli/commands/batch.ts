@@ -69,7 +69,7 @@ function batchOptions(cmd: Command, kind: BatchKind | 'report'): Command {
     .addOption(
       new Option(
         '--shard <i/n>',
-        'process only shard I of N (hash of the key; shards take turns on the run lock)',
+        'process only shard I of N (hash of the key; N processes can run side by side)',
       ).argParser(parseShard),
     )
     .addOption(
