@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import { candidatePredicate } from './candidates';
-import type { PageState, StoredState } from './states';
+import { storedState, type PageState, type StoredState } from './states';
 import type { IsoDate, Rules, Signals, SourceMapping } from '../types';
 
 /**
@@ -581,14 +581,7 @@ export async function readPage(
     if (row.state_rows) {
       const byPolicy = new Map<string, StoredState>();
       for (const r of row.state_rows) {
-        byPolicy.set(r.policy, {
-          stage: r.stage,
-          stageIndex: r.stage_index,
-          enteredOn: r.entered_on,
-          reinstatedOn: r.reinstated_on,
-          version: r.version,
-          hostBefore: r.host_before,
-        });
+        byPolicy.set(r.policy, storedState(r));
       }
       state.states.set(row.key, byPolicy);
     }

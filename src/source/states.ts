@@ -58,14 +58,19 @@ export async function readPageState(
   for (const r of stateRows) {
     let byPolicy = states.get(r.customer_key);
     if (!byPolicy) states.set(r.customer_key, (byPolicy = new Map()));
-    byPolicy.set(r.policy, {
-      stage: r.stage,
-      stageIndex: r.stage_index,
-      enteredOn: r.entered_on,
-      reinstatedOn: r.reinstated_on,
-      version: r.version,
-      hostBefore: r.host_before,
-    });
+    byPolicy.set(r.policy, storedState(r));
   }
   return { states, exclusions };
+}
+
+/** One account_states row (columns as stored) as the evaluator reads it. */
+export function storedState(r: Omit<StateRow, 'customer_key'>): StoredState {
+  return {
+    stage: r.stage,
+    stageIndex: r.stage_index,
+    enteredOn: r.entered_on,
+    reinstatedOn: r.reinstated_on,
+    version: r.version,
+    hostBefore: r.host_before,
+  };
 }
