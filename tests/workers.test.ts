@@ -1,6 +1,11 @@
-import { createTestDatabase, type TestDatabase } from './helpers/database';
-import { runCli } from './helpers/cli';
-import { Gate, startCli } from './helpers/reliability';
+import type { TestDatabase } from './helpers/database';
+import {
+  cli as runEngineCli,
+  Gate,
+  seededDatabase,
+  startCli,
+  waitForSessionsGone,
+} from './helpers/reliability';
 import { ROOT } from './helpers/server';
 import { checksumTables, ENGINE_RULES, writeRules } from './helpers/fixtures';
 import { runBatch, type BatchOptions } from '../src/engine/run';
@@ -15,32 +20,27 @@ import type { StateChange } from '../src/write/apply';
 const AS_OF = '2026-11-23';
 const rulesFile = writeRules(ENGINE_RULES);
 
-async function seeded(): Promise<TestDatabase> {
-  const db = await createTestDatabase();
-  const r = await runCli([
-    'seed',
-    '--customers',
-    '3000',
-    '--orgs',
-    '5',
-    '--seed',
-    '13',
-    '--as-of',
-    AS_OF,
-    '--reset',
-    '--database-url',
-    db.url,
-    '--quiet',
-  ]);
-  expect(r).toMatchObject({ code: 0 });
-  return db;
+/** 3,000 reference accounts in 5 organizations. */
+const seeded = () => seededDatabase(3000, 13);
+
+/**
+ * N copies of the seeded database for one describe block (one to change, the others to compare
+ * with), created before its tests and dropped after them.
+ */
+function seededCopies(n: number): TestDatabase[] {
+  const copies: TestDatabase[] = [];
+  beforeAll(async () => {
+    copies.push(...(await Promise.all(Array.from({ length: n }, seeded))));
+  });
+  afterAll(async () => Promise.all(copies.map((db) => db.drop())));
+  return copies;
 }
 
 /** Small pages, so each worker walks several. */
 const PAGES = ['--format', 'json', '--batch-size', '250'];
 
 function cli(db: TestDatabase, args: string[]) {
-  return runCli([...args, '--as-of', AS_OF, '--rules', rulesFile, '--database-url', db.url, '--quiet']);
+  return runEngineCli(db, [...args, '--as-of', AS_OF, '--quiet'], rulesFile);
 }
 
 interface ReportJson {
@@ -58,7 +58,7 @@ async function outcome(db: TestDatabase) {
          from suspend.account_states`,
     ),
     history: await lines(
-      `select concat_ws('|', customer_key, policy, kind, from_stage, to_stage, reasons::text, previous_state::text) as line
+      `select concat_ws('|', customer_key, policy, kind, from_stage, to_stage, reasons::text, (previous_state - 'updated_at')::text) as line
          from suspend.history`,
     ),
     outbox: await lines(
@@ -69,14 +69,10 @@ async function outcome(db: TestDatabase) {
 }
 
 describe('backfill --workers', () => {
-  let one: TestDatabase;
-  let two: TestDatabase;
-  beforeAll(async () => {
-    [one, two] = await Promise.all([seeded(), seeded()]);
-  });
-  afterAll(async () => Promise.all([one.drop(), two.drop()]));
+  const copies = seededCopies(2);
 
   test('--dry-run with --workers 2 writes nothing and reports what one worker reports', async () => {
+    const [, two] = copies as [TestDatabase, TestDatabase];
     const before = await checksumTables(two.knex, ['public', 'suspend']);
     const single = await cli(two, ['backfill', '--dry-run', ...PAGES]);
     const split = await cli(two, ['backfill', '--dry-run', '--workers', '2', ...PAGES]);
@@ -88,6 +84,7 @@ describe('backfill --workers', () => {
   });
 
   test('two workers write exactly the states, history, outbox and host columns of one', async () => {
+    const [one, two] = copies as [TestDatabase, TestDatabase];
     const a = await cli(one, ['backfill', '--no-notify', ...PAGES]);
     const b = await cli(two, ['backfill', '--no-notify', '--workers', '2', ...PAGES]);
     expect([a.code, b.code]).toEqual([0, 0]);
@@ -111,31 +108,19 @@ describe('backfill --workers', () => {
 });
 
 describe('a run with workers stopped by the safety limit resumes with its own split', () => {
-  let stopped: TestDatabase;
-  let clean: TestDatabase;
-  beforeAll(async () => {
-    [stopped, clean] = await Promise.all([seeded(), seeded()]);
-  });
-  afterAll(async () => Promise.all([stopped.drop(), clean.drop()]));
+  const copies = seededCopies(2);
 
   test('--resume continues each worker after its checkpoint and ends where an uninterrupted run ends', async () => {
+    const [stopped, clean] = copies as [TestDatabase, TestDatabase];
     const args = ['backfill', '--no-notify', '--workers', '2', '--batch-size', '200', '--format', 'json'];
     const first = await cli(stopped, [...args, '--max-changes', '400']);
     expect(first.code).toBe(4);
-    const resumed = await runCli([
-      'backfill',
-      '--resume',
-      '--no-notify',
-      '--max-changes',
-      'none',
-      '--rules',
+    // No --as-of: a resumed run keeps its own.
+    const resumed = await runEngineCli(
+      stopped,
+      ['backfill', '--resume', '--no-notify', '--max-changes', 'none', '--format', 'json', '--quiet'],
       rulesFile,
-      '--database-url',
-      stopped.url,
-      '--format',
-      'json',
-      '--quiet',
-    ]);
+    );
     expect(resumed.code).toBe(0);
     expect(await cli(clean, args)).toMatchObject({ code: 0 });
     const [a, b] = [await outcome(stopped), await outcome(clean)];
@@ -202,16 +187,19 @@ describe('the SQL pre-filter', () => {
   });
 });
 
-describe('--shard I/N processes run side by side', () => {
-  let sharded: TestDatabase;
-  let whole: TestDatabase;
-  beforeAll(async () => {
-    [sharded, whole] = await Promise.all([seeded(), seeded()]);
-  });
-  afterAll(async () => Promise.all([sharded.drop(), whole.drop()]));
+describe('--shard I/N processes share one run', () => {
+  const copies = seededCopies(4);
+  const runs = (db: TestDatabase) =>
+    db.knex('suspend.runs').orderBy('id').select('id', 'kind', 'status', 'counts');
+  const historyRunIds = async (db: TestDatabase) =>
+    (await db.knex('suspend.history').distinct('run_id').orderBy('run_id')).map((r: { run_id: string }) =>
+      String(r.run_id),
+    );
 
-  test('shard 1/2 runs while 0/2 is inside a page; a run over every account or a second 0/2 exits 3; together they write what one run writes', async () => {
-    const gate = await Gate.install(sharded, 'suspend.checkpoints', "new.shard = '0/2'");
+  test('shard 1/2 runs while 0/2 is inside a page; a run over every account or a second 0/2 exits 3; together they write what one run writes, under one run id', async () => {
+    const [sharded, whole] = copies as [TestDatabase, TestDatabase];
+    // Parks shard 0/2 in its first page's transaction (its opening checkpoint rows have 0 pages).
+    const gate = await Gate.install(sharded, 'suspend.checkpoints', "new.shard = '0/2' and new.pages > 0");
     const parked = startCli(
       sharded,
       ['backfill', '--shard', '0/2', '--no-notify', '--quiet', '--as-of', AS_OF, ...PAGES],
@@ -219,9 +207,18 @@ describe('--shard I/N processes run side by side', () => {
     );
     try {
       await gate.blocked(parked);
-      const other = await cli(sharded, ['backfill', '--shard', '1/2', '--no-notify', ...PAGES]);
-      expect(other.stderr).toBe('');
+      const other = await runEngineCli(
+        sharded,
+        ['backfill', '--shard', '1/2', '--no-notify', ...PAGES],
+        rulesFile,
+      );
       expect(other.code).toBe(0);
+      expect(other.stderr).toContain('shard 1/2 finished; run ');
+      expect(other.stderr).toContain('goes on until shard 0/2 finishes');
+      // The run shard 0/2 opened, joined by 1/2: still running, since 0/2 has not finished.
+      const [open] = await runs(sharded);
+      expect(open).toMatchObject({ kind: 'backfill', status: 'running' });
+      expect(JSON.parse(other.stdout)).toMatchObject({ runId: String(open.id) });
       const everyAccount = await cli(sharded, ['sweep', '--no-notify', ...PAGES]);
       expect(everyAccount.code).toBe(3);
       expect(everyAccount.stderr).toContain('holds the lock on schema "suspend"');
@@ -236,9 +233,87 @@ describe('--shard I/N processes run side by side', () => {
     expect(first.code).toBe(0);
     const reference = await cli(whole, ['backfill', '--no-notify', ...PAGES]);
     expect(reference.code).toBe(0);
-    expect((JSON.parse(reference.stdout) as ReportJson).counts.changes).toBeGreaterThan(300);
+    const counts = (JSON.parse(reference.stdout) as ReportJson).counts;
+    expect(counts.changes).toBeGreaterThan(300);
     expect(await outcome(sharded)).toEqual(await outcome(whole));
-    const runs = await sharded.knex('suspend.runs').orderBy('id').select('status');
-    expect(runs).toEqual([{ status: 'succeeded' }, { status: 'succeeded' }]);
+    // One run row for both shards, closed by the last one with the counts of both.
+    const ledger = await runs(sharded);
+    expect(ledger).toHaveLength(1);
+    expect(ledger[0]).toMatchObject({ status: 'succeeded' });
+    expect(ledger[0].counts).toMatchObject({ scanned: 3000, changes: counts.changes });
+    expect(await historyRunIds(sharded)).toEqual([String(ledger[0].id)]);
+    const shown = await runEngineCli(sharded, ['runs', 'show', String(ledger[0].id)], rulesFile);
+    expect(shown.code).toBe(0);
+    expect(shown.stdout).toMatch(/^checkpoint 0\/2: done, \d+ pages, \d+ scanned/m);
+    expect(shown.stdout).toMatch(/^checkpoint 1\/2: done, \d+ pages, \d+ scanned/m);
+
+    // A month later both shards sweep: one sweep run with both shards' changes.
+    const later = ['sweep', '--no-notify', '--as-of', '2026-12-23', '--quiet', ...PAGES];
+    const sweepWhole = await runEngineCli(whole, later, rulesFile);
+    const sweepCounts = (JSON.parse(sweepWhole.stdout) as ReportJson).counts;
+    expect(sweepCounts.changes).toBeGreaterThan(0);
+    // Started at the same moment: one opens the run, the other joins it.
+    const both = await Promise.all(
+      ['0/2', '1/2'].map((shard) => runEngineCli(sharded, [...later, '--shard', shard], rulesFile)),
+    );
+    expect(both.map((r) => r.code)).toEqual([0, 0]);
+    const sweeps = (await runs(sharded)).filter((r) => r.kind === 'sweep');
+    expect(sweeps).toHaveLength(1);
+    expect(sweeps[0]).toMatchObject({ status: 'succeeded' });
+    expect(sweeps[0].counts).toMatchObject({ scanned: 3000, changes: sweepCounts.changes });
+    expect(await outcome(sharded)).toEqual(await outcome(whole));
+    // A shard that sweeps again the same day has done its part of that run: it starts the next one.
+    expect(await runEngineCli(sharded, [...later, '--shard', '0/2'], rulesFile)).toMatchObject({ code: 0 });
+    expect((await runs(sharded)).filter((r) => r.kind === 'sweep').map((r) => r.status)).toEqual([
+      'succeeded',
+      'running',
+    ]);
+  });
+
+  test('a killed shard leaves the shared run unfinished: that shard refuses to start over, --resume finishes the one run', async () => {
+    const [, , killed, whole] = copies as TestDatabase[] as [
+      TestDatabase,
+      TestDatabase,
+      TestDatabase,
+      TestDatabase,
+    ];
+    // Killed in its third page, with two pages committed.
+    const gate = await Gate.install(killed, 'suspend.checkpoints', "new.shard = '0/2' and new.pages > 2");
+    const parked = startCli(
+      killed,
+      ['backfill', '--shard', '0/2', '--no-notify', '--quiet', '--as-of', AS_OF, ...PAGES],
+      rulesFile,
+    );
+    try {
+      await gate.blocked(parked);
+      parked.child.kill('SIGKILL');
+      expect((await parked.done).signal).toBe('SIGKILL');
+    } finally {
+      await gate.remove();
+    }
+    await waitForSessionsGone(killed);
+    expect(await cli(killed, ['backfill', '--shard', '1/2', '--no-notify', ...PAGES])).toMatchObject({
+      code: 0,
+    });
+    expect((await runs(killed)).map((r) => r.status)).toEqual(['running']);
+
+    const again = await cli(killed, ['backfill', '--shard', '0/2', '--no-notify', ...PAGES]);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toMatch(
+      /^error: Backfill run \d+ .* did not finish on shard 0\/2 \(interrupted\); continue it with `suspend backfill --shard 0\/2 --resume`/,
+    );
+    expect((await runs(killed)).map((r) => r.status)).toEqual(['interrupted']);
+
+    const resumed = await runEngineCli(
+      killed,
+      ['backfill', '--shard', '0/2', '--resume', '--no-notify', '--quiet', ...PAGES],
+      rulesFile,
+    );
+    expect(resumed).toMatchObject({ code: 0, stderr: '' });
+    const ledger = await runs(killed);
+    expect(ledger.map((r) => r.status)).toEqual(['succeeded']);
+    expect(await historyRunIds(killed)).toEqual([String(ledger[0].id)]);
+    expect(await cli(whole, ['backfill', '--no-notify', ...PAGES])).toMatchObject({ code: 0 });
+    expect(await outcome(killed)).toEqual(await outcome(whole));
   });
 });

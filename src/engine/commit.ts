@@ -106,7 +106,7 @@ export async function commitPage(
  */
 export async function saveCheckpoint(
   knex: Knex | Knex.Transaction,
-  ctx: WriteContext,
+  ctx: Pick<WriteContext, 'schema' | 'runId'>,
   checkpoint: string,
   lastKey: string | null,
   counts: RunCounts,

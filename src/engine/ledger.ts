@@ -169,13 +169,13 @@ export async function heartbeat(
   knex: Knex | Knex.Transaction,
   schema: string,
   id: string,
-  counts: object,
+  counts: object | null,
 ): Promise<void> {
   await knex
     .withSchema(schema)
     .table('runs')
     .where({ id })
-    .update({ heartbeat_at: knex.fn.now(), counts: JSON.stringify(counts) });
+    .update({ heartbeat_at: knex.fn.now(), ...(counts ? { counts: JSON.stringify(counts) } : {}) });
 }
 
 export async function getRun(
@@ -209,7 +209,8 @@ export async function unfinishedRun(
   shard?: string,
 ): Promise<RunRecord | null> {
   const query = runQuery(knex, schema);
-  if (shard) query.whereRaw("coalesce(options->>'shard', '0/1') = ?", [shard]);
+  // Over every account: not a run the shards share (see shards.ts).
+  if (shard) query.whereRaw("coalesce(options->>'shard', '0/1') = ? and options->>'shards' is null", [shard]);
   const row = (await query
     .where({ kind })
     .whereIn('status', ['running', 'interrupted', 'failed', 'stopped'])
@@ -218,6 +219,56 @@ export async function unfinishedRun(
   return row ? toRecord(row) : null;
 }
 
-export async function setRunStatus(knex: Knex, schema: string, id: string, status: RunStatus): Promise<void> {
-  await knex.withSchema(schema).table('runs').where({ id }).update({ status, heartbeat_at: knex.fn.now() });
+export async function setRunStatus(
+  knex: Knex | Knex.Transaction,
+  schema: string,
+  id: string,
+  status: RunStatus,
+): Promise<void> {
+  // A run that goes on again has not finished.
+  const reopened = status === 'running' ? { finished_at: null } : {};
+  await knex
+    .withSchema(schema)
+    .table('runs')
+    .where({ id })
+    .update({ status, ...reopened, heartbeat_at: knex.fn.now() });
+}
+
+export interface CheckpointRecord {
+  /** `I/N`, or `I/N part k/m` for one of a run's --workers. */
+  shard: string;
+  lastKey: string | null;
+  pages: number;
+  scanned: number;
+  done: boolean;
+  updatedAt: Date;
+}
+
+/** Where each shard and worker of a run got to. */
+export async function runCheckpoints(
+  knex: Knex | Knex.Transaction,
+  schema: string,
+  runId: string,
+): Promise<CheckpointRecord[]> {
+  const rows = (await knex
+    .withSchema(schema)
+    .from('checkpoints')
+    .where({ run_id: runId })
+    .orderBy('shard')
+    .select('shard', 'last_key', 'pages', 'scanned', 'done', 'updated_at')) as {
+    shard: string;
+    last_key: string | null;
+    pages: number;
+    scanned: string;
+    done: boolean;
+    updated_at: Date;
+  }[];
+  return rows.map((r) => ({
+    shard: r.shard,
+    lastKey: r.last_key,
+    pages: r.pages,
+    scanned: Number(r.scanned),
+    done: r.done,
+    updatedAt: r.updated_at,
+  }));
 }

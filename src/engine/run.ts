@@ -6,6 +6,7 @@ import { countAccountsQuery, qualified, stateTables } from '../source/signals';
 import type { StateChange, WriteContext } from '../write/apply';
 import { checkSetColumns } from '../write/host-columns';
 import { acquireRunLock, type HeldLock } from './lock';
+import { closeShard, runToJoin, unfinishedShardRun, withShardLedgerLock } from './shards';
 import { commitPage, saveCheckpoint } from './commit';
 import { countChanges, emptyCounts, mergeCounts, pageCounts, restoreCounts, type RunCounts } from './counts';
 import {
@@ -289,8 +290,9 @@ function maxChangesFor(rules: Rules, total: number): number | null {
   return 'count' in m ? m.count : Math.floor(m.fraction * total);
 }
 
-function storedRanges(run: RunRecord): KeyRange[] {
-  const ranges = run.options.ranges;
+function storedRanges(run: RunRecord, shard: string): KeyRange[] {
+  const parts = run.options.parts as Record<string, { ranges?: unknown }> | undefined;
+  const ranges = parts ? parts[shard]?.ranges : run.options.ranges;
   if (!Array.isArray(ranges) || ranges.length === 0) return [WHOLE_RANGE];
   return ranges.map((r) => {
     const [after, until] = r as [string | null, string | null];
@@ -304,36 +306,65 @@ async function openRun(
   options: BatchOptions,
   total: number,
 ): Promise<{ run: RunRecord; workers: WorkerStart[] }> {
+  if (sharded(options.shard)) return openShardRun(knex, rules, options, options.shard, total);
   const schema = rules.settings.schema;
-  const shard = shardName(options.shard);
   if (options.kind === 'backfill') {
-    // Shards run side by side, each with its own runs: only this shard's backfill concerns us.
-    const unfinished = await unfinishedRun(knex, schema, 'backfill', shard);
+    const unfinished = await unfinishedRun(knex, schema, 'backfill', SHARD_ALL);
     if (unfinished?.status === 'running') {
       // We hold the run lock, so the process that wrote "running" is gone (killed, or cut off
       // from the server before it could say so): the ledger says interrupted from now on.
       await setRunStatus(knex, schema, unfinished.id, 'interrupted');
       unfinished.status = 'interrupted';
     }
-    if (unfinished && !options.resume) {
-      throw new UsageError(
-        `Backfill run ${unfinished.id} (as of ${unfinished.asOf}, started ${unfinished.startedAt.toISOString()} by ${unfinished.startedBy}) did not finish (${unfinished.status}); continue it with \`suspend backfill --resume\` or give it up with \`suspend backfill --abandon\`.`,
-      );
-    }
+    if (unfinished && !options.resume) throw unfinishedBackfill(unfinished, '');
     if (options.resume) {
-      if (!unfinished)
-        throw new UsageError('There is no unfinished backfill to resume; start one with `suspend backfill`.');
-      return { run: unfinished, workers: await resumeRun(knex, rules, options, unfinished, shard) };
+      if (!unfinished) throw nothingToResume('');
+      return { run: unfinished, workers: await resumeRun(knex, rules, options, unfinished, SHARD_ALL) };
     }
   } else {
-    // A sweep that crashed left its row "running"; we hold the lock now (of this shard, when it
-    // is one), so it is dead.
-    const stale = knex.withSchema(schema).table('runs').where({ kind: options.kind, status: 'running' });
-    if (shard !== SHARD_ALL) stale.whereRaw("options->>'shard' = ?", [shard]);
-    await stale.update({ status: 'interrupted', finished_at: knex.fn.now() });
+    // A sweep that crashed left its row "running"; we hold the lock over every account, so it is dead.
+    await knex
+      .withSchema(schema)
+      .table('runs')
+      .where({ kind: options.kind, status: 'running' })
+      .update({ status: 'interrupted', finished_at: knex.fn.now() });
   }
   const ranges = await splitRange(knex, rules, filterOf(options), total, options.workers ?? 1);
-  const run = await startRun(knex, schema, {
+  const run = await startRun(
+    knex,
+    schema,
+    newRun(rules, options, { shard: SHARD_ALL, ...rangeOptions(ranges) }),
+  );
+  return { run, workers: freshWorkers(ranges, SHARD_ALL) };
+}
+
+function sharded(shard: BatchOptions['shard']): shard is { index: number; count: number } {
+  return shard !== null && shard.count > 1;
+}
+
+function unfinishedBackfill(run: RunRecord, shard: string): UsageError {
+  const flag = shard ? ` --shard ${shard}` : '';
+  return new UsageError(
+    `Backfill run ${run.id} (as of ${run.asOf}, started ${run.startedAt.toISOString()} by ${run.startedBy}) did not finish${shard ? ` on shard ${shard}` : ''} (${run.status}); continue it with \`suspend backfill${flag} --resume\` or give it up with \`suspend backfill --abandon\`.`,
+  );
+}
+
+function nothingToResume(shard: string): UsageError {
+  return new UsageError(
+    `There is no unfinished backfill${shard ? ` on shard ${shard}` : ''} to resume; start one with \`suspend backfill${shard ? ` --shard ${shard}` : ''}\`.`,
+  );
+}
+
+/** Where each worker's range ends, so a resumed run splits the accounts the same way. */
+function rangeOptions(ranges: KeyRange[]) {
+  return {
+    workers: ranges.length,
+    ...(ranges.length > 1 ? { ranges: ranges.map((r) => [r.after, r.until]) } : {}),
+  };
+}
+
+function newRun(rules: Rules, options: BatchOptions, scope: Record<string, unknown>) {
+  return {
     kind: options.kind,
     asOf: options.asOf,
     rulesHash: rules.hash,
@@ -341,23 +372,86 @@ async function openRun(
     orgFilter: options.orgs?.join(',') ?? null,
     options: {
       batchSize: options.batchSize,
-      shard,
+      ...scope,
       dryRun: false,
-      workers: ranges.length,
-      // Where each worker's range ends, so a resumed run splits the accounts the same way.
-      ...(ranges.length > 1 ? { ranges: ranges.map((r) => [r.after, r.until]) } : {}),
     },
     startedBy: options.actor,
-  });
-  return {
-    run,
-    workers: ranges.map((range, i) => ({
-      range,
-      checkpoint: checkpointName(shard, i, ranges.length),
-      counts: emptyCounts(),
-      done: false,
-    })),
   };
+}
+
+function freshWorkers(ranges: KeyRange[], shard: string): WorkerStart[] {
+  return ranges.map((range, i) => ({
+    range,
+    checkpoint: checkpointName(shard, i, ranges.length),
+    counts: emptyCounts(),
+    done: false,
+  }));
+}
+
+/**
+ * A `--shard I/N` run: resume this shard's unfinished part, or join the run the other shards
+ * started (see shards.ts), or start the run they will join. The shard's checkpoint rows are
+ * written at once, in the same transaction, so a shard starting next sees this one's part.
+ */
+async function openShardRun(
+  knex: Knex,
+  rules: Rules,
+  options: BatchOptions,
+  shard: { index: number; count: number },
+  total: number,
+): Promise<{ run: RunRecord; workers: WorkerStart[] }> {
+  const schema = rules.settings.schema;
+  const name = shardName(shard);
+  // We hold this shard's lock: a part of it still marked unfinished belongs to a dead process.
+  const mine = await unfinishedShardRun(knex, schema, options.kind, shard);
+  if (mine && options.kind === 'backfill') {
+    if (mine.status === 'running') {
+      await setRunStatus(knex, schema, mine.id, 'interrupted');
+      mine.status = 'interrupted';
+    }
+    if (!options.resume) throw unfinishedBackfill(mine, name);
+    return { run: mine, workers: await resumeRun(knex, rules, options, mine, name) };
+  }
+  if (options.resume) throw nothingToResume(name);
+  if (mine) {
+    await closeShard(knex, schema, mine.id, shard.count, {
+      status: 'interrupted',
+      error: `shard ${name} stopped without finishing`,
+    });
+  }
+  const ranges = await splitRange(knex, rules, filterOf(options), total, options.workers ?? 1);
+  const run = await withShardLedgerLock(knex, schema, async (trx) => {
+    const joined = await runToJoin(trx, schema, options.kind, shard, {
+      asOf: options.asOf,
+      rulesHash: rules.hash,
+    });
+    const run = joined ?? (await startRun(trx, schema, newRun(rules, options, { shards: shard.count })));
+    if (joined && joined.asOf !== options.asOf) {
+      options.onLog?.(
+        `note: shard ${name} joins backfill run ${joined.id} and judges as of its day, ${joined.asOf}`,
+      );
+      options.asOf = joined.asOf;
+    }
+    if (joined?.status !== undefined && joined.status !== 'running') {
+      await setRunStatus(trx, schema, joined.id, 'running');
+    }
+    await trx
+      .withSchema(schema)
+      .table('runs')
+      .where({ id: run.id })
+      .update({
+        // Each shard's own split, for its resume.
+        options: trx.raw("jsonb_set(options, '{parts}', coalesce(options->'parts', '{}') || ?::jsonb)", [
+          JSON.stringify({ [name]: rangeOptions(ranges) }),
+        ]),
+      });
+    const ctx = { schema, runId: run.id };
+    for (const w of freshWorkers(ranges, name)) {
+      await saveCheckpoint(trx, ctx, w.checkpoint, w.range.after, w.counts);
+    }
+    return run;
+  });
+  return { run, workers: freshWorkers(ranges, name) };
 }
 
 async function resumeRun(
@@ -374,7 +468,7 @@ async function resumeRun(
     );
   }
   await setRunStatus(knex, schema, unfinished.id, 'running');
-  const ranges = storedRanges(unfinished);
+  const ranges = storedRanges(unfinished, shard);
   if ((options.workers ?? 1) !== ranges.length) {
     options.onLog?.(
       `note: run ${unfinished.id} continues with the ${ranges.length} worker(s) it started with`,
@@ -463,6 +557,31 @@ async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptio
     error: null,
     exitCode,
   });
+  const shards = sharded(options.shard) ? options.shard : null;
+  /** Closes the run, or this shard's part of a shared run (the run closes with its last shard). */
+  const close = async (stopped: { status: 'interrupted' | 'stopped'; error: string | null } | null) => {
+    if (!shards) {
+      await finishRun(knex, schema, run.id, {
+        status: stopped?.status ?? 'succeeded',
+        counts,
+        error: stopped?.error,
+      });
+      return;
+    }
+    const name = shardName(shards);
+    const progress = await closeShard(
+      knex,
+      schema,
+      run.id,
+      shards.count,
+      stopped && { status: stopped.status, error: `shard ${name}: ${stopped.error ?? stopped.status}` },
+    );
+    if (!stopped && progress.waiting.length > 0) {
+      options.onLog?.(
+        `shard ${name} finished; run ${run.id} goes on until shard${progress.waiting.length > 1 ? 's' : ''} ${progress.waiting.join(', ')} finish${progress.waiting.length > 1 ? '' : 'es'}`,
+      );
+    }
+  };
   try {
     const source = await pageSource(knex, rules, options, schema);
     await runWorkers(
@@ -515,7 +634,8 @@ async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptio
         }
         if (Date.now() - lastBeat >= HEARTBEAT_MS) {
           lastBeat = Date.now();
-          await heartbeat(knex, schema, run.id, counts);
+          // A shared run's counts are added up from every shard's checkpoints when a shard closes.
+          await heartbeat(knex, schema, run.id, shards ? null : counts);
         }
         await options.onPage?.({ evaluated: plan.evaluated, changes: written, counts, total });
         return true;
@@ -535,27 +655,22 @@ async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptio
     );
     if (limit) {
       const { wouldReach } = limit;
-      await finishRun(knex, schema, run.id, {
+      await close({
         status: 'stopped',
-        counts,
         error: `safety limit: max_changes ${max} would be crossed (${wouldReach} changes)`,
       });
       return result('stopped', ExitCode.safetyLimit);
     }
     if (options.signal?.aborted) {
-      await finishRun(knex, schema, run.id, { status: 'interrupted', counts });
+      await close({ status: 'interrupted', error: null });
       return result('interrupted', ExitCode.failed);
     }
-    await finishRun(knex, schema, run.id, { status: 'succeeded', counts });
+    await close(null);
     return result('succeeded', ExitCode.ok, await getRun(knex, schema, run.id));
   } catch (err) {
     // Mark the run interrupted when the database still answers; if it does not, the row stays
     // "running" and the next run (which then holds the lock) knows it died.
-    await finishRun(knex, schema, run.id, {
-      status: 'interrupted',
-      counts,
-      error: errorMessage(err),
-    }).catch(() => undefined);
+    await close({ status: 'interrupted', error: errorMessage(err) }).catch(() => undefined);
     throw err;
   }
 }

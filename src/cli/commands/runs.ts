@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { Option } from 'commander';
 import { runCommand, writeArtifact, type CommonOptions } from '../context';
 import { formatOption, parsePositiveInteger, withCommonOptions, type Format } from '../options';
-import { getRun, listRuns, type RunRecord } from '../../engine/ledger';
+import { getRun, listRuns, runCheckpoints, type RunRecord } from '../../engine/ledger';
 import { requireMigrated } from '../../db/migrate';
 import { UsageError } from '../../errors';
 import { renderCsv, renderMarkdown, renderTable, type Row } from '../../report/tables';
@@ -62,7 +62,8 @@ export function registerRuns(program: Command): void {
       await requireMigrated(knex, rules.settings.schema);
       const run = await getRun(knex, rules.settings.schema, id);
       if (!run) throw new UsageError(`There is no run ${id}; \`suspend runs\` lists them.`);
-      if (opts.format === 'json') return writeArtifact(JSON.stringify(run, null, 2));
+      const checkpoints = await runCheckpoints(knex, rules.settings.schema, run.id);
+      if (opts.format === 'json') return writeArtifact(JSON.stringify({ ...run, checkpoints }, null, 2));
       const lines = [
         render([run], opts.format),
         '',
@@ -71,6 +72,12 @@ export function registerRuns(program: Command): void {
         `options: ${JSON.stringify(run.options)}`,
         `counts: ${JSON.stringify(run.counts, null, 2)}`,
       ];
+      // Each shard and worker: how far it got (a shared --shard run lists every shard's part).
+      for (const c of checkpoints) {
+        lines.push(
+          `checkpoint ${c.shard}: ${c.done ? 'done' : `at key ${c.lastKey ?? '(start)'}`}, ${c.pages} pages, ${c.scanned} scanned, updated ${c.updatedAt.toISOString()}`,
+        );
+      }
       if (run.revertsRunId) lines.push(`reverts run ${run.revertsRunId}`);
       if (run.error) lines.push(`error: ${run.error}`);
       writeArtifact(lines.join('\n'));

@@ -1,0 +1,162 @@
+import type { Knex } from 'knex';
+import { emptyCounts, mergeCounts, restoreCounts, type RunCounts } from './counts';
+import { getRun, type RunKind, type RunRecord, type RunStatus } from './ledger';
+import type { IsoDate } from '../types';
+
+/**
+ * `--shard I/N` processes share one run: the first shard to start writes the run row, the others
+ * join it, each with its own checkpoint rows (`I/N`, or `I/N part k/m` with --workers). The run
+ * succeeds once every shard's parts are done; a shard that stops early leaves it interrupted (or
+ * stopped) until that shard is resumed. Opening and closing take a transaction-scoped advisory
+ * lock, so two shards starting at the same moment cannot both create a run.
+ */
+
+const OPEN_LOCK_CLASS = 0x534f; // "SO"
+
+const UNFINISHED: RunStatus[] = ['running', 'interrupted', 'failed', 'stopped'];
+
+export async function withShardLedgerLock<T>(
+  knex: Knex,
+  schema: string,
+  fn: (trx: Knex.Transaction) => Promise<T>,
+): Promise<T> {
+  return knex.transaction(async (trx) => {
+    await trx.raw('select pg_advisory_xact_lock(?, hashtext(?))', [OPEN_LOCK_CLASS, schema]);
+    return fn(trx);
+  });
+}
+
+/** The checkpoint rows of one shard: its own name, or its workers' parts. */
+function partsOf(query: Knex.QueryBuilder, shard: string): Knex.QueryBuilder {
+  return query.where((q) => q.where('shard', shard).orWhere('shard', 'like', `${shard} part %`));
+}
+
+/** The shard's part of a run: its checkpoint rows. */
+export async function shardParts(
+  knex: Knex | Knex.Transaction,
+  schema: string,
+  runId: string,
+  shard: string,
+): Promise<{ shard: string; last_key: string | null; counts: Partial<RunCounts>; done: boolean }[]> {
+  return partsOf(knex.withSchema(schema).from('checkpoints').where({ run_id: runId }), shard).select(
+    'shard',
+    'last_key',
+    'counts',
+    'done',
+  );
+}
+
+function shardRuns(trx: Knex | Knex.Transaction, schema: string, kind: RunKind, count: number) {
+  return trx
+    .withSchema(schema)
+    .from('runs')
+    .select('id')
+    .where({ kind })
+    .whereRaw("options->>'shards' = ?", [String(count)])
+    .orderBy('id', 'desc');
+}
+
+function hasParts(
+  trx: Knex | Knex.Transaction,
+  schema: string,
+  shard: string,
+  unfinished: boolean,
+): (q: Knex.QueryBuilder) => void {
+  return (q) => {
+    const parts = partsOf(
+      trx
+        .withSchema(schema)
+        .from('checkpoints')
+        .select(trx.raw('1'))
+        .whereRaw('checkpoints.run_id = runs.id'),
+      shard,
+    );
+    if (unfinished) parts.where({ done: false });
+    q.whereExists(parts);
+  };
+}
+
+/** The newest run in which this shard started a part and did not finish it. */
+export async function unfinishedShardRun(
+  trx: Knex | Knex.Transaction,
+  schema: string,
+  kind: RunKind,
+  shard: { index: number; count: number },
+): Promise<RunRecord | null> {
+  const name = `${shard.index}/${shard.count}`;
+  const row = (await shardRuns(trx, schema, kind, shard.count)
+    .whereIn('status', UNFINISHED)
+    .where(hasParts(trx, schema, name, true))
+    .first()) as { id: string } | undefined;
+  return row ? getRun(trx, schema, String(row.id)) : null;
+}
+
+/**
+ * The run this shard joins: the newest unfinished one with the same number of shards in which it
+ * has no part yet. A sweep joins only a sweep of the same day and rules that is still running; a
+ * backfill joins any unfinished backfill (and takes its as-of, so one backfill judges one day).
+ */
+export async function runToJoin(
+  trx: Knex.Transaction,
+  schema: string,
+  kind: RunKind,
+  shard: { index: number; count: number },
+  sweep: { asOf: IsoDate; rulesHash: string },
+): Promise<RunRecord | null> {
+  const name = `${shard.index}/${shard.count}`;
+  const q = shardRuns(trx, schema, kind, shard.count).whereNot(hasParts(trx, schema, name, false));
+  if (kind === 'backfill') q.whereIn('status', UNFINISHED);
+  else q.where({ status: 'running', as_of: sweep.asOf, rules_hash: sweep.rulesHash });
+  const row = (await q.first()) as { id: string } | undefined;
+  return row ? getRun(trx, schema, String(row.id)) : null;
+}
+
+export interface ShardProgress {
+  /** Shards whose every part is done. */
+  done: string[];
+  /** Shards not started or not finished. */
+  waiting: string[];
+  /** The counts of every part so far. */
+  counts: RunCounts;
+  status: RunStatus;
+}
+
+/**
+ * After this shard's parts are done (or it stopped): adds up every shard's counts into the run row
+ * and closes the run when each shard has finished. `stopped` records why this shard stopped early.
+ */
+export async function closeShard(
+  knex: Knex,
+  schema: string,
+  runId: string,
+  count: number,
+  stopped: { status: 'interrupted' | 'stopped'; error: string | null } | null,
+): Promise<ShardProgress> {
+  return withShardLedgerLock(knex, schema, async (trx) => {
+    const rows = (await trx
+      .withSchema(schema)
+      .from('checkpoints')
+      .where({ run_id: runId })
+      .select('shard', 'counts', 'done')) as { shard: string; counts: Partial<RunCounts>; done: boolean }[];
+    const counts = rows.reduce((sum, r) => mergeCounts(sum, restoreCounts(r.counts)), emptyCounts());
+    const done: string[] = [];
+    const waiting: string[] = [];
+    for (let i = 0; i < count; i++) {
+      const name = `${i}/${count}`;
+      const parts = rows.filter((r) => r.shard === name || r.shard.startsWith(`${name} part `));
+      (parts.length > 0 && parts.every((p) => p.done) ? done : waiting).push(name);
+    }
+    const run = await getRun(trx, schema, runId);
+    let status = run?.status ?? 'running';
+    const update: Record<string, unknown> = { counts: JSON.stringify(counts), heartbeat_at: knex.fn.now() };
+    if (stopped) {
+      status = stopped.status;
+      Object.assign(update, { status, error: stopped.error, finished_at: knex.fn.now() });
+    } else if (waiting.length === 0 && status === 'running') {
+      status = 'succeeded';
+      Object.assign(update, { status, error: null, finished_at: knex.fn.now() });
+    }
+    await trx.withSchema(schema).table('runs').where({ id: runId }).update(update);
+    return { done, waiting, counts, status };
+  });
+}
