@@ -1,7 +1,13 @@
 import fc from 'fast-check';
 import { addDays } from '../src/rules/dates';
 import { DEFAULT_NOTIFICATIONS, DEFAULT_SETTINGS } from '../src/rules/defaults';
-import { evaluateAccount, evaluatePolicy } from '../src/evaluate/evaluate';
+import {
+  accountTransitions,
+  conditionHolds,
+  evaluateAccount,
+  evaluateCondition,
+  evaluatePolicy,
+} from '../src/evaluate/evaluate';
 import type {
   AccountEvaluation,
   AccountPolicyState,
@@ -28,7 +34,8 @@ const durationArb: fc.Arbitrary<Duration> = fc
   })
   .map(({ amount, unit }) => ({ amount, unit, text: `${amount} ${unit}${amount === 1 ? '' : 's'}` }));
 
-const centsArb = fc.integer({ min: 0, max: 2_000_000 });
+/** Amounts, often on a boundary (balances equal to a threshold must not count as over it). */
+const centsArb = fc.oneof(fc.integer({ min: 0, max: 2_000_000 }), fc.constantFrom(0, 500, 501));
 
 /** Conditions that can only go from false to true as an account gets worse (subscriptions and flags stay fixed). */
 const monotoneLeaf: fc.Arbitrary<Condition> = fc.oneof(
@@ -246,6 +253,41 @@ describe('evaluator properties', () => {
             expect(evaluatePolicy(s, only, AS_OF, null, SETTINGS).stage).toBeNull();
           }
         }
+      }),
+      RUNS,
+    );
+  });
+
+  test('conditionHolds says exactly what evaluateCondition says, with or without a reinstatement', () => {
+    fc.assert(
+      fc.property(anyCondition, signalsArb, maybeDay, (condition, s, reinstated) => {
+        const ctx = {
+          asOf: AS_OF,
+          reinstatedOn: reinstated === null ? null : day(reinstated),
+          currency: SETTINGS.currency,
+        };
+        expect(conditionHolds(condition, s, ctx)).toBe(evaluateCondition(condition, s, ctx).holds);
+      }),
+      RUNS,
+    );
+  });
+
+  test('accountTransitions (the batch engine) gives the transitions and exclusion of evaluateAccount', () => {
+    const tableExclusion = fc.option(
+      fc.record({ reason: fc.constant('by table'), until: fc.integer({ min: -30, max: 30 }) }),
+      { nil: null },
+    );
+    fc.assert(
+      fc.property(scenarioArb(anyCondition), tableExclusion, ({ rules, states, signals }, ex) => {
+        const input = {
+          signals,
+          rules,
+          asOf: AS_OF,
+          states,
+          exclusion: ex && { reason: ex.reason, until: addDays(AS_OF, ex.until) },
+        };
+        const { key, orgId, excluded, transitions } = evaluateAccount(input);
+        expect(accountTransitions(input)).toEqual({ key, orgId, excluded, transitions });
       }),
       RUNS,
     );

@@ -57,7 +57,10 @@ function bump(record: Record<string, number>, key: string, by = 1): void {
 }
 
 /** The exclusion and holds of one evaluated account ("scanned" counts every account of a page, evaluated or not). */
-export function countEvaluation(counts: RunCounts, e: AccountEvaluation): void {
+export function countEvaluation(
+  counts: RunCounts,
+  e: Pick<AccountEvaluation, 'excluded' | 'transitions'>,
+): void {
   if (e.excluded) {
     counts.excluded += 1;
     bump(counts.excludedByReason, e.excluded.reason);

@@ -1,4 +1,4 @@
-import { evaluateAccount } from '../evaluate/evaluate';
+import { accountTransitions } from '../evaluate/evaluate';
 import type { PageState, StoredState } from '../source/states';
 import type { StateChange } from '../write/apply';
 import { countEvaluation, emptyCounts, type RunCounts } from './counts';
@@ -39,7 +39,7 @@ export function planPage(signals: Signals[], page: PageState, rules: Rules, asOf
   for (const s of signals) {
     const effective = rulesForOrg(rules, s.orgId);
     const stored = page.states.get(s.key) ?? new Map<string, StoredState>();
-    const evaluation = evaluateAccount({
+    const evaluation = accountTransitions({
       signals: s,
       rules: effective,
       asOf,

@@ -39,6 +39,16 @@ function outcome(holds: boolean, condition: string, text: string, evidence: Evid
   return { holds, reasons: [{ condition, text, evidence }] };
 }
 
+/** Whether at least `duration` passed from `start` (restarted at the reinstatement) to as-of. */
+function clockHolds(start: IsoDate, duration: Duration, ctx: ConditionContext): boolean {
+  return atLeast(later(start, ctx.reinstatedOn), ctx.asOf, duration);
+}
+
+/** The day the oldest overdue invoice fell due, from its age on as-of. */
+function overdueSince(daysOverdue: number, ctx: ConditionContext): IsoDate {
+  return addDays(ctx.asOf, -daysOverdue);
+}
+
 /**
  * A clock: held when at least `duration` passed from `start` (restarted at the reinstatement) to as-of.
  * `what` is the sentence's opening ("past due for"), `since` names where the clock began.
@@ -54,7 +64,7 @@ function clock(
 ): ConditionOutcome {
   const from = later(start, ctx.reinstatedOn);
   const n = daysBetween(from, ctx.asOf);
-  const holds = atLeast(from, ctx.asOf, duration);
+  const holds = clockHolds(start, duration, ctx);
   const restarted = from !== start;
   const counted = restarted ? `; counted from the manual reinstatement on ${from}` : '';
   const threshold = durationText(duration);
@@ -88,6 +98,45 @@ function balanceOver(
 
 function merged(reasons: Reason[]): Evidence {
   return Object.assign({}, ...reasons.map((r) => r.evidence)) as Evidence;
+}
+
+/**
+ * Whether `condition` holds for one account: exactly `evaluateCondition(...).holds` (a property test
+ * compares them), without writing a reason. The batch engine decides every account with this and
+ * explains only the policies that move; building reason texts for all of them was a third of a
+ * dry run's time.
+ */
+export function conditionHolds(condition: Condition, s: Signals, ctx: ConditionContext): boolean {
+  if ('all' in condition) return condition.all.every((c) => conditionHolds(c, s, ctx));
+  if ('any' in condition) return condition.any.some((c) => conditionHolds(c, s, ctx));
+  if ('not' in condition) return !conditionHolds(condition.not, s, ctx);
+  if ('inactive_for' in condition) {
+    const start = s.lastActivityOn ?? s.accountCreatedOn;
+    return start !== null && clockHolds(start, condition.inactive_for, ctx);
+  }
+  if ('account_age_at_least' in condition) {
+    return (
+      s.accountCreatedOn !== null && atLeast(s.accountCreatedOn, ctx.asOf, condition.account_age_at_least)
+    );
+  }
+  if ('open_balance_over' in condition) return s.openBalance > condition.open_balance_over;
+  if ('overdue_balance_over' in condition) return s.overdueBalance > condition.overdue_balance_over;
+  if ('past_due_for' in condition) {
+    return s.pastDueSince !== null && clockHolds(s.pastDueSince, condition.past_due_for, ctx);
+  }
+  if ('invoice_overdue_for' in condition) {
+    return (
+      s.oldestOverdueDays !== null &&
+      clockHolds(overdueSince(s.oldestOverdueDays, ctx), condition.invoice_overdue_for, ctx)
+    );
+  }
+  if ('has_active_subscription' in condition) {
+    return s.activeSubscriptions > 0 === condition.has_active_subscription;
+  }
+  if ('unpaid_invoices_at_least' in condition)
+    return s.unpaidInvoiceCount >= condition.unpaid_invoices_at_least;
+  if ('flag' in condition) return s.flags.includes(condition.flag);
+  return evaluateCondition(condition, s, ctx).holds;
 }
 
 /** Evaluates `condition` for one account; see `ConditionOutcome` for what the reasons say. */
@@ -214,15 +263,15 @@ export function evaluateCondition(condition: Condition, s: Signals, ctx: Conditi
         threshold: durationText(d),
       });
     }
-    const overdueSince = addDays(ctx.asOf, -s.oldestOverdueDays);
+    const since = overdueSince(s.oldestOverdueDays, ctx);
     const inv = s.oldestOverdueInvoice;
     const what = inv
       ? `invoice ${inv.id} (${formatMoney(inv.unpaid, ctx.currency)} unpaid) overdue for`
       : 'oldest invoice overdue for';
-    return clock('invoice_overdue_for', what, `since ${overdueSince}`, overdueSince, d, ctx, {
+    return clock('invoice_overdue_for', what, `since ${since}`, since, d, ctx, {
       invoice: inv?.id ?? null,
       ...(inv ? { unpaid_cents: inv.unpaid } : {}),
-      overdue_since: overdueSince,
+      overdue_since: since,
     });
   }
   if ('has_active_subscription' in condition) {

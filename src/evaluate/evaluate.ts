@@ -24,7 +24,7 @@
  *   exclusions table; `until` inclusive, expired ones ignored) still gets its decisions, for the
  *   report, but never a transition.
  */
-import { evaluateCondition } from './conditions';
+import { conditionHolds, evaluateCondition } from './conditions';
 import { findExclusion } from './exclusions';
 import { CLEAR_STATE, planTransition } from './transition';
 import type {
@@ -36,13 +36,25 @@ import type {
   PolicyDecision,
   Settings,
   Signals,
+  Stage,
   Transition,
 } from '../types';
 
 export { planTransition, CLEAR_STATE } from './transition';
 export { renderMessage, messageContext, templatePlaceholders } from './message';
 export { formatMoney } from './money';
-export { describeCondition, evaluateCondition } from './conditions';
+export { conditionHolds, describeCondition, evaluateCondition } from './conditions';
+
+/** The policy's stages, most severe first (sorted once per policy, not once per account). */
+const ladders = new WeakMap<Policy, Stage[]>();
+function ladderOf(policy: Policy): Stage[] {
+  let ladder = ladders.get(policy);
+  if (!ladder) {
+    ladder = [...policy.stages].sort((a, b) => b.index - a.index);
+    ladders.set(policy, ladder);
+  }
+  return ladder;
+}
 
 /** Decides one policy for one account: its most severe holding stage, or clear, with the reasons. */
 export function evaluatePolicy(
@@ -53,7 +65,7 @@ export function evaluatePolicy(
   settings: Pick<Settings, 'currency'>,
 ): PolicyDecision {
   const ctx = { asOf, reinstatedOn: state?.reinstatedOn ?? null, currency: settings.currency };
-  const ladder = [...policy.stages].sort((a, b) => b.index - a.index);
+  const ladder = ladderOf(policy);
   for (const stage of ladder) {
     const result = evaluateCondition(stage.when, signals, ctx);
     if (result.holds) return { policy: policy.name, stage, reasons: result.reasons };
@@ -67,6 +79,11 @@ export function evaluatePolicy(
     };
   }
   return { policy: policy.name, stage: null, reasons: evaluateCondition(first.when, signals, ctx).reasons };
+}
+
+/** The account's stored state under `policy` (clear when it has none). */
+function stateOf(states: Record<string, AccountPolicyState>, policy: Policy): AccountPolicyState {
+  return (Object.prototype.hasOwnProperty.call(states, policy.name) && states[policy.name]) || CLEAR_STATE;
 }
 
 /** One sentence: "delinquency: suspended, because overdue balance $42.00 is over $5.00 and ...". */
@@ -92,9 +109,7 @@ export function evaluateAccount(input: {
   const decisions: PolicyDecision[] = [];
   const transitions: Transition[] = [];
   for (const policy of rules.policies) {
-    const state = Object.prototype.hasOwnProperty.call(states, policy.name)
-      ? states[policy.name]
-      : CLEAR_STATE;
+    const state = stateOf(states, policy);
     const decision = evaluatePolicy(signals, policy, asOf, state, rules.settings);
     decisions.push(decision);
     if (excluded) continue;
@@ -102,4 +117,31 @@ export function evaluateAccount(input: {
     if (transition) transitions.push(transition);
   }
   return { key: signals.key, orgId: signals.orgId, excluded, decisions, transitions };
+}
+
+/**
+ * What `evaluateAccount` says of the account's transitions and exclusion, without its decisions: a
+ * policy whose decided stage is the current one is settled with `conditionHolds` alone, and only
+ * the policies that move are explained. The batch engine calls this for every account (a property
+ * test checks it against evaluateAccount).
+ */
+export function accountTransitions(
+  input: Parameters<typeof evaluateAccount>[0],
+): Pick<AccountEvaluation, 'key' | 'orgId' | 'excluded' | 'transitions'> {
+  const { signals, rules, asOf, states } = input;
+  const excluded = findExclusion(signals, rules.exclusions, input.exclusion, asOf);
+  const transitions: Transition[] = [];
+  if (!excluded) {
+    for (const policy of rules.policies) {
+      const state = stateOf(states, policy);
+      const ctx = { asOf, reinstatedOn: state.reinstatedOn, currency: rules.settings.currency };
+      const decided = ladderOf(policy).find((stage) => conditionHolds(stage.when, signals, ctx));
+      // planTransition returns nothing when the decided stage is the current one.
+      if ((decided?.index ?? -1) === state.stageIndex) continue;
+      const decision = evaluatePolicy(signals, policy, asOf, state, rules.settings);
+      const transition = planTransition({ signals, policy, state, decision, asOf, settings: rules.settings });
+      if (transition) transitions.push(transition);
+    }
+  }
+  return { key: signals.key, orgId: signals.orgId, excluded, transitions };
 }

@@ -52,8 +52,20 @@ function dedupeReasons(reasons: Reason[]): Reason[] {
   return reasons.filter((r) => !seen.has(r.text) && Boolean(seen.add(r.text)));
 }
 
-/** The actions entering `target` from index `from` fires. */
+/** Entry actions per policy and (from, target): a run asks for the same few sets millions of times. */
+const entryMemo = new WeakMap<Policy, Map<string, Action[]>>();
+
+/** The actions entering `target` from index `from` fires (a shared array: do not change it). */
 export function entryActions(policy: Policy, from: number, target: Stage): Action[] {
+  let memo = entryMemo.get(policy);
+  if (!memo) entryMemo.set(policy, (memo = new Map()));
+  const key = `${from}|${target.index}|${target.name}`;
+  let actions = memo.get(key);
+  if (!actions) memo.set(key, (actions = collectEntryActions(policy, from, target)));
+  return actions;
+}
+
+function collectEntryActions(policy: Policy, from: number, target: Stage): Action[] {
   const skipped = policy.fireSkippedStages
     ? policy.stages.filter((s) => s.index > from && s.index < target.index).sort((a, b) => a.index - b.index)
     : [];

@@ -39,11 +39,15 @@ export function addDays(date: IsoDate, days: number): IsoDate {
 }
 
 /** Months and years move the calendar date, clamping to the month's last day (Jan 31 + 1 month = Feb 28/29). */
-const shifted = new Map<string, IsoDate>();
+const forward = new WeakMap<Duration, Map<IsoDate, IsoDate>>();
+const backward = new WeakMap<Duration, Map<IsoDate, IsoDate>>();
 
 export function addDuration(date: IsoDate, duration: Duration, sign: 1 | -1 = 1): IsoDate {
-  const key = `${date}|${duration.amount * sign}|${duration.unit}`;
-  return shifted.get(key) ?? remember(shifted, key, shift(date, duration, sign));
+  // One memo per duration of the rules, looked up by the date alone: no key string per call.
+  const memos = sign === 1 ? forward : backward;
+  let memo = memos.get(duration);
+  if (!memo) memos.set(duration, (memo = new Map()));
+  return memo.get(date) ?? remember(memo, date, shift(date, duration, sign));
 }
 
 function shift(date: IsoDate, duration: Duration, sign: 1 | -1): IsoDate {
