@@ -1,4 +1,4 @@
-import { createTransport } from 'nodemailer';
+import type * as Nodemailer from 'nodemailer';
 import { redact } from '../db/connection';
 import { errorMessage } from '../errors';
 import type { Rules } from '../types';
@@ -27,6 +27,9 @@ export interface Mailer {
 const TIMEOUTS = { connectionTimeout: 15_000, greetingTimeout: 15_000, socketTimeout: 60_000 };
 
 export function createMailer(url: string, from: string): Mailer {
+  // Loaded on first use: only delivery needs it (13 MB that every other command would carry).
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { createTransport } = require('nodemailer') as typeof Nodemailer;
   const transport = createTransport({ url, ...TIMEOUTS });
   const where = redact(url);
   return {
