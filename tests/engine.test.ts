@@ -3,10 +3,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import knexFactory from 'knex';
-import { createTestDatabase, type TestDatabase } from './helpers/database';
+import type { TestDatabase } from './helpers/database';
 import { runCli } from './helpers/cli';
 import { ROOT } from './helpers/server';
 import { checksumTables, ENGINE_RULES, writeRules } from './helpers/fixtures';
+import { cli as engineCli, seededDatabase } from './helpers/reliability';
 import { runBatch } from '../src/engine/run';
 import { loadRules } from '../src/rules/load';
 
@@ -15,29 +16,10 @@ import { loadRules } from '../src/rules/load';
 const AS_OF = '2026-11-23';
 const rulesFile = writeRules(ENGINE_RULES);
 
-async function seeded(customers: number, seed = 7): Promise<TestDatabase> {
-  const db = await createTestDatabase();
-  const r = await runCli([
-    'seed',
-    '--customers',
-    String(customers),
-    '--orgs',
-    '5',
-    '--seed',
-    String(seed),
-    '--as-of',
-    AS_OF,
-    '--reset',
-    '--database-url',
-    db.url,
-    '--quiet',
-  ]);
-  expect(r).toMatchObject({ code: 0 });
-  return db;
-}
+const seeded = seededDatabase;
 
 function cli(db: TestDatabase, args: string[]) {
-  return runCli([...args, '--rules', rulesFile, '--database-url', db.url]);
+  return engineCli(db, args, rulesFile);
 }
 
 interface ReportJson {

@@ -3,11 +3,11 @@ import { createHmac } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import { SMTPServer } from 'smtp-server';
 import { createTestDatabase, type TestDatabase } from './helpers/database';
 import { runCli } from './helpers/cli';
 import { ROOT } from './helpers/server';
 import { checksumTables, ENGINE_RULES, writeRules } from './helpers/fixtures';
+import { startSmtp, type ReceivedMail } from './helpers/smtp';
 import { deliverPending } from '../src/notify/deliver';
 import { NOTIFY_LOCK_CLASS } from '../src/notify/outbox';
 import { loadRules } from '../src/rules/load';
@@ -22,11 +22,6 @@ const AS_OF = '2026-11-23';
 
 // ---------------------------------------------------------------------------------------------
 // A loopback SMTP server that keeps every message, and a small MIME reader for what nodemailer sends.
-
-interface ReceivedMail {
-  rcptTo: string[];
-  raw: string;
-}
 
 interface MimePart {
   headers: Record<string, string>;
@@ -93,33 +88,6 @@ function readMail(m: ReceivedMail): Mail {
       filename: /filename="?([^";]+)"?/.exec(p.headers['content-disposition'] ?? '')?.[1] ?? '',
       content: p.body,
     })),
-  };
-}
-
-async function startSmtp(): Promise<{ url: string; mails: ReceivedMail[]; close(): Promise<void> }> {
-  const mails: ReceivedMail[] = [];
-  const server = new SMTPServer({
-    authOptional: true,
-    disabledCommands: ['AUTH', 'STARTTLS'],
-    logger: false,
-    onData(stream, session, callback) {
-      const chunks: Buffer[] = [];
-      stream.on('data', (c: Buffer) => chunks.push(c));
-      stream.on('end', () => {
-        mails.push({
-          rcptTo: session.envelope.rcptTo.map((a) => a.address),
-          raw: Buffer.concat(chunks).toString('utf8'),
-        });
-        callback();
-      });
-    },
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.server.address() as AddressInfo).port;
-  return {
-    url: `smtp://127.0.0.1:${port}`,
-    mails,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }
 

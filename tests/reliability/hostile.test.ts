@@ -1,9 +1,8 @@
-import type { AddressInfo } from 'node:net';
-import { SMTPServer } from 'smtp-server';
 import type { TestDatabase } from '../helpers/database';
 import { checksumTables, ENGINE_RULES, writeRules } from '../helpers/fixtures';
 import { runCli } from '../helpers/cli';
 import { ACTOR, AS_OF, cli, seededDatabase, STACK_FRAME } from '../helpers/reliability';
+import { startSmtp } from '../helpers/smtp';
 
 /**
  * Hostile input: identifiers in the mapping that try SQL injection, customer names with markup in
@@ -119,31 +118,6 @@ describe('SQL injection through the mapping', () => {
 // ---------------------------------------------------------------------------------------------
 // Markup in customer names, through the real mail
 
-/** A loopback SMTP server keeping each message's raw text. */
-async function startSmtp(): Promise<{ url: string; mails: string[]; close(): Promise<void> }> {
-  const mails: string[] = [];
-  const server = new SMTPServer({
-    authOptional: true,
-    disabledCommands: ['AUTH', 'STARTTLS'],
-    logger: false,
-    onData(stream, _session, callback) {
-      const chunks: Buffer[] = [];
-      stream.on('data', (c: Buffer) => chunks.push(c));
-      stream.on('end', () => {
-        mails.push(Buffer.concat(chunks).toString('utf8'));
-        callback();
-      });
-    },
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.server.address() as AddressInfo).port;
-  return {
-    url: `smtp://127.0.0.1:${port}`,
-    mails,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
-  };
-}
-
 /** The decoded text/html parts of a raw message (quoted-printable, base64 or plain). */
 function htmlParts(raw: string): string[] {
   const out: string[] = [];
@@ -206,7 +180,7 @@ describe('markup in customer names', () => {
     });
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
-    const html = smtp.mails.flatMap(htmlParts);
+    const html = smtp.mails.map((m) => m.raw).flatMap(htmlParts);
     expect(smtp.mails.length).toBeGreaterThan(1);
     expect(html).toHaveLength(smtp.mails.length);
     const escaped =
