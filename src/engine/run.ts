@@ -421,10 +421,17 @@ async function openShardRun(
   }
   const ranges = await splitRange(knex, rules, filterOf(options), total, options.workers ?? 1);
   const run = await withShardLedgerLock(knex, schema, async (trx) => {
-    const joined = await runToJoin(trx, schema, options.kind, shard, {
-      asOf: options.asOf,
-      rulesHash: rules.hash,
-    });
+    const joined = await runToJoin(
+      trx,
+      schema,
+      options.kind,
+      shard,
+      {
+        asOf: options.asOf,
+        rulesHash: rules.hash,
+      },
+      options.orgs?.join(',') ?? null,
+    );
     const run = joined ?? (await startRun(trx, schema, newRun(rules, options, { shards: shard.count })));
     if (joined && joined.asOf !== options.asOf) {
       options.onLog?.(

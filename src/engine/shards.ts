@@ -102,9 +102,20 @@ export async function runToJoin(
   kind: RunKind,
   shard: { index: number; count: number },
   sweep: { asOf: IsoDate; rulesHash: string },
+  orgFilter: string | null,
 ): Promise<RunRecord | null> {
   const name = `${shard.index}/${shard.count}`;
-  const q = shardRuns(trx, schema, kind, shard.count).whereNot(hasParts(trx, schema, name, false));
+  const q = shardRuns(trx, schema, kind, shard.count)
+    .whereNot(hasParts(trx, schema, name, false))
+    // Only a run over the same organizations, and never one that was reverted.
+    .where((w) => (orgFilter === null ? w.whereNull('org_filter') : w.where('org_filter', orgFilter)))
+    .whereNotExists(
+      trx
+        .withSchema(schema)
+        .from('runs as reverting')
+        .select(trx.raw('1'))
+        .whereRaw('reverting.reverts_run_id = runs.id'),
+    );
   if (kind === 'backfill') q.whereIn('status', UNFINISHED);
   else q.where({ status: 'running', as_of: sweep.asOf, rules_hash: sweep.rulesHash });
   const row = (await q.first()) as { id: string } | undefined;
@@ -149,12 +160,13 @@ export async function closeShard(
     const run = await getRun(trx, schema, runId);
     let status = run?.status ?? 'running';
     const update: Record<string, unknown> = { counts: JSON.stringify(counts), heartbeat_at: knex.fn.now() };
-    if (stopped) {
-      status = stopped.status;
-      Object.assign(update, { status, error: stopped.error, finished_at: knex.fn.now() });
-    } else if (waiting.length === 0 && status === 'running') {
+    if (waiting.length === 0 && UNFINISHED.includes(status)) {
+      // Every part is done (a stop that came after this shard's last page changes nothing).
       status = 'succeeded';
       Object.assign(update, { status, error: null, finished_at: knex.fn.now() });
+    } else if (stopped) {
+      status = stopped.status;
+      Object.assign(update, { status, error: stopped.error, finished_at: knex.fn.now() });
     }
     await trx.withSchema(schema).table('runs').where({ id: runId }).update(update);
     return { done, waiting, counts, status };

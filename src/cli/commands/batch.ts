@@ -160,7 +160,9 @@ async function execute(ctx: CommandContext, kind: BatchKind | 'report', flags: B
       writeBatchReport(meta, result, collector, flags.format, Boolean(flags.accounts), write),
     );
     if (result.status === 'interrupted')
-      ctx.log(`run ${result.run?.id ?? ''} interrupted; continue with \`suspend backfill --resume\``);
+      ctx.log(
+        `run ${result.run?.id ?? ''} interrupted; continue with \`suspend backfill${flags.shard ? ` --shard ${flags.shard.index}/${flags.shard.count}` : ''} --resume\``,
+      );
     if (!dryRun && flags.notify !== false && result.status === 'succeeded') await deliverAfterRun(ctx);
     return result.exitCode;
   } finally {
