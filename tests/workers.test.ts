@@ -196,17 +196,23 @@ describe('--shard I/N processes share one run', () => {
       String(r.run_id),
     );
 
-  test('shard 1/2 runs while 0/2 is inside a page; a run over every account or a second 0/2 exits 3; together they write what one run writes, under one run id', async () => {
-    const [sharded, whole] = copies as [TestDatabase, TestDatabase];
-    // Parks shard 0/2 in its first page's transaction (its opening checkpoint rows have 0 pages).
-    const gate = await Gate.install(sharded, 'suspend.checkpoints', "new.shard = '0/2' and new.pages > 0");
+  /** `backfill --shard 0/2` in the background, parked in the transaction of its page `page + 1`. */
+  async function parkShard0(db: TestDatabase, page: number) {
+    const gate = await Gate.install(db, 'suspend.checkpoints', `new.shard = '0/2' and new.pages > ${page}`);
     const parked = startCli(
-      sharded,
+      db,
       ['backfill', '--shard', '0/2', '--no-notify', '--quiet', '--as-of', AS_OF, ...PAGES],
       rulesFile,
     );
+    await gate.blocked(parked);
+    return { gate, parked };
+  }
+
+  test('shard 1/2 runs while 0/2 is inside a page; a run over every account or a second 0/2 exits 3; together they write what one run writes, under one run id', async () => {
+    const [sharded, whole] = copies as [TestDatabase, TestDatabase];
+    // Parks shard 0/2 in its first page's transaction (its opening checkpoint rows have 0 pages).
+    const { gate, parked } = await parkShard0(sharded, 0);
     try {
-      await gate.blocked(parked);
       const other = await runEngineCli(
         sharded,
         ['backfill', '--shard', '1/2', '--no-notify', ...PAGES],
@@ -278,14 +284,8 @@ describe('--shard I/N processes share one run', () => {
       TestDatabase,
     ];
     // Killed in its third page, with two pages committed.
-    const gate = await Gate.install(killed, 'suspend.checkpoints', "new.shard = '0/2' and new.pages > 2");
-    const parked = startCli(
-      killed,
-      ['backfill', '--shard', '0/2', '--no-notify', '--quiet', '--as-of', AS_OF, ...PAGES],
-      rulesFile,
-    );
+    const { gate, parked } = await parkShard0(killed, 2);
     try {
-      await gate.blocked(parked);
       parked.child.kill('SIGKILL');
       expect((await parked.done).signal).toBe('SIGKILL');
     } finally {
@@ -315,5 +315,24 @@ describe('--shard I/N processes share one run', () => {
     expect(await historyRunIds(killed)).toEqual([String(ledger[0].id)]);
     expect(await cli(whole, ['backfill', '--no-notify', ...PAGES])).toMatchObject({ code: 0 });
     expect(await outcome(killed)).toEqual(await outcome(whole));
+
+    // A shard joins only a run over the same organizations, and never a reverted one.
+    const later = ['sweep', '--no-notify', '--as-of', '2026-12-23', '--quiet', ...PAGES];
+    const sweepsOf = async () => (await runs(killed)).filter((r) => r.kind === 'sweep');
+    expect(await runEngineCli(killed, [...later, '--shard', '0/2', '--org', '1'], rulesFile)).toMatchObject({
+      code: 0,
+    });
+    expect(await runEngineCli(killed, [...later, '--shard', '1/2'], rulesFile)).toMatchObject({ code: 0 });
+    expect((await sweepsOf()).map((r) => r.status)).toEqual(['running', 'running']);
+    const waiting = (await sweepsOf())[1] as { id: string };
+    expect(await runEngineCli(killed, ['revert', String(waiting.id), '--quiet'], rulesFile)).toMatchObject({
+      code: 0,
+    });
+    expect(await runEngineCli(killed, [...later, '--shard', '0/2'], rulesFile)).toMatchObject({ code: 0 });
+    const sweeps = await sweepsOf();
+    expect(sweeps).toHaveLength(3);
+    expect(await killed.knex('suspend.checkpoints').where({ run_id: waiting.id }).pluck('shard')).toEqual([
+      '1/2',
+    ]);
   });
 });

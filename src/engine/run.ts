@@ -122,7 +122,7 @@ export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions):
   await requireMigrated(knex, schema);
   const lock = await acquireRunLock(knex, schema, {
     wait: options.wait,
-    shard: options.shard && options.shard.count > 1 ? shardName(options.shard) : null,
+    shard: sharded(options.shard) ? shardName(options.shard) : null,
     description: `suspend ${options.kind} by ${options.actor} (pid ${process.pid})`,
     onWait: (holder) => options.onLog?.(`waiting for the lock held by ${holder}`),
   });
@@ -338,6 +338,11 @@ async function openRun(
   return { run, workers: freshWorkers(ranges, SHARD_ALL) };
 }
 
+/** The ledger's `org_filter`: the --org list, or null for every organization. */
+function orgFilterOf(options: BatchOptions): string | null {
+  return options.orgs?.join(',') ?? null;
+}
+
 function sharded(shard: BatchOptions['shard']): shard is { index: number; count: number } {
   return shard !== null && shard.count > 1;
 }
@@ -369,7 +374,7 @@ function newRun(rules: Rules, options: BatchOptions, scope: Record<string, unkno
     asOf: options.asOf,
     rulesHash: rules.hash,
     rulesFile: rules.file,
-    orgFilter: options.orgs?.join(',') ?? null,
+    orgFilter: orgFilterOf(options),
     options: {
       batchSize: options.batchSize,
       ...scope,
@@ -420,17 +425,15 @@ async function openShardRun(
     });
   }
   const ranges = await splitRange(knex, rules, filterOf(options), total, options.workers ?? 1);
+  const workers = freshWorkers(ranges, name);
   const run = await withShardLedgerLock(knex, schema, async (trx) => {
     const joined = await runToJoin(
       trx,
       schema,
       options.kind,
       shard,
-      {
-        asOf: options.asOf,
-        rulesHash: rules.hash,
-      },
-      options.orgs?.join(',') ?? null,
+      { asOf: options.asOf, rulesHash: rules.hash },
+      orgFilterOf(options),
     );
     const run = joined ?? (await startRun(trx, schema, newRun(rules, options, { shards: shard.count })));
     if (joined && joined.asOf !== options.asOf) {
@@ -439,7 +442,7 @@ async function openShardRun(
       );
       options.asOf = joined.asOf;
     }
-    if (joined?.status !== undefined && joined.status !== 'running') {
+    if (joined && joined.status !== 'running') {
       await setRunStatus(trx, schema, joined.id, 'running');
     }
     await trx
@@ -452,13 +455,12 @@ async function openShardRun(
           JSON.stringify({ [name]: rangeOptions(ranges) }),
         ]),
       });
-    const ctx = { schema, runId: run.id };
-    for (const w of freshWorkers(ranges, name)) {
-      await saveCheckpoint(trx, ctx, w.checkpoint, w.range.after, w.counts);
+    for (const w of workers) {
+      await saveCheckpoint(trx, { schema, runId: run.id }, w.checkpoint, w.range.after, w.counts);
     }
     return run;
   });
-  return { run, workers: freshWorkers(ranges, name) };
+  return { run, workers };
 }
 
 async function resumeRun(

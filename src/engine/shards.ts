@@ -26,24 +26,14 @@ export async function withShardLedgerLock<T>(
   });
 }
 
-/** The checkpoint rows of one shard: its own name, or its workers' parts. */
-function partsOf(query: Knex.QueryBuilder, shard: string): Knex.QueryBuilder {
-  return query.where((q) => q.where('shard', shard).orWhere('shard', 'like', `${shard} part %`));
+/** The checkpoint rows of one shard: its own name, or its workers' parts (`I/N part k/m`). */
+function isPartOf(checkpoint: string, shard: string): boolean {
+  return checkpoint === shard || checkpoint.startsWith(`${shard} part `);
 }
 
-/** The shard's part of a run: its checkpoint rows. */
-export async function shardParts(
-  knex: Knex | Knex.Transaction,
-  schema: string,
-  runId: string,
-  shard: string,
-): Promise<{ shard: string; last_key: string | null; counts: Partial<RunCounts>; done: boolean }[]> {
-  return partsOf(knex.withSchema(schema).from('checkpoints').where({ run_id: runId }), shard).select(
-    'shard',
-    'last_key',
-    'counts',
-    'done',
-  );
+/** `isPartOf` in SQL. */
+function partsOf(query: Knex.QueryBuilder, shard: string): Knex.QueryBuilder {
+  return query.where((q) => q.where('shard', shard).orWhere('shard', 'like', `${shard} part %`));
 }
 
 function shardRuns(trx: Knex | Knex.Transaction, schema: string, kind: RunKind, count: number) {
@@ -154,7 +144,7 @@ export async function closeShard(
     const waiting: string[] = [];
     for (let i = 0; i < count; i++) {
       const name = `${i}/${count}`;
-      const parts = rows.filter((r) => r.shard === name || r.shard.startsWith(`${name} part `));
+      const parts = rows.filter((r) => isPartOf(r.shard, name));
       (parts.length > 0 && parts.every((p) => p.done) ? done : waiting).push(name);
     }
     const run = await getRun(trx, schema, runId);
