@@ -188,7 +188,7 @@ describe('the SQL pre-filter', () => {
 });
 
 describe('--shard I/N processes share one run', () => {
-  const copies = seededCopies(4);
+  const copies = seededCopies(6);
   const runs = (db: TestDatabase) =>
     db.knex('suspend.runs').orderBy('id').select('id', 'kind', 'status', 'counts');
   const historyRunIds = async (db: TestDatabase) =>
@@ -334,5 +334,66 @@ describe('--shard I/N processes share one run', () => {
     expect(await killed.knex('suspend.checkpoints').where({ run_id: waiting.id }).pluck('shard')).toEqual([
       '1/2',
     ]);
+  });
+  test("one shard's stop stays on the run while another joins it; a run whose shards are all done but was never closed is closed by the next run; --abandon names the run when more than one did not finish", async () => {
+    const [, , , , stopped, two] = copies as TestDatabase[] as TestDatabase[] as [
+      TestDatabase,
+      TestDatabase,
+      TestDatabase,
+      TestDatabase,
+      TestDatabase,
+      TestDatabase,
+    ];
+    const shard = (db: TestDatabase, args: string[]) =>
+      cli(db, ['backfill', '--no-notify', ...PAGES, ...args]);
+    expect(await shard(stopped, ['--shard', '0/2', '--max-changes', '10'])).toMatchObject({ code: 4 });
+    expect(await shard(stopped, ['--shard', '1/2'])).toMatchObject({ code: 0 });
+    // 1/2 joined and finished; the run still says 0/2 stopped.
+    const [run] = await stopped.knex('suspend.runs').select('id', 'status', 'error');
+    expect(run).toMatchObject({ status: 'stopped' });
+    expect(run.error).toMatch(/^shard 0\/2: safety limit: max_changes 10 would be crossed/);
+    const again = await shard(stopped, ['--shard', '0/2']);
+    expect(again.code).toBe(2);
+    expect(again.stderr).toContain(
+      `did not finish on shard 0/2 (stopped); continue it with \`suspend backfill --shard 0/2 --resume\` or give it up with \`suspend backfill --abandon ${run.id}\``,
+    );
+    expect(await stopped.knex('suspend.runs').pluck('status')).toEqual(['stopped']);
+    expect(await shard(stopped, ['--shard', '0/2', '--resume', '--max-changes', 'none'])).toMatchObject({
+      code: 0,
+    });
+    expect(await stopped.knex('suspend.runs').select('status', 'error')).toEqual([
+      { status: 'succeeded', error: null },
+    ]);
+
+    // The last shard's close failed (say its connection dropped): every part is done, the row says running.
+    await stopped.knex('suspend.runs').update({ status: 'running', finished_at: null });
+    const later = ['sweep', '--no-notify', '--as-of', '2026-12-23', '--quiet', ...PAGES, '--shard', '0/2'];
+    expect(await runEngineCli(stopped, later, rulesFile)).toMatchObject({ code: 0 });
+    expect(await stopped.knex('suspend.runs').orderBy('id').pluck('status')).toEqual([
+      'succeeded',
+      'running',
+    ]);
+
+    // A shared backfill and one over every account, both stopped by the safety limit.
+    expect(await shard(two, ['--shard', '0/2', '--max-changes', '10'])).toMatchObject({ code: 4 });
+    expect(await shard(two, ['--max-changes', '10'])).toMatchObject({ code: 4 });
+    const ids = (await two.knex('suspend.runs').orderBy('id').pluck('id')).map(String);
+    expect(ids).toHaveLength(2);
+    const [sharedRun, wholeRun] = ids as [string, string];
+    const vague = await cli(two, ['backfill', '--abandon']);
+    expect(vague.code).toBe(2);
+    expect(vague.stderr).toContain(
+      `There are 2 unfinished backfills (runs ${wholeRun}, ${sharedRun}); name the one to give up, e.g. \`suspend backfill --abandon ${wholeRun}\`.`,
+    );
+    const named = await cli(two, ['backfill', '--abandon', sharedRun]);
+    expect(named).toMatchObject({ code: 0, stderr: '' });
+    expect(named.stdout).toContain(`Backfill run ${sharedRun} (as of ${AS_OF}) abandoned`);
+    const wrong = await cli(two, ['backfill', '--abandon', sharedRun]);
+    expect(wrong.code).toBe(2);
+    expect(wrong.stderr).toContain(
+      `Run ${sharedRun} is not an unfinished backfill; the unfinished backfill is run ${wholeRun}.`,
+    );
+    expect(await cli(two, ['backfill', '--abandon'])).toMatchObject({ code: 0 });
+    expect(await two.knex('suspend.runs').orderBy('id').pluck('status')).toEqual(['abandoned', 'abandoned']);
   });
 });

@@ -200,23 +200,32 @@ export async function listRuns(
   return ((await q) as RunRow[]).map(toRecord);
 }
 
-/** A backfill that did not finish (crashed, interrupted, stopped by the safety limit): resumable. */
-export async function unfinishedRun(
+/** Backfills that did not finish (crashed, interrupted, stopped by the safety limit), newest first. */
+export async function unfinishedRuns(
   knex: Knex,
   schema: string,
   kind: RunKind,
   /** Only the runs of this `--shard` (`0/1`: over every account); any shard when absent. */
   shard?: string,
-): Promise<RunRecord | null> {
+): Promise<RunRecord[]> {
   const query = runQuery(knex, schema);
   // Over every account: not a run the shards share (see shards.ts).
   if (shard) query.whereRaw("coalesce(options->>'shard', '0/1') = ? and options->>'shards' is null", [shard]);
-  const row = (await query
+  const rows = (await query
     .where({ kind })
     .whereIn('status', ['running', 'interrupted', 'failed', 'stopped'])
-    .orderBy('id', 'desc')
-    .first()) as RunRow | undefined;
-  return row ? toRecord(row) : null;
+    .orderBy('id', 'desc')) as RunRow[];
+  return rows.map(toRecord);
+}
+
+/** The newest unfinished run: resumable. */
+export async function unfinishedRun(
+  knex: Knex,
+  schema: string,
+  kind: RunKind,
+  shard?: string,
+): Promise<RunRecord | null> {
+  return (await unfinishedRuns(knex, schema, kind, shard))[0] ?? null;
 }
 
 export async function setRunStatus(

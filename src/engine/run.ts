@@ -6,7 +6,14 @@ import { countAccountsQuery, qualified, stateTables } from '../source/signals';
 import type { StateChange, WriteContext } from '../write/apply';
 import { checkSetColumns } from '../write/host-columns';
 import { acquireRunLock, type HeldLock } from './lock';
-import { closeShard, runToJoin, unfinishedShardRun, withShardLedgerLock } from './shards';
+import {
+  closeShard,
+  runToJoin,
+  settleFinishedShardRuns,
+  settleShardRun,
+  unfinishedShardRun,
+  withShardLedgerLock,
+} from './shards';
 import { commitPage, saveCheckpoint } from './commit';
 import { countChanges, emptyCounts, mergeCounts, pageCounts, restoreCounts, type RunCounts } from './counts';
 import {
@@ -17,6 +24,7 @@ import {
   setRunStatus,
   startRun,
   unfinishedRun,
+  unfinishedRuns,
   type RunRecord,
 } from './ledger';
 import type { PagePlan } from './plan';
@@ -306,6 +314,8 @@ async function openRun(
   options: BatchOptions,
   total: number,
 ): Promise<{ run: RunRecord; workers: WorkerStart[] }> {
+  // A shared run whose last shard could not close it is closed by whichever run starts next.
+  await settleFinishedShardRuns(knex, rules.settings.schema);
   if (sharded(options.shard)) return openShardRun(knex, rules, options, options.shard, total);
   const schema = rules.settings.schema;
   if (options.kind === 'backfill') {
@@ -350,7 +360,7 @@ function sharded(shard: BatchOptions['shard']): shard is { index: number; count:
 function unfinishedBackfill(run: RunRecord, shard: string): UsageError {
   const flag = shard ? ` --shard ${shard}` : '';
   return new UsageError(
-    `Backfill run ${run.id} (as of ${run.asOf}, started ${run.startedAt.toISOString()} by ${run.startedBy}) did not finish${shard ? ` on shard ${shard}` : ''} (${run.status}); continue it with \`suspend backfill${flag} --resume\` or give it up with \`suspend backfill --abandon\`.`,
+    `Backfill run ${run.id} (as of ${run.asOf}, started ${run.startedAt.toISOString()} by ${run.startedBy}) did not finish${shard ? ` on shard ${shard}` : ''} (${run.status}); continue it with \`suspend backfill${flag} --resume\` or give it up with \`suspend backfill --abandon ${run.id}\`.`,
   );
 }
 
@@ -409,21 +419,19 @@ async function openShardRun(
   const name = shardName(shard);
   // We hold this shard's lock: a part of it still marked unfinished belongs to a dead process.
   const mine = await unfinishedShardRun(knex, schema, options.kind, shard);
+  const recorded = (mine?.options.parts as Record<string, { stop?: unknown }> | undefined)?.[name]?.stop;
+  if (mine && !recorded && !(options.kind === 'backfill' && options.resume)) {
+    const progress = await closeShard(knex, schema, mine.id, shard.count, name, {
+      status: 'interrupted',
+      error: 'its process ended before its last page',
+    });
+    mine.status = progress.status;
+  }
   if (mine && options.kind === 'backfill') {
-    if (mine.status === 'running') {
-      await setRunStatus(knex, schema, mine.id, 'interrupted');
-      mine.status = 'interrupted';
-    }
     if (!options.resume) throw unfinishedBackfill(mine, name);
     return { run: mine, workers: await resumeRun(knex, rules, options, mine, name) };
   }
   if (options.resume) throw nothingToResume(name);
-  if (mine) {
-    await closeShard(knex, schema, mine.id, shard.count, {
-      status: 'interrupted',
-      error: `shard ${name} stopped without finishing`,
-    });
-  }
   const ranges = await splitRange(knex, rules, filterOf(options), total, options.workers ?? 1);
   const workers = freshWorkers(ranges, name);
   const run = await withShardLedgerLock(knex, schema, async (trx) => {
@@ -442,9 +450,6 @@ async function openShardRun(
       );
       options.asOf = joined.asOf;
     }
-    if (joined && joined.status !== 'running') {
-      await setRunStatus(trx, schema, joined.id, 'running');
-    }
     await trx
       .withSchema(schema)
       .table('runs')
@@ -458,6 +463,8 @@ async function openShardRun(
     for (const w of workers) {
       await saveCheckpoint(trx, { schema, runId: run.id }, w.checkpoint, w.range.after, w.counts);
     }
+    // Running again, unless another shard's stop is still to be resumed.
+    if (joined) await settleShardRun(trx, schema, run.id, shard.count);
     return run;
   });
   return { run, workers };
@@ -476,7 +483,9 @@ async function resumeRun(
       `note: the rules changed since run ${unfinished.id} started; the remaining pages use the current rules`,
     );
   }
-  await setRunStatus(knex, schema, unfinished.id, 'running');
+  const shards = unfinished.options.shards;
+  if (typeof shards === 'number') await closeShard(knex, schema, unfinished.id, shards, shard, null);
+  else await setRunStatus(knex, schema, unfinished.id, 'running');
   const ranges = storedRanges(unfinished, shard);
   if ((options.workers ?? 1) !== ranges.length) {
     options.onLog?.(
@@ -578,13 +587,7 @@ async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptio
       return;
     }
     const name = shardName(shards);
-    const progress = await closeShard(
-      knex,
-      schema,
-      run.id,
-      shards.count,
-      stopped && { status: stopped.status, error: `shard ${name}: ${stopped.error ?? stopped.status}` },
-    );
+    const progress = await closeShard(knex, schema, run.id, shards.count, name, stopped);
     if (!stopped && progress.waiting.length > 0) {
       options.onLog?.(
         `shard ${name} finished; run ${run.id} goes on until shard${progress.waiting.length > 1 ? 's' : ''} ${progress.waiting.join(', ')} finish${progress.waiting.length > 1 ? '' : 'es'}`,
@@ -684,8 +687,11 @@ async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptio
   }
 }
 
-/** `suspend backfill --abandon`: gives up the unfinished backfill so a new one can start. */
-export async function abandonBackfill(knex: Knex, rules: Rules): Promise<RunRecord> {
+/**
+ * `suspend backfill --abandon [RUN]`: gives up an unfinished backfill so a new one can start. With
+ * more than one unfinished (a run over every account and a `--shard` run, say) the run must be named.
+ */
+export async function abandonBackfill(knex: Knex, rules: Rules, runId: string | null): Promise<RunRecord> {
   const schema = rules.settings.schema;
   await requireMigrated(knex, schema);
   const lock: HeldLock = await acquireRunLock(knex, schema, {
@@ -693,10 +699,22 @@ export async function abandonBackfill(knex: Knex, rules: Rules): Promise<RunReco
     description: `suspend backfill --abandon by ${defaultActor()}`,
   });
   try {
-    const unfinished = await unfinishedRun(knex, schema, 'backfill');
-    if (!unfinished) throw new UsageError('There is no unfinished backfill to abandon.');
-    await finishRun(knex, schema, unfinished.id, { status: 'abandoned', error: unfinished.error });
-    return unfinished;
+    const unfinished = await unfinishedRuns(knex, schema, 'backfill');
+    if (unfinished.length === 0) throw new UsageError('There is no unfinished backfill to abandon.');
+    const ids = unfinished.map((r) => r.id).join(', ');
+    const run = runId === null ? unfinished[0] : unfinished.find((r) => r.id === runId);
+    if (!run) {
+      throw new UsageError(
+        `Run ${runId} is not an unfinished backfill; the unfinished backfill${unfinished.length > 1 ? 's are' : ' is'} run ${ids}.`,
+      );
+    }
+    if (runId === null && unfinished.length > 1) {
+      throw new UsageError(
+        `There are ${unfinished.length} unfinished backfills (runs ${ids}); name the one to give up, e.g. \`suspend backfill --abandon ${run.id}\`.`,
+      );
+    }
+    await finishRun(knex, schema, run.id, { status: 'abandoned', error: run.error });
+    return run;
   } finally {
     await lock.release();
   }

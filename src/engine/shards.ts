@@ -122,43 +122,114 @@ export interface ShardProgress {
   status: RunStatus;
 }
 
+/** Why a shard stopped before its parts were done; kept in `options.parts[shard].stop`. */
+export interface ShardStop {
+  status: 'interrupted' | 'stopped';
+  error: string | null;
+}
+
 /**
- * After this shard's parts are done (or it stopped): adds up every shard's counts into the run row
- * and closes the run when each shard has finished. `stopped` records why this shard stopped early.
+ * Records why shard `name` stopped early (or, with null, that it goes on or finished), then settles
+ * the run: see settleShardRun.
  */
 export async function closeShard(
   knex: Knex,
   schema: string,
   runId: string,
   count: number,
-  stopped: { status: 'interrupted' | 'stopped'; error: string | null } | null,
+  name: string,
+  stop: ShardStop | null,
 ): Promise<ShardProgress> {
   return withShardLedgerLock(knex, schema, async (trx) => {
+    await trx
+      .withSchema(schema)
+      .table('runs')
+      .where({ id: runId })
+      .update({
+        options: trx.raw(
+          "jsonb_set(options, '{parts}', coalesce(options->'parts', '{}') || jsonb_build_object(?::text, coalesce(options->'parts'->?, '{}') - 'stop' || ?::jsonb))",
+          [name, name, JSON.stringify(stop ? { stop } : {})],
+        ),
+      });
+    return settleShardRun(trx, schema, runId, count);
+  });
+}
+
+/**
+ * A shared run's status follows from its shards (called under the ledger lock): succeeded once every
+ * shard's parts are done; else stopped or interrupted while a shard that has not finished says it
+ * stopped (so one shard joining or resuming does not hide another's stop); else running. The run
+ * row's counts are every part's added up.
+ */
+export async function settleShardRun(
+  trx: Knex.Transaction,
+  schema: string,
+  runId: string,
+  count: number,
+  options: { onlyIfFinished?: boolean } = {},
+): Promise<ShardProgress> {
+  const rows = (await trx
+    .withSchema(schema)
+    .from('checkpoints')
+    .where({ run_id: runId })
+    .select('shard', 'counts', 'done')) as { shard: string; counts: Partial<RunCounts>; done: boolean }[];
+  const counts = rows.reduce((sum, r) => mergeCounts(sum, restoreCounts(r.counts)), emptyCounts());
+  const done: string[] = [];
+  const waiting: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const name = `${i}/${count}`;
+    const parts = rows.filter((r) => isPartOf(r.shard, name));
+    (parts.length > 0 && parts.every((p) => p.done) ? done : waiting).push(name);
+  }
+  const run = await getRun(trx, schema, runId);
+  let status = run?.status ?? 'running';
+  if (options.onlyIfFinished && waiting.length > 0) return { done, waiting, counts, status };
+  const update: Record<string, unknown> = { counts: JSON.stringify(counts), heartbeat_at: trx.fn.now() };
+  if (UNFINISHED.includes(status)) {
+    const parts = (run?.options.parts ?? {}) as Record<string, { stop?: ShardStop }>;
+    const stops = waiting.flatMap((name) => {
+      const stop = parts[name]?.stop;
+      return stop ? [{ name, ...stop }] : [];
+    });
+    if (waiting.length === 0) {
+      // Every part is done (a stop that came after a shard's last page changes nothing).
+      status = 'succeeded';
+      Object.assign(update, { status, error: null, finished_at: trx.fn.now() });
+    } else if (stops.length > 0) {
+      status = stops.some((s) => s.status === 'stopped') ? 'stopped' : 'interrupted';
+      const error = stops.map((s) => `shard ${s.name}: ${s.error ?? s.status}`).join('; ');
+      Object.assign(update, { status, error, finished_at: trx.fn.now() });
+    } else {
+      status = 'running';
+      Object.assign(update, { status, error: null, finished_at: null });
+    }
+  }
+  await trx.withSchema(schema).table('runs').where({ id: runId }).update(update);
+  return { done, waiting, counts, status };
+}
+
+/**
+ * Closes the unfinished shared runs (of any kind) whose every shard is done: their last shard
+ * finished but could not close the run (its connection dropped between its last page and the close).
+ */
+export async function settleFinishedShardRuns(knex: Knex, schema: string): Promise<void> {
+  await withShardLedgerLock(knex, schema, async (trx) => {
     const rows = (await trx
       .withSchema(schema)
-      .from('checkpoints')
-      .where({ run_id: runId })
-      .select('shard', 'counts', 'done')) as { shard: string; counts: Partial<RunCounts>; done: boolean }[];
-    const counts = rows.reduce((sum, r) => mergeCounts(sum, restoreCounts(r.counts)), emptyCounts());
-    const done: string[] = [];
-    const waiting: string[] = [];
-    for (let i = 0; i < count; i++) {
-      const name = `${i}/${count}`;
-      const parts = rows.filter((r) => isPartOf(r.shard, name));
-      (parts.length > 0 && parts.every((p) => p.done) ? done : waiting).push(name);
+      .from('runs')
+      .select('id', trx.raw("(options->>'shards')::int as shards"))
+      .whereRaw("options->>'shards' is not null")
+      .whereIn('status', UNFINISHED)
+      .whereNotExists(
+        trx
+          .withSchema(schema)
+          .from('checkpoints')
+          .select(trx.raw('1'))
+          .whereRaw('checkpoints.run_id = runs.id')
+          .where({ done: false }),
+      )) as { id: string; shards: number }[];
+    for (const row of rows) {
+      await settleShardRun(trx, schema, String(row.id), row.shards, { onlyIfFinished: true });
     }
-    const run = await getRun(trx, schema, runId);
-    let status = run?.status ?? 'running';
-    const update: Record<string, unknown> = { counts: JSON.stringify(counts), heartbeat_at: knex.fn.now() };
-    if (waiting.length === 0 && UNFINISHED.includes(status)) {
-      // Every part is done (a stop that came after this shard's last page changes nothing).
-      status = 'succeeded';
-      Object.assign(update, { status, error: null, finished_at: knex.fn.now() });
-    } else if (stopped) {
-      status = stopped.status;
-      Object.assign(update, { status, error: stopped.error, finished_at: knex.fn.now() });
-    }
-    await trx.withSchema(schema).table('runs').where({ id: runId }).update(update);
-    return { done, waiting, counts, status };
   });
 }

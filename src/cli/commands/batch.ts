@@ -24,7 +24,8 @@ interface BatchFlags extends CommonOptions {
   accounts?: boolean;
   dryRun?: boolean;
   resume?: boolean;
-  abandon?: boolean;
+  /** true, or the run to give up. */
+  abandon?: boolean | string;
   wait?: boolean;
   notify?: boolean;
   shard?: { index: number; count: number };
@@ -109,7 +110,7 @@ async function execute(ctx: CommandContext, kind: BatchKind | 'report', flags: B
         };
   if (kind === 'backfill' && flags.abandon) {
     const { knex } = await ctx.db();
-    const run = await abandonBackfill(knex, rules);
+    const run = await abandonBackfill(knex, rules, flags.abandon === true ? null : flags.abandon);
     writeArtifact(
       `Backfill run ${run.id} (as of ${run.asOf}) abandoned; a new backfill can start.`,
       flags.output,
@@ -196,7 +197,10 @@ export function registerBatch(program: Command): void {
       .command('backfill')
       .description('one-time clean-up of the whole backlog, checkpointed page by page (resumable)')
       .option('--resume', 'continue the unfinished backfill from its last committed page')
-      .option('--abandon', 'give up the unfinished backfill so a new one can start'),
+      .option(
+        '--abandon [run]',
+        'give up the unfinished backfill (or run RUN, when more than one did not finish) so a new one can start',
+      ),
     'backfill',
   ).action(action('backfill'));
   batchOptions(
