@@ -7,7 +7,7 @@ import type { TestDatabase } from './helpers/database';
 import { runCli } from './helpers/cli';
 import { ROOT } from './helpers/server';
 import { checksumTables, ENGINE_RULES, writeRules } from './helpers/fixtures';
-import { cli as engineCli, seededDatabase } from './helpers/reliability';
+import { cli as engineCli, Gate, seededDatabase, startCli } from './helpers/reliability';
 import { runBatch } from '../src/engine/run';
 import { loadRules } from '../src/rules/load';
 
@@ -286,6 +286,18 @@ describe('crash and resume', () => {
 });
 
 describe('payment race', () => {
+  /** A backfill of the 2,000 accounts in one page, through the callable core. */
+  const onePageBackfill = (dryRun: boolean) => ({
+    kind: 'backfill' as const,
+    asOf: AS_OF,
+    dryRun,
+    batchSize: 5000,
+    orgs: null,
+    shard: null,
+    resume: false,
+    wait: false,
+    actor: 'test',
+  });
   let db: TestDatabase;
   beforeAll(async () => {
     db = await seeded(2000, 5);
@@ -296,15 +308,7 @@ describe('payment race', () => {
     const rules = await loadRules({ file: rulesFile, cwd: ROOT });
     let payer: string | null = null;
     const result = await runBatch(db.knex, rules, {
-      kind: 'backfill',
-      asOf: AS_OF,
-      dryRun: false,
-      batchSize: 5000,
-      orgs: null,
-      shard: null,
-      resume: false,
-      wait: false,
-      actor: 'test',
+      ...onePageBackfill(false),
       beforeWrite: async (keys) => {
         if (payer) return;
         // A second connection pays every invoice of the first account about to be suspended for debt.
@@ -331,5 +335,65 @@ describe('payment race', () => {
       .where({ customer_key: payer, policy: 'delinquency' })
       .whereNotNull('stage');
     expect(rows).toEqual([]);
+  });
+  test('while a page is written, paying an invoice of an account that policy is suspending for debt waits for the commit; an account suspended only for inactivity is not held', async () => {
+    const fresh = await seeded(2000, 5);
+    try {
+      // What the one page will change, from a dry run over the same data.
+      const planned: { key: string; policy: string }[] = [];
+      const rules = await loadRules({ file: rulesFile, cwd: ROOT });
+      await runBatch(fresh.knex, rules, {
+        ...onePageBackfill(true),
+        onPage: async ({ changes }) => {
+          planned.push(...changes.map((c) => ({ key: c.key, policy: c.policy })));
+        },
+      });
+      const policiesOf = (key: string) => planned.filter((c) => c.key === key).map((c) => c.policy);
+      const withInvoices = new Set(
+        ((await fresh.knex('invoices').distinct('customer_id').pluck('customer_id')) as unknown[]).map(
+          String,
+        ),
+      );
+      const debtor = planned.find((c) => c.policy === 'delinquency')?.key;
+      const idle = planned.find(
+        (c) => withInvoices.has(c.key) && policiesOf(c.key).every((p) => p === 'inactivity'),
+      )?.key;
+      expect(debtor).toBeDefined();
+      expect(idle).toBeDefined();
+
+      // The backfill parked at its first history row: its invoice locks are held.
+      const gate = await Gate.install(fresh, 'suspend.history', 'true');
+      const run = startCli(
+        fresh,
+        ['backfill', '--no-notify', '--quiet', '--as-of', AS_OF, '--batch-size', '5000'],
+        rulesFile,
+      );
+      try {
+        await gate.blocked(run);
+        const pay = async (key: string) =>
+          fresh.knex
+            .transaction(async (trx) => {
+              await trx.raw("set local lock_timeout = '300ms'");
+              await trx('invoices')
+                .where({ customer_id: key })
+                .update({ paid_on: trx.ref('paid_on') });
+              return 'paid';
+            })
+            .catch((err: { code?: string }) => err.code);
+        expect(await pay(debtor as string)).toBe('55P03'); // lock_not_available: it waits for the page
+        expect(await pay(idle as string)).toBe('paid');
+      } finally {
+        await gate.remove();
+      }
+      expect((await run.done).code).toBe(0);
+      expect(
+        await fresh
+          .knex('suspend.account_states')
+          .where({ customer_key: debtor, policy: 'delinquency' })
+          .pluck('stage'),
+      ).toEqual(['suspended']);
+    } finally {
+      await fresh.drop();
+    }
   });
 });

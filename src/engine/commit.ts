@@ -29,6 +29,8 @@ export interface CommitTarget {
   ctx: WriteContext;
   /** The signals the page read computed: the re-check compares the same. */
   needs: SignalNeeds;
+  /** Policies whose changes lock the account's invoices while written (see policiesReadingInvoices). */
+  invoicePolicies: Set<string>;
   /** The checkpoint row of this worker (`checkpoints.shard`). */
   checkpoint: string;
   /** Test seam: runs inside the page transaction, after the read and before the re-check. */
@@ -174,7 +176,11 @@ async function recheck(
 ): Promise<{ changes: StateChange[]; hostColumns: HostColumnChange[]; stale: number }> {
   const { rules, ctx } = target;
   const inv = rules.source.invoices;
-  if (inv) {
+  // Locked only for changes a payment could undo: an inactivity suspension does not wait for them.
+  const locked = new Set(
+    page.plan.changes.filter((c) => target.invoicePolicies.has(c.policy)).map((c) => c.key),
+  );
+  if (inv && locked.size > 0) {
     // Bounded by the page's key range as well: a long key list alone makes the planner scan the
     // whole table.
     const table = qualified(rules.source, inv.table);
@@ -184,7 +190,7 @@ async function recheck(
         inv.customer,
         page.last,
         inv.customer,
-        keys,
+        [...locked],
       ]);
     } else {
       await trx.raw('select 1 from ?? where ?? > ? and ?? <= ? and ?? = any(?) for share', [
@@ -194,7 +200,7 @@ async function recheck(
         inv.customer,
         page.last,
         inv.customer,
-        keys,
+        [...locked],
       ]);
     }
   }
@@ -217,14 +223,18 @@ async function recheck(
   const sameAs = new Set(
     fresh.changes.map((f) => [f.key, f.policy, f.kind, f.to, f.expectedVersion].join('\u0000')),
   );
-  const stale = new Set(
-    page.plan.changes
+  const stale = new Set([
+    ...page.plan.changes
       .filter(
         (c) =>
           moved.has(c.key) && !sameAs.has([c.key, c.policy, c.kind, c.to, c.expectedVersion].join('\u0000')),
       )
       .map((c) => c.key),
-  );
+    // A change that now reads invoices which were not locked is left for the next run.
+    ...fresh.changes
+      .filter((f) => target.invoicePolicies.has(f.policy) && !locked.has(f.key))
+      .map((f) => f.key),
+  ]);
   const keep = (key: string) => !moved.has(key);
   const redo = (key: string) => moved.has(key) && !stale.has(key);
   return {

@@ -1,7 +1,7 @@
 import knexFactory, { type Knex } from 'knex';
 import { ExitCode, UsageError, errorMessage } from '../errors';
 import { migrationStatus, requireMigrated } from '../db/migrate';
-import { signalsUsed } from '../source/candidates';
+import { policiesReadingInvoices, signalsUsed } from '../source/candidates';
 import { countAccountsQuery, qualified, stateTables } from '../source/signals';
 import type { StateChange, WriteContext } from '../write/apply';
 import { checkSetColumns } from '../write/host-columns';
@@ -596,6 +596,7 @@ async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptio
   };
   try {
     const source = await pageSource(knex, rules, options, schema);
+    const invoicePolicies = policiesReadingInvoices(rules);
     await runWorkers(
       pool,
       source,
@@ -625,6 +626,7 @@ async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptio
                 rules,
                 ctx,
                 needs: source.needs,
+                invoicePolicies,
                 checkpoint: worker.checkpoint,
                 beforeWrite: options.beforeWrite,
               },

@@ -42,7 +42,7 @@ export const DEFAULT_MAPPING: SourceMapping = {
 
 export const DEFAULT_SETTINGS: Settings = {
   schema: 'suspend',
-  batchSize: 5000,
+  batchSize: 2500,
   maxChanges: null,
   supportUrl: null,
   payUrl: null,

@@ -111,11 +111,8 @@ const INVOICE_PLACEHOLDERS = new Set([
   'invoice_days_overdue',
 ]);
 
-/**
- * Which groups of signals the rules use: in a condition, or in a stage message. A run computes only
- * those (subscriptions alone cost a seventh of a page read).
- */
-export function signalsUsed(rules: Rules): SignalNeeds {
+/** Which groups of signals one policy uses: in a condition, or in a stage message. */
+function signalsUsedBy(policy: EffectiveRules['policies'][number]): SignalNeeds {
   const needs: SignalNeeds = { activity: false, invoices: false, subscriptions: false };
   const visit = (c: Condition): void => {
     if ('all' in c) c.all.forEach(visit);
@@ -136,16 +133,41 @@ export function signalsUsed(rules: Rules): SignalNeeds {
       Object.assign(needs, { activity: true, invoices: true, subscriptions: true });
     }
   };
-  for (const set of ruleSets(rules)) {
-    for (const policy of set.policies) {
-      for (const stage of policy.stages) {
-        visit(stage.when);
-        for (const name of templatePlaceholders(stage.message)) {
-          if (ACTIVITY_PLACEHOLDERS.has(name)) needs.activity = true;
-          if (INVOICE_PLACEHOLDERS.has(name)) needs.invoices = true;
-        }
-      }
+  for (const stage of policy.stages) {
+    visit(stage.when);
+    for (const name of templatePlaceholders(stage.message)) {
+      if (ACTIVITY_PLACEHOLDERS.has(name)) needs.activity = true;
+      if (INVOICE_PLACEHOLDERS.has(name)) needs.invoices = true;
     }
   }
   return needs;
+}
+
+/**
+ * Which groups of signals the rules use, in any organization's policies. A run computes only those
+ * (subscriptions alone cost a seventh of a page read).
+ */
+export function signalsUsed(rules: Rules): SignalNeeds {
+  const needs: SignalNeeds = { activity: false, invoices: false, subscriptions: false };
+  for (const set of ruleSets(rules)) {
+    for (const policy of set.policies) {
+      const used = signalsUsedBy(policy);
+      needs.activity ||= used.activity;
+      needs.invoices ||= used.invoices;
+      needs.subscriptions ||= used.subscriptions;
+    }
+  }
+  return needs;
+}
+
+/**
+ * The policies that read invoices in some organization: a payment can change only their decisions,
+ * so only their changes need the account's invoices locked while they are written.
+ */
+export function policiesReadingInvoices(rules: Rules): Set<string> {
+  const names = new Set<string>();
+  for (const set of ruleSets(rules)) {
+    for (const policy of set.policies) if (signalsUsedBy(policy).invoices) names.add(policy.name);
+  }
+  return names;
 }
