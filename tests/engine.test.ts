@@ -298,6 +298,30 @@ describe('payment race', () => {
     wait: false,
     actor: 'test',
   });
+  /**
+   * From a dry run of the one page: an account it suspends for debt, and one with invoices that it
+   * suspends only for inactivity.
+   */
+  async function oneOfEach(db: TestDatabase) {
+    const planned: { key: string; policy: string }[] = [];
+    const rules = await loadRules({ file: rulesFile, cwd: ROOT });
+    await runBatch(db.knex, rules, {
+      ...onePageBackfill(true),
+      onPage: async ({ changes }) => {
+        planned.push(...changes.map((c) => ({ key: c.key, policy: c.policy })));
+      },
+    });
+    const policiesOf = (key: string) => planned.filter((c) => c.key === key).map((c) => c.policy);
+    const withInvoices = new Set(
+      ((await db.knex('invoices').distinct('customer_id').pluck('customer_id')) as unknown[]).map(String),
+    );
+    return {
+      rules,
+      debtor: planned.find((c) => c.policy === 'delinquency')?.key,
+      idle: planned.find((c) => withInvoices.has(c.key) && policiesOf(c.key).every((p) => p === 'inactivity'))
+        ?.key,
+    };
+  }
   let db: TestDatabase;
   beforeAll(async () => {
     db = await seeded(2000, 5);
@@ -339,25 +363,7 @@ describe('payment race', () => {
   test('while a page is written, paying an invoice of an account that policy is suspending for debt waits for the commit; an account suspended only for inactivity is not held', async () => {
     const fresh = await seeded(2000, 5);
     try {
-      // What the one page will change, from a dry run over the same data.
-      const planned: { key: string; policy: string }[] = [];
-      const rules = await loadRules({ file: rulesFile, cwd: ROOT });
-      await runBatch(fresh.knex, rules, {
-        ...onePageBackfill(true),
-        onPage: async ({ changes }) => {
-          planned.push(...changes.map((c) => ({ key: c.key, policy: c.policy })));
-        },
-      });
-      const policiesOf = (key: string) => planned.filter((c) => c.key === key).map((c) => c.policy);
-      const withInvoices = new Set(
-        ((await fresh.knex('invoices').distinct('customer_id').pluck('customer_id')) as unknown[]).map(
-          String,
-        ),
-      );
-      const debtor = planned.find((c) => c.policy === 'delinquency')?.key;
-      const idle = planned.find(
-        (c) => withInvoices.has(c.key) && policiesOf(c.key).every((p) => p === 'inactivity'),
-      )?.key;
+      const { debtor, idle } = await oneOfEach(fresh);
       expect(debtor).toBeDefined();
       expect(idle).toBeDefined();
 
@@ -392,6 +398,46 @@ describe('payment race', () => {
           .where({ customer_key: debtor, policy: 'delinquency' })
           .pluck('stage'),
       ).toEqual(['suspended']);
+    } finally {
+      await fresh.drop();
+    }
+  });
+  test('an account the re-check finds owing, whose invoices the page did not lock, is left for the next run', async () => {
+    const fresh = await seeded(2000, 5);
+    try {
+      const { rules, idle } = await oneOfEach(fresh);
+      expect(idle).toBeDefined();
+      let billed = false;
+      const result = await runBatch(fresh.knex, rules, {
+        ...onePageBackfill(false),
+        beforeWrite: async () => {
+          if (billed) return;
+          billed = true;
+          // Between the read and the write, the idle account gets a large invoice long overdue.
+          await fresh.knex('invoices').insert({
+            id: fresh.knex.raw('(select max(id) + 1 from invoices)'),
+            customer_id: idle,
+            issued_on: '2026-08-01',
+            due_on: '2026-09-01',
+            amount_cents: 100000,
+            paid_cents: 0,
+            paid_on: null,
+          });
+        },
+      });
+      expect(result.status).toBe('succeeded');
+      expect(result.counts.changedSinceRead).toBe(1);
+      const stages = () =>
+        fresh
+          .knex('suspend.account_states')
+          .where({ customer_key: idle })
+          .whereNotNull('stage')
+          .pluck('policy');
+      expect(await stages()).toEqual([]);
+      // The next run judges it with its invoices locked.
+      const next = await runBatch(fresh.knex, rules, { ...onePageBackfill(false), kind: 'sweep' });
+      expect(next.status).toBe('succeeded');
+      expect((await stages()).sort()).toEqual(expect.arrayContaining(['delinquency', 'inactivity']));
     } finally {
       await fresh.drop();
     }

@@ -347,9 +347,17 @@ describe('--shard I/N processes share one run', () => {
     const shard = (db: TestDatabase, args: string[]) =>
       cli(db, ['backfill', '--no-notify', ...PAGES, ...args]);
     expect(await shard(stopped, ['--shard', '0/2', '--max-changes', '10'])).toMatchObject({ code: 4 });
-    expect(await shard(stopped, ['--shard', '1/2'])).toMatchObject({ code: 0 });
+    const joined = await runEngineCli(
+      stopped,
+      ['backfill', '--no-notify', '--as-of', AS_OF, ...PAGES, '--shard', '1/2'],
+      rulesFile,
+    );
+    expect(joined.code).toBe(0);
     // 1/2 joined and finished; the run still says 0/2 stopped.
     const [run] = await stopped.knex('suspend.runs').select('id', 'status', 'error');
+    expect(joined.stderr).toContain(
+      `shard 1/2 finished; run ${run.id} stays stopped: shard 0/2 did not finish (see \`suspend runs show ${run.id}\`)`,
+    );
     expect(run).toMatchObject({ status: 'stopped' });
     expect(run.error).toMatch(/^shard 0\/2: safety limit: max_changes 10 would be crossed/);
     const again = await shard(stopped, ['--shard', '0/2']);
@@ -365,7 +373,13 @@ describe('--shard I/N processes share one run', () => {
       { status: 'succeeded', error: null },
     ]);
 
-    // The last shard's close failed (say its connection dropped): every part is done, the row says running.
+    // The last shard's close failed (say its connection dropped): every part is done, the row says
+    // running. It is not something to abandon, and the next run closes it.
+    await stopped.knex('suspend.runs').update({ status: 'running', finished_at: null });
+    const abandon = await cli(stopped, ['backfill', '--abandon']);
+    expect(abandon.code).toBe(2);
+    expect(abandon.stderr).toContain('There is no unfinished backfill to abandon.');
+    expect(await stopped.knex('suspend.runs').pluck('status')).toEqual(['succeeded']);
     await stopped.knex('suspend.runs').update({ status: 'running', finished_at: null });
     const later = ['sweep', '--no-notify', '--as-of', '2026-12-23', '--quiet', ...PAGES, '--shard', '0/2'];
     expect(await runEngineCli(stopped, later, rulesFile)).toMatchObject({ code: 0 });

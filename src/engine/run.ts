@@ -588,7 +588,11 @@ async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptio
     }
     const name = shardName(shards);
     const progress = await closeShard(knex, schema, run.id, shards.count, name, stopped);
-    if (!stopped && progress.waiting.length > 0) {
+    if (!stopped && progress.status !== 'running' && progress.waiting.length > 0) {
+      options.onLog?.(
+        `shard ${name} finished; run ${run.id} stays ${progress.status}: shard${progress.waiting.length > 1 ? 's' : ''} ${progress.waiting.join(', ')} did not finish (see \`suspend runs show ${run.id}\`)`,
+      );
+    } else if (!stopped && progress.waiting.length > 0) {
       options.onLog?.(
         `shard ${name} finished; run ${run.id} goes on until shard${progress.waiting.length > 1 ? 's' : ''} ${progress.waiting.join(', ')} finish${progress.waiting.length > 1 ? '' : 'es'}`,
       );
@@ -701,6 +705,8 @@ export async function abandonBackfill(knex: Knex, rules: Rules, runId: string | 
     description: `suspend backfill --abandon by ${defaultActor()}`,
   });
   try {
+    // A shared run whose shards all finished is done, not something to give up.
+    await settleFinishedShardRuns(knex, schema);
     const unfinished = await unfinishedRuns(knex, schema, 'backfill');
     if (unfinished.length === 0) throw new UsageError('There is no unfinished backfill to abandon.');
     const ids = unfinished.map((r) => r.id).join(', ');
