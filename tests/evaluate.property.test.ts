@@ -287,7 +287,9 @@ describe('evaluator properties', () => {
           exclusion: ex && { reason: ex.reason, until: addDays(AS_OF, ex.until) },
         };
         const { key, orgId, excluded, transitions } = evaluateAccount(input);
-        expect(accountTransitions(input)).toEqual({ key, orgId, excluded, transitions });
+        const planned = accountTransitions(input);
+        const explained = planned.transitions.map(({ explain, ...t }) => ({ ...t, ...explain() }));
+        expect({ ...planned, transitions: explained }).toEqual({ key, orgId, excluded, transitions });
       }),
       RUNS,
     );

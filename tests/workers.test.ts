@@ -166,7 +166,9 @@ describe('the SQL pre-filter', () => {
     };
     const result = await runBatch(db.knex, rules, options);
     const line = (c: StateChange) =>
-      [c.key, c.policy, c.kind, c.from, c.to, JSON.stringify(c.reasons), c.message].join('|');
+      [c.key, c.policy, c.kind, c.from, c.to, JSON.stringify(c.explain().reasons), c.explain().message].join(
+        '|',
+      );
     return { counts: result.counts, changes: changes.map(line).sort(), evaluated };
   }
   const decided = ({ counts, changes }: Awaited<ReturnType<typeof dry>>) => ({ counts, changes });

@@ -1,4 +1,4 @@
-import type { AccountEvaluation } from '../types';
+import type { AccountEvaluation, Transition } from '../types';
 import type { StateChange } from '../write/apply';
 
 /** What a run counted; stored in the ledger and the checkpoint, drawn by the report. */
@@ -59,7 +59,7 @@ function bump(record: Record<string, number>, key: string, by = 1): void {
 /** The exclusion and holds of one evaluated account ("scanned" counts every account of a page, evaluated or not). */
 export function countEvaluation(
   counts: RunCounts,
-  e: Pick<AccountEvaluation, 'excluded' | 'transitions'>,
+  e: Pick<AccountEvaluation, 'excluded'> & { transitions: Pick<Transition, 'kind'>[] },
 ): void {
   if (e.excluded) {
     counts.excluded += 1;

@@ -60,13 +60,13 @@ export function planPage(signals: Signals[], page: PageState, rules: Rules, asOf
       toIndex: t.toIndex,
       blocksBooking: t.blocksBooking,
       allowsLogin: t.allowsLogin,
-      message: t.message,
-      reasons: t.reasons,
       actions: t.actions,
       expectedVersion: stored.get(t.policy)?.version ?? 0,
       customer: { name: s.name, email: s.email },
       hostBefore: null,
       hostOld: null,
+      // Still unexplained: a dry run asks for the reasons and message of its sample only.
+      explain: t.explain,
     }));
     hostColumns.push(...planHostColumns(s.key, effective.policies, stored, accountChanges));
     changes.push(...accountChanges);

@@ -26,7 +26,7 @@
  */
 import { conditionHolds, evaluateCondition } from './conditions';
 import { findExclusion } from './exclusions';
-import { CLEAR_STATE, planTransition } from './transition';
+import { CLEAR_STATE, lazyTransition, planTransition, type PlannedTransition } from './transition';
 import type {
   AccountEvaluation,
   AccountPolicyState,
@@ -122,15 +122,15 @@ export function evaluateAccount(input: {
 /**
  * What `evaluateAccount` says of the account's transitions and exclusion, without its decisions: a
  * policy whose decided stage is the current one is settled with `conditionHolds` alone, and only
- * the policies that move are explained. The batch engine calls this for every account (a property
+ * the policies that move are explained, when `explain()` is first called. The batch engine calls this for every account (a property
  * test checks it against evaluateAccount).
  */
 export function accountTransitions(
   input: Parameters<typeof evaluateAccount>[0],
-): Pick<AccountEvaluation, 'key' | 'orgId' | 'excluded' | 'transitions'> {
+): Pick<AccountEvaluation, 'key' | 'orgId' | 'excluded'> & { transitions: PlannedTransition[] } {
   const { signals, rules, asOf, states } = input;
   const excluded = findExclusion(signals, rules.exclusions, input.exclusion, asOf);
-  const transitions: Transition[] = [];
+  const transitions: PlannedTransition[] = [];
   if (!excluded) {
     for (const policy of rules.policies) {
       const state = stateOf(states, policy);
@@ -138,8 +138,16 @@ export function accountTransitions(
       const decided = ladderOf(policy).find((stage) => conditionHolds(stage.when, signals, ctx));
       // planTransition returns nothing when the decided stage is the current one.
       if ((decided?.index ?? -1) === state.stageIndex) continue;
-      const decision = evaluatePolicy(signals, policy, asOf, state, rules.settings);
-      const transition = planTransition({ signals, policy, state, decision, asOf, settings: rules.settings });
+      // Explained only when read (see lazyTransition).
+      const transition = lazyTransition({
+        signals,
+        policy,
+        state,
+        target: decided ?? null,
+        decide: () => evaluatePolicy(signals, policy, asOf, state, rules.settings),
+        asOf,
+        settings: rules.settings,
+      });
       if (transition) transitions.push(transition);
     }
   }

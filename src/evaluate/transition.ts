@@ -87,6 +87,54 @@ export function stageMessage(
   );
 }
 
+type TransitionShape = Omit<Transition, 'key' | 'orgId' | 'message' | 'reasons'>;
+
+/** What moving from the account's state to `target` is, without its explanation; null: it stays. */
+function transitionShape(
+  policy: Policy,
+  state: AccountPolicyState,
+  target: Stage | null,
+): TransitionShape | null {
+  const current = state.stageIndex;
+  const to = target?.index ?? -1;
+  if (to === current) return null;
+  let kind: TransitionKind;
+  let actions: Action[] = [];
+  if (target && to > current) {
+    kind = current === -1 ? 'enter' : 'escalate';
+    actions = entryActions(policy, current, target);
+  } else {
+    kind = policy.reinstate === 'auto' ? (to === -1 ? 'clear' : 'deescalate') : 'hold';
+  }
+  return {
+    policy: policy.name,
+    kind,
+    from: state.stage,
+    to: target?.name ?? null,
+    toIndex: to,
+    actions,
+    blocksBooking: target?.blocksBooking ?? false,
+    allowsLogin: target?.allowsLogin ?? true,
+  };
+}
+
+/** Why: the decision's reasons; on a step down, first why the current stage no longer holds. */
+function transitionReasons(
+  input: { signals: Signals; policy: Policy; state: AccountPolicyState; asOf: IsoDate; settings: Settings },
+  decision: PolicyDecision,
+): Reason[] {
+  const { signals, policy, state, asOf, settings } = input;
+  const to = decision.stage?.index ?? -1;
+  if (decision.stage && to > state.stageIndex) return decision.reasons;
+  const stage = policy.stages.find(
+    (s) => s.index === state.stageIndex && (state.stage === null || s.name === state.stage),
+  );
+  if (!stage) return decision.reasons;
+  const ctx = { asOf, reinstatedOn: state.reinstatedOn, currency: settings.currency };
+  const now = evaluateCondition(stage.when, signals, ctx);
+  return dedupeReasons([...(now.holds ? [] : now.reasons), ...decision.reasons]);
+}
+
 /** The transition a decision implies for one policy, or null when the account stays where it is. */
 export function planTransition(input: {
   signals: Signals;
@@ -98,41 +146,52 @@ export function planTransition(input: {
 }): Transition | null {
   const { signals, policy, decision, asOf, settings } = input;
   const state = input.state ?? CLEAR_STATE;
-  const current = state.stageIndex;
-  const target = decision.stage;
-  const to = target?.index ?? -1;
-  if (to === current) return null;
-
-  let kind: TransitionKind;
-  let actions: Action[] = [];
-  let reasons = decision.reasons;
-  if (target && to > current) {
-    kind = current === -1 ? 'enter' : 'escalate';
-    actions = entryActions(policy, current, target);
-  } else {
-    kind = policy.reinstate === 'auto' ? (to === -1 ? 'clear' : 'deescalate') : 'hold';
-    // Say first why the current stage no longer holds, then why the target does (or why nothing does).
-    const stage = policy.stages.find(
-      (s) => s.index === current && (state.stage === null || s.name === state.stage),
-    );
-    if (stage) {
-      const ctx = { asOf, reinstatedOn: state.reinstatedOn, currency: settings.currency };
-      const now = evaluateCondition(stage.when, signals, ctx);
-      reasons = dedupeReasons([...(now.holds ? [] : now.reasons), ...decision.reasons]);
-    }
-  }
+  const shape = transitionShape(policy, state, decision.stage);
+  if (!shape) return null;
   return {
     key: signals.key,
     orgId: signals.orgId,
-    policy: policy.name,
-    kind,
-    from: state.stage,
-    to: target?.name ?? null,
-    toIndex: to,
-    actions,
-    blocksBooking: target?.blocksBooking ?? false,
-    allowsLogin: target?.allowsLogin ?? true,
-    message: stageMessage(target, policy, signals, settings, asOf),
-    reasons,
+    ...shape,
+    message: stageMessage(decision.stage, policy, signals, settings, asOf),
+    reasons: transitionReasons({ signals, policy, state, asOf, settings }, decision),
+  };
+}
+
+/** A transition's explanation: why, and what the customer is told. */
+export interface Explanation {
+  reasons: Reason[];
+  message: string | null;
+}
+
+/** A transition whose explanation is worked out when first asked for (then kept). */
+export type PlannedTransition = Omit<Transition, 'message' | 'reasons'> & { explain(): Explanation };
+
+/**
+ * `planTransition` for a target already decided, explained only when asked: `explain()` computes the
+ * reasons (from `decide()`, the full decision) and the message once. A dry run asks for its sample of
+ * accounts only; a real run, for every change it writes.
+ */
+export function lazyTransition(input: {
+  signals: Signals;
+  policy: Policy;
+  state: AccountPolicyState;
+  target: Stage | null;
+  decide: () => PolicyDecision;
+  asOf: IsoDate;
+  settings: Settings;
+}): PlannedTransition | null {
+  const { signals, policy, state, target, asOf, settings } = input;
+  const shape = transitionShape(policy, state, target);
+  if (!shape) return null;
+  let explained: Explanation | null = null;
+  return {
+    key: signals.key,
+    orgId: signals.orgId,
+    ...shape,
+    explain: () =>
+      (explained ??= {
+        reasons: transitionReasons(input, input.decide()),
+        message: stageMessage(target, policy, signals, settings, asOf),
+      }),
   };
 }

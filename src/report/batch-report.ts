@@ -35,7 +35,10 @@ export function accountRow(c: StateChange): Row {
     change: c.kind,
     from: c.from ?? 'clear',
     to: c.to ?? 'clear',
-    reasons: c.reasons.map((r) => r.text).join('; '),
+    reasons: c
+      .explain()
+      .reasons.map((r) => r.text)
+      .join('; '),
   };
 }
 
@@ -148,7 +151,7 @@ export async function writeBatchReport(
         },
         limit: result.limit,
         transitions,
-        sample: collector.sample.map((s) => ({ ...accountRow(s), reasons: s.reasons, message: s.message })),
+        sample: collector.sample.map((s) => ({ ...accountRow(s), ...s.explain() })),
       },
       null,
       2,

@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
-import type { Action, IsoDate, OutboxPayload, Reason, TransitionKind } from '../types';
+import type { Explanation } from '../evaluate/transition';
+import type { Action, IsoDate, OutboxPayload, TransitionKind } from '../types';
 
 /**
  * Writes one page of state changes in ONE statement: upsert the account states, append a history
@@ -30,8 +31,8 @@ export interface StateChange {
   toIndex: number;
   blocksBooking: boolean;
   allowsLogin: boolean;
-  message: string | null;
-  reasons: Reason[];
+  /** Reasons and customer message, worked out on first call (see lazyTransition). */
+  explain(): Explanation;
   actions: Action[];
   /** The row's version when the page was read; 0 when there was no row. */
   expectedVersion: number;
@@ -50,6 +51,7 @@ export interface AppliedChange {
 
 /** The outbox payload of one change: what `suspend notify` delivers (see OutboxPayload). */
 export function payloadFor(change: StateChange, ctx: WriteContext): OutboxPayload {
+  const { message, reasons } = change.explain();
   return {
     event: change.kind,
     runId: ctx.runId,
@@ -61,8 +63,8 @@ export function payloadFor(change: StateChange, ctx: WriteContext): OutboxPayloa
     to: change.to,
     blocksBooking: change.blocksBooking,
     allowsLogin: change.allowsLogin,
-    message: change.message,
-    reasons: change.reasons,
+    message,
+    reasons,
     actions: change.actions.map((a) => a.type),
     actor: ctx.actor,
   };
