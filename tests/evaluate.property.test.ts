@@ -287,9 +287,12 @@ describe('evaluator properties', () => {
           exclusion: ex && { reason: ex.reason, until: addDays(AS_OF, ex.until) },
         };
         const { key, orgId, excluded, transitions } = evaluateAccount(input);
-        const planned = accountTransitions(input);
-        const explained = planned.transitions.map(({ explain, ...t }) => ({ ...t, ...explain() }));
-        expect({ ...planned, transitions: explained }).toEqual({ key, orgId, excluded, transitions });
+        // Explained when asked (a dry run) and right away (a real run): the same as evaluateAccount.
+        for (const mode of ['later', 'now'] as const) {
+          const planned = accountTransitions(input, mode);
+          const explained = planned.transitions.map(({ explain, ...t }) => ({ ...t, ...explain() }));
+          expect({ ...planned, transitions: explained }).toEqual({ key, orgId, excluded, transitions });
+        }
       }),
       RUNS,
     );

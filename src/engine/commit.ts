@@ -219,6 +219,7 @@ async function recheck(
     state,
     rules,
     ctx.asOf,
+    'now',
   );
   const sameAs = new Set(
     fresh.changes.map((f) => [f.key, f.policy, f.kind, f.to, f.expectedVersion].join('\u0000')),

@@ -55,6 +55,8 @@ export interface PageSource {
   allAccounts: boolean;
   /** The signals the rules use (the re-check reads the same). */
   needs: SignalNeeds;
+  /** 'now' in a run that writes every change it plans; 'later' in a dry run (it explains a sample). */
+  explain: 'now' | 'later';
   signal?: AbortSignal;
 }
 
@@ -109,11 +111,12 @@ export async function* evaluated(
   pages: AsyncGenerator<Page>,
   rules: Rules,
   asOf: IsoDate,
+  explain: 'now' | 'later' = 'later',
 ): AsyncGenerator<Page & { plan: PagePlan }> {
   for await (const page of pages) {
     // Let the queries already started go out before this page's evaluation holds the event loop.
     await new Promise((resolve) => setImmediate(resolve));
-    const plan = planPage(page.signals, page.state, rules, asOf);
+    const plan = planPage(page.signals, page.state, rules, asOf, explain);
     countSkipped(plan.tally, page.skipped);
     yield { ...page, plan };
   }

@@ -32,20 +32,30 @@ export function rulesForOrg(rules: Rules, orgId: string | null): EffectiveRules 
   return (orgId !== null && rules.organizations[orgId]) || rules.defaults;
 }
 
-export function planPage(signals: Signals[], page: PageState, rules: Rules, asOf: IsoDate): PagePlan {
+export function planPage(
+  signals: Signals[],
+  page: PageState,
+  rules: Rules,
+  asOf: IsoDate,
+  /** 'now' when every change will be written (see accountTransitions). */
+  explain: 'now' | 'later' = 'later',
+): PagePlan {
   const tally = emptyCounts();
   const changes: StateChange[] = [];
   const hostColumns: HostColumnChange[] = [];
   for (const s of signals) {
     const effective = rulesForOrg(rules, s.orgId);
     const stored = page.states.get(s.key) ?? new Map<string, StoredState>();
-    const evaluation = accountTransitions({
-      signals: s,
-      rules: effective,
-      asOf,
-      states: Object.fromEntries(stored),
-      exclusion: page.exclusions.get(s.key) ?? null,
-    });
+    const evaluation = accountTransitions(
+      {
+        signals: s,
+        rules: effective,
+        asOf,
+        states: Object.fromEntries(stored),
+        exclusion: page.exclusions.get(s.key) ?? null,
+      },
+      explain,
+    );
     countEvaluation(tally, evaluation);
     const written = evaluation.transitions.filter((t) => t.kind !== 'hold');
     if (written.length === 0) continue;

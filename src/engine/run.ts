@@ -237,7 +237,7 @@ async function runWorkers(
         // Three stages, each a page ahead of the next: Postgres reads page N+2 while Node evaluates
         // page N+1 while page N is written.
         const pages = readAhead(readPages(pool, { ...source, signal: both }, range));
-        for await (const page of readAhead(evaluated(pages, source.rules, source.asOf))) {
+        for await (const page of readAhead(evaluated(pages, source.rules, source.asOf, source.explain))) {
           if (!(await handle(page, worker))) return;
         }
         if (!both.aborted) await onRangeDone(worker);
@@ -265,6 +265,7 @@ async function pageSource(
     state: stateSchema === null ? null : await stateTables(knex, stateSchema),
     allAccounts: Boolean(options.allAccounts),
     needs: signalsUsed(rules),
+    explain: options.dryRun ? 'later' : 'now',
   };
 }
 

@@ -26,7 +26,7 @@
  */
 import { conditionHolds, evaluateCondition } from './conditions';
 import { findExclusion } from './exclusions';
-import { CLEAR_STATE, lazyTransition, planTransition, type PlannedTransition } from './transition';
+import { CLEAR_STATE, explained, lazyTransition, planTransition, type PlannedTransition } from './transition';
 import type {
   AccountEvaluation,
   AccountPolicyState,
@@ -127,6 +127,8 @@ export function evaluateAccount(input: {
  */
 export function accountTransitions(
   input: Parameters<typeof evaluateAccount>[0],
+  /** 'now' for a run that writes every change; 'later' for a dry run (see lazyTransition). */
+  explain: 'now' | 'later' = 'later',
 ): Pick<AccountEvaluation, 'key' | 'orgId' | 'excluded'> & { transitions: PlannedTransition[] } {
   const { signals, rules, asOf, states } = input;
   const excluded = findExclusion(signals, rules.exclusions, input.exclusion, asOf);
@@ -138,7 +140,12 @@ export function accountTransitions(
       const decided = ladderOf(policy).find((stage) => conditionHolds(stage.when, signals, ctx));
       // planTransition returns nothing when the decided stage is the current one.
       if ((decided?.index ?? -1) === state.stageIndex) continue;
-      // Explained only when read (see lazyTransition).
+      if (explain === 'now') {
+        const decision = evaluatePolicy(signals, policy, asOf, state, rules.settings);
+        const planned = planTransition({ signals, policy, state, decision, asOf, settings: rules.settings });
+        if (planned) transitions.push(explained(planned));
+        continue;
+      }
       const transition = lazyTransition({
         signals,
         policy,
