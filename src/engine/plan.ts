@@ -75,7 +75,7 @@ export function planPage(
       customer: { name: s.name, email: s.email },
       hostBefore: null,
       hostOld: null,
-      // Still unexplained: a dry run asks for the reasons and message of its sample only.
+      // Explained already in a real run; in a dry run, once the report shows the change.
       explain: t.explain,
     }));
     hostColumns.push(...planHostColumns(s.key, effective.policies, stored, accountChanges));

@@ -122,8 +122,9 @@ export function evaluateAccount(input: {
 /**
  * What `evaluateAccount` says of the account's transitions and exclusion, without its decisions: a
  * policy whose decided stage is the current one is settled with `conditionHolds` alone, and only
- * the policies that move are explained, when `explain()` is first called. The batch engine calls this for every account (a property
- * test checks it against evaluateAccount).
+ * the policies that move are explained: right away ('now'), or on their first `explain()` ('later').
+ * The batch engine calls this for every account (a property test checks both modes against
+ * evaluateAccount).
  */
 export function accountTransitions(
   input: Parameters<typeof evaluateAccount>[0],
