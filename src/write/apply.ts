@@ -31,7 +31,10 @@ export interface StateChange {
   toIndex: number;
   blocksBooking: boolean;
   allowsLogin: boolean;
-  /** Reasons and customer message, worked out on first call (see lazyTransition). */
+  /**
+   * Reasons and customer message: computed already in a real run, on first call in a dry run (see
+   * accountTransitions).
+   */
   explain(): Explanation;
   actions: Action[];
   /** The row's version when the page was read; 0 when there was no row. */
