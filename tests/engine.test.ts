@@ -165,6 +165,33 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
     ]);
   });
 
+  test('history keeps the state each change replaced, for revert; a state written first had none', async () => {
+    const rows = (await db
+      .knex('suspend.history as h')
+      .join('suspend.runs as r', 'r.id', 'h.run_id')
+      .select('r.kind', 'h.customer_key', 'h.policy', 'h.from_stage', 'h.previous_state')) as {
+      kind: string;
+      customer_key: string;
+      policy: string;
+      from_stage: string | null;
+      previous_state: Record<string, unknown> | null;
+    }[];
+    const replaced = rows.filter((h) => h.kind === 'sweep' && h.from_stage !== null);
+    expect(replaced.length).toBeGreaterThan(0);
+    for (const h of replaced) {
+      expect(h.previous_state).toMatchObject({
+        customer_key: h.customer_key,
+        policy: h.policy,
+        stage: h.from_stage,
+        version: expect.any(Number),
+      });
+    }
+    const first = rows.filter((h) => h.kind === 'backfill');
+    expect(first.length).toBeGreaterThan(0);
+    for (const h of first)
+      expect(Object.keys(h.previous_state ?? {}).filter((k) => k !== 'host')).toEqual([]);
+  });
+
   test('a second run while one holds the lock exits 3 naming the holder; --wait runs after it', async () => {
     const holder = knexFactory({
       client: 'pg',

@@ -134,15 +134,17 @@ history_rows as (
                          reasons, previous_state, rules_hash, as_of, actor)
   select :runId, i.customer_key, i.org_id, i.policy, i.kind, i.from_stage, i.stage, i.from_index, i.stage_index,
          i.reasons,
-         case when p.state is null and i.host_old is null then null
-              else coalesce(p.state, '{}'::jsonb) || jsonb_build_object('host', i.host_old) end,
+         -- The state before this statement (its own upsert is not visible to it): one key probe per
+         -- change that had a state when read (a new state has none; a backfill's changes rarely do);
+         -- a join with the page's rows instead can turn quadratic in the page size.
+         case when i.expected_version > 0 or i.host_old is not null
+              then coalesce(case when i.expected_version > 0
+                                 then (select to_jsonb(s) from :states: s
+                                        where s.customer_key = i.customer_key and s.policy = i.policy) end,
+                            '{}'::jsonb) || jsonb_build_object('host', i.host_old) end,
          :rulesHash, :asOf::date, :actor
     from input i
     join upserted u on u.customer_key = i.customer_key and u.policy = i.policy
-    -- The state before this statement (its own upsert is not visible to it): one key probe per
-    -- change; a join with the page's rows instead can turn quadratic in the page size.
-    left join lateral (select to_jsonb(s) as state from :states: s
-                        where s.customer_key = i.customer_key and s.policy = i.policy) p on true
   returning id, customer_key, policy
 ),
 outbox_rows as (
