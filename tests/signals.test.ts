@@ -1,6 +1,6 @@
 import fc from 'fast-check';
 import { createTestDatabase, type TestDatabase } from './helpers/database';
-import { readSignals } from '../src/source/signals';
+import { readAccounts } from '../src/source/signals';
 import { DEFAULT_MAPPING } from '../src/rules/defaults';
 import { addDays, daysBetween } from '../src/rules/dates';
 
@@ -116,7 +116,7 @@ test('the past-due streak, balances and oldest overdue match the day-by-day defi
           .sort((a, b) => a.k - b.k)
           .map(({ r }, n) => ({ id: base * 10 + n, ...r }));
         if (shuffled.length > 0) await db.knex('invoices').insert(shuffled);
-        const signals = await readSignals(db.knex, DEFAULT_MAPPING, AS_OF, {
+        const { signals } = await readAccounts(db.knex, DEFAULT_MAPPING, AS_OF, {
           from: String(base),
           to: String(base + cases.length - 1),
         });
@@ -187,7 +187,8 @@ test('a full payment ends the streak, a partial payment does not, and net terms 
       paid_on: null,
     },
   ]);
-  const [one, two, three] = await readSignals(db.knex, DEFAULT_MAPPING, AS_OF, { from: '1', to: '3' });
+  const { signals } = await readAccounts(db.knex, DEFAULT_MAPPING, AS_OF, { from: '1', to: '3' });
+  const [one, two, three] = signals;
   expect(one).toMatchObject({ pastDueSince: '2026-10-01', overdueBalance: 2000, oldestOverdueDays: 53 });
   expect(two).toMatchObject({ pastDueSince: '2026-09-01', overdueBalance: 1000, oldestOverdueDays: 83 });
   expect(three).toMatchObject({

@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
-import { qualified, readSignals, type SignalNeeds } from '../source/signals';
-import { readPageState, type PageState } from '../source/states';
+import { qualified, readAccounts, type SignalNeeds } from '../source/signals';
+import type { PageState } from '../source/states';
 import { writeStateChanges, type StateChange, type WriteContext } from '../write/apply';
 import { writeHostColumns } from '../write/host-columns';
 import { countChanges, mergeCounts, pageCounts, type RunCounts } from './counts';
@@ -204,9 +204,16 @@ async function recheck(
       ]);
     }
   }
-  // One connection: the two reads run in turn.
-  const signals = await readSignals(trx, rules.source, ctx.asOf, { keys }, target.needs);
-  const state = await readPageState(trx, ctx.schema, keys, ctx.asOf);
+  // States and exclusions are read whatever the run found at its start: another process may have
+  // written some for these accounts since.
+  const tables = { schema: ctx.schema, states: true, exclusions: true };
+  const { signals, state } = await readAccounts(
+    trx,
+    rules.source,
+    ctx.asOf,
+    { keys, state: tables },
+    target.needs,
+  );
   const readBefore = new Map(page.signals.map((s) => [s.key, s]));
   const freshByKey = new Map(signals.map((s) => [s.key, s]));
   const moved = new Set(

@@ -96,11 +96,16 @@ export function countAccountsQuery(
 }
 
 /**
- * Which accounts a signal query covers: a key range (tests, tools), a list of keys (the re-check), or
- * a keyset page (see PageScope).
+ * Which accounts a signal query covers: a key range (tests, tools), a list of keys (the re-check,
+ * see KeysScope), or a keyset page (see PageScope).
  */
-export type SignalScope =
-  { from: string; to: string; orgs?: string[] | null } | { keys: string[] } | PageScope;
+export type SignalScope = { from: string; to: string; orgs?: string[] | null } | KeysScope | PageScope;
+
+/** Named accounts, with their states and exclusions read in the same statement when `state` is given. */
+export interface KeysScope {
+  keys: string[];
+  state?: StateTables | null;
+}
 
 /**
  * The next keyset page: the first `limit` accounts in key order after `after` (up to `until`) with
@@ -310,8 +315,8 @@ export function signalsQuery(
 
   // The page's states and live exclusions, probed by key once for every account of the page: they
   // make an account a candidate (a stage to keep or clear, an exclusion to count) and come back
-  // with it, as the rows source/states.ts reads.
-  const state = page?.state ?? null;
+  // with it, in the shape storedState() maps.
+  const state = 'from' in scope ? null : (scope.state ?? null);
   const pageKeys = 'array(select k::text from page)';
   if (state?.states) {
     parts.push(`page_states as (
@@ -506,17 +511,6 @@ export function toSignals(row: SignalRow): Signals {
   };
 }
 
-export async function readSignals(
-  knex: Knex | Knex.Transaction,
-  mapping: SourceMapping,
-  asOf: IsoDate,
-  scope: SignalScope,
-  needs: SignalNeeds = ALL_SIGNALS,
-): Promise<Signals[]> {
-  const result = await signalsQuery(knex as Knex, mapping, asOf, scope, needs);
-  return (result as { rows: SignalRow[] }).rows.map(toSignals);
-}
-
 export interface PageRead {
   /** Accounts in the page, candidates or not; 0 when the walk is over. */
   total: number;
@@ -526,7 +520,7 @@ export interface PageRead {
   signals: Signals[];
   /** Accounts of the page that cannot be judged, with why: counted, never evaluated. */
   skipped: SkippedAccount[];
-  /** Their states and exclusions, as `readPageState` reads them. */
+  /** Their states and live exclusions (see StoredState). */
   state: PageState;
 }
 
@@ -563,6 +557,26 @@ export async function readPage(
   const result = await signalsQuery(knex, mapping, asOf, scope, needs);
   const rows = (result as { rows: PageRow[] }).rows;
   const first = rows[0];
+  return { total: first?.page_size ?? 0, last: first?.page_last ?? null, ...accountsOf(rows) };
+}
+
+/**
+ * Reads a key range or named accounts with one statement: their signals, and their states and live
+ * exclusions when the scope names suspend's tables.
+ */
+export async function readAccounts(
+  knex: Knex | Knex.Transaction,
+  mapping: SourceMapping,
+  asOf: IsoDate,
+  scope: Exclude<SignalScope, PageScope>,
+  needs: SignalNeeds = ALL_SIGNALS,
+): Promise<Pick<PageRead, 'signals' | 'skipped' | 'state'>> {
+  const result = await signalsQuery(knex as Knex, mapping, asOf, scope, needs);
+  return accountsOf((result as { rows: PageRow[] }).rows);
+}
+
+/** A page query's rows as signals to judge, accounts to skip (bad data), states and exclusions. */
+function accountsOf(rows: PageRow[]): Pick<PageRead, 'signals' | 'skipped' | 'state'> {
   const state: PageState = { states: new Map(), exclusions: new Map() };
   const signals: Signals[] = [];
   const skipped: SkippedAccount[] = [];
@@ -587,5 +601,5 @@ export async function readPage(
     }
     if (row.exclusion) state.exclusions.set(row.key, row.exclusion);
   }
-  return { total: first?.page_size ?? 0, last: first?.page_last ?? null, signals, skipped, state };
+  return { signals, skipped, state };
 }
