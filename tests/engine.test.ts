@@ -48,6 +48,23 @@ async function states(db: TestDatabase): Promise<string[]> {
     .sort(); // JS order, as the expectations are sorted
 }
 
+/** `backfill --resume` on `stopped`, an uninterrupted backfill on `clean`: the same states. */
+async function expectResumeLikeUninterrupted(stopped: TestDatabase, clean: TestDatabase, batchSize: number) {
+  const resumed = await cli(stopped, ['backfill', '--resume', '--no-notify', '--quiet', '--format', 'json']);
+  expect(resumed.code).toBe(0);
+  const uninterrupted = await cli(clean, [
+    'backfill',
+    '--as-of',
+    AS_OF,
+    '--batch-size',
+    String(batchSize),
+    '--no-notify',
+    '--quiet',
+  ]);
+  expect(uninterrupted.code).toBe(0);
+  expect(await states(stopped)).toEqual(await states(clean));
+}
+
 describe('report, backfill and sweep on 10,000 reference accounts', () => {
   let db: TestDatabase;
   let preview: ReportJson;
@@ -288,20 +305,7 @@ describe('crash and resume', () => {
     const refused = await cli(killed, ['backfill', '--as-of', AS_OF, '--no-notify']);
     expect(refused.code).toBe(2);
     expect(refused.stderr).toContain('--resume');
-    const resumed = await cli(killed, ['backfill', '--resume', '--no-notify', '--quiet', '--format', 'json']);
-    expect(resumed.code).toBe(0);
-    const uninterrupted = await cli(clean, [
-      'backfill',
-      '--as-of',
-      AS_OF,
-      '--batch-size',
-      '100',
-      '--no-notify',
-      '--quiet',
-    ]);
-    expect(uninterrupted.code).toBe(0);
-
-    expect(await states(killed)).toEqual(await states(clean));
+    await expectResumeLikeUninterrupted(killed, clean, 100);
     const dupes = await killed.knex.raw(
       'select customer_key, policy, to_stage, count(*) from suspend.history group by 1, 2, 3 having count(*) > 1',
     );
@@ -309,6 +313,61 @@ describe('crash and resume', () => {
     const outbox = async (d: TestDatabase) =>
       Number((await d.knex('suspend.outbox').count<{ n: string }[]>({ n: '*' }))[0]!.n);
     expect(await outbox(killed)).toBe(await outbox(clean));
+  });
+});
+
+describe('pages written at once', () => {
+  test('a page whose write fails takes the page written beside it down too; the checkpoint stays before both and --resume ends as an uninterrupted run', async () => {
+    const [db, clean] = await Promise.all([seeded(3000, 7), seeded(3000, 7)]);
+    try {
+      const rules = await loadRules({ file: rulesFile, cwd: ROOT });
+      const pageKeys: string[][] = [];
+      let fourthStartedFirst = false;
+      const failing = runBatch(db.knex, rules, {
+        kind: 'backfill',
+        asOf: AS_OF,
+        dryRun: false,
+        batchSize: 500,
+        orgs: null,
+        shard: null,
+        resume: false,
+        wait: false,
+        actor: 'test',
+        beforeWrite: async (keys) => {
+          pageKeys.push(keys);
+          if (pageKeys.length !== 3) return;
+          // The third page fails only once the fourth is inside its own transaction.
+          for (let i = 0; i < 250 && pageKeys.length < 4; i++) await new Promise((r) => setTimeout(r, 20));
+          fourthStartedFirst = pageKeys.length >= 4;
+          throw new Error('the third page failed');
+        },
+      });
+      await expect(failing).rejects.toThrow('the third page failed');
+      expect(fourthStartedFirst).toBe(true);
+
+      const written = new Set(
+        ((await db.knex('suspend.history').distinct('customer_key').pluck('customer_key')) as string[]).map(
+          String,
+        ),
+      );
+      expect(pageKeys[1]!.some((k) => written.has(k))).toBe(true);
+      expect([...pageKeys[2]!, ...pageKeys[3]!].filter((k) => written.has(k))).toEqual([]);
+      const [checkpoint] = await db.knex('suspend.checkpoints').select('pages', 'done');
+      expect(checkpoint).toEqual({ pages: 2, done: false });
+      const [run] = await db.knex('suspend.runs').select('status');
+      expect(run.status).toBe('interrupted');
+
+      await expectResumeLikeUninterrupted(db, clean, 500);
+      const history = async (d: TestDatabase) =>
+        (
+          await d.knex.raw<{ rows: { line: string }[] }>(
+            "select concat_ws('|', customer_key, policy, kind, to_stage) as line from suspend.history order by 1",
+          )
+        ).rows.map((r) => r.line);
+      expect(await history(db)).toEqual(await history(clean));
+    } finally {
+      await Promise.all([db.drop(), clean.drop()]);
+    }
   });
 });
 

@@ -60,7 +60,11 @@ export async function commitPage(
   knex: Knex,
   target: CommitTarget,
   page: PageToCommit,
-  workerCounts: RunCounts,
+  /**
+   * The worker's counts before this page, once every earlier page of the worker is committed:
+   * awaited just before the checkpoint is saved (a rejection rolls this page back).
+   */
+  countsBefore: () => Promise<RunCounts>,
 ): Promise<Committed> {
   const { rules, ctx } = target;
   const counted = pageCounts(page.total, page.plan.tally);
@@ -96,7 +100,7 @@ export async function commitPage(
       changes.filter((c) => !appliedSet.has(pair(c.key, c.policy))).map((c) => c.key),
     ).size;
     countChanges(counted, written);
-    const merged = mergeCounts(workerCounts, counted);
+    const merged = mergeCounts(await countsBefore(), counted);
     await saveCheckpoint(trx, ctx, target.checkpoint, page.last, merged);
     return { changes: written, counts: merged, page: counted };
   });

@@ -14,7 +14,7 @@ import {
   unfinishedShardRun,
   withShardLedgerLock,
 } from './shards';
-import { commitPage, saveCheckpoint } from './commit';
+import { commitPage, saveCheckpoint, type CommitTarget } from './commit';
 import { countChanges, emptyCounts, mergeCounts, pageCounts, restoreCounts, type RunCounts } from './counts';
 import {
   defaultActor,
@@ -46,7 +46,7 @@ import type { IsoDate, Rules } from '../types';
  * set-based query (only the accounts a rule could touch, see source/candidates.ts), evaluates them
  * in memory with the pure evaluator, and (unless dry) writes the page's changes in one transaction
  * together with the checkpoint. Each worker walks its own key range and reads its next page while
- * it writes the current one; memory is a couple of pages per worker.
+ * it writes the current two (see WRITE_DEPTH); memory is a few pages per worker.
  */
 
 export type BatchKind = 'backfill' | 'sweep';
@@ -142,8 +142,8 @@ export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions):
 }
 
 /**
- * The workers' own connections, two each (one reads a page while the other writes the previous
- * one), set up for page work:
+ * The workers' own connections, three each (one reads a page while two write the pages before it),
+ * set up for page work:
  * - JIT compilation off: it costs more than it saves on page-sized queries (64 ms of a 160 ms read);
  * - asynchronous commit: a page's transaction returns without waiting for its WAL flush. A server
  *   crash can then lose the last pages that committed, but each with its checkpoint, so the run
@@ -160,7 +160,7 @@ async function withPipelinePool<T>(knex: Knex, workers: number, fn: (pool: Knex)
     ...config,
     pool: {
       min: 0,
-      max: 2 * workers,
+      max: (1 + WRITE_DEPTH) * workers,
       afterCreate: (
         conn: { query: (sql: string, cb: (err: Error | null) => void) => void },
         done: (err: Error | null, conn: unknown) => void,
@@ -215,6 +215,12 @@ interface WorkerStart {
 
 /** A page with nothing to write is not committed; a checkpoint is still saved this often. */
 const CHECKPOINT_MS = 5000;
+
+/**
+ * Pages of one worker written at once, each in its own transaction on its own connection: while
+ * one waits on Node between statements, the other's statements run.
+ */
+const WRITE_DEPTH = 2;
 
 /**
  * Runs one page pipeline per range at once. `handle` gets each page read and evaluated, while the
@@ -599,10 +605,65 @@ async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptio
       );
     }
   };
+  /** Each worker's pages being written, oldest first (at most WRITE_DEPTH). */
+  const writing: Promise<void>[][] = workers.map(() => []);
   try {
     const source = await pageSource(knex, rules, options, schema);
-    const invoicePolicies = policiesReadingInvoices(rules);
-    await runWorkers(
+    const target: Omit<CommitTarget, 'checkpoint'> = {
+      rules,
+      ctx,
+      needs: source.needs,
+      invoicePolicies: policiesReadingInvoices(rules),
+      beforeWrite: options.beforeWrite,
+    };
+    /**
+     * Writes one page of worker w: its transaction overlaps the previous page's, but counts the page
+     * and saves its checkpoint only once that page is committed, so a checkpoint never passes a page
+     * that did not commit (and a failed page fails the one after it).
+     */
+    const writePage = async (
+      w: number,
+      worker: WorkerStart,
+      page: Page & { plan: PagePlan },
+      previous: Promise<void>,
+    ): Promise<void> => {
+      const { plan } = page;
+      let written: StateChange[] = [];
+      if (plan.changes.length === 0 && Date.now() - (savedAt[w] as number) < CHECKPOINT_MS) {
+        // Nothing to write: count the page; the worker's next checkpoint records it.
+        await previous;
+        const counted = pageCounts(page.total, plan.tally);
+        workerCounts[w] = mergeCounts(workerCounts[w] as RunCounts, counted);
+        counts = mergeCounts(counts, counted);
+      } else {
+        inFlight += plan.changes.length;
+        let committed;
+        try {
+          committed = await commitPage(pool, { ...target, checkpoint: worker.checkpoint }, page, async () => {
+            await previous;
+            return workerCounts[w] as RunCounts;
+          });
+        } finally {
+          inFlight -= plan.changes.length;
+        }
+        savedAt[w] = Date.now();
+        written = committed.changes;
+        workerCounts[w] = committed.counts;
+        counts = mergeCounts(counts, committed.page);
+      }
+      lastKeys[w] = page.last;
+      if (!analyzed && written.length > 0) {
+        analyzing ??= analyzeStatesOnce(knex, schema).finally(() => (analyzing = null));
+        analyzed = await analyzing;
+      }
+      if (Date.now() - lastBeat >= HEARTBEAT_MS) {
+        lastBeat = Date.now();
+        // A shared run's counts are added up from every shard's checkpoints when a shard closes.
+        await heartbeat(knex, schema, run.id, shards ? null : counts);
+      }
+      await options.onPage?.({ evaluated: plan.evaluated, changes: written, counts, total });
+    };
+    const walk = runWorkers(
       pool,
       source,
       active.map((w) => w.range),
@@ -610,58 +671,24 @@ async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptio
       async ({ plan, ...page }, i) => {
         const worker = active[i] as WorkerStart;
         const w = workers.indexOf(worker);
+        const queue = writing[w] as Promise<void>[];
+        while (queue.length >= WRITE_DEPTH) await queue.shift();
         if (limit) return false;
         if (max !== null && counts.changes + inFlight + plan.changes.length > max) {
           limit = { max, wouldReach: counts.changes + inFlight + plan.changes.length };
           return false;
         }
-        let written: StateChange[] = [];
-        if (plan.changes.length === 0 && Date.now() - (savedAt[w] as number) < CHECKPOINT_MS) {
-          // Nothing to write: count the page; the worker's next checkpoint records it.
-          const counted = pageCounts(page.total, plan.tally);
-          workerCounts[w] = mergeCounts(workerCounts[w] as RunCounts, counted);
-          counts = mergeCounts(counts, counted);
-        } else {
-          inFlight += plan.changes.length;
-          let committed;
-          try {
-            committed = await commitPage(
-              pool,
-              {
-                rules,
-                ctx,
-                needs: source.needs,
-                invoicePolicies,
-                checkpoint: worker.checkpoint,
-                beforeWrite: options.beforeWrite,
-              },
-              { ...page, plan },
-              workerCounts[w] as RunCounts,
-            );
-          } finally {
-            inFlight -= plan.changes.length;
-          }
-          savedAt[w] = Date.now();
-          written = committed.changes;
-          workerCounts[w] = committed.counts;
-          counts = mergeCounts(counts, committed.page);
-        }
-        lastKeys[w] = page.last;
-        if (!analyzed && written.length > 0) {
-          analyzing ??= analyzeStatesOnce(knex, schema).finally(() => (analyzing = null));
-          analyzed = await analyzing;
-        }
-        if (Date.now() - lastBeat >= HEARTBEAT_MS) {
-          lastBeat = Date.now();
-          // A shared run's counts are added up from every shard's checkpoints when a shard closes.
-          await heartbeat(knex, schema, run.id, shards ? null : counts);
-        }
-        await options.onPage?.({ evaluated: plan.evaluated, changes: written, counts, total });
+        const previous = queue[queue.length - 1] ?? Promise.resolve();
+        const done = writePage(w, worker, { ...page, plan }, previous);
+        // A failure surfaces when the page is awaited (above, at the range's end or after the walk).
+        done.catch(() => undefined);
+        queue.push(done);
         return true;
       },
       async (i) => {
         const w = workers.indexOf(active[i] as WorkerStart);
         const worker = workers[w] as WorkerStart;
+        for (const written of (writing[w] as Promise<void>[]).splice(0)) await written;
         await saveCheckpoint(
           knex,
           ctx,
@@ -672,6 +699,13 @@ async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptio
         );
       },
     );
+    // Pages still being written finish (or fail) before the run closes.
+    const outcomes = [
+      ...(await Promise.allSettled([walk])),
+      ...(await Promise.allSettled(writing.flatMap((q) => q.splice(0)))),
+    ];
+    const failed = outcomes.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
     if (limit) {
       const { wouldReach } = limit;
       await close({
