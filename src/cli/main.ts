@@ -29,7 +29,7 @@ Examples:
   suspend demo                                   seed a sample database and walk through a run
   suspend rules check --rules rules.yaml         validate a rules file
   suspend report --dry-run --accounts --format csv --output changes.csv
-  suspend backfill --batch-size 2500             clean up the whole backlog once
+  suspend backfill --batch-size 2000             clean up the whole backlog once
   suspend sweep                                  the daily run, for cron
   suspend status 1042                            why is this customer paused?
   suspend rules show --org 7                     the rules organization 7 gets after its overrides

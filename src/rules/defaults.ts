@@ -42,7 +42,7 @@ export const DEFAULT_MAPPING: SourceMapping = {
 
 export const DEFAULT_SETTINGS: Settings = {
   schema: 'suspend',
-  batchSize: 2500,
+  batchSize: 2000,
   maxChanges: null,
   supportUrl: null,
   payUrl: null,

@@ -60,7 +60,7 @@ function batchOptions(cmd: Command, kind: BatchKind | 'report'): Command {
     .addOption(asOfOption())
     .option('--org <id...>', 'only these organizations')
     .addOption(
-      new Option('--batch-size <n>', 'accounts per page (default: settings.batch_size, 2500)').argParser(
+      new Option('--batch-size <n>', 'accounts per page (default: settings.batch_size, 2000)').argParser(
         parsePositiveInteger,
       ),
     )
