@@ -1,13 +1,14 @@
 import type { Knex } from 'knex';
-import { qualified } from '../source/signals';
+import { accountList, qualified } from '../source/signals';
 import { columnTypes, writeHostColumns } from '../write/host-columns';
 import type { HostColumnChange } from '../engine/plan';
 import type { SourceMapping } from '../types';
 
 /**
- * The host's customer table, as the customer-side commands need it: does a key exist, what are the
- * name and email of a page of keys (for outbox payloads), and putting mapped status columns back.
- * Consent columns are never written, whatever a stored value says.
+ * The host's customer table, as the customer-side commands need it: does a key exist (in the signal
+ * view when the rules read one), what are the name and email of a page of keys (for outbox
+ * payloads), and putting mapped status columns back. Consent columns are never written, whatever a
+ * stored value says.
  */
 
 /** 22P02: a key that is not a valid value of the key column's type (e.g. "abc" for a bigint key). */
@@ -20,18 +21,24 @@ function quoteQualified(name: string): string {
     .join('.');
 }
 
+/** The table (or signal view) that lists the accounts. */
 export function customerTable(mapping: SourceMapping): string {
-  return qualified(mapping, mapping.customers.table);
+  return qualified(mapping, accountList(mapping).table);
 }
 
+async function tableExists(knex: Knex | Knex.Transaction, table: string): Promise<boolean> {
+  const r = await knex.raw<{ rows: { t: string | null }[] }>('select to_regclass(?) as t', [
+    quoteQualified(table),
+  ]);
+  return Boolean(r.rows[0]?.t);
+}
+
+/** Whether the table (or signal view) that lists the accounts is there. */
 export async function hostTableExists(
   knex: Knex | Knex.Transaction,
   mapping: SourceMapping,
 ): Promise<boolean> {
-  const r = await knex.raw<{ rows: { t: string | null }[] }>('select to_regclass(?) as t', [
-    quoteQualified(customerTable(mapping)),
-  ]);
-  return Boolean(r.rows[0]?.t);
+  return tableExists(knex, customerTable(mapping));
 }
 
 /** True when the host's customer table has this key; false for a key its type cannot hold. */
@@ -40,12 +47,11 @@ export async function customerExists(
   mapping: SourceMapping,
   key: string,
 ): Promise<boolean> {
-  const c = mapping.customers;
   try {
     // The parameter takes the key column's type, so the primary key index answers.
     const r = await knex.raw<{ rows: unknown[] }>('select 1 from ?? where ?? = ? limit 1', [
       customerTable(mapping),
-      c.key,
+      accountList(mapping).key,
       key,
     ]);
     return r.rows.length > 0;
@@ -67,13 +73,14 @@ export async function customerContacts(
   keys: string[],
 ): Promise<Map<string, CustomerContact>> {
   const out = new Map<string, CustomerContact>();
-  if (keys.length === 0 || !(await hostTableExists(knex, mapping))) return out;
   const c = mapping.customers;
+  const table = qualified(mapping, c.table);
+  if (keys.length === 0 || !(await tableExists(knex, table))) return out;
   const types = await columnTypes(knex, mapping, [c.key]);
   const result = await knex.raw<{ rows: { key: string; name: string | null; email: string | null }[] }>(
     `select ??::text as key, ${c.name ? '??::text' : 'null::text'} as name, ${c.email ? '??::text' : 'null::text'} as email
        from ?? where ?? = any(?::text[]::${types.get(c.key)}[])`,
-    [c.key, ...(c.name ? [c.name] : []), ...(c.email ? [c.email] : []), customerTable(mapping), c.key, keys],
+    [c.key, ...(c.name ? [c.name] : []), ...(c.email ? [c.email] : []), table, c.key, keys],
   );
   for (const r of result.rows) out.set(r.key, { name: r.name, email: r.email });
   return out;

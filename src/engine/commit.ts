@@ -179,7 +179,9 @@ async function recheck(
   keys: string[],
 ): Promise<{ changes: StateChange[]; hostColumns: HostColumnChange[]; stale: number }> {
   const { rules, ctx } = target;
-  const inv = rules.source.invoices;
+  // A signal view hides which tables it reads: nothing to lock; the re-read still sees a payment
+  // committed before it.
+  const inv = rules.source.view ? null : rules.source.invoices;
   // Locked only for changes a payment could undo: an inactivity suspension does not wait for them.
   const locked = new Set(
     page.plan.changes.filter((c) => target.invoicePolicies.has(c.policy)).map((c) => c.key),

@@ -30,8 +30,8 @@ export function qualified(mapping: SourceMapping, table: string): string {
   return mapping.schema ? `${mapping.schema}.${table}` : table;
 }
 
-/** The table that lists the accounts, with its key and organization columns. */
-function accountList(mapping: SourceMapping): { table: string; key: string; org: string } {
+/** The table that lists the accounts, with its key and organization columns (unqualified). */
+export function accountList(mapping: SourceMapping): { table: string; key: string; org: string } {
   // With a signal view, the view is the list of accounts: its `key` and `org_id` columns.
   return mapping.view
     ? { table: mapping.view, key: 'key', org: 'org_id' }
@@ -201,7 +201,7 @@ export function signalsQuery(
   scope: SignalScope,
   needs: SignalNeeds = ALL_SIGNALS,
 ): Knex.Raw {
-  if (mapping.view) return viewSignalsQuery(knex, mapping, scope);
+  if (mapping.view) return viewSignalsQuery(knex, mapping, asOf, scope);
   const c = mapping.customers;
   // Placeholders are positional: every fragment binds its values in the order it appears in the SQL.
   const bindings: Knex.RawBinding[] = [];
@@ -313,29 +313,9 @@ export function signalsQuery(
        group by 1)`);
   }
 
-  // The page's states and live exclusions, probed by key once for every account of the page: they
-  // make an account a candidate (a stage to keep or clear, an exclusion to count) and come back
-  // with it, in the shape storedState() maps.
   const state = 'from' in scope ? null : (scope.state ?? null);
-  const pageKeys = 'array(select k::text from page)';
-  if (state?.states) {
-    parts.push(`page_states as (
-      select customer_key,
-             json_agg(json_build_object('policy', policy, 'stage', stage, 'stage_index', stage_index,
-                       'version', version, 'host_before', host_before,
-                       'entered_on', to_char(entered_on, 'YYYY-MM-DD'),
-                       'reinstated_on', to_char(reinstated_on, 'YYYY-MM-DD'))) as rows,
-             bool_or(stage is not null) as staged
-        from ${id(`${state.schema}.account_states`)}
-       where customer_key = any(${pageKeys})
-       group by customer_key)`);
-  }
-  if (state?.exclusions) {
-    parts.push(`page_exclusions as (
-      select customer_key, reason, to_char(until, 'YYYY-MM-DD') as until, until is null or until >= ${asOfDate()} as active
-        from ${id(`${state.schema}.exclusions`)}
-       where customer_key = any(${pageKeys}) and removed_at is null)`);
-  }
+  const stored = storedParts(knex, state, asOfDate);
+  parts.push(...stored.ctes);
   // Accounts nothing can be computed for come back with the reason, so the run counts them as
   // skipped instead of failing the page (net terms beyond a date's range null their due days).
   const badTerms = 'p.net_terms_days is null';
@@ -375,17 +355,56 @@ export function signalsQuery(
       ${invoices ? `iv.open_balance, iv.overdue_balance, iv.unpaid_count, iv.oldest_days as oldest_overdue_days, iv.oldest_id as oldest_overdue_id, iv.oldest_unpaid as oldest_overdue_unpaid, to_char(iv.since, 'YYYY-MM-DD') as past_due_since` : 'null as open_balance, null as overdue_balance, null as unpaid_count, null as oldest_overdue_days, null as oldest_overdue_id, null as oldest_overdue_unpaid, null as past_due_since'},
       ${subscriptions ? 'sb.n' : '0'} as active_subscriptions,
       p.net_terms_days, p.flags, p.name, p.email, ${badTerms} as bad_terms, ${hugeBalance} as huge_balance,
-      ${state?.states ? 'st.rows' : 'null::jsonb'} as state_rows,
-      ${state?.exclusions ? "case when ex.active then jsonb_build_object('reason', ex.reason, 'until', ex.until) end" : 'null::jsonb'} as exclusion
+      ${stored.columns}
     from page p
     ${activity ? 'left join activity a on a.k = p.k' : ''}
     ${invoices ? 'left join invoice_signals iv on iv.k = p.k' : ''}
     ${subscriptions ? 'left join subs sb on sb.k = p.k' : ''}
-    ${state?.states ? 'left join page_states st on st.customer_key = p.k::text' : ''}
-    ${state?.exclusions ? 'left join page_exclusions ex on ex.customer_key = p.k::text' : ''}
+    ${stored.joins}
     ${where}`;
   const select = page ? pageSelect(signals) : `${signals}\n    order by p.k`;
   return knex.raw(`with ${parts.join(',\n')}\n${select}`, bindings);
+}
+
+/**
+ * The accounts' states and live exclusions, probed by key once for every account of the `page` CTE:
+ * they make an account a candidate (a stage to keep or clear, an exclusion to count) and come back
+ * with it as `state_rows` and `exclusion`, in the shape storedState() maps. `asOf` binds as-of where
+ * the CTEs are placed (bindings are positional).
+ */
+function storedParts(
+  knex: Knex,
+  state: StateTables | null,
+  asOf: () => string,
+): { ctes: string[]; columns: string; joins: string } {
+  const id = (name: string) => knex.raw('??', [name]).toQuery();
+  const pageKeys = 'array(select k::text from page)';
+  const ctes: string[] = [];
+  if (state?.states) {
+    ctes.push(`page_states as (
+      select customer_key,
+             json_agg(json_build_object('policy', policy, 'stage', stage, 'stage_index', stage_index,
+                       'version', version, 'host_before', host_before,
+                       'entered_on', to_char(entered_on, 'YYYY-MM-DD'),
+                       'reinstated_on', to_char(reinstated_on, 'YYYY-MM-DD'))) as rows,
+             bool_or(stage is not null) as staged
+        from ${id(`${state.schema}.account_states`)}
+       where customer_key = any(${pageKeys})
+       group by customer_key)`);
+  }
+  if (state?.exclusions) {
+    ctes.push(`page_exclusions as (
+      select customer_key, reason, to_char(until, 'YYYY-MM-DD') as until, until is null or until >= ${asOf()} as active
+        from ${id(`${state.schema}.exclusions`)}
+       where customer_key = any(${pageKeys}) and removed_at is null)`);
+  }
+  const columns = `${state?.states ? 'st.rows' : 'null::jsonb'} as state_rows,
+      ${state?.exclusions ? "case when ex.active then jsonb_build_object('reason', ex.reason, 'until', ex.until) end" : 'null::jsonb'} as exclusion`;
+  const joins = [
+    state?.states ? 'left join page_states st on st.customer_key = p.k::text' : '',
+    state?.exclusions ? 'left join page_exclusions ex on ex.customer_key = p.k::text' : '',
+  ].join('\n    ');
+  return { ctes, columns, joins };
 }
 
 /** A page's size and last key on every row, and one row with them alone when it has no candidate. */
@@ -418,9 +437,10 @@ export const VIEW_COLUMNS = [
 
 /**
  * A user-supplied view computes the signals itself (for schemas the mapping cannot describe); suspend
- * only pages through it by key. Dates are read back as text so no timezone shifts a day.
+ * only pages through it by key, reading the accounts' states and exclusions beside it as for tables.
+ * Dates are read back as text so no timezone shifts a day.
  */
-function viewSignalsQuery(knex: Knex, mapping: SourceMapping, scope: SignalScope): Knex.Raw {
+function viewSignalsQuery(knex: Knex, mapping: SourceMapping, asOf: IsoDate, scope: SignalScope): Knex.Raw {
   const view = knex.raw('??', [qualified(mapping, mapping.view as string)]).toQuery();
   const dates = new Set(['created_on', 'last_activity_on', 'past_due_since']);
   const columns = VIEW_COLUMNS.map((c) =>
@@ -430,41 +450,32 @@ function viewSignalsQuery(knex: Knex, mapping: SourceMapping, scope: SignalScope
         ? 'v.key::text as key'
         : `v.${c}`,
   ).join(', ');
-  if ('keys' in scope) {
-    return knex.raw(`select ${columns} from ${view} v where v.key = any(?) order by v.key`, [scope.keys]);
-  }
   const bindings: Knex.RawBinding[] = [];
+  const b = (v: Knex.RawBinding) => {
+    bindings.push(v);
+    return '?';
+  };
   const where: string[] = [];
-  if ('from' in scope) {
-    where.push('v.key >= ?', 'v.key <= ?');
-    bindings.push(scope.from, scope.to);
-  } else {
-    if (scope.after !== null) {
-      where.push('v.key > ?');
-      bindings.push(scope.after);
-    }
-    if (scope.until !== null) {
-      where.push('v.key <= ?');
-      bindings.push(scope.until);
-    }
-    if (scope.shard && scope.shard.count > 1) {
-      where.push('abs(hashtext(v.key::text)) % ? = ?');
-      bindings.push(scope.shard.count, scope.shard.index);
-    }
+  if ('keys' in scope) where.push(`v.key = any(${b(scope.keys)})`);
+  else if ('from' in scope) where.push(`v.key >= ${b(scope.from)}`, `v.key <= ${b(scope.to)}`);
+  else {
+    if (scope.after !== null) where.push(`v.key > ${b(scope.after)}`);
+    if (scope.until !== null) where.push(`v.key <= ${b(scope.until)}`);
+    if (scope.shard && scope.shard.count > 1)
+      where.push(`abs(hashtext(v.key::text)) % ${b(scope.shard.count)} = ${b(scope.shard.index)}`);
   }
-  if (scope.orgs && scope.orgs.length > 0) {
-    where.push('v.org_id::text = any(?::text[])');
-    bindings.push(scope.orgs);
-  }
+  if (!('keys' in scope) && scope.orgs && scope.orgs.length > 0)
+    where.push(`v.org_id::text = any(${b(scope.orgs)}::text[])`);
   const filter = where.length > 0 ? where.join(' and ') : 'true';
-  if (!('limit' in scope)) {
-    return knex.raw(`select ${columns} from ${view} v where ${filter} order by v.key`, bindings);
-  }
-  // A keyset page of the view: every account is a candidate (the view's signals are opaque here).
-  bindings.push(scope.limit);
+  const limit = 'limit' in scope ? ` order by v.key limit ${b(scope.limit)}` : '';
+  const stored = storedParts(knex, 'from' in scope ? null : (scope.state ?? null), () => `${b(asOf)}::date`);
+  // Every account of a page is a candidate (the view's signals are opaque here).
+  const accounts = `select p.k as sort_key, p.*, ${stored.columns}
+    from page p
+    ${stored.joins}`;
   return knex.raw(
-    `with page as (select v.key as k, ${columns} from ${view} v where ${filter} order by v.key limit ?)
-     ${pageSelect('select p.k as sort_key, p.* from page p')}`,
+    `with ${[`page as (select v.key as k, ${columns} from ${view} v where ${filter}${limit})`, ...stored.ctes].join(',\n')}
+     ${'limit' in scope ? pageSelect(accounts) : `${accounts}\n    order by p.k`}`,
     bindings,
   );
 }
