@@ -48,6 +48,21 @@ async function states(db: TestDatabase): Promise<string[]> {
     .sort(); // JS order, as the expectations are sorted
 }
 
+/** A backfill through the callable core, as of AS_OF, in pages of `batchSize`. */
+function backfillOptions(batchSize: number) {
+  return {
+    kind: 'backfill' as const,
+    asOf: AS_OF,
+    dryRun: false,
+    batchSize,
+    orgs: null,
+    shard: null,
+    resume: false,
+    wait: false,
+    actor: 'test',
+  };
+}
+
 /** `backfill --resume` on `stopped`, an uninterrupted backfill on `clean`: the same states. */
 async function expectResumeLikeUninterrupted(stopped: TestDatabase, clean: TestDatabase, batchSize: number) {
   const resumed = await cli(stopped, ['backfill', '--resume', '--no-notify', '--quiet', '--format', 'json']);
@@ -324,15 +339,7 @@ describe('pages written at once', () => {
       const pageKeys: string[][] = [];
       let fourthStartedFirst = false;
       const failing = runBatch(db.knex, rules, {
-        kind: 'backfill',
-        asOf: AS_OF,
-        dryRun: false,
-        batchSize: 500,
-        orgs: null,
-        shard: null,
-        resume: false,
-        wait: false,
-        actor: 'test',
+        ...backfillOptions(500),
         beforeWrite: async (keys) => {
           pageKeys.push(keys);
           if (pageKeys.length !== 3) return;
@@ -371,18 +378,37 @@ describe('pages written at once', () => {
   });
 });
 
+test('a page commits while the work after the previous page’s commit (progress) still runs', async () => {
+  const db = await seeded(3000, 7);
+  try {
+    const rules = await loadRules({ file: rulesFile, cwd: ROOT });
+    let calls = 0;
+    let secondCommittedMeanwhile = false;
+    const result = await runBatch(db.knex, rules, {
+      ...backfillOptions(500),
+      onPage: async () => {
+        if (++calls !== 1) return;
+        // Progress for the first page is slow: the second page must not hold its transaction open
+        // for it (its payments would wait), so its checkpoint shows up meanwhile.
+        for (let i = 0; i < 250 && !secondCommittedMeanwhile; i++) {
+          const [row] = await db.knex('suspend.checkpoints').select('pages');
+          secondCommittedMeanwhile = (row?.pages ?? 0) >= 2;
+          if (!secondCommittedMeanwhile) await new Promise((r) => setTimeout(r, 20));
+        }
+      },
+    });
+    expect(result.status).toBe('succeeded');
+    expect(secondCommittedMeanwhile).toBe(true);
+  } finally {
+    await db.drop();
+  }
+});
+
 describe('payment race', () => {
   /** A backfill of the 2,000 accounts in one page, through the callable core. */
   const onePageBackfill = (dryRun: boolean) => ({
-    kind: 'backfill' as const,
-    asOf: AS_OF,
+    ...backfillOptions(5000),
     dryRun,
-    batchSize: 5000,
-    orgs: null,
-    shard: null,
-    resume: false,
-    wait: false,
-    actor: 'test',
   });
   /**
    * From a dry run of the one page: an account it suspends for debt, and one with invoices that it

@@ -222,6 +222,19 @@ const CHECKPOINT_MS = 5000;
  */
 const WRITE_DEPTH = 2;
 
+/** A page being written: committed (and counted), then done (progress and heartbeat too). */
+interface PageWrite {
+  committed: Promise<StateChange[]>;
+  done: Promise<void>;
+}
+
+/** Waits for every promise to settle, then throws the first failure (earlier outcomes first). */
+async function settled(promises: Promise<unknown>[], earlier: PromiseSettledResult<unknown>[] = []) {
+  const outcomes = [...earlier, ...(await Promise.allSettled(promises))];
+  const failed = outcomes.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
+}
+
 /**
  * Runs one page pipeline per range at once. `handle` gets each page read and evaluated, while the
  * next page is already being read and evaluated; it returns false to stop this worker. The first
@@ -237,7 +250,7 @@ async function runWorkers(
 ): Promise<void> {
   const stopped = new AbortController();
   const both = signal ? AbortSignal.any([signal, stopped.signal]) : stopped.signal;
-  const settled = await Promise.allSettled(
+  await settled(
     ranges.map(async (range, worker) => {
       try {
         // Three stages, each a page ahead of the next: Postgres reads page N+2 while Node evaluates
@@ -253,8 +266,6 @@ async function runWorkers(
       }
     }),
   );
-  const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-  if (failed) throw failed.reason;
 }
 
 async function pageSource(
@@ -606,7 +617,7 @@ async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptio
     }
   };
   /** Each worker's pages being written, oldest first (at most WRITE_DEPTH). */
-  const writing: Promise<void>[][] = workers.map(() => []);
+  const writing: PageWrite[][] = workers.map(() => []);
   try {
     const source = await pageSource(knex, rules, options, schema);
     const target: Omit<CommitTarget, 'checkpoint'> = {
@@ -617,51 +628,66 @@ async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptio
       beforeWrite: options.beforeWrite,
     };
     /**
-     * Writes one page of worker w: its transaction overlaps the previous page's, but counts the page
-     * and saves its checkpoint only once that page is committed, so a checkpoint never passes a page
-     * that did not commit (and a failed page fails the one after it).
+     * Writes one page of worker w. Its transaction overlaps the previous page's, but the page is
+     * counted and its checkpoint saved only once that page has committed, so a checkpoint never
+     * passes a page that did not commit (and a failed page fails the one after it). The work after
+     * the commit (progress, heartbeat) follows page order without holding the next page's
+     * transaction open.
      */
-    const writePage = async (
+    const writePage = (
       w: number,
       worker: WorkerStart,
       page: Page & { plan: PagePlan },
-      previous: Promise<void>,
-    ): Promise<void> => {
+      previous: PageWrite | null,
+    ): PageWrite => {
       const { plan } = page;
-      let written: StateChange[] = [];
-      if (plan.changes.length === 0 && Date.now() - (savedAt[w] as number) < CHECKPOINT_MS) {
-        // Nothing to write: count the page; the worker's next checkpoint records it.
-        await previous;
-        const counted = pageCounts(page.total, plan.tally);
-        workerCounts[w] = mergeCounts(workerCounts[w] as RunCounts, counted);
-        counts = mergeCounts(counts, counted);
-      } else {
+      const committed = (async (): Promise<StateChange[]> => {
+        if (plan.changes.length === 0 && Date.now() - (savedAt[w] as number) < CHECKPOINT_MS) {
+          // Nothing to write: count the page; the worker's next checkpoint records it.
+          await previous?.committed;
+          const counted = pageCounts(page.total, plan.tally);
+          workerCounts[w] = mergeCounts(workerCounts[w] as RunCounts, counted);
+          counts = mergeCounts(counts, counted);
+          return [];
+        }
         inFlight += plan.changes.length;
-        let committed;
         try {
-          committed = await commitPage(pool, { ...target, checkpoint: worker.checkpoint }, page, async () => {
-            await previous;
-            return workerCounts[w] as RunCounts;
-          });
+          const done = await commitPage(
+            pool,
+            { ...target, checkpoint: worker.checkpoint },
+            page,
+            async () => {
+              await previous?.committed;
+              return workerCounts[w] as RunCounts;
+            },
+          );
+          savedAt[w] = Date.now();
+          workerCounts[w] = done.counts;
+          counts = mergeCounts(counts, done.page);
+          return done.changes;
         } finally {
           inFlight -= plan.changes.length;
         }
-        savedAt[w] = Date.now();
-        written = committed.changes;
-        workerCounts[w] = committed.counts;
-        counts = mergeCounts(counts, committed.page);
-      }
-      lastKeys[w] = page.last;
-      if (!analyzed && written.length > 0) {
-        analyzing ??= analyzeStatesOnce(knex, schema).finally(() => (analyzing = null));
-        analyzed = await analyzing;
-      }
-      if (Date.now() - lastBeat >= HEARTBEAT_MS) {
-        lastBeat = Date.now();
-        // A shared run's counts are added up from every shard's checkpoints when a shard closes.
-        await heartbeat(knex, schema, run.id, shards ? null : counts);
-      }
-      await options.onPage?.({ evaluated: plan.evaluated, changes: written, counts, total });
+      })();
+      const done = (async () => {
+        const written = await committed;
+        await previous?.done;
+        lastKeys[w] = page.last;
+        if (!analyzed && written.length > 0) {
+          analyzing ??= analyzeStatesOnce(knex, schema).finally(() => (analyzing = null));
+          analyzed = await analyzing;
+        }
+        if (Date.now() - lastBeat >= HEARTBEAT_MS) {
+          lastBeat = Date.now();
+          // A shared run's counts are added up from every shard's checkpoints when a shard closes.
+          await heartbeat(knex, schema, run.id, shards ? null : counts);
+        }
+        await options.onPage?.({ evaluated: plan.evaluated, changes: written, counts, total });
+      })();
+      // A failure surfaces where the page is awaited (the handler, the range's end, after the walk).
+      committed.catch(() => undefined);
+      done.catch(() => undefined);
+      return { committed, done };
     };
     const walk = runWorkers(
       pool,
@@ -671,24 +697,20 @@ async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptio
       async ({ plan, ...page }, i) => {
         const worker = active[i] as WorkerStart;
         const w = workers.indexOf(worker);
-        const queue = writing[w] as Promise<void>[];
-        while (queue.length >= WRITE_DEPTH) await queue.shift();
+        const queue = writing[w] as PageWrite[];
+        while (queue.length >= WRITE_DEPTH) await queue.shift()?.done;
         if (limit) return false;
         if (max !== null && counts.changes + inFlight + plan.changes.length > max) {
           limit = { max, wouldReach: counts.changes + inFlight + plan.changes.length };
           return false;
         }
-        const previous = queue[queue.length - 1] ?? Promise.resolve();
-        const done = writePage(w, worker, { ...page, plan }, previous);
-        // A failure surfaces when the page is awaited (above, at the range's end or after the walk).
-        done.catch(() => undefined);
-        queue.push(done);
+        queue.push(writePage(w, worker, { ...page, plan }, queue[queue.length - 1] ?? null));
         return true;
       },
       async (i) => {
         const w = workers.indexOf(active[i] as WorkerStart);
         const worker = workers[w] as WorkerStart;
-        for (const written of (writing[w] as Promise<void>[]).splice(0)) await written;
+        await settled((writing[w] as PageWrite[]).splice(0).map((p) => p.done));
         await saveCheckpoint(
           knex,
           ctx,
@@ -700,12 +722,11 @@ async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptio
       },
     );
     // Pages still being written finish (or fail) before the run closes.
-    const outcomes = [
-      ...(await Promise.allSettled([walk])),
-      ...(await Promise.allSettled(writing.flatMap((q) => q.splice(0)))),
-    ];
-    const failed = outcomes.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (failed) throw failed.reason;
+    const walked = await Promise.allSettled([walk]);
+    await settled(
+      writing.flatMap((q) => q.splice(0).map((p) => p.done)),
+      walked,
+    );
     if (limit) {
       const { wouldReach } = limit;
       await close({
