@@ -135,7 +135,7 @@ export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions):
     onWait: (holder) => options.onLog?.(`waiting for the lock held by ${holder}`),
   });
   try {
-    return await withPipelinePool(knex, workers, (pool) => realRun(knex, pool, rules, options));
+    return await realRun(knex, rules, options);
   } finally {
     await lock.release();
   }
@@ -561,10 +561,26 @@ async function analyzeStatesOnce(knex: Knex, schema: string): Promise<boolean> {
   return true;
 }
 
-async function realRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOptions): Promise<BatchResult> {
-  const schema = rules.settings.schema;
+/**
+ * Opens the run (or resumes or joins one), then walks it with a pool sized for its workers: a resumed
+ * run keeps the key ranges it started with, whatever --workers says now.
+ */
+async function realRun(knex: Knex, rules: Rules, options: BatchOptions): Promise<BatchResult> {
   const total = await countAccounts(knex, rules, options);
-  const { run, workers } = await openRun(knex, rules, options, total);
+  const opened = await openRun(knex, rules, options, total);
+  return withPipelinePool(knex, opened.workers.length, (pool) =>
+    walkRun(knex, pool, rules, options, { ...opened, total }),
+  );
+}
+
+async function walkRun(
+  knex: Knex,
+  pool: Knex,
+  rules: Rules,
+  options: BatchOptions,
+  { run, workers, total }: { run: RunRecord; workers: WorkerStart[]; total: number },
+): Promise<BatchResult> {
+  const schema = rules.settings.schema;
   const max = maxChangesFor(rules, total);
   const ctx: WriteContext = {
     schema,
