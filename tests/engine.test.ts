@@ -154,6 +154,27 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
     expect(statuses).toEqual([{ status: 'suspended' }]);
   });
 
+  test('a message naming the oldest overdue invoice names an unpaid invoice of that account, with its days', async () => {
+    const paused = (await db
+      .knex('suspend.account_states')
+      .where({ policy: 'overdue_pause', stage: 'paused' })
+      .select('customer_key', 'message')
+      .limit(20)) as { customer_key: string; message: string }[];
+    expect(paused.length).toBeGreaterThan(0);
+    for (const s of paused) {
+      const m = /^Invoice (\d+) for \$[\d,.]+ is (\d+) days overdue/.exec(s.message);
+      expect(m).not.toBeNull();
+      const [invoice] = await db
+        .knex('invoices')
+        .where({ id: m![1], customer_id: s.customer_key })
+        .select(db.knex.raw('?::date - due_on as days', [AS_OF]), 'paid_on');
+      expect(invoice).toMatchObject({ paid_on: null });
+      // Net terms move the due day: the days overdue are at most those since the invoice's due_on.
+      expect(Number(m![2])).toBeGreaterThanOrEqual(10);
+      expect(Number(m![2])).toBeLessThanOrEqual(invoice.days);
+    }
+  });
+
   test('a second sweep with the same as-of changes nothing', async () => {
     const r = await cli(db, ['sweep', '--as-of', AS_OF, '--format', 'json', '--no-notify', '--quiet']);
     expect(r.code).toBe(0);

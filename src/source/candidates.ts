@@ -101,36 +101,35 @@ export function candidatePredicate(rules: Rules, asOf: IsoDate, cols: SignalColu
 }
 
 const ACTIVITY_PLACEHOLDERS = new Set(['last_activity', 'days_inactive']);
+const OLDEST_INVOICE_PLACEHOLDERS = new Set(['invoice', 'invoice_amount', 'invoice_days_overdue']);
 const INVOICE_PLACEHOLDERS = new Set([
   'balance',
   'overdue_balance',
   'days_past_due',
   'past_due_since',
-  'invoice',
-  'invoice_amount',
-  'invoice_days_overdue',
+  ...OLDEST_INVOICE_PLACEHOLDERS,
 ]);
 
 /** Which groups of signals one policy uses: in a condition, or in a stage message. */
 function signalsUsedBy(policy: EffectiveRules['policies'][number]): SignalNeeds {
-  const needs: SignalNeeds = { activity: false, invoices: false, subscriptions: false };
+  const needs: SignalNeeds = { activity: false, invoices: false, oldestInvoice: false, subscriptions: false };
   const visit = (c: Condition): void => {
     if ('all' in c) c.all.forEach(visit);
     else if ('any' in c) c.any.forEach(visit);
     else if ('not' in c) visit(c.not);
     else if ('inactive_for' in c) needs.activity = true;
     else if ('has_active_subscription' in c) needs.subscriptions = true;
+    else if ('invoice_overdue_for' in c) Object.assign(needs, { invoices: true, oldestInvoice: true });
     else if (
       'open_balance_over' in c ||
       'overdue_balance_over' in c ||
       'past_due_for' in c ||
-      'invoice_overdue_for' in c ||
       'unpaid_invoices_at_least' in c
     )
       needs.invoices = true;
     else if (!('account_age_at_least' in c) && !('flag' in c)) {
       // A condition this list does not know: compute everything rather than guess.
-      Object.assign(needs, { activity: true, invoices: true, subscriptions: true });
+      Object.assign(needs, { activity: true, invoices: true, oldestInvoice: true, subscriptions: true });
     }
   };
   for (const stage of policy.stages) {
@@ -138,6 +137,7 @@ function signalsUsedBy(policy: EffectiveRules['policies'][number]): SignalNeeds 
     for (const name of templatePlaceholders(stage.message)) {
       if (ACTIVITY_PLACEHOLDERS.has(name)) needs.activity = true;
       if (INVOICE_PLACEHOLDERS.has(name)) needs.invoices = true;
+      if (OLDEST_INVOICE_PLACEHOLDERS.has(name)) needs.oldestInvoice = true;
     }
   }
   return needs;
@@ -148,12 +148,13 @@ function signalsUsedBy(policy: EffectiveRules['policies'][number]): SignalNeeds 
  * (subscriptions alone cost a seventh of a page read).
  */
 export function signalsUsed(rules: Rules): SignalNeeds {
-  const needs: SignalNeeds = { activity: false, invoices: false, subscriptions: false };
+  const needs: SignalNeeds = { activity: false, invoices: false, oldestInvoice: false, subscriptions: false };
   for (const set of ruleSets(rules)) {
     for (const policy of set.policies) {
       const used = signalsUsedBy(policy);
       needs.activity ||= used.activity;
       needs.invoices ||= used.invoices;
+      needs.oldestInvoice ||= used.oldestInvoice;
       needs.subscriptions ||= used.subscriptions;
     }
   }

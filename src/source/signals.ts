@@ -182,10 +182,17 @@ export interface SignalRow {
 export interface SignalNeeds {
   activity: boolean;
   invoices: boolean;
+  /** The oldest overdue invoice (its id, amount and days), within the invoice signals. */
+  oldestInvoice: boolean;
   subscriptions: boolean;
 }
 
-export const ALL_SIGNALS: SignalNeeds = { activity: true, invoices: true, subscriptions: true };
+export const ALL_SIGNALS: SignalNeeds = {
+  activity: true,
+  invoices: true,
+  oldestInvoice: true,
+  subscriptions: true,
+};
 
 /**
  * One set-based query per page: customers of the page joined to page-bounded aggregates of
@@ -219,8 +226,7 @@ export function signalsQuery(
     if ('keys' in scope) return `${id(column)} = any(array(select k from page))`;
     if ('from' in scope) return `${id(column)} >= ${b(scope.from)} and ${id(column)} <= ${b(scope.to)}`;
     const lower = scope.after === null ? '' : `${id(column)} > ${b(scope.after)} and `;
-    // Not max(k): Postgres has no max(uuid).
-    return `${lower}${id(column)} <= (select (array_agg(k order by k desc))[1] from page)`;
+    return `${lower}${id(column)} <= (select last from bounds)`;
   };
   const key = id(`c.${c.key}`);
   const accounts = (): string => {
@@ -254,6 +260,7 @@ export function signalsQuery(
            ${c.email ? `${id(`c.${c.email}`)}::text` : 'null::text'} as email
       from ${id(qualified(mapping, c.table))} as c
      where ${accounts()}${page ? `\n     order by ${key} limit ${b(page.limit)}` : ''})`);
+  if (page) parts.push(PAGE_BOUNDS);
 
   const asOfDate = () => `${b(asOf)}::date`;
   const activity = needs.activity ? mapping.activity : null;
@@ -298,8 +305,12 @@ export function signalsQuery(
                      sum(unpaid) filter (where unpaid > 0) as open_balance,
                      sum(unpaid) filter (where unpaid > 0 and due_eff < ${asOfDate()}) as overdue_balance,
                      count(*) filter (where unpaid > 0) as unpaid_count,
-                     min(array[to_char(due_eff, 'YYYY-MM-DD'), invoice_id, unpaid::text])
-                       filter (where unpaid > 0 and due_eff < ${asOfDate()}) as oldest,
+                     ${
+                       needs.oldestInvoice
+                         ? `min(array[to_char(due_eff, 'YYYY-MM-DD'), invoice_id, unpaid::text])
+                       filter (where unpaid > 0 and due_eff < ${asOfDate()})`
+                         : 'null::text[]'
+                     } as oldest,
                      case when max(e) filter (where iv) = ${asOfDate()}
                           then max(s) filter (where iv and (prev_end is null or s > prev_end + 1)) - 1 end as since
                 from inv group by k) g)`);
@@ -407,10 +418,17 @@ function storedParts(
   return { ctes, columns, joins };
 }
 
+/**
+ * A keyset page's size and last key, computed once: the page query bounds its other tables' scans by
+ * the last key and returns both. Not max(k): Postgres has no max(uuid).
+ */
+const PAGE_BOUNDS =
+  'bounds as (select count(*)::int as n, (array_agg(k order by k desc))[1] as last from page)';
+
 /** A page's size and last key on every row, and one row with them alone when it has no candidate. */
 function pageSelect(signals: string): string {
   return `select s.page_size, s.page_last, x.*
-    from (select count(*)::int as page_size, (array_agg(k order by k desc))[1]::text as page_last from page) s
+    from (select n as page_size, last::text as page_last from bounds) s
     left join (${signals}) x on true
    order by x.sort_key`;
 }
@@ -474,7 +492,7 @@ function viewSignalsQuery(knex: Knex, mapping: SourceMapping, asOf: IsoDate, sco
     from page p
     ${stored.joins}`;
   return knex.raw(
-    `with ${[`page as (select v.key as k, ${columns} from ${view} v where ${filter}${limit})`, ...stored.ctes].join(',\n')}
+    `with ${[`page as (select v.key as k, ${columns} from ${view} v where ${filter}${limit})`, ...('limit' in scope ? [PAGE_BOUNDS] : []), ...stored.ctes].join(',\n')}
      ${'limit' in scope ? pageSelect(accounts) : `${accounts}\n    order by p.k`}`,
     bindings,
   );
