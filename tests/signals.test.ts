@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { createTestDatabase, type TestDatabase } from './helpers/database';
-import { readAccounts } from '../src/source/signals';
+import knexFactory from 'knex';
+import { readAccounts, readPage } from '../src/source/signals';
 import { DEFAULT_MAPPING } from '../src/rules/defaults';
 import { addDays, daysBetween } from '../src/rules/dates';
 
@@ -197,4 +198,36 @@ test('a full payment ends the streak, a partial payment does not, and net terms 
     oldestOverdueDays: 23,
     netTermsDays: 30,
   });
+});
+
+test('a page read is a prepared statement; when the server does not know it (a transaction pooler), it runs unnamed', async () => {
+  // One connection, so the statement the server drops is the one the client prepared.
+  const one = knexFactory({ client: 'pg', connection: db.url, pool: { min: 1, max: 1 } });
+  const named = async () =>
+    (
+      await one.raw<{ rows: { n: number }[] }>(
+        "select count(*)::int as n from pg_prepared_statements where name like 'suspend\\_%'",
+      )
+    ).rows[0]?.n;
+  try {
+    const scope = {
+      after: null,
+      until: null,
+      limit: 10,
+      orgs: null,
+      shard: null,
+      state: null,
+      candidates: null,
+    };
+    const first = await readPage(one, DEFAULT_MAPPING, AS_OF, scope);
+    expect(first.total).toBeGreaterThan(0);
+    expect(await named()).toBe(1);
+    // What such a pooler does: the next transaction lands on a session that never saw the statement.
+    await one.raw('deallocate all');
+    expect(await readPage(one, DEFAULT_MAPPING, AS_OF, scope)).toEqual(first);
+    expect(await readPage(one, DEFAULT_MAPPING, AS_OF, scope)).toEqual(first);
+    expect(await named()).toBe(0);
+  } finally {
+    await one.destroy();
+  }
 });

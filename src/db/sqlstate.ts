@@ -17,6 +17,9 @@ export const SqlState = {
   deadlockDetected: '40P01',
   uniqueViolation: '23505',
   duplicateDatabase: '42P04',
+  /** A named prepared statement the server does not know (e.g. behind a transaction pooler). */
+  invalidSqlStatementName: '26000',
+  duplicatePreparedStatement: '42P05',
   /** Raised by the booking guard: "suspend: booking blocked". */
   bookingBlocked: 'SP001',
 } as const;

@@ -148,10 +148,11 @@ export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions):
  * - asynchronous commit: a page's transaction returns without waiting for its WAL flush. A server
  *   crash can then lose the last pages that committed, but each with its checkpoint, so the run
  *   resumes before them; the ledger's final row is written on another connection with a normal
- *   commit, which flushes every page before it, before a run reports success or sends anything.
+ *   commit, which flushes every page before it, before a run reports success or sends anything;
+ * - a plan for each page's own values, even from a prepared statement (see db/prepared.ts).
  */
 const SESSION_SETUP = `select set_config(name, value, false)
-  from (values ('jit', 'off'), ('synchronous_commit', 'off')) v(name, value)
+  from (values ('jit', 'off'), ('synchronous_commit', 'off'), ('plan_cache_mode', 'force_custom_plan')) v(name, value)
  where exists (select 1 from pg_settings s where s.name = v.name)`;
 
 async function withPipelinePool<T>(knex: Knex, workers: number, fn: (pool: Knex) => Promise<T>): Promise<T> {

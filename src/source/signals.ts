@@ -1,4 +1,5 @@
 import type { Knex } from 'knex';
+import { runPrepared } from '../db/prepared';
 import { candidatePredicate } from './candidates';
 import { storedState, type PageState, type StoredState } from './states';
 import type { IsoDate, Rules, Signals, SourceMapping } from '../types';
@@ -583,8 +584,10 @@ export async function readPage(
   scope: PageScope,
   needs: SignalNeeds = ALL_SIGNALS,
 ): Promise<PageRead> {
-  const result = await signalsQuery(knex, mapping, asOf, scope, needs);
-  const rows = (result as { rows: PageRow[] }).rows;
+  const result = await runPrepared<{ rows: PageRow[] }>(knex, () =>
+    signalsQuery(knex, mapping, asOf, scope, needs),
+  );
+  const rows = result.rows;
   const first = rows[0];
   return { total: first?.page_size ?? 0, last: first?.page_last ?? null, ...accountsOf(rows) };
 }
