@@ -146,6 +146,7 @@ interface WebhookEventBody {
   customer: { key: string };
   policy: string;
   to: string | null;
+  reasons: { condition: string; text: string }[];
 }
 
 function eventsOf(request: HookRequest): WebhookEventBody[] {
@@ -176,6 +177,7 @@ interface OutboxRow {
   id: string;
   org_id: string | null;
   run_id: string;
+  history_id: string;
   status: string;
   attempts: number;
   next_attempt_at: Date;
@@ -361,6 +363,18 @@ describe('suspend notify', () => {
       to: row?.payload.to,
       customer: { key: row?.payload.customer.key },
     });
+    // Each event carries the reasons of the history row it reports (stored there only).
+    expect(backfillRows.filter((x) => 'reasons' in x.payload)).toEqual([]);
+    const history = new Map(
+      (
+        (await db.knex('suspend.history').select('id', 'reasons')) as { id: string; reasons: unknown[] }[]
+      ).map((h) => [String(h.id), h.reasons]),
+    );
+    const historyOf = new Map(backfillRows.map((x) => [x.id, String(x.history_id)]));
+    for (const e of hook.requests.flatMap((req) => eventsOf(req))) {
+      expect(e.reasons.length).toBeGreaterThan(0);
+      expect(e.reasons).toEqual(history.get(historyOf.get(e.id) as string));
+    }
 
     const after = await outbox();
     expect(after.every((x) => x.status === 'sent' && x.attempts === 1)).toBe(true);

@@ -131,7 +131,7 @@ export async function claimEvents(
   const r = await knex.raw<{ rows: EventRow[] }>(
     `with ${LIVE_CLAIMERS},
      due as (
-       select o.id from :outbox: o
+       select o.id, o.history_id from :outbox: o
         where ${CLAIMABLE}
           and o.run_id is not distinct from :runId::bigint and o.org_id is not distinct from :orgId::text
           and o.id > :afterId::bigint
@@ -141,11 +141,17 @@ export async function claimEvents(
      )
      update :outbox: o
         set claimed_by = :owner, claimed_until = ${NOW} + :leaseMs * interval '1 millisecond'
-       from due where o.id = due.id
-     returning o.id::text as id, o.run_id::text as run_id, o.org_id, o.customer_key, o.event, o.payload,
+       from due left join :history: h on h.id = due.history_id
+      where o.id = due.id
+     returning o.id::text as id, o.run_id::text as run_id, o.org_id, o.customer_key, o.event,
+               -- A run's events keep their reasons once, in the history row they report.
+               case when o.payload->'reasons' is null
+                    then o.payload || jsonb_build_object('reasons', coalesce(h.reasons, '[]'::jsonb))
+                    else o.payload end as payload,
                o.attempts, o.delivered, o.created_at`,
     {
       outbox: table(schema),
+      history: `${schema}.history`,
       lockClass: NOTIFY_LOCK_CLASS,
       now: options.now,
       runId: options.group.runId,
