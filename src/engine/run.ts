@@ -255,7 +255,7 @@ async function runWorkers(
     ranges.map(async (range, worker) => {
       try {
         // Three stages, each a page ahead of the next: Postgres reads page N+2 while Node evaluates
-        // page N+1 while page N is written.
+        // page N+1 while page N is written (a real run's handler keeps writing page N-1 as well).
         const pages = readAhead(readPages(pool, { ...source, signal: both }, range));
         for await (const page of readAhead(evaluated(pages, source.rules, source.asOf, source.explain))) {
           if (!(await handle(page, worker))) return;
