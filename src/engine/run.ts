@@ -142,8 +142,8 @@ export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions):
 }
 
 /**
- * The workers' own connections, three each (one reads a page while two write the pages before it),
- * set up for page work:
+ * The workers' own connections, four each (two read the next pages while two write the pages
+ * before them), set up for page work:
  * - JIT compilation off: it costs more than it saves on page-sized queries (64 ms of a 160 ms read);
  * - asynchronous commit: a page's transaction returns without waiting for its WAL flush. A server
  *   crash can then lose the last pages that committed, but each with its checkpoint, so the run
@@ -161,7 +161,7 @@ async function withPipelinePool<T>(knex: Knex, workers: number, fn: (pool: Knex)
     ...config,
     pool: {
       min: 0,
-      max: (1 + WRITE_DEPTH) * workers,
+      max: (2 + WRITE_DEPTH) * workers,
       afterCreate: (
         conn: { query: (sql: string, cb: (err: Error | null) => void) => void },
         done: (err: Error | null, conn: unknown) => void,
@@ -254,8 +254,8 @@ async function runWorkers(
   await settled(
     ranges.map(async (range, worker) => {
       try {
-        // Three stages, each a page ahead of the next: Postgres reads page N+2 while Node evaluates
-        // page N+1 while page N is written (a real run's handler keeps writing page N-1 as well).
+        // Three stages, each a page ahead of the next: Postgres reads pages N+2 and N+3 while Node
+        // evaluates page N+1 while page N is written (a real run writes page N-1 as well).
         const pages = readAhead(readPages(pool, { ...source, signal: both }, range));
         for await (const page of readAhead(evaluated(pages, source.rules, source.asOf, source.explain))) {
           if (!(await handle(page, worker))) return;

@@ -82,6 +82,27 @@ export function keysAtRanksQuery(
     .orderBy('rank');
 }
 
+/**
+ * The key of the `n`th account after `after` (up to `until`), with the run's filters: where a page
+ * ends, found before the page is read (one index scan of n keys). Empty when fewer remain.
+ */
+export function pageEndQuery(
+  knex: Knex,
+  mapping: SourceMapping,
+  filter: { orgs?: string[] | null; shard?: { index: number; count: number } | null },
+  range: { after: string | null; until: string | null },
+  n: number,
+): Knex.QueryBuilder {
+  const c = accountList(mapping);
+  const q = knex.select(knex.raw('??::text as key', [c.key])).from(qualified(mapping, c.table));
+  if (range.after !== null) q.where(c.key, '>', range.after);
+  if (range.until !== null) q.where(c.key, '<=', range.until);
+  return filterAccounts(q, c, filter)
+    .orderBy(c.key)
+    .offset(n - 1)
+    .limit(1);
+}
+
 /** How many accounts a run covers. */
 export function countAccountsQuery(
   knex: Knex,
