@@ -58,7 +58,6 @@ export interface PageSource {
   needs: SignalNeeds;
   /** 'now' in a run that writes every change it plans; 'later' in a dry run (it explains a sample). */
   explain: 'now' | 'later';
-
   signal?: AbortSignal;
 }
 
@@ -89,30 +88,37 @@ export async function* readPages(knex: Knex, source: PageSource, range: KeyRange
     yield* readPagesAhead(knex, source, range);
     return;
   }
-  const { rules, filter } = source;
   let after = range.after;
   for (;;) {
     if (source.signal?.aborted) return;
-    const read = await readPage(
-      knex,
-      rules.source,
-      source.asOf,
-      {
-        after,
-        until: range.until,
-        limit: source.batchSize,
-        ...filter,
-        state: source.state,
-        candidates: source.allAccounts ? null : rules,
-      },
-      source.needs,
-    );
-    if (read.total === 0 || read.last === null) return;
-    const { last, total, signals, skipped, state } = read;
-    yield { after, last, total, signals, skipped, state };
-    if (read.total < source.batchSize) return;
-    after = read.last;
+    const page = await readOnePage(knex, source, after, range.until);
+    if (!page) return;
+    yield page;
+    if (page.total < source.batchSize) return;
+    after = page.last;
   }
+}
+
+/** The page of up to batchSize accounts after `after` (up to `until`); null when there is none. */
+async function readOnePage(
+  knex: Knex,
+  source: PageSource,
+  after: string | null,
+  until: string | null,
+): Promise<Page | null> {
+  const { rules, filter } = source;
+  const scope = {
+    after,
+    until,
+    limit: source.batchSize,
+    ...filter,
+    state: source.state,
+    candidates: source.allAccounts ? null : rules,
+  };
+  const read = await readPage(knex, rules.source, source.asOf, scope, source.needs);
+  if (read.total === 0 || read.last === null) return null;
+  const { last, total, signals, skipped, state } = read;
+  return { after, last, total, signals, skipped, state };
 }
 
 /**
@@ -138,26 +144,7 @@ async function* readPagesAhead(knex: Knex, source: PageSource, range: KeyRange):
     )) as { key: string }[];
     if (end) after = end.key;
     else more = false;
-    const scope = {
-      after: from,
-      until: end?.key ?? range.until,
-      limit: source.batchSize,
-      ...filter,
-      state: source.state,
-      candidates: source.allAccounts ? null : rules,
-    };
-    const page = readPage(knex, rules.source, source.asOf, scope, source.needs).then((read) =>
-      read.total === 0 || read.last === null
-        ? null
-        : {
-            after: from,
-            last: read.last,
-            total: read.total,
-            signals: read.signals,
-            skipped: read.skipped,
-            state: read.state,
-          },
-    );
+    const page = readOnePage(knex, source, from, end?.key ?? range.until);
     // A failure surfaces when the page is awaited.
     page.catch(() => undefined);
     return { page };
