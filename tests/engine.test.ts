@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import knexFactory from 'knex';
-import type { TestDatabase } from './helpers/database';
+import { createTestDatabase, type TestDatabase } from './helpers/database';
 import { runCli } from './helpers/cli';
 import { ROOT } from './helpers/server';
 import { checksumTables, ENGINE_RULES, writeRules } from './helpers/fixtures';
@@ -423,6 +423,71 @@ test('a page commits while the work after the previous page’s commit (progress
   } finally {
     await db.drop();
   }
+});
+
+describe('accounts that come and go while pages are read', () => {
+  let db: TestDatabase;
+  beforeEach(async () => {
+    db = await createTestDatabase();
+    await db.knex('organizations').insert({ id: 1, name: 'Org', timezone: 'UTC', notification_emails: [] });
+    await db
+      .knex('customers')
+      .insert(
+        Array.from({ length: 12 }, (_, i) => ({ id: (i + 1) * 10, org_id: 1, created_at: '2020-01-01' })),
+      );
+    await db.knex.raw('analyze customers');
+  });
+  afterEach(async () => db.drop());
+
+  /**
+   * A dry run in pages of 3 whose page reads wait (they also read invoices, held here) after the
+   * first pages' ends were found; `meanwhile` changes the customers before they go on.
+   */
+  async function dryRunAround(meanwhile: () => Promise<unknown>) {
+    const rules = await loadRules({ file: rulesFile, cwd: ROOT });
+    const locker = knexFactory({ client: 'pg', connection: db.url, pool: { min: 1, max: 1 } });
+    try {
+      const trx = await locker.transaction();
+      await trx.raw('lock table invoices in access exclusive mode');
+      const report = runBatch(db.knex, rules, { ...backfillOptions(3), dryRun: true });
+      try {
+        for (let i = 0; i < 250; i++) {
+          const waiting = await db.knex.raw<{ rows: { n: number }[] }>(
+            "select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
+          );
+          if ((waiting.rows[0]?.n ?? 0) > 0) break;
+          await new Promise((r) => setTimeout(r, 20));
+        }
+        await meanwhile();
+      } finally {
+        await trx.commit();
+      }
+      return await report;
+    } finally {
+      await locker.destroy();
+    }
+  }
+
+  test('an account added inside a page after its end was found makes the page larger; none is skipped', async () => {
+    // Between the first page's end (customer 30) and its read, customer 15 arrives.
+    const result = await dryRunAround(() =>
+      db.knex('customers').insert({ id: 15, org_id: 1, created_at: '2020-01-01' }),
+    );
+    expect(result.counts.scanned).toBe(13);
+  });
+
+  test('the last page, found full when read (accounts added at the end), is not the end of the walk', async () => {
+    // Customers 10 to 40: the second page is the tail after 30, read as "up to 3 accounts".
+    await db.knex('customers').where('id', '>', 40).del();
+    const added = [50, 60, 70, 80].map((id) => ({ id, org_id: 1, created_at: '2020-01-01' }));
+    const result = await dryRunAround(() => db.knex('customers').insert(added));
+    expect(result.counts.scanned).toBe(8);
+  });
+
+  test('a page whose accounts all went away is skipped, and the walk goes on', async () => {
+    const result = await dryRunAround(() => db.knex('customers').whereIn('id', [10, 20, 30]).del());
+    expect(result.counts.scanned).toBe(9);
+  });
 });
 
 describe('payment race', () => {

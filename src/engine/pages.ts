@@ -91,7 +91,7 @@ export async function* readPages(knex: Knex, source: PageSource, range: KeyRange
   let after = range.after;
   for (;;) {
     if (source.signal?.aborted) return;
-    const page = await readOnePage(knex, source, after, range.until);
+    const page = await readOnePage(knex, source, { after, until: range.until, limit: source.batchSize });
     if (!page) return;
     yield page;
     if (page.total < source.batchSize) return;
@@ -99,18 +99,18 @@ export async function* readPages(knex: Knex, source: PageSource, range: KeyRange
   }
 }
 
-/** The page of up to batchSize accounts after `after` (up to `until`); null when there is none. */
+/**
+ * The page of the accounts after `after` up to `until`: at most `limit` of them (null: all); null
+ * when there is none.
+ */
 async function readOnePage(
   knex: Knex,
   source: PageSource,
-  after: string | null,
-  until: string | null,
+  range: { after: string | null; until: string | null; limit: number | null },
 ): Promise<Page | null> {
   const { rules, filter } = source;
   const scope = {
-    after,
-    until,
-    limit: source.batchSize,
+    ...range,
     ...filter,
     state: source.state,
     candidates: source.allAccounts ? null : rules,
@@ -118,21 +118,24 @@ async function readOnePage(
   const read = await readPage(knex, rules.source, source.asOf, scope, source.needs);
   if (read.total === 0 || read.last === null) return null;
   const { last, total, signals, skipped, state } = read;
-  return { after, last, total, signals, skipped, state };
+  return { after: range.after, last, total, signals, skipped, state };
 }
 
 /**
  * Keyset pages of a range with two reads in flight: each page's last key is found first (a short
- * index scan), so the next page's read need not wait for this one's rows (1M dry run 5.3 s -> 4.7 s,
- * a sweep with nothing to change 7.8 s -> 6.2 s). Not for a signal view, whose keys cost as much to
- * list as its signals.
+ * index scan of batchSize keys), so the next page's read need not wait for this one's rows (1M dry
+ * run 5.3 s -> 4.7 s, a sweep with nothing to change 7.8 s -> 6.2 s). A page is then every account
+ * up to that key when it is read: accounts inserted meanwhile make it larger, never push one out.
+ * Where no last key is found (the range's tail), the page is read as a keyset page and the walk goes
+ * on from it if it came back full. Not for a signal view, whose keys cost as much to list as its
+ * signals.
  */
 async function* readPagesAhead(knex: Knex, source: PageSource, range: KeyRange): AsyncGenerator<Page> {
-  const { rules, filter } = source;
+  const { rules, filter, batchSize } = source;
   let after = range.after;
   let more = true;
   /** Starts reading the next page once its end is known; null when the range is done. */
-  const start = async (): Promise<{ page: Promise<Page | null> } | null> => {
+  const start = async (): Promise<{ page: Promise<Page | null>; tail: boolean } | null> => {
     if (!more || source.signal?.aborted) return null;
     const from = after;
     const [end] = (await pageEndQuery(
@@ -140,29 +143,40 @@ async function* readPagesAhead(knex: Knex, source: PageSource, range: KeyRange):
       rules.source,
       filter,
       { after: from, until: range.until },
-      source.batchSize,
-    )) as { key: string }[];
+      batchSize,
+    )) as {
+      key: string;
+    }[];
     if (end) after = end.key;
     else more = false;
-    const page = readOnePage(knex, source, from, end?.key ?? range.until);
+    const page = end
+      ? readOnePage(knex, source, { after: from, until: end.key, limit: null })
+      : readOnePage(knex, source, { after: from, until: range.until, limit: batchSize });
     // A failure surfaces when the page is awaited.
     page.catch(() => undefined);
-    return { page };
+    return { page, tail: !end };
   };
-  const reading: Promise<Page | null>[] = [];
+  const reading: { page: Promise<Page | null>; tail: boolean }[] = [];
   try {
     for (;;) {
       while (reading.length < 2) {
         const started = await start();
         if (!started) break;
-        reading.push(started.page);
+        reading.push(started);
       }
-      const page = await reading.shift();
-      if (!page) return;
-      yield page;
+      const next = reading.shift();
+      if (!next) return;
+      const page = await next.page;
+      // The tail came back full (accounts were added meanwhile): walk on from its last key.
+      if (next.tail && page && page.total >= batchSize) {
+        more = true;
+        after = page.last;
+      }
+      // An empty page (its accounts went away meanwhile) is skipped, not the end of the range.
+      if (page) yield page;
     }
   } finally {
-    await Promise.allSettled(reading);
+    await Promise.allSettled(reading.map((r) => r.page));
   }
 }
 

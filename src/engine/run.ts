@@ -239,7 +239,7 @@ async function settled(promises: Promise<unknown>[], earlier: PromiseSettledResu
 /**
  * Runs one page pipeline per range at once. `handle` gets each page read and evaluated, while the
  * next page is already being read and evaluated; it returns false to stop this worker. The first
- * failure stops the others after their current page and is thrown once all have stopped.
+ * failure stops the others after the pages they already read and is thrown once all have stopped.
  */
 async function runWorkers(
   pool: Knex,

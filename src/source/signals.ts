@@ -139,7 +139,8 @@ export interface PageScope {
   after: string | null;
   /** Inclusive upper bound of the key range this walk covers (a worker's range), null for the end. */
   until: string | null;
-  limit: number;
+  /** At most this many accounts; null: every account up to `until` (a page whose end was found first). */
+  limit: number | null;
   orgs?: string[] | null;
   /** `--shard I/N`: keep keys whose hash falls in this shard. */
   shard?: { index: number; count: number } | null;
@@ -281,7 +282,7 @@ export function signalsQuery(
            ${c.name ? `${id(`c.${c.name}`)}::text` : 'null::text'} as name,
            ${c.email ? `${id(`c.${c.email}`)}::text` : 'null::text'} as email
       from ${id(qualified(mapping, c.table))} as c
-     where ${accounts()}${page ? `\n     order by ${key} limit ${b(page.limit)}` : ''})`);
+     where ${accounts()}${page ? `\n     order by ${key}${page.limit === null ? '' : ` limit ${b(page.limit)}`}` : ''})`);
   if (page) parts.push(PAGE_BOUNDS);
 
   const asOfDate = () => `${b(asOf)}::date`;
@@ -507,7 +508,8 @@ function viewSignalsQuery(knex: Knex, mapping: SourceMapping, asOf: IsoDate, sco
   if (!('keys' in scope) && scope.orgs && scope.orgs.length > 0)
     where.push(`v.org_id::text = any(${b(scope.orgs)}::text[])`);
   const filter = where.length > 0 ? where.join(' and ') : 'true';
-  const limit = 'limit' in scope ? ` order by v.key limit ${b(scope.limit)}` : '';
+  const limit =
+    'limit' in scope ? ` order by v.key${scope.limit === null ? '' : ` limit ${b(scope.limit)}`}` : '';
   const stored = storedParts(knex, 'from' in scope ? null : (scope.state ?? null), () => `${b(asOf)}::date`);
   // Every account of a page is a candidate (the view's signals are opaque here).
   const accounts = `select p.k as sort_key, p.*, ${stored.columns}
