@@ -7,7 +7,7 @@ import { createTestDatabase, type TestDatabase } from './helpers/database';
 import { runCli } from './helpers/cli';
 import { ROOT } from './helpers/server';
 import { checksumTables, ENGINE_RULES, writeRules } from './helpers/fixtures';
-import { cli as engineCli, Gate, seededDatabase, startCli } from './helpers/reliability';
+import { backfillArgs, cli as engineCli, Gate, seededDatabase, startCli } from './helpers/reliability';
 import { runBatch } from '../src/engine/run';
 import { loadRules } from '../src/rules/load';
 
@@ -67,15 +67,7 @@ function backfillOptions(batchSize: number) {
 async function expectResumeLikeUninterrupted(stopped: TestDatabase, clean: TestDatabase, batchSize: number) {
   const resumed = await cli(stopped, ['backfill', '--resume', '--no-notify', '--quiet', '--format', 'json']);
   expect(resumed.code).toBe(0);
-  const uninterrupted = await cli(clean, [
-    'backfill',
-    '--as-of',
-    AS_OF,
-    '--batch-size',
-    String(batchSize),
-    '--no-notify',
-    '--quiet',
-  ]);
+  const uninterrupted = await cli(clean, backfillArgs(batchSize));
   expect(uninterrupted.code).toBe(0);
   expect(await states(stopped)).toEqual(await states(clean));
 }

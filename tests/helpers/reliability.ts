@@ -15,6 +15,11 @@ import { checksumTables, ENGINE_RULES, writeRules } from './fixtures';
  */
 
 export const AS_OF = '2026-11-23';
+
+/** `suspend backfill` as of AS_OF in pages of `batchSize`, quiet, without delivering notifications. */
+export function backfillArgs(batchSize: number): string[] {
+  return ['backfill', '--as-of', AS_OF, '--batch-size', String(batchSize), '--no-notify', '--quiet'];
+}
 export const RULES_FILE = writeRules(ENGINE_RULES);
 /** Every run of these suites acts as the same person, so history rows compare equal across runs. */
 export const ACTOR = 'reliability';
@@ -299,17 +304,7 @@ export async function killBackfill(db: TestDatabase, point: KillPoint, batchSize
   } else {
     const stopAt = point.where === 'commit' ? point.page : point.page + 3;
     const gate = await Gate.install(db, 'suspend.checkpoints', `new.pages = ${stopAt}`);
-    const run = startCli(db, [
-      'backfill',
-      '--as-of',
-      AS_OF,
-      '--batch-size',
-      String(batchSize),
-      '--no-notify',
-      '--quiet',
-      '--by',
-      ACTOR,
-    ]);
+    const run = startCli(db, [...backfillArgs(batchSize), '--by', ACTOR]);
     if (point.where === 'commit') await gate.blocked(run);
     else
       await waitUntil(
@@ -365,17 +360,7 @@ async function crashAndResume(point: KillPoint, reference: Record<string, string
 async function uninterruptedBackfill(): Promise<Record<string, string>> {
   const db = await seededDatabase(CRASH_CUSTOMERS, 3);
   try {
-    const r = await cli(db, [
-      'backfill',
-      '--as-of',
-      AS_OF,
-      '--batch-size',
-      String(CRASH_BATCH),
-      '--no-notify',
-      '--quiet',
-      '--by',
-      ACTOR,
-    ]);
+    const r = await cli(db, [...backfillArgs(CRASH_BATCH), '--by', ACTOR]);
     if (r.code !== 0) throw new Error(`backfill exited ${r.code}: ${r.stderr}`);
     expect(await duplicates(db.knex)).toEqual([]);
     return await finalState(db.knex);
