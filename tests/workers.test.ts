@@ -413,3 +413,48 @@ describe('--shard I/N processes share one run', () => {
     expect(await two.knex('suspend.runs').orderBy('id').pluck('status')).toEqual(['abandoned', 'abandoned']);
   });
 });
+
+describe('a resumed run with more ranges than --workers asks for', () => {
+  const copies = seededCopies(1);
+
+  test('gets connections for every range it walks: each range writes its two pages at once', async () => {
+    const [db] = copies as [TestDatabase];
+    const stop = await cli(db, [
+      'backfill',
+      '--no-notify',
+      '--workers',
+      '3',
+      '--batch-size',
+      '100',
+      '--max-changes',
+      '30',
+    ]);
+    expect(stop.code).toBe(4);
+    const rules = await loadRules({ file: rulesFile, cwd: ROOT });
+    // Resumed without --workers: its three ranges, two pages each, park inside their transactions.
+    let inside = 0;
+    let most = 0;
+    let release: () => void = () => undefined;
+    const released = new Promise<void>((resolve) => (release = resolve));
+    const result = await runBatch(db.knex, rules, {
+      kind: 'backfill',
+      asOf: AS_OF,
+      dryRun: false,
+      batchSize: 100,
+      orgs: null,
+      shard: null,
+      resume: true,
+      wait: false,
+      actor: 'test',
+      beforeWrite: async () => {
+        most = Math.max(most, ++inside);
+        if (most === 1) setTimeout(release, 5000);
+        if (most >= 6) release();
+        await released;
+        inside--;
+      },
+    });
+    expect(result.status).toBe('succeeded');
+    expect(most).toBe(6);
+  });
+});
