@@ -3,6 +3,7 @@ import { qualified } from '../source/signals';
 import { UsageError, errorMessage } from '../errors';
 import type { Rules, SourceMapping } from '../types';
 import type { HostColumnChange } from '../engine/plan';
+import { groupBy } from '../collections';
 
 /**
  * Writes the mapped host columns the rules name in `set` actions (e.g. customers.status), one
@@ -73,8 +74,7 @@ export async function writeHostColumns(
 ): Promise<Map<string, Record<string, string | null>>> {
   const old = new Map<string, Record<string, string | null>>();
   if (changes.length === 0) return old;
-  const byColumn = new Map<string, HostColumnChange[]>();
-  for (const c of changes) byColumn.set(c.column, [...(byColumn.get(c.column) ?? []), c]);
+  const byColumn = groupBy(changes, (c) => c.column);
   const c = mapping.customers;
   const types = await columnTypes(trx, mapping, [...byColumn.keys(), c.key]);
   const table = qualified(mapping, c.table);
