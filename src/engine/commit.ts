@@ -34,6 +34,8 @@ export interface CommitTarget {
   invoicePolicies: Set<string>;
   /** The checkpoint row of this worker (`checkpoints.shard`). */
   checkpoint: string;
+  /** Types of the host columns written so far in this run (filled by the first page that sets one). */
+  hostColumnTypes: Map<string, string>;
   /** Test seam: runs inside the page transaction, after the read and before the re-check. */
   beforeWrite?: (keys: string[]) => Promise<void>;
 }
@@ -69,7 +71,7 @@ export async function commitPage(
       changes = checked.changes;
       host = checked.hostColumns;
     }
-    const old = await writeHostColumns(trx, rules.source, host);
+    const old = await writeHostColumns(trx, rules.source, host, target.hostColumnTypes);
     const hostByKey = groupBy(
       host.filter((h) => h.capture),
       (h) => h.key,

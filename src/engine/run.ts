@@ -642,6 +642,7 @@ async function walkRun(
       ctx,
       needs: source.needs,
       invoicePolicies: policiesReadingInvoices(rules),
+      hostColumnTypes: new Map(),
       beforeWrite: options.beforeWrite,
     };
     /**

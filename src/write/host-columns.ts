@@ -71,12 +71,17 @@ export async function writeHostColumns(
   trx: Knex.Transaction,
   mapping: SourceMapping,
   changes: HostColumnChange[],
+  /** Column types already looked up (a run keeps one per run: one catalog query, not one per page). */
+  known: Map<string, string> = new Map(),
 ): Promise<Map<string, Record<string, string | null>>> {
   const old = new Map<string, Record<string, string | null>>();
   if (changes.length === 0) return old;
   const byColumn = groupBy(changes, (c) => c.column);
   const c = mapping.customers;
-  const types = await columnTypes(trx, mapping, [...byColumn.keys(), c.key]);
+  const missing = [...byColumn.keys(), c.key].filter((column) => !known.has(column));
+  if (missing.length > 0)
+    for (const [column, type] of await columnTypes(trx, mapping, missing)) known.set(column, type);
+  const types = known;
   const table = qualified(mapping, c.table);
   for (const [column, rows] of byColumn) {
     // Joining the table again as "before" yields each row's value as it was before this UPDATE.
