@@ -1,6 +1,7 @@
 import knexFactory, { type Knex } from 'knex';
 import { ExitCode, UsageError, errorMessage } from '../errors';
 import { migrationStatus, requireMigrated } from '../db/migrate';
+import { namesStatements, withoutPreparedStatements } from '../db/prepared';
 import { policiesReadingInvoices, signalsUsed } from '../source/candidates';
 import { countAccountsQuery, qualified, stateTables } from '../source/signals';
 import type { StateChange, WriteContext } from '../write/apply';
@@ -150,6 +151,7 @@ export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions):
  *   resumes before them; the ledger's final row is written on another connection with a normal
  *   commit, which flushes every page before it, before a run reports success or sends anything;
  * - a plan for each page's own values, even from a prepared statement (see db/prepared.ts).
+ * They name their statements only when the run's knex does (not with --no-prepared-statements).
  */
 const SESSION_SETUP = `select set_config(name, value, false)
   from (values ('jit', 'off'), ('synchronous_commit', 'off'), ('plan_cache_mode', 'force_custom_plan')) v(name, value)
@@ -170,6 +172,7 @@ async function withPipelinePool<T>(knex: Knex, workers: number, fn: (pool: Knex)
       },
     },
   });
+  if (!namesStatements(knex)) withoutPreparedStatements(pool);
   try {
     return await fn(pool);
   } finally {
