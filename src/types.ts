@@ -203,6 +203,8 @@ export interface Rules {
   /** sha256 of the canonical form of the effective rules; recorded on every run. */
   hash: string;
   databaseUrl: string | null;
+  /** `database.prepared_statements` (default true): false runs every query unnamed (db/prepared.ts). */
+  preparedStatements: boolean;
   settings: Settings;
   source: SourceMapping;
   defaults: EffectiveRules;

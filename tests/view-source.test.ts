@@ -1,6 +1,6 @@
 import { createTestDatabase, type TestDatabase } from './helpers/database';
 import { runCli } from './helpers/cli';
-import { writeRules } from './helpers/fixtures';
+import { SIGNAL_ROWS_TABLE, writeRules } from './helpers/fixtures';
 
 /**
  * A signal view (`source.view`) instead of mapped tables: suspend pages through the view by key and
@@ -63,12 +63,8 @@ async function stages(): Promise<Record<string, string | null>> {
 beforeAll(async () => {
   // An empty database: none of the reference tables the default mapping names.
   db = await createTestDatabase({ template: false });
+  await db.knex.raw(SIGNAL_ROWS_TABLE);
   await db.knex.raw(`
-    create table signal_rows (
-      key bigint primary key, org_id text, created_on date, last_activity_on date,
-      open_balance bigint, overdue_balance bigint, unpaid_count int, oldest_overdue_days int,
-      oldest_overdue_id text, oldest_overdue_unpaid bigint, past_due_since date,
-      active_subscriptions int, net_terms_days int, flags text[], name text, email text);
     insert into signal_rows (key, created_on, net_terms_days, flags, name)
       select k, date '2024-01-01', 0, '{}', 'Customer ' || k from generate_series(1, 30) k;
     create view account_signals as select * from signal_rows;`);

@@ -9,6 +9,8 @@ import type { Rules } from '../types';
 /** Options every command accepts (see `withCommonOptions`). */
 export interface CommonOptions {
   databaseUrl?: string;
+  /** false with --no-prepared-statements (commander makes it true otherwise). */
+  preparedStatements?: boolean;
   rules?: string;
   debug?: boolean;
   quiet?: boolean;
@@ -61,7 +63,11 @@ export class CommandContext {
       this.stopEmbedded = () => server.stop();
       url = server.url;
     }
-    const knex = await connect(url, resolved.source, options);
+    const knex = await connect(url, resolved.source, {
+      ...options,
+      // Either the flag or the rules file turns named statements off.
+      preparedStatements: this.options.preparedStatements !== false && rules.preparedStatements,
+    });
     this.database = { knex, url, source: resolved.source };
     return this.database;
   }

@@ -11,6 +11,10 @@ export function withCommonOptions(cmd: Command): Command {
       '--database-url <url>',
       'Postgres URL (default: $DATABASE_URL, then database.url in the rules, then the embedded server in .suspend/)',
     )
+    .option(
+      '--no-prepared-statements',
+      'run every query unnamed, for a pooler such as PgBouncer in transaction mode (or database.prepared_statements: false in the rules)',
+    )
     .option('--debug', 'print stack traces and SQL timings')
     .option('--quiet', 'print nothing but the artifact and errors');
 }

@@ -3,6 +3,7 @@ import pg from 'pg';
 import { parse as parseConnectionString } from 'pg-connection-string';
 import { SuspendError, UsageError, ExitCode, errorMessage } from '../errors';
 import { SqlState, isConnectionLost, lostConnectionReason, sqlState } from './sqlstate';
+import { withoutPreparedStatements } from './prepared';
 
 /** Where the database URL came from, in precedence order: flag > environment > config file > embedded. */
 export type UrlSource = '--database-url' | 'DATABASE_URL' | 'config' | 'embedded';
@@ -51,8 +52,15 @@ export function redact(url: string): string {
 
 function quiet(): void {}
 
-export function createKnex(url: string, options: { pool?: number; applicationName?: string } = {}): Knex {
-  return knexFactory({
+export interface KnexOptions {
+  pool?: number;
+  applicationName?: string;
+  /** false: every query unnamed, for PgBouncer in transaction mode (see db/prepared.ts). */
+  preparedStatements?: boolean;
+}
+
+export function createKnex(url: string, options: KnexOptions = {}): Knex {
+  const knex = knexFactory({
     client: 'pg',
     connection: { connectionString: url, application_name: options.applicationName ?? 'suspend' },
     pool: { min: 0, max: options.pool ?? 4 },
@@ -61,6 +69,7 @@ export function createKnex(url: string, options: { pool?: number; applicationNam
     // knex logs to the console (stdout); suspend's errors are reported by the CLI instead.
     log: { warn: quiet, error: quiet, deprecate: quiet, debug: quiet },
   });
+  return options.preparedStatements === false ? withoutPreparedStatements(knex) : knex;
 }
 
 /**
@@ -70,7 +79,7 @@ export function createKnex(url: string, options: { pool?: number; applicationNam
 export async function connect(
   url: string,
   source: UrlSource,
-  options: { pool?: number } = {},
+  options: Pick<KnexOptions, 'pool' | 'preparedStatements'> = {},
 ): Promise<Knex> {
   validateUrl(url, source);
   const knex = createKnex(url, options);

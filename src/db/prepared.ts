@@ -11,13 +11,27 @@ import { SqlState, sqlState } from './sqlstate';
  *
  * Behind a pooler that hands each transaction another server session (PgBouncer in transaction
  * mode, before it tracked prepared statements), the server may not know the name, or know it
- * already: that query runs again unnamed, and so does every later one through this knex.
+ * already: that query runs again unnamed, and so does every later one through this knex. Such a
+ * pooler may also run a named statement on another session without an error, so users behind one
+ * turn named statements off up front (`--no-prepared-statements`, `database.prepared_statements`).
  */
 
+/** The knex clients whose queries run unnamed. */
 const unnamed = new WeakSet<object>();
 
+/** Queries through this knex run unnamed from now on; returns it. */
+export function withoutPreparedStatements(knex: Knex): Knex {
+  unnamed.add(knex.client);
+  return knex;
+}
+
+/** Whether runPrepared names statements on this knex (a pool made for it should do the same). */
+export function namesStatements(knex: Knex): boolean {
+  return !unnamed.has(knex.client);
+}
+
 export async function runPrepared<T>(knex: Knex, build: () => Knex.Raw): Promise<T> {
-  if (unnamed.has(knex.client)) return (await build()) as T;
+  if (!namesStatements(knex)) return (await build()) as T;
   const query = build();
   const name = `suspend_${createHash('sha1').update(query.toSQL().sql).digest('hex').slice(0, 24)}`;
   try {
@@ -25,7 +39,7 @@ export async function runPrepared<T>(knex: Knex, build: () => Knex.Raw): Promise
   } catch (err) {
     const code = sqlState(err);
     if (code !== SqlState.invalidSqlStatementName && code !== SqlState.duplicatePreparedStatement) throw err;
-    unnamed.add(knex.client);
+    withoutPreparedStatements(knex);
     return (await build()) as T;
   }
 }

@@ -1,11 +1,13 @@
 import knexFactory, { type Knex } from 'knex';
 import { ExitCode, UsageError, errorMessage } from '../errors';
 import { migrationStatus, requireMigrated } from '../db/migrate';
+import { namesStatements, withoutPreparedStatements } from '../db/prepared';
 import { policiesReadingInvoices, signalsUsed } from '../source/candidates';
 import { countAccountsQuery, qualified, stateTables } from '../source/signals';
 import type { StateChange, WriteContext } from '../write/apply';
 import { checkSetColumns } from '../write/host-columns';
 import { acquireRunLock, type HeldLock } from './lock';
+import { checkConnectionRoom } from './connections';
 import {
   closeShard,
   runToJoin,
@@ -125,7 +127,10 @@ export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions):
     throw new UsageError(`--workers ${workers}: give a number of page pipelines from 1 to 64.`);
   }
   await checkSource(knex, rules);
-  if (options.dryRun) return withPipelinePool(knex, workers, (pool) => dryRun(knex, pool, rules, options));
+  if (options.dryRun) {
+    await checkConnectionRoom(knex, { workers, perWorker: PIPELINE_CONNECTIONS });
+    return withPipelinePool(knex, workers, (pool) => dryRun(knex, pool, rules, options));
+  }
 
   await requireMigrated(knex, schema);
   const lock = await acquireRunLock(knex, schema, {
@@ -150,6 +155,7 @@ export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions):
  *   resumes before them; the ledger's final row is written on another connection with a normal
  *   commit, which flushes every page before it, before a run reports success or sends anything;
  * - a plan for each page's own values, even from a prepared statement (see db/prepared.ts).
+ * They name their statements only when the run's knex does (not with --no-prepared-statements).
  */
 const SESSION_SETUP = `select set_config(name, value, false)
   from (values ('jit', 'off'), ('synchronous_commit', 'off'), ('plan_cache_mode', 'force_custom_plan')) v(name, value)
@@ -161,7 +167,7 @@ async function withPipelinePool<T>(knex: Knex, workers: number, fn: (pool: Knex)
     ...config,
     pool: {
       min: 0,
-      max: (2 + WRITE_DEPTH) * workers,
+      max: PIPELINE_CONNECTIONS * workers,
       afterCreate: (
         conn: { query: (sql: string, cb: (err: Error | null) => void) => void },
         done: (err: Error | null, conn: unknown) => void,
@@ -170,6 +176,7 @@ async function withPipelinePool<T>(knex: Knex, workers: number, fn: (pool: Knex)
       },
     },
   });
+  if (!namesStatements(knex)) withoutPreparedStatements(pool);
   try {
     return await fn(pool);
   } finally {
@@ -222,6 +229,9 @@ const CHECKPOINT_MS = 5000;
  * one waits on Node between statements, the other's statements run.
  */
 const WRITE_DEPTH = 2;
+
+/** Connections of one worker's pipeline: two reading ahead, WRITE_DEPTH writing. */
+const PIPELINE_CONNECTIONS = 2 + WRITE_DEPTH;
 
 /** A page being written: committed (and counted), then done (progress and heartbeat too). */
 interface PageWrite {
@@ -502,15 +512,21 @@ async function resumeRun(
       `note: the rules changed since run ${unfinished.id} started; the remaining pages use the current rules`,
     );
   }
-  const shards = unfinished.options.shards;
-  if (typeof shards === 'number') await closeShard(knex, schema, unfinished.id, shards, shard, null);
-  else await setRunStatus(knex, schema, unfinished.id, 'running');
   const ranges = storedRanges(unfinished, shard);
+  // Before the run is marked running again, so a refused resume leaves it as it was.
+  await checkConnectionRoom(knex, {
+    workers: ranges.length,
+    perWorker: PIPELINE_CONNECTIONS,
+    resumedRun: unfinished.id,
+  });
   if ((options.workers ?? 1) !== ranges.length) {
     options.onLog?.(
       `note: run ${unfinished.id} continues with the ${ranges.length} worker(s) it started with`,
     );
   }
+  const shards = unfinished.options.shards;
+  if (typeof shards === 'number') await closeShard(knex, schema, unfinished.id, shards, shard, null);
+  else await setRunStatus(knex, schema, unfinished.id, 'running');
   const rows = (await knex
     .withSchema(schema)
     .from('checkpoints')
@@ -568,6 +584,11 @@ async function analyzeStatesOnce(knex: Knex, schema: string): Promise<boolean> {
  */
 async function realRun(knex: Knex, rules: Rules, options: BatchOptions): Promise<BatchResult> {
   const total = await countAccounts(knex, rules, options);
+  // Before the run is opened, so a refused run leaves nothing behind; a resumed run is checked for
+  // the split it started with (see resumeRun).
+  if (!options.resume) {
+    await checkConnectionRoom(knex, { workers: options.workers ?? 1, perWorker: PIPELINE_CONNECTIONS });
+  }
   const opened = await openRun(knex, rules, options, total);
   return withPipelinePool(knex, opened.workers.length, (pool) =>
     walkRun(knex, pool, rules, options, { ...opened, total }),

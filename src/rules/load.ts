@@ -186,6 +186,7 @@ export function buildRules({ file, raw }: ValidatedRules): Rules {
     file,
     hash: hashRules({ settings, source, defaults, organizations }),
     databaseUrl,
+    preparedStatements: raw.database?.prepared_statements ?? true,
     settings,
     source,
     defaults,

@@ -420,8 +420,11 @@ export const RulesFile = Type.Object(
     version: Type.Optional(Type.Literal(1, { title: '1 (the only version so far)' })),
     database: Type.Optional(
       obj(
-        { url: Type.Optional(nullable(Url('a Postgres URL'), 'a Postgres URL, or null')) },
-        'a map with url',
+        {
+          url: Type.Optional(nullable(Url('a Postgres URL'), 'a Postgres URL, or null')),
+          prepared_statements: Type.Optional(Bool()),
+        },
+        'a map with url, prepared_statements',
       ),
     ),
     settings: Type.Optional(Settings),

@@ -32,6 +32,14 @@ export async function checksumTables(knex: Knex, schemas: string[]): Promise<Rec
   return out;
 }
 
+/** A table with the columns a signal view (`source.view`) yields, for the tests to put a view over. */
+export const SIGNAL_ROWS_TABLE = `
+  create table signal_rows (
+    key bigint primary key, org_id text, created_on date, last_activity_on date,
+    open_balance bigint, overdue_balance bigint, unpaid_count int, oldest_overdue_days int,
+    oldest_overdue_id text, oldest_overdue_unpaid bigint, past_due_since date,
+    active_subscriptions int, net_terms_days int, flags text[], name text, email text)`;
+
 /** Rules used by the engine tests: the four example ladders on the reference schema. */
 export const ENGINE_RULES = `
 version: 1

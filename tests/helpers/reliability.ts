@@ -1,11 +1,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
 import path from 'node:path';
 import fc from 'fast-check';
-import type { Knex } from 'knex';
+import knexFactory, { type Knex } from 'knex';
 import pg from 'pg';
 import { createTestDatabase, type TestDatabase } from './database';
 import { runCli, type CliResult } from './cli';
-import { ROOT } from './server';
+import { readServerState, ROOT } from './server';
 import { checksumTables, ENGINE_RULES, writeRules } from './fixtures';
 
 /**
@@ -44,6 +46,38 @@ export async function seededDatabase(customers: number, seed = 7): Promise<TestD
   ]);
   if (r.code !== 0) throw new Error(`seed exited ${r.code}: ${r.stderr}`);
   return db;
+}
+
+export interface TestRole {
+  name: string;
+  /** The database's URL, logging in as this role. */
+  url: string;
+  drop(): Promise<void>;
+}
+
+/**
+ * A new role (`<prefix>_<random>`) with exactly the grants of docs/least-privilege.sql on `db`.
+ * Roles belong to the server, not the database: `drop()` it after the database.
+ */
+export async function leastPrivilegeRole(db: TestDatabase, prefix: string): Promise<TestRole> {
+  const name = `${prefix}_${crypto.randomBytes(4).toString('hex')}`;
+  const grants = fs.readFileSync(path.join(ROOT, 'docs/least-privilege.sql'), 'utf8');
+  await db.knex.raw(grants.replace(/\bsuspend_runner\b/g, name));
+  const u = new URL(db.url);
+  u.username = name;
+  u.password = 'change-me';
+  return {
+    name,
+    url: u.toString(),
+    async drop() {
+      const admin = knexFactory({
+        client: 'pg',
+        connection: readServerState().adminUrl,
+        pool: { min: 0, max: 1 },
+      });
+      await admin.raw('drop role if exists ??', [name]).finally(() => admin.destroy());
+    },
+  };
 }
 
 /** The CLI against one database with the engine rules, as the engine tests run it. */

@@ -1,42 +1,39 @@
-import crypto from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import type { TestDatabase } from '../helpers/database';
 import { runCli } from '../helpers/cli';
-import { readServerState, ROOT } from '../helpers/server';
-import { ACTOR, AS_OF, ledger, RULES_FILE, seededDatabase, STACK_FRAME } from '../helpers/reliability';
+import {
+  ACTOR,
+  AS_OF,
+  leastPrivilegeRole,
+  ledger,
+  RULES_FILE,
+  seededDatabase,
+  STACK_FRAME,
+  type TestRole,
+} from '../helpers/reliability';
 
 /**
  * Least privilege: a role with only the grants of docs/least-privilege.sql runs a sweep through
  * the CLI, and cannot write anything else. A grant taken away is one sentence naming the file.
  */
 
-const GRANTS = fs.readFileSync(path.join(ROOT, 'docs/least-privilege.sql'), 'utf8');
-const role = `suspend_runner_${crypto.randomBytes(4).toString('hex')}`;
 let db: TestDatabase;
+let runner: TestRole;
+let role: string;
 let url: string;
 let asRole: Knex;
 
 beforeAll(async () => {
   db = await seededDatabase(1500, 12);
-  await db.knex.raw(GRANTS.replace(/\bsuspend_runner\b/g, role));
-  const u = new URL(db.url);
-  u.username = role;
-  u.password = 'change-me';
-  url = u.toString();
+  runner = await leastPrivilegeRole(db, 'suspend_runner');
+  ({ name: role, url } = runner);
   asRole = knexFactory({ client: 'pg', connection: url, pool: { min: 0, max: 1 } });
 });
 
 afterAll(async () => {
   await asRole.destroy();
   await db.drop();
-  const admin = knexFactory({
-    client: 'pg',
-    connection: readServerState().adminUrl,
-    pool: { min: 0, max: 1 },
-  });
-  await admin.raw('drop role if exists ??', [role]).finally(() => admin.destroy());
+  await runner.drop();
 });
 
 function sweep(asOf: string) {

@@ -76,7 +76,7 @@ function batchOptions(cmd: Command, kind: BatchKind | 'report'): Command {
     .addOption(
       new Option(
         '--workers <n>',
-        'N page pipelines over disjoint key ranges in this process (default 1; 2N more connections)',
+        'N page pipelines over disjoint key ranges in this process (default 1; 4 connections each, plus 4 for the run: refused when Postgres has no room for them)',
       ).argParser(parsePositiveInteger),
     );
   if (kind !== 'report') {
