@@ -1,8 +1,6 @@
-import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { parse } from 'yaml';
 import { runCli } from './helpers/cli';
 import { ROOT } from './helpers/server';
@@ -243,23 +241,5 @@ describe('suspend rules schema', () => {
     expect(
       validate({ policies: { p: { stages: [{ name: 's', when: { inactive_for: '3 weekz' } }] } } }),
     ).toBe(false);
-  });
-});
-
-describe('bin/suspend', () => {
-  test('runs as an executable (as npx and npm bin links run it) and starts Node with its 8 MB semi-spaces', async () => {
-    // The probe runs inside the CLI's own Node process and prints the flags that process started with.
-    const probe = path.join(tempDir(), 'probe.js');
-    fs.writeFileSync(
-      probe,
-      "process.stderr.write('execArgv ' + JSON.stringify(process.execArgv) + '\\n');\n",
-    );
-    const run = promisify(execFile);
-    const { stdout, stderr } = await run(path.join(ROOT, 'bin/suspend'), ['--version'], {
-      env: { ...process.env, NODE_OPTIONS: `--require ${probe}` },
-    });
-    const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { version: string };
-    expect(stdout.trim()).toBe(pkg.version);
-    expect(stderr).toContain('"--max-semi-space-size=8"');
   });
 });
