@@ -7,6 +7,7 @@ import { ROOT } from './helpers/server';
 import { writeRules } from './helpers/fixtures';
 import { loadRules, validateRulesText } from '../src/rules/load';
 import { createAjv } from '../src/rules/validate';
+import { rulesJsonSchema } from '../src/rules/schema';
 import { ValidationErrors } from '../src/errors';
 
 /** The rules file as a user meets it: found, validated with file:line errors, merged, shown, published. */
@@ -241,5 +242,15 @@ describe('suspend rules schema', () => {
     expect(
       validate({ policies: { p: { stages: [{ name: 's', when: { inactive_for: '3 weekz' } }] } } }),
     ).toBe(false);
+  });
+
+  test('is the schema src/rules/schema.ts defines (runs load the JSON written from it by npm run schema)', async () => {
+    const r = await runCli(['rules', 'schema']);
+    const written = JSON.parse(
+      fs.readFileSync(path.join(ROOT, 'src/rules/rules.schema.json'), 'utf8'),
+    ) as unknown;
+    // If this fails, the TypeBox definitions changed: `npm run schema` writes the JSON again.
+    expect(written).toEqual(rulesJsonSchema());
+    expect(JSON.parse(r.stdout)).toEqual(rulesJsonSchema());
   });
 });

@@ -5,24 +5,12 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox';
  * (and `suspend rules schema` publishes) and the static type of a validated file. Keys are the
  * file's snake_case; `convert.ts` turns a validated file into the domain types of src/types.ts.
  *
+ * Runs load the JSON Schema from `rules.schema.json`, written from this file by `npm run schema`
+ * (loading TypeBox itself took a third of the CLI's start); a test keeps the two the same.
+ *
  * Each schema's `title` is what is allowed there, as a phrase that completes "X is not ...": the
  * validator builds its error sentences from it. Unknown keys are errors everywhere.
  */
-
-/** Custom formats, registered on Ajv by `validate.ts`. */
-export const FORMATS = {
-  /** `30 days`, `1 day`, `2 weeks`, `12 months`, `1 year`. */
-  duration: /^\s*\d+\s*(day|days|week|weeks|month|months|year|years)\s*$/i,
-  /** `5.00`, `$5`, `5`, `1,250.50`: not negative, at most 2 decimals. */
-  money: /^\s*\$?\s*(\d+|\d{1,3}(,\d{3})+)(\.\d{1,2})?\s*$/,
-  /** `500` or `5%` / `2.5%` (more than 0, at most 100). */
-  percent: /^\s*(\d+(\.\d+)?)\s*%\s*$/,
-  /** A calendar day that exists. */
-  date: /^\d{4}-\d{2}-\d{2}$/,
-  email: /^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$/,
-  /** An address with optional display name: `Billing <billing@example.com>`. */
-  mailbox: /^(?:[^<>]*<[^@\s<>]+@[^@\s<>]+>|[^@\s<>]+@[^@\s<>]+)$/,
-} as const;
 
 const NAME_PATTERN = '^[A-Za-z][A-Za-z0-9_-]*$';
 const NAME_TEXT = 'a name of letters, digits, _ and - that starts with a letter';

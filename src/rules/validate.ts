@@ -2,7 +2,9 @@ import Ajv, { type ErrorObject, type ValidateFunction } from 'ajv';
 import { isIsoDate } from './dates';
 import { closest, describeValue, type Problem, type YamlPath } from './problems';
 import { parseDuration, parseMoney } from './values';
-import { FORMATS, RulesFile, type RawRules } from './schema';
+import { FORMATS } from './formats';
+import type { RawRules } from './schema';
+import RULES_SCHEMA from './rules.schema.json';
 
 /**
  * Schema validation of a parsed rules file with Ajv, every error at once, each turned into one
@@ -55,7 +57,7 @@ function isUrl(s: string): boolean {
 let compiled: ValidateFunction<RawRules> | null = null;
 
 function validator(): ValidateFunction<RawRules> {
-  compiled ??= createAjv().compile<RawRules>(RulesFile);
+  compiled ??= createAjv().compile<RawRules>(RULES_SCHEMA);
   return compiled;
 }
 

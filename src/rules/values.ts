@@ -1,5 +1,5 @@
 import type { Cents, Duration, DurationUnit, Settings } from '../types';
-import { FORMATS } from './schema';
+import { FORMATS } from './formats';
 
 /**
  * The rules file's value types, from validated text to domain values: durations, money (integer

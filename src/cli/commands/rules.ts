@@ -6,7 +6,7 @@ import { withCommonOptions } from '../options';
 import { UsageError } from '../../errors';
 import { buildRules, effectiveRawRules, readValidatedRules } from '../../rules/load';
 import { SEARCH_PLACES } from '../../rules/find';
-import { rulesJsonSchema } from '../../rules/schema';
+import RULES_SCHEMA from '../../rules/rules.schema.json';
 import { describeCondition } from '../../evaluate/evaluate';
 
 /** `suspend rules check|show|schema`: nothing here connects to a database. */
@@ -75,7 +75,7 @@ export function registerRules(program: Command): void {
   rules
     .command('schema')
     .description('print the JSON Schema of the rules file, for editor completion and checks')
-    .action(() => writeArtifact(JSON.stringify(rulesJsonSchema(), null, 2)));
+    .action(() => writeArtifact(JSON.stringify(RULES_SCHEMA, null, 2)));
 }
 
 function noRulesFile(cwd: string): UsageError {
