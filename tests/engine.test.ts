@@ -476,6 +476,26 @@ describe('accounts that come and go while pages are read', () => {
     expect(result.counts.scanned).toBe(8);
   });
 
+  test('a walk of ten pages finds their ends eight at a time and reads each page whole, once', async () => {
+    const more = Array.from({ length: 18 }, (_, i) => ({
+      id: 130 + i * 10,
+      org_id: 1,
+      created_at: '2020-01-01',
+    }));
+    await db.knex('customers').insert(more);
+    const rules = await loadRules({ file: rulesFile, cwd: ROOT });
+    const pages: number[] = [];
+    const result = await runBatch(db.knex, rules, {
+      ...backfillOptions(3),
+      dryRun: true,
+      onPage: async ({ evaluated }) => {
+        pages.push(evaluated);
+      },
+    });
+    expect(result.counts.scanned).toBe(30);
+    expect(pages).toEqual(Array.from({ length: 10 }, () => 3));
+  });
+
   test('a page whose accounts all went away is skipped, and the walk goes on', async () => {
     const result = await dryRunAround(() => db.knex('customers').whereIn('id', [10, 20, 30]).del());
     expect(result.counts.scanned).toBe(9);

@@ -53,54 +53,33 @@ function filterAccounts(
 }
 
 /**
- * Accounts, in key order, at the given ranks (0-based): where N workers split the key space. One
- * index scan in key order that stops at the highest rank.
+ * Accounts, in key order, at the given ranks (0-based) after `range.after` (up to `range.until`), with
+ * the run's filters: where N workers split the key space, and where the next pages end (found before
+ * they are read). One index scan in key order that stops at the highest rank; fewer rows when fewer
+ * accounts remain.
  */
 export function keysAtRanksQuery(
   knex: Knex,
   mapping: SourceMapping,
   filter: { orgs?: string[] | null; shard?: { index: number; count: number } | null },
   ranks: number[],
+  range: { after: string | null; until: string | null } = { after: null, until: null },
 ): Knex.QueryBuilder {
   const c = accountList(mapping);
-  const numbered = filterAccounts(
-    knex
-      .select(
-        knex.raw('??::text as key', [c.key]),
-        knex.raw('row_number() over (order by ??) - 1 as rank', [c.key]),
-      )
-      .from(qualified(mapping, c.table))
-      .orderBy(c.key)
-      .limit(Math.max(0, ...ranks) + 1),
-    c,
-    filter,
-  );
+  const listed = knex
+    .select(
+      knex.raw('??::text as key', [c.key]),
+      knex.raw('row_number() over (order by ??) - 1 as rank', [c.key]),
+    )
+    .from(qualified(mapping, c.table));
+  if (range.after !== null) listed.where(c.key, '>', range.after);
+  if (range.until !== null) listed.where(c.key, '<=', range.until);
+  const numbered = filterAccounts(listed.orderBy(c.key).limit(Math.max(0, ...ranks) + 1), c, filter);
   return knex
     .select('key')
     .from(numbered.as('n'))
     .whereRaw('rank = any(?::bigint[])', [ranks])
     .orderBy('rank');
-}
-
-/**
- * The key of the `n`th account after `after` (up to `until`), with the run's filters: where a page
- * ends, found before the page is read (one index scan of n keys). Empty when fewer remain.
- */
-export function pageEndQuery(
-  knex: Knex,
-  mapping: SourceMapping,
-  filter: { orgs?: string[] | null; shard?: { index: number; count: number } | null },
-  range: { after: string | null; until: string | null },
-  n: number,
-): Knex.QueryBuilder {
-  const c = accountList(mapping);
-  const q = knex.select(knex.raw('??::text as key', [c.key])).from(qualified(mapping, c.table));
-  if (range.after !== null) q.where(c.key, '>', range.after);
-  if (range.until !== null) q.where(c.key, '<=', range.until);
-  return filterAccounts(q, c, filter)
-    .orderBy(c.key)
-    .offset(n - 1)
-    .limit(1);
 }
 
 /** How many accounts a run covers. */
