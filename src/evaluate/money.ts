@@ -1,9 +1,10 @@
 import type { Cents } from '../types';
 
 /**
- * Money is integer minor units. Formatting splits the integer with BigInt arithmetic (never a float
- * division), and takes only the symbol and the number of minor digits from Intl: USD 4200 → "$42.00",
- * EUR 123456 → "€1,234.56", JPY 500 → "¥500", an unknown code XYZ 150 → "XYZ 1.50".
+ * Money is integer minor units. Formatting splits the integer exactly (integer remainders, BigInt
+ * past 2^53; never a rounded float division), and takes only the symbol and the number of minor
+ * digits from Intl: USD 4200 → "$42.00", EUR 123456 → "€1,234.56", JPY 500 → "¥500", an unknown
+ * code XYZ 150 → "XYZ 1.50".
  */
 
 interface CurrencyInfo {
@@ -14,6 +15,8 @@ interface CurrencyInfo {
 const infoCache = new Map<string, CurrencyInfo>();
 
 function currencyInfo(currency: string): CurrencyInfo {
+  const known = infoCache.get(currency);
+  if (known) return known;
   const code = currency.trim().toUpperCase();
   const cached = infoCache.get(code);
   if (cached) return cached;
@@ -30,6 +33,7 @@ function currencyInfo(currency: string): CurrencyInfo {
     // Not a well-formed currency code: show it as written, with two minor digits.
   }
   infoCache.set(code, info);
+  infoCache.set(currency, info);
   return info;
 }
 
@@ -42,11 +46,24 @@ export function formatMoney(cents: Cents, currency: string): string {
   const { symbol, digits } = currencyInfo(currency);
   if (!Number.isFinite(cents)) return 'an unknown amount';
   // Cents are integers by contract; round defensively rather than print a fraction of a cent.
-  const minor = BigInt(Math.round(cents));
-  const negative = minor < 0n;
-  const abs = negative ? -minor : minor;
-  const base = 10n ** BigInt(digits);
-  const whole = groupThousands((abs / base).toString());
-  const fraction = digits > 0 ? `.${(abs % base).toString().padStart(digits, '0')}` : '';
-  return `${negative ? '-' : ''}${symbol}${whole}${fraction}`;
+  const minor = Math.round(cents);
+  const negative = minor < 0;
+  const abs = Math.abs(minor);
+  let whole: string;
+  let rest: string;
+  if (Number.isSafeInteger(abs) && digits <= 15) {
+    // Exact in doubles: a remainder, and an exact multiple divided (a backfill formats every
+    // amount it explains; BigInt took most of the time).
+    const base = 10 ** digits;
+    const r = abs % base;
+    whole = String((abs - r) / base);
+    rest = String(r);
+  } else {
+    const big = BigInt(abs);
+    const base = 10n ** BigInt(digits);
+    whole = (big / base).toString();
+    rest = (big % base).toString();
+  }
+  const fraction = digits > 0 ? `.${rest.padStart(digits, '0')}` : '';
+  return `${negative ? '-' : ''}${symbol}${groupThousands(whole)}${fraction}`;
 }
