@@ -5,7 +5,7 @@ import { AS_OF, cli as engineCli, outcome, seededDatabase } from './helpers/reli
  * README "Beyond one machine": suspend over host tables hash-partitioned by customer id. The same
  * seeded data in ordinary tables and in partitioned ones must give the same runs: the same states,
  * history, outbox events and customers.status, after a backfill (one worker or two), a payment and
- * a sweep a month later.
+ * a sweep a month later. The booking guard goes on the partitioned reservations table.
  */
 
 const CUSTOMERS = 2000;
@@ -173,6 +173,32 @@ describe('customer tables hash-partitioned by customer id', () => {
       .pluck('customer_key');
     expect(cleared.sort()).toEqual([...paid].sort());
     expect(await statusOf(partitioned, paid)).toEqual(paid.map(() => 'active'));
+  });
+
+  test('the booking guard on the partitioned reservations rejects a suspended customer, listed once', async () => {
+    const guard = async (args: string[]) => {
+      const r = await engineCli(partitioned, ['guard', ...args]);
+      expect(r).toMatchObject({ code: 0, stderr: '' });
+      return r.stdout.trim().split('\n');
+    };
+    expect(await guard(['install', '--table', 'reservations', '--customer-column', 'customer_id'])).toEqual([
+      'Booking guard installed on "public"."reservations" (customer column "customer_id").',
+    ]);
+    // The trigger Postgres clones onto each partition is the same guard, not four more.
+    expect(await guard(['status'])).toEqual([
+      'guarded: "public"."reservations" (customer column "customer_id")',
+    ]);
+    const [key] = (await partitioned
+      .knex('suspend.account_states')
+      .where({ policy: 'delinquency', stage: 'suspended' })
+      .orderBy('customer_key')
+      .limit(1)
+      .pluck('customer_key')) as string[];
+    const booking = partitioned.knex('reservations').insert({ id: 1e9, customer_id: key, created_at: LATER });
+    await expect(booking).rejects.toMatchObject({ code: 'SP001' });
+    expect(await guard(['remove'])).toEqual([
+      'Booking guard removed from "public"."reservations" (customer column "customer_id").',
+    ]);
   });
 });
 
