@@ -5,7 +5,7 @@ import { AS_OF, cli as engineCli, outcome, seededDatabase } from './helpers/reli
  * README "Beyond one machine": suspend over host tables hash-partitioned by customer id. The same
  * seeded data in ordinary tables and in partitioned ones must give the same runs: the same states,
  * history, outbox events and customers.status, after a backfill (one worker or two), a payment and
- * a sweep a month later. The booking guard goes on the partitioned reservations table.
+ * a sweep a month later. The booking guard and `suspend doctor` work on the partitioned tables.
  */
 
 const CUSTOMERS = 2000;
@@ -199,6 +199,23 @@ describe('customer tables hash-partitioned by customer id', () => {
     expect(await guard(['remove'])).toEqual([
       'Booking guard removed from "public"."reservations" (customer column "customer_id").',
     ]);
+  });
+
+  test('doctor finds the indexes on the partitioned parents, and prints DDL Postgres runs there', async () => {
+    const doctor = async () => {
+      const r = await engineCli(partitioned, ['doctor']);
+      expect(r).toMatchObject({ code: 0, stderr: '' });
+      return r.stdout;
+    };
+    expect(await doctor()).toContain('All indexes the signal queries need are present.');
+    await partitioned.knex.raw('drop index reservations_customer_id_created_at_idx');
+    const out = await doctor();
+    expect(out).toContain('MISSING  reservations (customer_id, created_at)');
+    // `create index concurrently` is refused on a partitioned table: the DDL is a plain one.
+    const ddl = out.split('\n').filter((line) => line.startsWith('create index'));
+    expect(ddl).toEqual(['create index on "reservations" ("customer_id", "created_at");']);
+    for (const statement of ddl) await partitioned.knex.raw(statement);
+    expect(await doctor()).toContain('All indexes the signal queries need are present.');
   });
 });
 
