@@ -94,14 +94,20 @@ describe('customer tables hash-partitioned by customer id', () => {
   /** What one worker's backfill wrote to the ordinary tables. */
   let backfilled: Awaited<ReturnType<typeof outcome>>;
 
+  const made: TestDatabase[] = [];
   beforeAll(async () => {
-    [ordinary, partitioned, partitionedForWorkers] = await Promise.all([
+    const settled = await Promise.allSettled([
       ordinaryDatabase(),
       partitionedDatabase(),
       partitionedDatabase(),
     ]);
+    // The ones that were made are dropped after the tests even when another failed.
+    made.push(...settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : [])));
+    const failed = settled.find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    [ordinary, partitioned, partitionedForWorkers] = made as [TestDatabase, TestDatabase, TestDatabase];
   });
-  afterAll(async () => Promise.all([ordinary, partitioned, partitionedForWorkers].map((db) => db?.drop())));
+  afterAll(async () => Promise.all(made.map((db) => db.drop())));
 
   test('suspend seed fills the partitions with exactly the rows of the ordinary tables', async () => {
     // Every table is partitioned, and every partition holds its share of the rows.

@@ -28,7 +28,8 @@ export const ACTOR = 'reliability';
 
 /**
  * A test database filled with `suspend seed` (the reference schema and data). `prepare` runs on it
- * before the seed, when its reference tables are still empty (e.g. to partition them).
+ * before the seed, when its reference tables are still empty (e.g. to partition them). When either
+ * fails, the database is dropped before the error is thrown.
  */
 export async function seededDatabase(
   customers: number,
@@ -36,7 +37,17 @@ export async function seededDatabase(
   prepare?: (db: TestDatabase) => Promise<void>,
 ): Promise<TestDatabase> {
   const db = await createTestDatabase();
-  await prepare?.(db);
+  try {
+    await prepare?.(db);
+    await seedInto(db, customers, seed);
+  } catch (err) {
+    await db.drop();
+    throw err;
+  }
+  return db;
+}
+
+async function seedInto(db: TestDatabase, customers: number, seed: number): Promise<void> {
   const r = await runCli([
     'seed',
     '--customers',
@@ -53,7 +64,6 @@ export async function seededDatabase(
     '--quiet',
   ]);
   if (r.code !== 0) throw new Error(`seed exited ${r.code}: ${r.stderr}`);
-  return db;
 }
 
 export interface TestRole {
