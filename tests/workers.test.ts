@@ -2,6 +2,7 @@ import type { TestDatabase } from './helpers/database';
 import {
   cli as runEngineCli,
   Gate,
+  outcome,
   seededDatabase,
   startCli,
   waitForSessionsGone,
@@ -46,26 +47,6 @@ function cli(db: TestDatabase, args: string[]) {
 interface ReportJson {
   status: string;
   counts: { scanned: number; changes: number; accountsChanged: number; excluded: number };
-}
-
-/** Everything a backfill decided, without ids, run ids and timestamps. */
-async function outcome(db: TestDatabase) {
-  const lines = async (sql: string) =>
-    ((await db.knex.raw(sql)) as { rows: { line: string }[] }).rows.map((r) => r.line).sort();
-  return {
-    states: await lines(
-      `select concat_ws('|', customer_key, policy, stage, stage_index, blocks_booking, allows_login, message, reasons::text, host_before::text, version) as line
-         from suspend.account_states`,
-    ),
-    history: await lines(
-      `select concat_ws('|', customer_key, policy, kind, from_stage, to_stage, reasons::text, (previous_state - 'updated_at')::text) as line
-         from suspend.history`,
-    ),
-    outbox: await lines(
-      `select concat_ws('|', customer_key, event, payload - 'runId') as line from suspend.outbox`,
-    ),
-    status: await lines(`select concat_ws('|', id, status) as line from customers where status <> 'active'`),
-  };
 }
 
 describe('backfill --workers', () => {

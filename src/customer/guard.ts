@@ -94,7 +94,11 @@ export async function removeGuards(
   return chosen;
 }
 
-/** Every trigger that runs suspend's booking_guard(), whatever its name. */
+/**
+ * Every trigger that runs suspend's booking_guard(), whatever its name. On a partitioned table
+ * Postgres clones the trigger onto each partition (`tgparentid` names the original): those go with
+ * the parent's and are not listed.
+ */
 export async function listGuards(knex: Knex, suspendSchema: string): Promise<InstalledGuard[]> {
   const r = await knex.raw<{
     rows: { trigger: string; schema: string; table: string; column: string | null; enabled: boolean }[];
@@ -107,7 +111,7 @@ export async function listGuards(knex: Knex, suspendSchema: string): Promise<Ins
        join pg_namespace n on n.oid = c.relnamespace
        join pg_proc p on p.oid = t.tgfoid
        join pg_namespace pn on pn.oid = p.pronamespace
-      where p.proname = 'booking_guard' and pn.nspname = ? and not t.tgisinternal
+      where p.proname = 'booking_guard' and pn.nspname = ? and not t.tgisinternal and t.tgparentid = 0
       order by 2, 3`,
     [suspendSchema],
   );

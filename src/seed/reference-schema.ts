@@ -201,11 +201,16 @@ export const LOAD_CONSTRAINTS: readonly ReferenceConstraint[] = [
 export function dropConstraintStatements(
   schema: string,
   tables: readonly ReferenceTable[] = REFERENCE_TABLES,
+  /** Tables whose primary key stays in place (see `ownPrimaryKeys` in seed.ts). */
+  keepPrimaryKeys: readonly ReferenceTable[] = [],
 ): Statement[] {
-  return onTables(LOAD_CONSTRAINTS, tables).map((c) => ({
-    sql: 'alter table ?? drop constraint if exists ??',
-    bindings: [qualifiedName(schema, c.table), c.name],
-  }));
+  const kept = (c: ReferenceConstraint) => c.kind === 'primary key' && keepPrimaryKeys.includes(c.table);
+  return onTables(LOAD_CONSTRAINTS, tables)
+    .filter((c) => !kept(c))
+    .map((c) => ({
+      sql: 'alter table ?? drop constraint if exists ??',
+      bindings: [qualifiedName(schema, c.table), c.name],
+    }));
 }
 
 export function addConstraintStatement(schema: string, c: ReferenceConstraint): Statement {

@@ -94,7 +94,7 @@ export async function seedReferenceData(knex: Knex, options: SeedOptions): Promi
       await trx.raw(`lock table ${list(tables)} in access exclusive mode`, all(tables));
       await runStatements(trx, [
         ...dropIndexStatements(schema, tables),
-        ...dropConstraintStatements(schema, tables),
+        ...dropConstraintStatements(schema, tables, await ownPrimaryKeys(trx, schema, tables)),
       ]);
       for (const statement of generateStatements(params, tables)) {
         const t0 = elapsed();
@@ -228,6 +228,26 @@ async function addMissingConstraints(
       c.kind === 'primary key' ? hasPrimaryKey(c.table) : r.rows.some((row) => row.name === c.name);
     if (!present) await runStatements(trx, [addConstraintStatement(schema, c)]);
   }
+}
+
+/**
+ * Tables whose primary key is not the reference `(id)`, which the load keeps in place because it
+ * could not add it back as it was: a table partitioned by customer keys on `(id, customer_id)`
+ * (Postgres wants the partition key in it), and `primary key (id)` is refused there.
+ */
+async function ownPrimaryKeys(
+  trx: Knex.Transaction,
+  schema: string,
+  tables: readonly ReferenceTable[],
+): Promise<ReferenceTable[]> {
+  const r = await trx.raw<{ rows: { name: ReferenceTable }[] }>(
+    `select t.relname as name
+       from pg_constraint c join pg_class t on t.oid = c.conrelid join pg_namespace n on n.oid = t.relnamespace
+      where n.nspname = ? and t.relname = any(?::text[]) and c.contype = 'p'
+        and c.conkey <> array[(select a.attnum from pg_attribute a where a.attrelid = t.oid and a.attname = 'id')]`,
+    [schema, [...tables]],
+  );
+  return r.rows.map((row) => row.name);
 }
 
 async function existingTables(knex: Knex | Knex.Transaction, schema: string): Promise<ReferenceTable[]> {

@@ -26,6 +26,18 @@ function quote(knex: Knex, name: string): string {
   return knex.raw('??', [name]).toQuery();
 }
 
+/**
+ * The statement that creates a missing index, concurrently so that writes go on. Postgres cannot
+ * build an index on a partitioned table concurrently: there it is a plain `create index`, which
+ * blocks writes to the table while it builds, with a comment saying so.
+ */
+function indexDdl(knex: Knex, table: string, columns: string[], partitioned: boolean): string {
+  const on = `${quote(knex, table)} (${columns.map((x) => quote(knex, x)).join(', ')})`;
+  if (!partitioned) return `create index concurrently on ${on};`;
+  return `-- ${table} is partitioned: Postgres cannot index it concurrently, so this blocks writes to it while it builds
+create index on ${on};`;
+}
+
 export function neededIndexes(knex: Knex, mapping: SourceMapping): Omit<IndexCheck, 'present'>[] {
   if (mapping.view) return [];
   const out: Omit<IndexCheck, 'present'>[] = [];
@@ -35,7 +47,7 @@ export function neededIndexes(knex: Knex, mapping: SourceMapping): Omit<IndexChe
       table,
       columns,
       why,
-      ddl: `create index concurrently on ${quote(knex, qualified(mapping, table))} (${columns.map((x) => quote(knex, x)).join(', ')});`,
+      ddl: indexDdl(knex, qualified(mapping, table), columns, false),
     });
   add(c.table, [c.key], 'keyset pagination walks customers in key order');
   if (mapping.activity) {
@@ -61,6 +73,18 @@ export function neededIndexes(knex: Knex, mapping: SourceMapping): Omit<IndexChe
 export async function checkIndexes(knex: Knex, mapping: SourceMapping): Promise<IndexCheck[]> {
   const needed = neededIndexes(knex, mapping);
   const tables = [...new Set(needed.map((n) => qualified(mapping, n.table)))];
+  // Quoted for to_regclass(), which reads names as SQL does.
+  const regclasses = tables.map((t) =>
+    t
+      .split('.')
+      .map((p) => `"${p.replace(/"/g, '""')}"`)
+      .join('.'),
+  );
+  const partitioned = await knex.raw<{ rows: { name: string }[] }>(
+    `select t as name from unnest(?::text[]) t join pg_class c on c.oid = to_regclass(t) where c.relkind = 'p'`,
+    [regclasses],
+  );
+  const isPartitioned = new Set(partitioned.rows.map((r) => tables[regclasses.indexOf(r.name)]));
   const result = await knex.raw<{ rows: IndexRow[] }>(
     `select c.oid::regclass::text as table_name,
             array(select a.attname::text from unnest(i.indkey) with ordinality k(attnum, n)
@@ -68,14 +92,7 @@ export async function checkIndexes(knex: Knex, mapping: SourceMapping): Promise<
                   where k.n <= i.indnkeyatts order by k.n) as columns
        from pg_index i join pg_class c on c.oid = i.indrelid
       where c.oid = any(array(select to_regclass(t) from unnest(?::text[]) t))`,
-    [
-      tables.map((t) =>
-        t
-          .split('.')
-          .map((p) => `"${p.replace(/"/g, '""')}"`)
-          .join('.'),
-      ),
-    ],
+    [regclasses],
   );
   return needed.map((n) => {
     const table = qualified(mapping, n.table);
@@ -83,6 +100,7 @@ export async function checkIndexes(knex: Knex, mapping: SourceMapping): Promise<
     const present = result.rows.some(
       (r) => bare(r.table_name) === bare(table) && n.columns.every((col, k) => r.columns[k] === col),
     );
-    return { ...n, table, present };
+    const ddl = isPartitioned.has(table) ? indexDdl(knex, table, n.columns, true) : n.ddl;
+    return { ...n, table, present, ddl };
   });
 }

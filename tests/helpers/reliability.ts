@@ -26,9 +26,28 @@ export const RULES_FILE = writeRules(ENGINE_RULES);
 /** Every run of these suites acts as the same person, so history rows compare equal across runs. */
 export const ACTOR = 'reliability';
 
-/** A test database filled with `suspend seed` (the reference schema and data). */
-export async function seededDatabase(customers: number, seed = 7): Promise<TestDatabase> {
+/**
+ * A test database filled with `suspend seed` (the reference schema and data). `prepare` runs on it
+ * before the seed, when its reference tables are still empty (e.g. to partition them). When either
+ * fails, the database is dropped before the error is thrown.
+ */
+export async function seededDatabase(
+  customers: number,
+  seed = 7,
+  prepare?: (db: TestDatabase) => Promise<void>,
+): Promise<TestDatabase> {
   const db = await createTestDatabase();
+  try {
+    await prepare?.(db);
+    await seedInto(db, customers, seed);
+  } catch (err) {
+    await db.drop();
+    throw err;
+  }
+  return db;
+}
+
+async function seedInto(db: TestDatabase, customers: number, seed: number): Promise<void> {
   const r = await runCli([
     'seed',
     '--customers',
@@ -45,7 +64,6 @@ export async function seededDatabase(customers: number, seed = 7): Promise<TestD
     '--quiet',
   ]);
   if (r.code !== 0) throw new Error(`seed exited ${r.code}: ${r.stderr}`);
-  return db;
 }
 
 export interface TestRole {
@@ -288,6 +306,29 @@ export async function finalState(knex: Knex): Promise<Record<string, string>> {
     out[name] = `${r.rows[0]?.n}:${r.rows[0]?.sum}`;
   }
   return { ...out, ...(await checksumTables(knex, ['public'])) };
+}
+
+/**
+ * Everything runs decided, without ids, run ids and timestamps, as sorted lines (a failed comparison
+ * shows the accounts that differ): states, history, outbox events and the customers.status column.
+ */
+export async function outcome(db: TestDatabase) {
+  const lines = async (sql: string) =>
+    ((await db.knex.raw(sql)) as { rows: { line: string }[] }).rows.map((r) => r.line).sort();
+  return {
+    states: await lines(
+      `select concat_ws('|', customer_key, policy, stage, stage_index, blocks_booking, allows_login, message, reasons::text, host_before::text, version) as line
+         from suspend.account_states`,
+    ),
+    history: await lines(
+      `select concat_ws('|', customer_key, policy, kind, from_stage, to_stage, reasons::text, (previous_state - 'updated_at')::text) as line
+         from suspend.history`,
+    ),
+    outbox: await lines(
+      `select concat_ws('|', customer_key, event, payload - 'runId') as line from suspend.outbox`,
+    ),
+    status: await lines(`select concat_ws('|', id, status) as line from customers where status <> 'active'`),
+  };
 }
 
 /** History rows or outbox events written twice for the same change (a replayed page). */
