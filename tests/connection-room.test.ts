@@ -112,3 +112,21 @@ test("a role's connection limit: a new run and a resumed one are refused, nothin
   expect(done.code).toBe(0);
   expect((await ledger(db.knex)).map((r) => [r.id, r.status])).toEqual([[run!.id, 'succeeded']]);
 });
+
+test('a run without --workers is not checked: under a role limit of 6 (a worker counts 8), a report and a sweep run as before', async () => {
+  await db.knex.raw('alter role ?? connection limit 6', [runner.name]);
+  try {
+    const later = ['--as-of', '2026-12-30', '--batch-size', '10', '--format', 'json', '--quiet'];
+    const report = await asRole(['report', ...later]);
+    expect(report.stderr).toBe('');
+    expect(report.code).toBe(0);
+    const planned = (JSON.parse(report.stdout) as { counts: { changes: number } }).counts.changes;
+    expect(planned).toBeGreaterThan(0);
+    const sweep = await asRole(['sweep', '--no-notify', '--max-changes', 'none', ...later]);
+    expect(sweep.stderr).toBe('');
+    expect(sweep.code).toBe(0);
+    expect((JSON.parse(sweep.stdout) as { counts: { changes: number } }).counts.changes).toBe(planned);
+  } finally {
+    await db.knex.raw('alter role ?? connection limit 10', [runner.name]);
+  }
+});

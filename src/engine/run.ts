@@ -128,7 +128,7 @@ export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions):
   }
   await checkSource(knex, rules);
   if (options.dryRun) {
-    await checkConnectionRoom(knex, { workers, perWorker: PIPELINE_CONNECTIONS });
+    if (workers > 1) await checkConnectionRoom(knex, { workers, perWorker: PIPELINE_CONNECTIONS });
     return withPipelinePool(knex, workers, (pool) => dryRun(knex, pool, rules, options));
   }
 
@@ -514,11 +514,13 @@ async function resumeRun(
   }
   const ranges = storedRanges(unfinished, shard);
   // Before the run is marked running again, so a refused resume leaves it as it was.
-  await checkConnectionRoom(knex, {
-    workers: ranges.length,
-    perWorker: PIPELINE_CONNECTIONS,
-    resumedRun: unfinished.id,
-  });
+  if (ranges.length > 1) {
+    await checkConnectionRoom(knex, {
+      workers: ranges.length,
+      perWorker: PIPELINE_CONNECTIONS,
+      resumedRun: unfinished.id,
+    });
+  }
   if ((options.workers ?? 1) !== ranges.length) {
     options.onLog?.(
       `note: run ${unfinished.id} continues with the ${ranges.length} worker(s) it started with`,
@@ -586,7 +588,7 @@ async function realRun(knex: Knex, rules: Rules, options: BatchOptions): Promise
   const total = await countAccounts(knex, rules, options);
   // Before the run is opened, so a refused run leaves nothing behind; a resumed run is checked for
   // the split it started with (see resumeRun).
-  if (!options.resume) {
+  if (!options.resume && (options.workers ?? 1) > 1) {
     await checkConnectionRoom(knex, { workers: options.workers ?? 1, perWorker: PIPELINE_CONNECTIONS });
   }
   const opened = await openRun(knex, rules, options, total);
