@@ -13,7 +13,7 @@ export function withCommonOptions(cmd: Command): Command {
     )
     .option(
       '--no-prepared-statements',
-      'run every query unnamed, for a pooler such as PgBouncer in transaction mode (or database.prepared_statements: false in the rules)',
+      'run every query unnamed and set nothing on the server sessions, for a pooler that does not keep named statements (or database.prepared_statements: false in the rules); runs that write need session pooling, see README',
     )
     .option('--debug', 'print stack traces and SQL timings')
     .option('--quiet', 'print nothing but the artifact and errors');

@@ -155,7 +155,9 @@ export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions):
  *   resumes before them; the ledger's final row is written on another connection with a normal
  *   commit, which flushes every page before it, before a run reports success or sends anything;
  * - a plan for each page's own values, even from a prepared statement (see db/prepared.ts).
- * They name their statements only when the run's knex does (not with --no-prepared-statements).
+ * They name their statements only when the run's knex does. With --no-prepared-statements (a pooler
+ * that shares server sessions between clients) they set nothing either: a setting made on a shared
+ * session would outlive the run there, and asynchronous commit would reach other clients' writes.
  */
 const SESSION_SETUP = `select set_config(name, value, false)
   from (values ('jit', 'off'), ('synchronous_commit', 'off'), ('plan_cache_mode', 'force_custom_plan')) v(name, value)
@@ -163,6 +165,7 @@ const SESSION_SETUP = `select set_config(name, value, false)
 
 async function withPipelinePool<T>(knex: Knex, workers: number, fn: (pool: Knex) => Promise<T>): Promise<T> {
   const config = knex.client.config as Knex.Config;
+  const ownSessions = namesStatements(knex);
   const pool = knexFactory({
     ...config,
     pool: {
@@ -172,11 +175,12 @@ async function withPipelinePool<T>(knex: Knex, workers: number, fn: (pool: Knex)
         conn: { query: (sql: string, cb: (err: Error | null) => void) => void },
         done: (err: Error | null, conn: unknown) => void,
       ) => {
+        if (!ownSessions) return done(null, conn);
         conn.query(SESSION_SETUP, (err) => done(err, conn));
       },
     },
   });
-  if (!namesStatements(knex)) withoutPreparedStatements(pool);
+  if (!ownSessions) withoutPreparedStatements(pool);
   try {
     return await fn(pool);
   } finally {
