@@ -114,3 +114,18 @@ test('a sweep over a signal view enters, escalates and clears stages and leaves 
     await db.knex('suspend.history').where({ customer_key: '2' }).count<{ n: string }[]>({ n: '*' }),
   ).toEqual([{ n: '0' }]);
 });
+
+test('--workers 4 splits a view into four key ranges by its keys, not by their text (keys 1 to 30)', async () => {
+  // By text, keys 1 to 30 run 1, 10..19, 2, 20..29, 3: the split points 7, 15 and 22 are not all among
+  // the first 22 of them, and a split that ordered by the text lost one.
+  const run = await cli(['sweep', '--as-of', '2026-12-08', '--workers', '4', '--max-changes', 'none']);
+  expect(run.stderr).toBe('');
+  expect(run.code).toBe(0);
+  const { runId } = JSON.parse(run.stdout) as { runId: string };
+  const parts = await db
+    .knex('suspend.checkpoints')
+    .where({ run_id: runId })
+    .orderBy('last_key')
+    .pluck('last_key');
+  expect(parts.map(Number).sort((a, b) => a - b)).toEqual([7, 15, 22, 30]);
+});

@@ -66,9 +66,11 @@ export function keysAtRanksQuery(
   range: { after: string | null; until: string | null } = { after: null, until: null },
 ): Knex.QueryBuilder {
   const c = accountList(mapping);
+  // Not aliased `key`: the key column of a signal view is named key, and `order by key` would then
+  // sort by the text alias (the limit keeping the wrong rows) instead of the column.
   const listed = knex
     .select(
-      knex.raw('??::text as key', [c.key]),
+      knex.raw('??::text as suspend_key', [c.key]),
       knex.raw('row_number() over (order by ??) - 1 as rank', [c.key]),
     )
     .from(qualified(mapping, c.table));
@@ -76,7 +78,7 @@ export function keysAtRanksQuery(
   if (range.until !== null) listed.where(c.key, '<=', range.until);
   const numbered = filterAccounts(listed.orderBy(c.key).limit(Math.max(0, ...ranks) + 1), c, filter);
   return knex
-    .select('key')
+    .select('suspend_key as key')
     .from(numbered.as('n'))
     .whereRaw('rank = any(?::bigint[])', [ranks])
     .orderBy('rank');
