@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { accountList, qualified } from '../source/signals';
+import { accountList, qualified, regclassText } from '../source/signals';
 import { columnTypes, writeHostColumns } from '../write/host-columns';
 import type { HostColumnChange } from '../engine/plan';
 import type { SourceMapping } from '../types';
@@ -14,13 +14,6 @@ import type { SourceMapping } from '../types';
 /** 22P02: a key that is not a valid value of the key column's type (e.g. "abc" for a bigint key). */
 const INVALID_TEXT_REPRESENTATION = '22P02';
 
-function quoteQualified(name: string): string {
-  return name
-    .split('.')
-    .map((p) => `"${p.replace(/"/g, '""')}"`)
-    .join('.');
-}
-
 /** The table (or signal view) that lists the accounts. */
 export function customerTable(mapping: SourceMapping): string {
   return qualified(mapping, accountList(mapping).table);
@@ -28,7 +21,7 @@ export function customerTable(mapping: SourceMapping): string {
 
 async function tableExists(knex: Knex | Knex.Transaction, table: string): Promise<boolean> {
   const r = await knex.raw<{ rows: { t: string | null }[] }>('select to_regclass(?) as t', [
-    quoteQualified(table),
+    regclassText(table),
   ]);
   return Boolean(r.rows[0]?.t);
 }

@@ -3,7 +3,7 @@ import { ExitCode, UsageError, errorMessage } from '../errors';
 import { migrationStatus, requireMigrated } from '../db/migrate';
 import { namesStatements, withoutPreparedStatements } from '../db/prepared';
 import { policiesReadingInvoices, signalsUsed } from '../source/candidates';
-import { countAccountsQuery, qualified, stateTables } from '../source/signals';
+import { countAccountsQuery, qualified, regclassText, stateTables } from '../source/signals';
 import type { StateChange, WriteContext } from '../write/apply';
 import { checkSetColumns } from '../write/host-columns';
 import { acquireRunLock, type HeldLock } from './lock';
@@ -198,10 +198,7 @@ async function checkSource(knex: Knex, rules: Rules): Promise<void> {
   for (const t of tables) {
     const name = qualified(m, t);
     const found = await knex.raw<{ rows: { r: string | null }[] }>('select to_regclass(?) as r', [
-      name
-        .split('.')
-        .map((p) => `"${p.replace(/"/g, '""')}"`)
-        .join('.'),
+      regclassText(name),
     ]);
     if (!found.rows[0]?.r) {
       throw new UsageError(

@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { qualified } from './signals';
+import { qualified, regclassText } from './signals';
 import type { SourceMapping } from '../types';
 
 /**
@@ -73,13 +73,7 @@ export function neededIndexes(knex: Knex, mapping: SourceMapping): Omit<IndexChe
 export async function checkIndexes(knex: Knex, mapping: SourceMapping): Promise<IndexCheck[]> {
   const needed = neededIndexes(knex, mapping);
   const tables = [...new Set(needed.map((n) => qualified(mapping, n.table)))];
-  // Quoted for to_regclass(), which reads names as SQL does.
-  const regclasses = tables.map((t) =>
-    t
-      .split('.')
-      .map((p) => `"${p.replace(/"/g, '""')}"`)
-      .join('.'),
-  );
+  const regclasses = tables.map(regclassText);
   const partitioned = await knex.raw<{ rows: { name: string }[] }>(
     `select t as name from unnest(?::text[]) t join pg_class c on c.oid = to_regclass(t) where c.relkind = 'p'`,
     [regclasses],

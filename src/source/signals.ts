@@ -31,6 +31,14 @@ export function qualified(mapping: SourceMapping, table: string): string {
   return mapping.schema ? `${mapping.schema}.${table}` : table;
 }
 
+/** A qualified name as SQL text for `to_regclass()`, which reads names as SQL does: each part quoted. */
+export function regclassText(name: string): string {
+  return name
+    .split('.')
+    .map((p) => `"${p.replace(/"/g, '""')}"`)
+    .join('.');
+}
+
 /** The table that lists the accounts, with its key and organization columns (unqualified). */
 export function accountList(mapping: SourceMapping): { table: string; key: string; org: string } {
   // With a signal view, the view is the list of accounts: its `key` and `org_id` columns.

@@ -1,5 +1,5 @@
 import type { Knex } from 'knex';
-import { qualified } from '../source/signals';
+import { qualified, regclassText } from '../source/signals';
 import { UsageError, errorMessage } from '../errors';
 import type { Rules, SourceMapping } from '../types';
 import type { HostColumnChange } from '../engine/plan';
@@ -23,7 +23,7 @@ export async function columnTypes(
   const result = await knex.raw<{ rows: { name: string; type: string }[] }>(
     `select attname as name, format_type(atttypid, atttypmod) as type
        from pg_attribute where attrelid = to_regclass(?) and attnum > 0 and not attisdropped and attname = any(?::text[])`,
-    [quoteQualified(table), columns],
+    [regclassText(table), columns],
   );
   const types = new Map(result.rows.map((r) => [r.name, r.type]));
   for (const c of columns) {
@@ -58,13 +58,6 @@ export async function checkSetColumns(knex: Knex, rules: Rules): Promise<void> {
       `A set action${where} cannot be applied: ${errorMessage(err)}; name a column of that table in the rules file (${rules.file ?? 'rules'}).`,
     );
   }
-}
-
-function quoteQualified(name: string): string {
-  return name
-    .split('.')
-    .map((p) => `"${p.replace(/"/g, '""')}"`)
-    .join('.');
 }
 
 export async function writeHostColumns(
