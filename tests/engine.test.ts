@@ -349,16 +349,19 @@ describe('pages written at once', () => {
     const [db, clean] = await Promise.all([seeded(3000, 7), seeded(3000, 7)]);
     try {
       const rules = await loadRules({ file: rulesFile, cwd: ROOT });
+      // The changing keys of each page, by page (customers 1 to 3000 in pages of 500): two pages are
+      // written at once, and either may reach its write first.
       const pageKeys: string[][] = [];
       let fourthStartedFirst = false;
       const failing = runBatch(db.knex, rules, {
         ...backfillOptions(500),
         beforeWrite: async (keys) => {
-          pageKeys.push(keys);
-          if (pageKeys.length !== 3) return;
+          const page = Math.floor((Math.min(...keys.map(Number)) - 1) / 500);
+          pageKeys[page] = keys;
+          if (page !== 2) return;
           // The third page fails only once the fourth is inside its own transaction.
-          for (let i = 0; i < 250 && pageKeys.length < 4; i++) await new Promise((r) => setTimeout(r, 20));
-          fourthStartedFirst = pageKeys.length >= 4;
+          for (let i = 0; i < 250 && !pageKeys[3]; i++) await new Promise((r) => setTimeout(r, 20));
+          fourthStartedFirst = pageKeys[3] !== undefined;
           throw new Error('the third page failed');
         },
       });
