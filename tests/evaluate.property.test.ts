@@ -7,7 +7,11 @@ import {
   evaluateAccount,
   evaluateCondition,
   evaluatePolicy,
+  messageContext,
+  renderMessage,
+  renderMessageFor,
 } from '../src/evaluate/evaluate';
+import { PLACEHOLDERS } from '../src/evaluate/placeholders';
 import type {
   AccountEvaluation,
   AccountPolicyState,
@@ -236,6 +240,32 @@ describe('evaluator properties', () => {
           expect(after).toBeGreaterThanOrEqual(before);
         },
       ),
+      RUNS,
+    );
+  });
+
+  test('a message rendered from only the placeholders it names equals one rendered from the whole context', () => {
+    const piece = fc.oneof(
+      fc.constantFrom(...Object.keys(PLACEHOLDERS)).map((name) => `{${name}}`),
+      fc.constantFrom(...Object.keys(PLACEHOLDERS)).map((name) => `{ ${name} }`),
+      fc.constantFrom('{nope}', '{', '}', 'Pay ', ' now.', '$', ''),
+    );
+    const input = fc.record({
+      signals: signalsArb,
+      settings: fc.record({
+        currency: fc.constantFrom('USD', 'EUR', 'JPY', 'BHD'),
+        payUrl: fc.constantFrom(null, 'https://pay.example.com/{key}'),
+        supportUrl: fc.constantFrom(null, 'https://help.example.com'),
+      }),
+      asOf: fc.constant(AS_OF),
+      policy: fc.constantFrom('p', 'delinquency'),
+      stage: fc.constantFrom(null, 'suspended'),
+    });
+    fc.assert(
+      fc.property(fc.array(piece, { maxLength: 8 }), input, (pieces, i) => {
+        const template = pieces.join('');
+        expect(renderMessageFor(template, i)).toBe(renderMessage(template, messageContext(i)));
+      }),
       RUNS,
     );
   });

@@ -7,6 +7,7 @@ import {
   formatMoney,
   messageContext,
   renderMessage,
+  renderMessageFor,
   templatePlaceholders,
 } from '../src/evaluate/evaluate';
 import { PLACEHOLDERS } from '../src/evaluate/placeholders';
@@ -799,6 +800,39 @@ describe('messages and money', () => {
       'Your account is suspended: $42.00 is 32 days past due. Pay at https://pay.example.com/acct%209.',
       'Invoice 1043 for $42.00 is 12 days overdue. Pay it at https://pay.example.com/acct%209.',
     ]);
+  });
+
+  test('each placeholder renders its own value, from only the placeholders a template names', () => {
+    const s = signals({
+      key: 'acct 9',
+      name: ' Ada Lovelace ',
+      openBalance: 9900,
+      overdueBalance: 4200,
+      pastDueSince: '2026-10-22',
+      oldestOverdueDays: 12,
+      oldestOverdueInvoice: { id: '1043', unpaid: 3100, daysOverdue: 13 },
+      lastActivityOn: '2025-11-20',
+    });
+    const settings = {
+      ...DEFAULT_SETTINGS,
+      payUrl: 'https://pay.example.com/{key}',
+      supportUrl: 'https://help.example.com',
+    };
+    const input = { signals: s, settings, asOf: AS_OF, policy: 'delinquency', stage: 'suspended' };
+    const template = Object.keys(PLACEHOLDERS)
+      .map((k) => `${k}={${k}}`)
+      .join('; ');
+    const expected =
+      'name=Ada Lovelace; key=acct 9; balance=$99.00; overdue_balance=$42.00; days_past_due=32; ' +
+      'past_due_since=2026-10-22; invoice=1043; invoice_amount=$31.00; invoice_days_overdue=13; ' +
+      'last_activity=2025-11-20; days_inactive=368; stage=suspended; policy=delinquency; ' +
+      'support_url=https://help.example.com; pay_url=https://pay.example.com/acct%209';
+    expect(renderMessageFor(template, input)).toBe(expected);
+    expect(renderMessage(template, messageContext(input))).toBe(expected);
+    expect(renderMessageFor('Only {balance}, { stage } and {nope}.', input)).toBe(
+      'Only $99.00, suspended and {nope}.',
+    );
+    expect(renderMessageFor('No placeholders.', input)).toBe('No placeholders.');
   });
 
   test('missing values render as readable words, never undefined or null', () => {

@@ -41,7 +41,7 @@ import type {
 } from '../types';
 
 export { planTransition, CLEAR_STATE } from './transition';
-export { renderMessage, messageContext, templatePlaceholders } from './message';
+export { renderMessage, renderMessageFor, messageContext, templatePlaceholders } from './message';
 export { formatMoney } from './money';
 export { conditionHolds, describeCondition, evaluateCondition } from './conditions';
 

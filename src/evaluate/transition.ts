@@ -1,5 +1,5 @@
 import { evaluateCondition } from './conditions';
-import { messageContext, renderMessage } from './message';
+import { renderMessageFor } from './message';
 import type {
   AccountPolicyState,
   Action,
@@ -81,10 +81,7 @@ export function stageMessage(
   asOf: IsoDate,
 ): string | null {
   if (!stage || stage.message.trim() === '') return null;
-  return renderMessage(
-    stage.message,
-    messageContext({ signals, settings, asOf, policy: policy.name, stage: stage.name }),
-  );
+  return renderMessageFor(stage.message, { signals, settings, asOf, policy: policy.name, stage: stage.name });
 }
 
 type TransitionShape = Omit<Transition, 'key' | 'orgId' | 'message' | 'reasons'>;
