@@ -1,5 +1,6 @@
 import { hostValueText } from './host';
 import type { StoredRow } from './write';
+import { capturedHostValues, winningHostValues } from '../evaluate/host-values';
 import type { Policy, Stage } from '../types';
 
 /**
@@ -19,27 +20,6 @@ export interface HostValue {
   value: string | null;
 }
 
-function severity(stage: Stage): number {
-  return (stage.allowsLogin ? 0 : 2000) + (stage.blocksBooking ? 1000 : 0) + stage.index;
-}
-
-function setColumns(stage: Stage): Record<string, string | number | boolean | null> {
-  const out: Record<string, string | number | boolean | null> = {};
-  for (const a of stage.actions) if (a.type === 'set') Object.assign(out, a.columns);
-  return out;
-}
-
-function winning(stages: Stage[]): Map<string, { value: string | number | boolean | null; rank: number }> {
-  const values = new Map<string, { value: string | number | boolean | null; rank: number }>();
-  for (const stage of stages) {
-    for (const [column, value] of Object.entries(setColumns(stage))) {
-      const current = values.get(column);
-      if (!current || severity(stage) > current.rank) values.set(column, { value, rank: severity(stage) });
-    }
-  }
-  return values;
-}
-
 export function reinstateHostValues(
   key: string,
   policies: Policy[],
@@ -50,11 +30,10 @@ export function reinstateHostValues(
     policies.find((p) => p.name === row.policy)?.stages.find((s) => s.name === row.stage) ?? null;
   const current = rows.filter((r) => r.stage !== null);
   const remaining = current.filter((r) => !clearing.has(r.policy));
-  const known = (list: StoredRow[]) => list.map(stageOf).filter((s): s is Stage => s !== null);
-  const pre = winning(known(current));
-  const post = winning(known(remaining));
+  const pre = winningHostValues(current.map(stageOf));
+  const post = winningHostValues(remaining.map(stageOf));
   // Earlier rows win, as in the engine.
-  const hostBefore = rows.reduce<Record<string, unknown>>((acc, r) => ({ ...r.host_before, ...acc }), {});
+  const hostBefore = capturedHostValues(rows.map((r) => r.host_before));
 
   const out = new Map<string, string | null>();
   for (const column of new Set([...pre.keys(), ...post.keys()])) {

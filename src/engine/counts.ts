@@ -44,7 +44,7 @@ export function restoreCounts(stored: Partial<RunCounts> | null | undefined): Ru
 }
 
 export function transitionKey(c: Pick<StateChange, 'orgId' | 'policy' | 'kind' | 'from' | 'to'>): string {
-  return [c.orgId ?? '', c.policy, c.kind, c.from ?? '', c.to ?? ''].join('|');
+  return `${c.orgId ?? ''}|${c.policy}|${c.kind}|${c.from ?? ''}|${c.to ?? ''}`;
 }
 
 export function parseTransitionKey(key: string) {
@@ -70,8 +70,12 @@ export function countEvaluation(
 
 export function countChanges(counts: RunCounts, changes: StateChange[]): void {
   counts.changes += changes.length;
-  counts.accountsChanged += new Set(changes.map((c) => c.key)).size;
-  for (const c of changes) bump(counts.transitions, transitionKey(c));
+  const accounts = new Set<string>();
+  for (const c of changes) {
+    accounts.add(c.key);
+    bump(counts.transitions, transitionKey(c));
+  }
+  counts.accountsChanged += accounts.size;
 }
 
 export function countSkipped(counts: RunCounts, skipped: { reason: string }[]): void {

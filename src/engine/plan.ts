@@ -2,6 +2,7 @@ import { accountTransitions } from '../evaluate/evaluate';
 import type { PageState, StoredState } from '../source/states';
 import type { StateChange } from '../write/apply';
 import { countEvaluation, emptyCounts, type RunCounts } from './counts';
+import { capturedHostValues, winningHostValues } from '../evaluate/host-values';
 import type { EffectiveRules, IsoDate, Policy, Rules, Signals, Stage } from '../types';
 
 /**
@@ -84,17 +85,6 @@ export function planPage(
   return { evaluated: signals.length, tally, changes, hostColumns };
 }
 
-/** Suspend-like beats pause-like beats notify-only; then the later stage of its ladder. */
-function severity(stage: Stage): number {
-  return (stage.allowsLogin ? 0 : 2000) + (stage.blocksBooking ? 1000 : 0) + stage.index;
-}
-
-function setColumns(stage: Stage | null): Record<string, string | number | boolean | null> {
-  const out: Record<string, string | number | boolean | null> = {};
-  for (const a of stage?.actions ?? []) if (a.type === 'set') Object.assign(out, a.columns);
-  return out;
-}
-
 /**
  * A mapped host column (e.g. customers.status) holds the value of the most severe current stage that
  * sets it, across all policies; when no current stage sets it any more, the host's own value comes
@@ -116,23 +106,10 @@ export function planHostColumns(
   const after = new Map(before);
   for (const c of changes) after.set(c.policy, stageOf(c.policy, c.to));
 
-  const winning = (stages: Map<string, Stage | null>) => {
-    const values = new Map<string, { value: string | number | boolean | null; rank: number }>();
-    for (const stage of stages.values()) {
-      if (!stage) continue;
-      for (const [column, value] of Object.entries(setColumns(stage))) {
-        const current = values.get(column);
-        if (!current || severity(stage) > current.rank) values.set(column, { value, rank: severity(stage) });
-      }
-    }
-    return values;
-  };
-  const pre = winning(before);
-  const post = winning(after);
-  const hostBefore = [...stored.values()].reduce<Record<string, unknown>>(
-    (acc, s) => ({ ...s.hostBefore, ...acc }),
-    {},
-  );
+  const pre = winningHostValues(before.values());
+  const post = winningHostValues(after.values());
+  if (pre.size === 0 && post.size === 0) return [];
+  const hostBefore = capturedHostValues([...stored.values()].map((s) => s.hostBefore));
   const out: HostColumnChange[] = [];
   for (const column of new Set([...pre.keys(), ...post.keys()])) {
     const p = pre.get(column);

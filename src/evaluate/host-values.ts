@@ -1,0 +1,64 @@
+import type { Stage } from '../types';
+
+/**
+ * Pure: the value each mapped host column (e.g. customers.status) takes from an account's current
+ * stages. The most severe stage that sets a column wins: suspend-like beats pause-like beats
+ * notify-only, then the later stage of its ladder. The engine's page plan and a manual
+ * reinstatement (customer/host-plan.ts) both decide by it.
+ */
+
+export type HostValue = string | number | boolean | null;
+
+export interface WinningValue {
+  value: HostValue;
+  rank: number;
+}
+
+export function severity(stage: Stage): number {
+  return (stage.allowsLogin ? 0 : 2000) + (stage.blocksBooking ? 1000 : 0) + stage.index;
+}
+
+/** The columns a stage's set actions write (a later action wins), worked out once per stage. */
+const setColumnsOf = new WeakMap<Stage, [string, HostValue][]>();
+
+function setColumns(stage: Stage): [string, HostValue][] {
+  let columns = setColumnsOf.get(stage);
+  if (!columns) {
+    const out: Record<string, HostValue> = {};
+    for (const a of stage.actions) if (a.type === 'set') Object.assign(out, a.columns);
+    setColumnsOf.set(stage, (columns = Object.entries(out)));
+  }
+  return columns;
+}
+
+const NONE: ReadonlyMap<string, WinningValue> = new Map();
+
+/** Each column some stage sets, with the winning stage's value and rank (null stages are skipped). */
+export function winningHostValues(stages: Iterable<Stage | null>): ReadonlyMap<string, WinningValue> {
+  let values: Map<string, WinningValue> | null = null;
+  for (const stage of stages) {
+    if (!stage) continue;
+    const columns = setColumns(stage);
+    if (columns.length === 0) continue;
+    const rank = severity(stage);
+    values ??= new Map();
+    for (const [column, value] of columns) {
+      const current = values.get(column);
+      if (!current || rank > current.rank) values.set(column, { value, rank });
+    }
+  }
+  return values ?? NONE;
+}
+
+/** The host values captured before suspend first set them, from an account's state rows: earlier rows win. */
+export function capturedHostValues(
+  captures: Iterable<Record<string, unknown> | null | undefined>,
+): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const captured of captures) {
+    if (!captured) continue;
+    for (const column of Object.keys(captured))
+      if (!Object.prototype.hasOwnProperty.call(out, column)) out[column] = captured[column];
+  }
+  return out;
+}
