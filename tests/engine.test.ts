@@ -201,6 +201,17 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
       .accounts!.filter((a) => a.policy === 'delinquency' && a.change === 'clear')
       .map((a) => a.key);
     expect(cleared.sort()).toEqual(expect.arrayContaining([...paid].sort()));
+    // Their status column gets back the value the backfill found (captured when it first set it),
+    // unless inactivity, which also sets it, holds the account now.
+    const stillInactive = (await db
+      .knex('suspend.account_states')
+      .where({ policy: 'inactivity', stage: 'suspended' })
+      .whereIn('customer_key', paid)
+      .pluck('customer_key')) as string[];
+    const reinstated = paid.filter((k) => !stillInactive.includes(k));
+    expect(reinstated.length).toBeGreaterThan(0);
+    const statuses = await db.knex('customers').whereIn('id', reinstated).distinct('status');
+    expect(statuses).toEqual([{ status: 'active' }]);
     const runs = await cli(db, ['runs', '--format', 'json']);
     const ledger = JSON.parse(runs.stdout) as { kind: string; status: string; asOf: string }[];
     expect(ledger.map((x) => [x.kind, x.status, x.asOf])).toEqual([

@@ -33,6 +33,10 @@ export function rulesForOrg(rules: Rules, orgId: string | null): EffectiveRules 
   return (orgId !== null && rules.organizations[orgId]) || rules.defaults;
 }
 
+/** An account without stored states (most of a backfill's): shared, never written to. */
+const NO_STATES: ReadonlyMap<string, StoredState> = new Map();
+const NO_STATE_RECORD: Readonly<Record<string, StoredState>> = Object.freeze({});
+
 export function planPage(
   signals: Signals[],
   page: PageState,
@@ -46,13 +50,13 @@ export function planPage(
   const hostColumns: HostColumnChange[] = [];
   for (const s of signals) {
     const effective = rulesForOrg(rules, s.orgId);
-    const stored = page.states.get(s.key) ?? new Map<string, StoredState>();
+    const stored = page.states.get(s.key) ?? NO_STATES;
     const evaluation = accountTransitions(
       {
         signals: s,
         rules: effective,
         asOf,
-        states: Object.fromEntries(stored),
+        states: stored.size === 0 ? NO_STATE_RECORD : Object.fromEntries(stored),
         exclusion: page.exclusions.get(s.key) ?? null,
       },
       explain,
@@ -94,38 +98,36 @@ export function planPage(
 export function planHostColumns(
   key: string,
   policies: Policy[],
-  stored: Map<string, StoredState>,
+  stored: ReadonlyMap<string, StoredState>,
   changes: StateChange[],
 ): HostColumnChange[] {
   const stageOf = (policy: string, name: string | null): Stage | null => {
     if (name === null) return null;
     return policies.find((p) => p.name === policy)?.stages.find((st) => st.name === name) ?? null;
   };
-  const before = new Map<string, Stage | null>();
-  for (const [policy, state] of stored) before.set(policy, stageOf(policy, state.stage));
-  const after = new Map(before);
+  const after = new Map<string, Stage | null>();
+  for (const [policy, state] of stored) after.set(policy, stageOf(policy, state.stage));
+  const before = stored.size === 0 ? null : new Map(after);
   for (const c of changes) after.set(c.policy, stageOf(c.policy, c.to));
-
-  const pre = winningHostValues(before.values());
   const post = winningHostValues(after.values());
+  const change = (column: string, value: unknown, capture: boolean): HostColumnChange => ({
+    key,
+    column,
+    value: value === null || value === undefined ? null : String(value),
+    capture,
+  });
+  // Nothing stored (a backfill's usual account): each column a new stage sets is captured first.
+  if (!before) return [...post].map(([column, q]) => change(column, q.value, true));
+  const pre = winningHostValues(before.values());
   if (pre.size === 0 && post.size === 0) return [];
   const hostBefore = capturedHostValues([...stored.values()].map((s) => s.hostBefore));
   const out: HostColumnChange[] = [];
   for (const column of new Set([...pre.keys(), ...post.keys()])) {
     const p = pre.get(column);
     const q = post.get(column);
-    if (q && (!p || p.value !== q.value)) {
-      out.push({ key, column, value: q.value === null ? null : String(q.value), capture: !p });
-    } else if (!q && p && column in hostBefore) {
-      // Nothing captured (e.g. the rules changed since): leave the column as it is.
-      const original = hostBefore[column];
-      out.push({
-        key,
-        column,
-        value: original === null || original === undefined ? null : String(original),
-        capture: false,
-      });
-    }
+    if (q && (!p || p.value !== q.value)) out.push(change(column, q.value, !p));
+    // Nothing captured (e.g. the rules changed since): leave the column as it is.
+    else if (!q && p && column in hostBefore) out.push(change(column, hostBefore[column], false));
   }
   return out;
 }
