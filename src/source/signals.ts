@@ -373,11 +373,12 @@ export function signalsQuery(
       .join('\n       or ')}`;
   }
 
+  // No flags come back as null, not as an empty array for the driver to parse (most accounts have none).
   const signals = `select p.k as sort_key, p.k::text as key, p.org_id, to_char(p.created_on, 'YYYY-MM-DD') as created_on,
       ${activity ? "to_char(a.last_on, 'YYYY-MM-DD')" : 'null'} as last_activity_on,
       ${invoices ? `iv.open_balance, iv.overdue_balance, iv.unpaid_count, iv.oldest_days as oldest_overdue_days, iv.oldest_id as oldest_overdue_id, iv.oldest_unpaid as oldest_overdue_unpaid, to_char(iv.since, 'YYYY-MM-DD') as past_due_since` : 'null as open_balance, null as overdue_balance, null as unpaid_count, null as oldest_overdue_days, null as oldest_overdue_id, null as oldest_overdue_unpaid, null as past_due_since'},
       ${subscriptions ? 'sb.n' : '0'} as active_subscriptions,
-      p.net_terms_days, p.flags, p.name, p.email, ${badTerms} as bad_terms, ${hugeBalance} as huge_balance,
+      p.net_terms_days, nullif(p.flags, '{}') as flags, p.name, p.email, ${badTerms} as bad_terms, ${hugeBalance} as huge_balance,
       ${stored.columns}
     from page p
     ${activity ? 'left join activity a on a.k = p.k' : ''}
