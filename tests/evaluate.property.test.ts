@@ -248,7 +248,18 @@ describe('evaluator properties', () => {
     const piece = fc.oneof(
       fc.constantFrom(...Object.keys(PLACEHOLDERS)).map((name) => `{${name}}`),
       fc.constantFrom(...Object.keys(PLACEHOLDERS)).map((name) => `{ ${name} }`),
-      fc.constantFrom('{nope}', '{', '}', 'Pay ', ' now.', '$', ''),
+      fc.constantFrom(
+        '{nope}',
+        '{ nope }',
+        '{constructor}',
+        '{toString}',
+        '{__proto__}',
+        '{',
+        '}',
+        'Pay ',
+        '$',
+        '',
+      ),
     );
     const input = fc.record({
       signals: signalsArb,

@@ -11,6 +11,9 @@ import {
   templatePlaceholders,
 } from '../src/evaluate/evaluate';
 import { PLACEHOLDERS } from '../src/evaluate/placeholders';
+import { capturedHostValues } from '../src/evaluate/host-values';
+import { planHostColumns } from '../src/engine/plan';
+import type { StateChange } from '../src/write/apply';
 import type {
   AccountEvaluation,
   AccountPolicyState,
@@ -857,5 +860,91 @@ describe('messages and money', () => {
       'Ada owes $1.00, {nope}',
     );
     expect(templatePlaceholders('{a} {b} { a }')).toEqual(['a', 'b']);
+  });
+});
+
+describe('host columns (customers.status and the like)', () => {
+  const set = (columns: Record<string, string>) => ({ type: 'set' as const, columns });
+  const paused = stage(
+    0,
+    'paused',
+    { invoice_overdue_for: dur('10 days') },
+    {
+      actions: [set({ status: 'paused', note: 'overdue' })],
+      allowsLogin: true,
+      blocksBooking: true,
+    },
+  );
+  const suspended = stage(
+    0,
+    'suspended',
+    { inactive_for: dur('12 months') },
+    {
+      actions: [set({ status: 'suspended' })],
+      allowsLogin: false,
+      blocksBooking: true,
+    },
+  );
+  const policies = [policy('overdue', [paused]), policy('inactivity', [suspended])];
+  const stored = (entries: [string, string | null, Record<string, unknown> | null][]) =>
+    new Map(
+      entries.map(([p, st, hostBefore]) => [
+        p,
+        {
+          stage: st,
+          stageIndex: st === null ? -1 : 0,
+          enteredOn: AS_OF,
+          reinstatedOn: null,
+          version: 1,
+          hostBefore,
+        },
+      ]),
+    );
+  const change = (p: string, to: string | null) => ({ policy: p, to }) as unknown as StateChange;
+
+  test('the most severe stage sets a column, in the order the stages name them; a first set is captured', () => {
+    const both = [change('overdue', 'paused'), change('inactivity', 'suspended')];
+    expect(planHostColumns('c1', policies, new Map(), both)).toEqual([
+      { key: 'c1', column: 'status', value: 'suspended', capture: true },
+      { key: 'c1', column: 'note', value: 'overdue', capture: true },
+    ]);
+    // The same account with a cleared state stored: the same columns, the same winner.
+    expect(planHostColumns('c1', policies, stored([['overdue', null, null]]), both)).toEqual(
+      planHostColumns('c1', policies, new Map(), both),
+    );
+    // Already paused: suspension takes the column over, nothing is captured again.
+    expect(
+      planHostColumns('c1', policies, stored([['overdue', 'paused', { status: 'active' }]]), [
+        change('inactivity', 'suspended'),
+      ]),
+    ).toEqual([{ key: 'c1', column: 'status', value: 'suspended', capture: false }]);
+  });
+
+  test('a clear gives back the captured value; a column named like an Object property is not captured by default', () => {
+    const weird = stage(
+      0,
+      'flagged',
+      { inactive_for: dur('12 months') },
+      { actions: [set({ constructor: 'x' })] },
+    );
+    const all = [...policies, policy('odd', [weird])];
+    expect(
+      planHostColumns('c1', all, stored([['overdue', 'paused', { status: 'active', note: null }]]), [
+        change('overdue', null),
+      ]),
+    ).toEqual([
+      { key: 'c1', column: 'status', value: 'active', capture: false },
+      { key: 'c1', column: 'note', value: null, capture: false },
+    ]);
+    // Nothing captured for "constructor": the column is left as it is, never set to Object's text.
+    expect(planHostColumns('c1', all, stored([['odd', 'flagged', null]]), [change('odd', null)])).toEqual([]);
+    const captured = capturedHostValues([
+      JSON.parse('{"__proto__": "kept", "status": "first"}'),
+      { status: 'second' },
+    ]);
+    expect(Object.hasOwn(captured, '__proto__')).toBe(true);
+    expect(captured['__proto__']).toBe('kept');
+    expect(captured['status']).toBe('first');
+    expect(Object.hasOwn(captured, 'constructor')).toBe(false);
   });
 });

@@ -40,7 +40,7 @@ export function reinstateHostValues(
     const p = pre.get(column);
     const q = post.get(column);
     if (q && (!p || p.value !== q.value)) out.set(column, hostValueText(q.value));
-    else if (!q && p && column in hostBefore) out.set(column, hostValueText(hostBefore[column]));
+    else if (!q && p && Object.hasOwn(hostBefore, column)) out.set(column, hostValueText(hostBefore[column]));
   }
   if (remaining.length === 0) {
     for (const row of current) {

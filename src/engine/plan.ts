@@ -127,7 +127,8 @@ export function planHostColumns(
     const q = post.get(column);
     if (q && (!p || p.value !== q.value)) out.push(change(column, q.value, !p));
     // Nothing captured (e.g. the rules changed since): leave the column as it is.
-    else if (!q && p && column in hostBefore) out.push(change(column, hostBefore[column], false));
+    else if (!q && p && Object.hasOwn(hostBefore, column))
+      out.push(change(column, hostBefore[column], false));
   }
   return out;
 }

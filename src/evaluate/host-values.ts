@@ -24,7 +24,8 @@ const setColumnsOf = new WeakMap<Stage, [string, HostValue][]>();
 function setColumns(stage: Stage): [string, HostValue][] {
   let columns = setColumnsOf.get(stage);
   if (!columns) {
-    const out: Record<string, HostValue> = {};
+    // No prototype: a column may be named like one of Object's own properties.
+    const out: Record<string, HostValue> = Object.create(null) as Record<string, HostValue>;
     for (const a of stage.actions) if (a.type === 'set') Object.assign(out, a.columns);
     setColumnsOf.set(stage, (columns = Object.entries(out)));
   }
@@ -50,15 +51,19 @@ export function winningHostValues(stages: Iterable<Stage | null>): ReadonlyMap<s
   return values ?? NONE;
 }
 
-/** The host values captured before suspend first set them, from an account's state rows: earlier rows win. */
+/**
+ * The host values captured before suspend first set them, from an account's state rows: earlier rows
+ * win. Ask it with `Object.hasOwn`: it has no prototype, so a column named `constructor` or
+ * `__proto__` is only there when it was captured.
+ */
 export function capturedHostValues(
   captures: Iterable<Record<string, unknown> | null | undefined>,
 ): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
+  const out = Object.create(null) as Record<string, unknown>;
   for (const captured of captures) {
     if (!captured) continue;
     for (const column of Object.keys(captured))
-      if (!Object.prototype.hasOwnProperty.call(out, column)) out[column] = captured[column];
+      if (!Object.hasOwn(out, column)) out[column] = captured[column];
   }
   return out;
 }

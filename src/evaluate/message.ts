@@ -110,6 +110,8 @@ function templateParts(template: string): string[] {
       at = (m.index as number) + m[0].length;
     }
     parts[parts.length - 1] += template.slice(at);
+    // Bounded like the date memos, should a caller render templates that are not the rules'.
+    if (compiled.size >= 1000) compiled.clear();
     compiled.set(template, parts);
   }
   return parts;
