@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { addDays } from '../src/rules/dates';
+import { addDays, addDuration, atLeast, fromDayNumber, toDayNumber } from '../src/rules/dates';
 import { DEFAULT_NOTIFICATIONS, DEFAULT_SETTINGS } from '../src/rules/defaults';
 import {
   accountTransitions,
@@ -219,6 +219,47 @@ function applied(
 }
 
 const RUNS = { numRuns: 1500 };
+
+describe('calendar clocks', () => {
+  // atLeast compares with one cutoff per duration and as-of; this is its definition, day by day.
+  test('at least a duration has passed exactly when the start shifted by it is not after as-of', () => {
+    const dayArb = fc
+      .integer({ min: toDayNumber('1995-01-01'), max: toDayNumber('2035-12-31') })
+      .map(fromDayNumber);
+    // As-of days around month ends and leap days, where shifting by months clamps.
+    const asOfArb = fc.oneof(
+      dayArb,
+      fc.constantFrom('2024-02-29', '2025-02-28', '2024-03-31', '2025-03-01', '2026-01-31', '2026-04-30'),
+    );
+    const bigDurationArb = fc.oneof(
+      durationArb,
+      fc
+        .integer({ min: 41, max: 9999 })
+        .map((amount) => ({ amount, unit: 'day' as const, text: `${amount} days` })),
+    );
+    fc.assert(
+      fc.property(
+        asOfArb,
+        bigDurationArb,
+        fc.integer({ min: -3, max: 3 }),
+        dayArb,
+        (asOf, d, nudge, anyDay) => {
+          // Starts near the boundary (where an off-by-one shows), and anywhere.
+          const near = addDays(addDuration(asOf, d, -1), nudge);
+          for (const since of [near, anyDay])
+            expect(atLeast(since, asOf, d)).toBe(toDayNumber(addDuration(since, d)) <= toDayNumber(asOf));
+        },
+      ),
+      { numRuns: 3000 },
+    );
+  });
+
+  test('a duration longer than the calendar has run never passes (9999 years)', () => {
+    const forever = { amount: 9999, unit: 'year' as const, text: '9999 years' };
+    expect(atLeast('2020-01-01', AS_OF, forever)).toBe(false);
+    expect(atLeast('2020-01-01', AS_OF, { amount: 12, unit: 'month', text: '12 months' })).toBe(true);
+  });
+});
 
 describe('evaluator properties', () => {
   test('a more severe account never lands in a less severe stage (monotone conditions)', () => {

@@ -60,8 +60,10 @@ function shift(date: IsoDate, duration: Duration, sign: 1 | -1): IsoDate {
     case 'month':
     case 'year': {
       const months = duration.unit === 'year' ? 12 * n : n;
-      const [y, m, d] = date.split('-').map(Number) as [number, number, number];
-      const total = y * 12 + (m - 1) + months;
+      // From the day number, not the text: a day before year 0 is written with a leading minus.
+      const start = new Date(toDayNumber(date) * DAY_MS);
+      const d = start.getUTCDate();
+      const total = start.getUTCFullYear() * 12 + start.getUTCMonth() + months;
       const year = Math.floor(total / 12);
       const month = total - year * 12;
       const lastDay = new Date(Date.UTC(year, month + 1, 0)).getUTCDate();
@@ -70,9 +72,38 @@ function shift(date: IsoDate, duration: Duration, sign: 1 | -1): IsoDate {
   }
 }
 
-/** True when at least `duration` has passed from `since` to `asOf` (day-exact: day 14 of 14 days counts). */
+/**
+ * True when at least `duration` has passed from `since` to `asOf` (day-exact: day 14 of 14 days counts),
+ * that is when `since` + `duration` is not after `asOf`.
+ */
 export function atLeast(since: IsoDate, asOf: IsoDate, duration: Duration): boolean {
-  return addDuration(since, duration) <= asOf;
+  const cutoff = lastStartReaching(asOf, duration);
+  // Days of years 1000-9999 compare as text; others (a five-digit or negative year) by number.
+  return since.length === 10 && cutoff.length === 10
+    ? since <= cutoff
+    : toDayNumber(since) <= toDayNumber(cutoff);
+}
+
+const cutoffs = new WeakMap<Duration, Map<IsoDate, IsoDate>>();
+
+/**
+ * The last day from which `duration` reaches `asOf`. Adding a duration never moves a later day
+ * before an earlier one (a month end clamps, it does not wrap), so the days that qualify are exactly
+ * those up to this one: it is found once per duration and as-of, and each account then costs one
+ * comparison instead of a date shifted and looked up per account (the run's hottest function before).
+ */
+function lastStartReaching(asOf: IsoDate, duration: Duration): IsoDate {
+  let memo = cutoffs.get(duration);
+  if (!memo) cutoffs.set(duration, (memo = new Map()));
+  const known = memo.get(asOf);
+  if (known !== undefined) return known;
+  const end = toDayNumber(asOf);
+  const reaches = (day: number) => toDayNumber(shift(fromDayNumber(day), duration, 1)) <= end;
+  // Shifting back lands on the cutoff or, where month ends clamp, a few days before it.
+  let day = toDayNumber(shift(asOf, duration, -1));
+  for (let step = 0; step < 31 && !reaches(day); step++) day--;
+  for (let step = 0; step < 31 && reaches(day + 1); step++) day++;
+  return remember(memo, asOf, fromDayNumber(day));
 }
 
 /** Today's date in UTC; only the CLI calls this, never the evaluator. */
