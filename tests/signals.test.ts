@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { createTestDatabase, type TestDatabase } from './helpers/database';
 import knexFactory from 'knex';
-import { readAccounts, readPage } from '../src/source/signals';
+import { keysAtRanksQuery, pageEndsQuery, readAccounts, readPage } from '../src/source/signals';
 import { DEFAULT_MAPPING } from '../src/rules/defaults';
 import { addDays, daysBetween } from '../src/rules/dates';
 
@@ -230,4 +230,60 @@ test('a page read is a prepared statement; when the server does not know it (a t
   } finally {
     await one.destroy();
   }
+});
+
+test('page ends found one from the other are the keys at every page size-th rank, with bounds, organizations and shards', async () => {
+  await db.knex.raw('truncate invoices, customers cascade');
+  await db
+    .knex('organizations')
+    .insert({ id: 2, name: 'Other', timezone: 'UTC', notification_emails: [] })
+    .onConflict('id')
+    .ignore();
+  // Keys with gaps, two organizations interleaved.
+  const ids = Array.from({ length: 230 }, (_, n) => 1000 + n * 7 + (n % 5));
+  await db
+    .knex('customers')
+    .insert(
+      ids.map((id, n) => ({
+        id,
+        org_id: n % 3 === 0 ? 2 : 1,
+        email: `e${id}@example.com`,
+        name: `E ${id}`,
+        created_at: '2024-01-01',
+      })),
+    );
+  const filters = [
+    { orgs: null, shard: null },
+    { orgs: ['2'], shard: null },
+    { orgs: null, shard: { index: 1, count: 3 } },
+    { orgs: ['1'], shard: { index: 0, count: 2 } },
+  ];
+  const ranges = [
+    { after: null, until: null },
+    { after: String(ids[40]), until: null },
+    { after: String(ids[3]! + 1), until: String(ids[180]) },
+  ];
+  let compared = 0;
+  for (const filter of filters)
+    for (const range of ranges)
+      for (const [size, count] of [
+        [1, 5],
+        [7, 8],
+        [20, 3],
+        [60, 8],
+      ] as const) {
+        const ranks = Array.from({ length: count }, (_, i) => (i + 1) * size - 1);
+        const want = (
+          (await keysAtRanksQuery(db.knex, DEFAULT_MAPPING, filter, ranks, range)) as { key: string }[]
+        ).map((r) => r.key);
+        const got = (
+          (await pageEndsQuery(db.knex, DEFAULT_MAPPING, filter, size, count, range)) as {
+            rows: { key: string }[];
+          }
+        ).rows.map((r) => r.key);
+        expect({ filter, range, size, got }).toEqual({ filter, range, size, got: want });
+        compared += want.length;
+      }
+  // Full and partial runs of ends were both compared, not only empty ones.
+  expect(compared).toBeGreaterThan(150);
 });

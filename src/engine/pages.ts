@@ -2,6 +2,7 @@ import type { Knex } from 'knex';
 import { countSkipped } from './counts';
 import {
   keysAtRanksQuery,
+  pageEndsQuery,
   readPage,
   type SignalNeeds,
   type SkippedAccount,
@@ -139,15 +140,15 @@ async function* readPagesAhead(knex: Knex, source: PageSource, range: KeyRange):
   /** Ends of the next pages, found ahead; none left and `tailNext`: the next page is the tail. */
   const ends: string[] = [];
   let tailNext = false;
-  const ranks = Array.from({ length: ENDS_AHEAD }, (_, i) => (i + 1) * batchSize - 1);
   /** Starts reading the next page once its end is known; null when the range is done. */
   const start = async (): Promise<{ page: Promise<Page | null>; tail: boolean } | null> => {
     if (!more || source.signal?.aborted) return null;
     if (ends.length === 0 && !tailNext) {
-      const rows = (await keysAtRanksQuery(knex, rules.source, filter, ranks, {
+      const found = await pageEndsQuery(knex, rules.source, filter, batchSize, ENDS_AHEAD, {
         after,
         until: range.until,
-      })) as { key: string }[];
+      });
+      const rows = (found as { rows: { key: string }[] }).rows;
       ends.push(...rows.map((r) => r.key));
       tailNext = rows.length < ENDS_AHEAD;
     }

@@ -92,6 +92,43 @@ export function keysAtRanksQuery(
     .orderBy('rank');
 }
 
+/**
+ * Where the next `count` pages of `pageSize` accounts end after `range.after` (up to `range.until`),
+ * with the run's filters: fewer keys when fewer full pages remain. Each end is found from the one
+ * before it (skip pageSize - 1 keys, take one), in one recursive statement: the same keys as
+ * keysAtRanksQuery at ranks pageSize - 1, 2·pageSize - 1..., without numbering every key by a window
+ * (1M sweep after a backfill: 16 ms -> 5 ms per eight pages, most keys' rows fetched for visibility).
+ */
+export function pageEndsQuery(
+  knex: Knex,
+  mapping: SourceMapping,
+  filter: { orgs?: string[] | null; shard?: { index: number; count: number } | null },
+  pageSize: number,
+  count: number,
+  range: { after: string | null; until: string | null },
+): Knex.Raw {
+  const c = accountList(mapping);
+  const key = `a.${c.key}`;
+  /** The end of the page after `lower` (null: from the first account). */
+  const end = (lower: Knex.Ref<string, object> | string | null) => {
+    const q = knex.select(key).from(`${qualified(mapping, c.table)} as a`);
+    if (lower !== null) q.where(key, '>', lower);
+    if (range.until !== null) q.where(key, '<=', range.until);
+    return filterAccounts(q, { key, org: `a.${c.org}` }, filter)
+      .orderBy(key)
+      .offset(pageSize - 1)
+      .limit(1);
+  };
+  return knex.raw(
+    `with recursive suspend_ends (suspend_n, suspend_end) as (
+       select 1, (?)
+       union all
+       select suspend_n + 1, (?) from suspend_ends where suspend_n < ? and suspend_end is not null)
+     select suspend_end::text as key from suspend_ends where suspend_end is not null order by suspend_n`,
+    [end(range.after), end(knex.ref('suspend_ends.suspend_end')), count],
+  );
+}
+
 /** How many accounts a run covers. */
 export function countAccountsQuery(
   knex: Knex,
