@@ -241,17 +241,15 @@ test('page ends found one from the other are the keys at every page size-th rank
     .ignore();
   // Keys with gaps, two organizations interleaved.
   const ids = Array.from({ length: 230 }, (_, n) => 1000 + n * 7 + (n % 5));
-  await db
-    .knex('customers')
-    .insert(
-      ids.map((id, n) => ({
-        id,
-        org_id: n % 3 === 0 ? 2 : 1,
-        email: `e${id}@example.com`,
-        name: `E ${id}`,
-        created_at: '2024-01-01',
-      })),
-    );
+  await db.knex('customers').insert(
+    ids.map((id, n) => ({
+      id,
+      org_id: n % 3 === 0 ? 2 : 1,
+      email: `e${id}@example.com`,
+      name: `E ${id}`,
+      created_at: '2024-01-01',
+    })),
+  );
   const filters = [
     { orgs: null, shard: null },
     { orgs: ['2'], shard: null },
