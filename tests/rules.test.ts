@@ -6,7 +6,8 @@ import { runCli } from './helpers/cli';
 import { ROOT } from './helpers/server';
 import { writeRules } from './helpers/fixtures';
 import { loadRules, validateRulesText } from '../src/rules/load';
-import { createAjv } from '../src/rules/validate';
+import { createAjv, VALIDATOR_FILE } from '../src/rules/validate';
+import RULES_SCHEMA from '../src/rules/rules.schema.json';
 import { rulesJsonSchema } from '../src/rules/schema';
 import { ValidationErrors } from '../src/errors';
 
@@ -252,5 +253,50 @@ describe('suspend rules schema', () => {
     // If this fails, the TypeBox definitions changed: `npm run schema` writes the JSON again.
     expect(written).toEqual(rulesJsonSchema());
     expect(JSON.parse(r.stdout)).toEqual(rulesJsonSchema());
+  });
+});
+
+describe('the validator compiled at build time', () => {
+  test('reports exactly what compiling the schema reports, and the CLI says its sentences', async () => {
+    // The built CLI validates with dist/rules/rules.validator.js (written by npm run build).
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const built = require(path.join(ROOT, 'dist/rules', VALIDATOR_FILE)) as ReturnType<
+      ReturnType<typeof createAjv>['compile']
+    >;
+    const compiled = createAjv().compile(RULES_SCHEMA);
+    const documents: unknown[] = [
+      parse(fs.readFileSync(EXAMPLE, 'utf8')),
+      parse(fs.readFileSync(path.join(ROOT, 'bench/rules.yaml'), 'utf8')),
+      parse(BAD),
+      { version: 1, policies: { p: { stages: [{ name: 's', when: { inactive_for: '3 weekz' } }] } } },
+      {
+        version: 2,
+        settings: { batch_size: -1, currency: 7 },
+        notifications: { from: 'not a mailbox', pay_url: 'nope' },
+        policies: { 'a b': { reinstate: 'sometimes', stages: [] } },
+        exclusions: [{ flag: 3 }],
+      },
+      { policies: { p: { stages: [{ name: 's', when: { open_balance_over: 5.123, any: [] } }] } } },
+      'not a map',
+      null,
+    ];
+    let failures = 0;
+    for (const doc of documents) {
+      const ok = compiled(doc);
+      expect({ doc, ok: built(doc), errors: built.errors ?? null }).toEqual({
+        doc,
+        ok,
+        errors: compiled.errors ?? null,
+      });
+      if (!ok) failures += 1;
+    }
+    expect(failures).toBeGreaterThanOrEqual(5);
+    // And the CLI's sentence for a bad value comes through it.
+    const dir = tempDir();
+    const file = path.join(dir, 'rules.yaml');
+    fs.writeFileSync(file, BAD);
+    const r = await runCli(['rules', 'check', '--rules', file]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain('"30 dayz" is not a duration');
   });
 });

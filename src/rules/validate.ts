@@ -1,10 +1,13 @@
-import Ajv, { type ErrorObject, type ValidateFunction } from 'ajv';
-import { isIsoDate } from './dates';
+import fs from 'node:fs';
+import path from 'node:path';
+import Ajv, { type CodeOptions, type ErrorObject, type ValidateFunction } from 'ajv';
 import { closest, describeValue, type Problem, type YamlPath } from './problems';
-import { parseDuration, parseMoney } from './values';
-import { FORMATS } from './formats';
+import { RULE_FORMATS } from './rule-formats';
 import type { RawRules } from './schema';
 import RULES_SCHEMA from './rules.schema.json';
+
+/** The compiled validator's file name, in the build's folder of this module. */
+export const VALIDATOR_FILE = 'rules.validator.js';
 
 /**
  * Schema validation of a parsed rules file with Ajv, every error at once, each turned into one
@@ -12,53 +15,35 @@ import RULES_SCHEMA from './rules.schema.json';
  */
 
 /** An Ajv that knows the rules file's formats (`duration`, `money`, ...); also used by the tests. */
-export function createAjv(): Ajv {
+export function createAjv(code?: CodeOptions): Ajv {
   const ajv = new Ajv({
     allErrors: true,
     verbose: true,
     strict: true,
     strictRequired: false,
     allowUnionTypes: true,
+    ...(code ? { code } : {}),
   });
-  // Formats check that the value converts too: "99999999999999999999 days" has the shape of a
-  // duration but no amount that fits.
-  ajv.addFormat('duration', { type: 'string', validate: (s: string) => parseDuration(s) !== null });
-  ajv.addFormat('money', { type: 'string', validate: (s: string) => parseMoney(s) !== null });
-  ajv.addFormat('money-number', {
-    type: 'number',
-    // The number's shortest decimal text: the converter reads the YAML source text itself.
-    validate: (n: number) =>
-      Number.isFinite(n) && /^\d+(\.\d{1,2})?$/.test(String(n)) && parseMoney(String(n)) !== null,
-  });
-  ajv.addFormat('percent', {
-    type: 'string',
-    validate: (s: string) => {
-      const m = FORMATS.percent.exec(s);
-      return m !== null && Number(m[1]) > 0 && Number(m[1]) <= 100;
-    },
-  });
-  ajv.addFormat('date', { type: 'string', validate: (s: string) => FORMATS.date.test(s) && isIsoDate(s) });
-  ajv.addFormat('email', FORMATS.email);
-  ajv.addFormat('mailbox', FORMATS.mailbox);
-  ajv.addFormat('url', { type: 'string', validate: isUrl });
+  for (const [name, format] of Object.entries(RULE_FORMATS)) ajv.addFormat(name, format);
   return ajv;
-}
-
-function isUrl(s: string): boolean {
-  if (!/^[a-z][a-z0-9+.-]*:\/\/\S+$/i.test(s)) return false;
-  try {
-    new URL(s);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 let compiled: ValidateFunction<RawRules> | null = null;
 
 function validator(): ValidateFunction<RawRules> {
-  compiled ??= createAjv().compile<RawRules>(RULES_SCHEMA);
+  compiled ??= precompiled() ?? createAjv().compile<RawRules>(RULES_SCHEMA);
   return compiled;
+}
+
+/**
+ * The build writes the validator's code next to this file (see write-validator.ts), so a CLI start
+ * does not compile the schema (about 150 ms of every command). Run from the sources (the tests), it
+ * is compiled here.
+ */
+function precompiled(): ValidateFunction<RawRules> | null {
+  const file = path.join(__dirname, VALIDATOR_FILE);
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return fs.existsSync(file) ? (require(file) as ValidateFunction<RawRules>) : null;
 }
 
 /** Validates `data` against the rules schema: the problems found, or none when `data` is a `RawRules`. */

@@ -1,0 +1,41 @@
+import type { Format } from 'ajv';
+import { isIsoDate } from './dates';
+import { FORMATS } from './formats';
+import { parseDuration, parseMoney } from './values';
+
+/**
+ * The formats of the rules file's JSON Schema (`duration`, `money`, ...), for Ajv. Formats check
+ * that the value converts too: "99999999999999999999 days" has the shape of a duration but no amount
+ * that fits. The validator compiled at build time loads them from here by name.
+ */
+export const RULE_FORMATS: Record<string, Format> = {
+  duration: { type: 'string', validate: (s: string) => parseDuration(s) !== null },
+  money: { type: 'string', validate: (s: string) => parseMoney(s) !== null },
+  'money-number': {
+    type: 'number',
+    // The number's shortest decimal text: the converter reads the YAML source text itself.
+    validate: (n: number) =>
+      Number.isFinite(n) && /^\d+(\.\d{1,2})?$/.test(String(n)) && parseMoney(String(n)) !== null,
+  },
+  percent: {
+    type: 'string',
+    validate: (s: string) => {
+      const m = FORMATS.percent.exec(s);
+      return m !== null && Number(m[1]) > 0 && Number(m[1]) <= 100;
+    },
+  },
+  date: { type: 'string', validate: (s: string) => FORMATS.date.test(s) && isIsoDate(s) },
+  email: FORMATS.email,
+  mailbox: FORMATS.mailbox,
+  url: { type: 'string', validate: isUrl },
+};
+
+function isUrl(s: string): boolean {
+  if (!/^[a-z][a-z0-9+.-]*:\/\/\S+$/i.test(s)) return false;
+  try {
+    new URL(s);
+    return true;
+  } catch {
+    return false;
+  }
+}
