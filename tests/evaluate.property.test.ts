@@ -254,6 +254,32 @@ describe('calendar clocks', () => {
     );
   });
 
+  test('a day read by arithmetic is the day Date reads, and what is not a day is read as Date reads it', () => {
+    const DAY_MS = 86_400_000;
+    const byDate = (text: string) => Math.floor(Date.parse(`${text}T00:00:00Z`) / DAY_MS);
+    fc.assert(
+      fc.property(fc.integer({ min: toDayNumber('1000-01-01'), max: toDayNumber('9999-12-31') }), (n) => {
+        const text = new Date(n * DAY_MS).toISOString().slice(0, 10);
+        expect(toDayNumber(text)).toBe(n);
+        expect(toDayNumber(text)).toBe(byDate(text));
+      }),
+      { numRuns: 5000 },
+    );
+    for (const text of ['2024-02-29', '2100-02-28', '2000-02-29', '2026-12-31', '1000-01-01', '9999-12-31'])
+      expect(toDayNumber(text)).toBe(byDate(text));
+    // Not days of the calendar: the same answer as before (Date is lenient with a day past the month's end).
+    for (const text of [
+      '2026-02-29',
+      '2100-02-29',
+      '2026-04-31',
+      '2026-13-01',
+      '2026-00-10',
+      '2026-1-01',
+      '0999-12-31',
+    ])
+      expect(Object.is(toDayNumber(text), byDate(text))).toBe(true);
+  });
+
   test('a duration longer than the calendar has run never passes (9999 years)', () => {
     const forever = { amount: 9999, unit: 'year' as const, text: '9999 years' };
     expect(atLeast('2020-01-01', AS_OF, forever)).toBe(false);
