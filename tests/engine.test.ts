@@ -490,25 +490,31 @@ describe('accounts that come and go while pages are read', () => {
     expect(result.counts.scanned).toBe(8);
   });
 
-  test('a walk of ten pages finds their ends eight at a time and reads each page whole, once', async () => {
-    const more = Array.from({ length: 18 }, (_, i) => ({
-      id: 130 + i * 10,
-      org_id: 1,
-      created_at: '2020-01-01',
-    }));
-    await db.knex('customers').insert(more);
-    const rules = await loadRules({ file: rulesFile, cwd: ROOT });
-    const pages: number[] = [];
-    const result = await runBatch(db.knex, rules, {
-      ...backfillOptions(3),
-      dryRun: true,
-      onPage: async ({ evaluated }) => {
-        pages.push(evaluated);
-      },
-    });
-    expect(result.counts.scanned).toBe(30);
-    expect(pages).toEqual(Array.from({ length: 10 }, () => 3));
-  });
+  // Ten pages: the ends of eight found at once, then the rest. 25: the next ends are looked for
+  // while the pages before them are read.
+  test.each([10, 25])(
+    'a walk of %i pages finds their ends ahead and reads each page whole, once',
+    async (n) => {
+      const more = Array.from({ length: 3 * n - 12 }, (_, i) => ({
+        id: 130 + i * 10,
+        org_id: 1,
+        created_at: '2020-01-01',
+      }));
+      await db.knex('customers').insert(more);
+      const rules = await loadRules({ file: rulesFile, cwd: ROOT });
+      const pages: number[] = [];
+      const result = await runBatch(db.knex, rules, {
+        ...backfillOptions(3),
+        dryRun: true,
+        onPage: async ({ evaluated }) => {
+          pages.push(evaluated);
+        },
+      });
+      expect(result.counts.scanned).toBe(3 * n);
+      expect(result.counts.pages).toBe(n);
+      expect(pages).toEqual(Array.from({ length: n }, () => 3));
+    },
+  );
 
   test('a page whose accounts all went away is skipped, and the walk goes on', async () => {
     const result = await dryRunAround(() => db.knex('customers').whereIn('id', [10, 20, 30]).del());
