@@ -300,6 +300,23 @@ describe('safety limit', () => {
     const n = await db.knex('suspend.history').count<{ n: string }[]>({ n: '*' });
     expect(Number(n[0]!.n)).toBeLessThanOrEqual(50);
   });
+
+  test('a max_changes share is of the accounts the run counts (1% of 3,000: 30), and a dry run reports them all', async () => {
+    const limited = writeRules(ENGINE_RULES.replace('settings:\n', 'settings:\n  max_changes: 1%\n'));
+    const args = ['--as-of', AS_OF, '--batch-size', '20', '--rules', limited, '--database-url', db.url];
+    const report = await runCli(['report', '--dry-run', '--format', 'json', ...args]);
+    expect(report.code).toBe(0);
+    expect((JSON.parse(report.stdout) as { totalAccounts: number }).totalAccounts).toBe(3000);
+    // A fresh start: the test before wrote history.
+    await db.knex.raw('drop schema suspend cascade');
+    expect((await runCli(['migrate', '--rules', limited, '--database-url', db.url])).code).toBe(0);
+    const r = await runCli(['backfill', '--no-notify', ...args]);
+    expect(r.code).toBe(4);
+    expect(r.stdout).toContain('over max_changes 30.');
+    const n = await db.knex('suspend.history').count<{ n: string }[]>({ n: '*' });
+    expect(Number(n[0]!.n)).toBeGreaterThan(0);
+    expect(Number(n[0]!.n)).toBeLessThanOrEqual(30);
+  });
 });
 
 describe('crash and resume', () => {

@@ -69,10 +69,13 @@ export async function splitRange(
   knex: Knex,
   rules: Rules,
   filter: AccountFilter,
-  total: number,
+  /** The accounts' count, awaited only to split them. */
+  counted: number | Promise<number>,
   n: number,
 ): Promise<KeyRange[]> {
-  if (n <= 1 || total < n) return [WHOLE_RANGE];
+  if (n <= 1) return [WHOLE_RANGE];
+  const total = await counted;
+  if (total < n) return [WHOLE_RANGE];
   const ranks = Array.from({ length: n - 1 }, (_, i) => Math.floor((total * (i + 1)) / n) - 1);
   const rows = (await keysAtRanksQuery(knex, rules.source, filter, ranks)) as { key: string }[];
   const bounds = [null, ...rows.map((r) => r.key), null];
