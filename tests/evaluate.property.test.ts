@@ -231,11 +231,15 @@ describe('calendar clocks', () => {
       dayArb,
       fc.constantFrom('2024-02-29', '2025-02-28', '2024-03-31', '2025-03-01', '2026-01-31', '2026-04-30'),
     );
+    // Up to the longest the rules allow, back into years 0-99 (which Date.UTC reads as 1900-1999) and before.
     const bigDurationArb = fc.oneof(
       durationArb,
       fc
-        .integer({ min: 41, max: 9999 })
-        .map((amount) => ({ amount, unit: 'day' as const, text: `${amount} days` })),
+        .record({
+          amount: fc.integer({ min: 41, max: 9999 }),
+          unit: fc.constantFrom<Duration['unit']>('day', 'week', 'month', 'year'),
+        })
+        .map(({ amount, unit }) => ({ amount, unit, text: `${amount} ${unit}s` })),
     );
     fc.assert(
       fc.property(
@@ -280,9 +284,14 @@ describe('calendar clocks', () => {
       expect(Object.is(toDayNumber(text), byDate(text))).toBe(true);
   });
 
-  test('a duration longer than the calendar has run never passes (9999 years)', () => {
+  test('a duration longer than the calendar has run never passes (9999 years, or back into years 0-99)', () => {
     const forever = { amount: 9999, unit: 'year' as const, text: '9999 years' };
     expect(atLeast('2020-01-01', AS_OF, forever)).toBe(false);
+    const years = (amount: number) => ({ amount, unit: 'year' as const, text: `${amount} years` });
+    expect(atLeast('1999-01-01', '2026-05-20', years(1927))).toBe(false);
+    expect(atLeast('1900-01-01', '2026-05-20', years(2026))).toBe(false);
+    expect(atLeast('0036-05-20', '2026-05-20', years(1990))).toBe(true);
+    expect(atLeast('0036-05-21', '2026-05-20', years(1990))).toBe(false);
     expect(atLeast('2020-01-01', AS_OF, { amount: 12, unit: 'month', text: '12 months' })).toBe(true);
   });
 });

@@ -6,7 +6,7 @@ import { runCli } from './helpers/cli';
 import { ROOT } from './helpers/server';
 import { writeRules } from './helpers/fixtures';
 import { loadRules, validateRulesText } from '../src/rules/load';
-import { createAjv, VALIDATOR_FILE } from '../src/rules/validate';
+import { createAjv, rulesSchemaHash, VALIDATOR_FILE } from '../src/rules/validate';
 import RULES_SCHEMA from '../src/rules/rules.schema.json';
 import { rulesJsonSchema } from '../src/rules/schema';
 import { ValidationErrors } from '../src/errors';
@@ -263,6 +263,8 @@ describe('the validator compiled at build time', () => {
     const built = require(path.join(ROOT, 'dist/rules', VALIDATOR_FILE)) as ReturnType<
       ReturnType<typeof createAjv>['compile']
     >;
+    // It says which schema it was compiled from: the CLI uses it only for that one.
+    expect((built as unknown as { schemaHash: string }).schemaHash).toBe(rulesSchemaHash());
     const compiled = createAjv().compile(RULES_SCHEMA);
     const documents: unknown[] = [
       parse(fs.readFileSync(EXAMPLE, 'utf8')),

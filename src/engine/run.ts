@@ -215,9 +215,10 @@ async function countAccounts(knex: Knex, rules: Rules, options: BatchOptions): P
 }
 
 /**
- * The run's accounts counted while it starts reading: the count (a scan of the key index, about
- * 0.1-0.2 s at 1M) is awaited only where its number is needed (splitting for --workers, a max_changes
- * share, progress and the result). Its failure surfaces there.
+ * A dry run's accounts counted while it starts reading: the count (a scan of the key index, about
+ * 0.1-0.2 s at 1M) is awaited only where its number is needed (splitting for --workers, progress and
+ * the result); its failure surfaces there. A real run counts first: a run that cannot count is
+ * refused before it opens, not failed after writing pages.
  */
 function countingAccounts(knex: Knex, rules: Rules, options: BatchOptions): Promise<number> {
   const counting = countAccounts(knex, rules, options);
@@ -338,10 +339,10 @@ async function dryRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOption
   return { run: null, status, counts, total: await total, limit: null, error: null, exitCode: ExitCode.ok };
 }
 
-async function maxChangesFor(rules: Rules, total: Promise<number>): Promise<number | null> {
+function maxChangesFor(rules: Rules, total: number): number | null {
   const m = rules.settings.maxChanges;
   if (!m) return null;
-  return 'count' in m ? m.count : Math.floor(m.fraction * (await total));
+  return 'count' in m ? m.count : Math.floor(m.fraction * total);
 }
 
 function storedRanges(run: RunRecord, shard: string): KeyRange[] {
@@ -358,7 +359,7 @@ async function openRun(
   knex: Knex,
   rules: Rules,
   options: BatchOptions,
-  total: Promise<number>,
+  total: number,
 ): Promise<{ run: RunRecord; workers: WorkerStart[] }> {
   // A shared run whose last shard could not close it is closed by whichever run starts next.
   await settleFinishedShardRuns(knex, rules.settings.schema);
@@ -459,7 +460,7 @@ async function openShardRun(
   rules: Rules,
   options: BatchOptions,
   shard: { index: number; count: number },
-  total: Promise<number>,
+  total: number,
 ): Promise<{ run: RunRecord; workers: WorkerStart[] }> {
   const schema = rules.settings.schema;
   const name = shardName(shard);
@@ -602,7 +603,7 @@ async function analyzeStatesOnce(knex: Knex, schema: string): Promise<boolean> {
  * run keeps the key ranges it started with, whatever --workers says now.
  */
 async function realRun(knex: Knex, rules: Rules, options: BatchOptions): Promise<BatchResult> {
-  const total = countingAccounts(knex, rules, options);
+  const total = await countAccounts(knex, rules, options);
   // Before the run is opened, so a refused run leaves nothing behind; a resumed run is checked for
   // the split it started with (see resumeRun).
   if (!options.resume && (options.workers ?? 1) > 1) {
@@ -619,14 +620,10 @@ async function walkRun(
   pool: Knex,
   rules: Rules,
   options: BatchOptions,
-  { run, workers, total: counting }: { run: RunRecord; workers: WorkerStart[]; total: Promise<number> },
+  { run, workers, total }: { run: RunRecord; workers: WorkerStart[]; total: number },
 ): Promise<BatchResult> {
   const schema = rules.settings.schema;
-  // A share of the accounts needs their count; the first page to write awaits it (see the handler).
-  const maxOf = maxChangesFor(rules, counting);
-  maxOf.catch(() => undefined);
-  /** The run's accounts, once counted (set before any result is made). */
-  let total = 0;
+  const max = maxChangesFor(rules, total);
   const ctx: WriteContext = {
     schema,
     runId: run.id,
@@ -744,12 +741,7 @@ async function walkRun(
           // A shared run's counts are added up from every shard's checkpoints when a shard closes.
           await heartbeat(knex, schema, run.id, shards ? null : counts);
         }
-        await options.onPage?.({
-          evaluated: plan.evaluated,
-          changes: written,
-          counts,
-          total: await counting,
-        });
+        await options.onPage?.({ evaluated: plan.evaluated, changes: written, counts, total });
       })();
       // A failure surfaces where the page is awaited (the handler, the range's end, after the walk).
       committed.catch(() => undefined);
@@ -766,7 +758,6 @@ async function walkRun(
         const w = workers.indexOf(worker);
         const queue = writing[w] as PageWrite[];
         while (queue.length >= WRITE_DEPTH) await queue.shift()?.done;
-        const max = await maxOf;
         if (limit) return false;
         if (max !== null && counts.changes + inFlight + plan.changes.length > max) {
           limit = { max, wouldReach: counts.changes + inFlight + plan.changes.length };
@@ -795,9 +786,8 @@ async function walkRun(
       writing.flatMap((q) => q.splice(0).map((p) => p.done)),
       walked,
     );
-    total = await counting;
     if (limit) {
-      const { max, wouldReach } = limit;
+      const { wouldReach } = limit;
       await close({
         status: 'stopped',
         error: `safety limit: max_changes ${max} would be crossed (${wouldReach} changes)`,

@@ -63,7 +63,13 @@ function monthLength(year: number, month: number): number {
 }
 
 export function fromDayNumber(day: number): IsoDate {
-  return isoDays.get(day) ?? remember(isoDays, day, new Date(day * DAY_MS).toISOString().slice(0, 10));
+  return isoDays.get(day) ?? remember(isoDays, day, isoDay(day));
+}
+
+/** `YYYY-MM-DD`; outside years 0-9999 as Date writes them (`+012023-11-17`, `-000001-01-01`). */
+function isoDay(day: number): IsoDate {
+  const text = new Date(day * DAY_MS).toISOString();
+  return text.slice(0, text.indexOf('T'));
 }
 
 /** Whole days from `from` to `to` (positive when `to` is later). */
@@ -88,23 +94,30 @@ export function addDuration(date: IsoDate, duration: Duration, sign: 1 | -1 = 1)
 }
 
 function shift(date: IsoDate, duration: Duration, sign: 1 | -1): IsoDate {
+  return fromDayNumber(shiftDay(toDayNumber(date), duration, sign));
+}
+
+/** `day` (a day number) moved by `duration`, forward or back. */
+function shiftDay(day: number, duration: Duration, sign: 1 | -1): number {
   const n = duration.amount * sign;
   switch (duration.unit) {
     case 'day':
-      return addDays(date, n);
+      return day + n;
     case 'week':
-      return addDays(date, 7 * n);
+      return day + 7 * n;
     case 'month':
     case 'year': {
       const months = duration.unit === 'year' ? 12 * n : n;
-      // From the day number, not the text: a day before year 0 is written with a leading minus.
-      const start = new Date(toDayNumber(date) * DAY_MS);
+      const start = new Date(day * DAY_MS);
       const d = start.getUTCDate();
       const total = start.getUTCFullYear() * 12 + start.getUTCMonth() + months;
       const year = Math.floor(total / 12);
       const month = total - year * 12;
-      const lastDay = new Date(Date.UTC(year, month + 1, 0)).getUTCDate();
-      return fromDayNumber(Math.floor(Date.UTC(year, month, Math.min(d, lastDay)) / DAY_MS));
+      // setUTCFullYear, not Date.UTC, which reads years 0-99 as 1900-1999.
+      const t = new Date(0);
+      t.setUTCFullYear(year, month + 1, 0);
+      t.setUTCFullYear(year, month, Math.min(d, t.getUTCDate()));
+      return Math.floor(t.getTime() / DAY_MS);
     }
   }
 }
@@ -115,13 +128,13 @@ function shift(date: IsoDate, duration: Duration, sign: 1 | -1): IsoDate {
  */
 export function atLeast(since: IsoDate, asOf: IsoDate, duration: Duration): boolean {
   const cutoff = lastStartReaching(asOf, duration);
-  // Days of years 1000-9999 compare as text; others (a five-digit or negative year) by number.
-  return since.length === 10 && cutoff.length === 10
-    ? since <= cutoff
-    : toDayNumber(since) <= toDayNumber(cutoff);
+  // `YYYY-MM-DD` days compare as text; a cutoff outside years 0-9999, or a start written otherwise, by number.
+  return cutoff.text !== null && since.length === 10
+    ? since <= cutoff.text
+    : toDayNumber(since) <= cutoff.day;
 }
 
-const cutoffs = new WeakMap<Duration, Map<IsoDate, IsoDate>>();
+const cutoffs = new WeakMap<Duration, Map<IsoDate, { day: number; text: IsoDate | null }>>();
 
 /**
  * The last day from which `duration` reaches `asOf`. Adding a duration never moves a later day
@@ -129,18 +142,22 @@ const cutoffs = new WeakMap<Duration, Map<IsoDate, IsoDate>>();
  * those up to this one: it is found once per duration and as-of, and each account then costs one
  * comparison instead of a date shifted and looked up per account (the run's hottest function before).
  */
-function lastStartReaching(asOf: IsoDate, duration: Duration): IsoDate {
+function lastStartReaching(asOf: IsoDate, duration: Duration): { day: number; text: IsoDate | null } {
   let memo = cutoffs.get(duration);
   if (!memo) cutoffs.set(duration, (memo = new Map()));
   const known = memo.get(asOf);
   if (known !== undefined) return known;
   const end = toDayNumber(asOf);
-  const reaches = (day: number) => toDayNumber(shift(fromDayNumber(day), duration, 1)) <= end;
+  const reaches = (day: number) => shiftDay(day, duration, 1) <= end;
   // Shifting back lands on the cutoff or, where month ends clamp, a few days before it.
-  let day = toDayNumber(shift(asOf, duration, -1));
-  for (let step = 0; step < 31 && !reaches(day); step++) day--;
-  for (let step = 0; step < 31 && reaches(day + 1); step++) day++;
-  return remember(memo, asOf, fromDayNumber(day));
+  let day = shiftDay(end, duration, -1);
+  for (let step = 0; !reaches(day); step++) {
+    if (step > 31 || !Number.isFinite(day)) throw new Error(`no day reaches ${asOf} by ${duration.text}`);
+    day--;
+  }
+  while (reaches(day + 1)) day++;
+  const text = fromDayNumber(day);
+  return remember(memo, asOf, { day, text: text.length === 10 ? text : null });
 }
 
 /** Today's date in UTC; only the CLI calls this, never the evaluator. */

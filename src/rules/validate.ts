@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import Ajv, { type CodeOptions, type ErrorObject, type ValidateFunction } from 'ajv';
@@ -37,13 +38,20 @@ function validator(): ValidateFunction<RawRules> {
 
 /**
  * The build writes the validator's code next to this file (see write-validator.ts), so a CLI start
- * does not compile the schema (about 150 ms of every command). Run from the sources (the tests), it
- * is compiled here.
+ * does not compile the schema (about 150 ms of every command). Run from the sources (the tests), or
+ * where the file was written for another schema (a build that ran tsc alone), it is compiled here.
  */
 function precompiled(): ValidateFunction<RawRules> | null {
   const file = path.join(__dirname, VALIDATOR_FILE);
+  if (!fs.existsSync(file)) return null;
   // eslint-disable-next-line @typescript-eslint/no-require-imports
-  return fs.existsSync(file) ? (require(file) as ValidateFunction<RawRules>) : null;
+  const built = require(file) as ValidateFunction<RawRules> & { schemaHash?: string };
+  return built.schemaHash === rulesSchemaHash() ? built : null;
+}
+
+/** What the compiled validator records of the schema it was compiled from. */
+export function rulesSchemaHash(): string {
+  return createHash('sha256').update(JSON.stringify(RULES_SCHEMA)).digest('hex');
 }
 
 /** Validates `data` against the rules schema: the problems found, or none when `data` is a `RawRules`. */
