@@ -557,38 +557,9 @@ function cents(value: string | null, key: string, field: string): number {
   return n;
 }
 
-/** Whether the row's amounts are whole numbers of cents a JavaScript number holds exactly. */
-function centsFit(row: SignalRow): boolean {
-  return [row.open_balance, row.overdue_balance, row.oldest_overdue_unpaid].every(
-    (v) => v === null || Number.isSafeInteger(Number(v)),
-  );
-}
-
-export function toSignals(row: SignalRow): Signals {
-  return {
-    key: row.key,
-    orgId: row.org_id,
-    accountCreatedOn: row.created_on,
-    lastActivityOn: row.last_activity_on,
-    openBalance: cents(row.open_balance, row.key, 'open balance'),
-    overdueBalance: cents(row.overdue_balance, row.key, 'overdue balance'),
-    pastDueSince: row.past_due_since,
-    oldestOverdueDays: row.oldest_overdue_days,
-    oldestOverdueInvoice:
-      row.oldest_overdue_id === null
-        ? null
-        : {
-            id: row.oldest_overdue_id,
-            unpaid: cents(row.oldest_overdue_unpaid, row.key, 'invoice amount'),
-            daysOverdue: row.oldest_overdue_days ?? 0,
-          },
-    unpaidInvoiceCount: Number(row.unpaid_count ?? 0),
-    activeSubscriptions: Number(row.active_subscriptions ?? 0),
-    netTermsDays: row.net_terms_days ?? 0,
-    flags: row.flags ?? [],
-    name: row.name,
-    email: row.email,
-  };
+/** Whether amounts are whole numbers of cents a JavaScript number holds exactly. */
+function centsFit(...amounts: (string | null)[]): boolean {
+  return amounts.every((v) => v === null || Number.isSafeInteger(Number(v)));
 }
 
 export interface PageRead {
@@ -626,6 +597,29 @@ type PageRow = SignalRow & {
   exclusion: { reason: string; until: IsoDate | null } | null;
 };
 
+/**
+ * A page query's result with each row as an array of its values, in the order of `fields`: the
+ * driver then builds no object per row (a third less of its CPU per page of rows).
+ */
+interface ArrayResult {
+  rows: unknown[][];
+  fields: { name: string }[];
+}
+
+const AS_ARRAYS = { rowMode: 'array' } as const;
+
+/** The values of one column of every row, by name (null for a column the query does not return). */
+type Column<K extends keyof PageRow> = (row: unknown[]) => PageRow[K] | null;
+
+function columnsOf(fields: { name: string }[]) {
+  const at = new Map(fields.map((f, i) => [f.name, i]));
+  const column = <K extends keyof PageRow>(name: K): Column<K> => {
+    const i = at.get(name);
+    return i === undefined ? () => null : (row) => row[i] as PageRow[K] | null;
+  };
+  return column;
+}
+
 /** Reads one keyset page (see PageScope) with one statement. */
 export async function readPage(
   knex: Knex,
@@ -634,12 +628,16 @@ export async function readPage(
   scope: PageScope,
   needs: SignalNeeds = ALL_SIGNALS,
 ): Promise<PageRead> {
-  const result = await runPrepared<{ rows: PageRow[] }>(knex, () =>
-    signalsQuery(knex, mapping, asOf, scope, needs),
+  const result = await runPrepared<ArrayResult>(knex, () =>
+    signalsQuery(knex, mapping, asOf, scope, needs).options(AS_ARRAYS),
   );
-  const rows = result.rows;
-  const first = rows[0];
-  return { total: first?.page_size ?? 0, last: first?.page_last ?? null, ...accountsOf(rows) };
+  const column = columnsOf(result.fields);
+  const first = result.rows[0];
+  return {
+    total: first ? (column('page_size')(first) ?? 0) : 0,
+    last: first ? column('page_last')(first) : null,
+    ...accountsOf(result),
+  };
 }
 
 /**
@@ -653,35 +651,87 @@ export async function readAccounts(
   scope: Exclude<SignalScope, PageScope>,
   needs: SignalNeeds = ALL_SIGNALS,
 ): Promise<Pick<PageRead, 'signals' | 'skipped' | 'state'>> {
-  const result = await signalsQuery(knex as Knex, mapping, asOf, scope, needs);
-  return accountsOf((result as { rows: PageRow[] }).rows);
+  const result = await signalsQuery(knex as Knex, mapping, asOf, scope, needs).options(AS_ARRAYS);
+  return accountsOf(result as unknown as ArrayResult);
 }
 
 /** A page query's rows as signals to judge, accounts to skip (bad data), states and exclusions. */
-function accountsOf(rows: PageRow[]): Pick<PageRead, 'signals' | 'skipped' | 'state'> {
+function accountsOf({ rows, fields }: ArrayResult): Pick<PageRead, 'signals' | 'skipped' | 'state'> {
   const state: PageState = { states: new Map(), exclusions: new Map() };
   const signals: Signals[] = [];
   const skipped: SkippedAccount[] = [];
+  const column = columnsOf(fields);
+  const c = {
+    key: column('key'),
+    orgId: column('org_id'),
+    createdOn: column('created_on'),
+    lastActivityOn: column('last_activity_on'),
+    openBalance: column('open_balance'),
+    overdueBalance: column('overdue_balance'),
+    unpaidCount: column('unpaid_count'),
+    oldestDays: column('oldest_overdue_days'),
+    oldestId: column('oldest_overdue_id'),
+    oldestUnpaid: column('oldest_overdue_unpaid'),
+    pastDueSince: column('past_due_since'),
+    subscriptions: column('active_subscriptions'),
+    netTermsDays: column('net_terms_days'),
+    flags: column('flags'),
+    name: column('name'),
+    email: column('email'),
+    badTerms: column('bad_terms'),
+    hugeBalance: column('huge_balance'),
+    stateRows: column('state_rows'),
+    exclusion: column('exclusion'),
+  };
   for (const row of rows) {
-    if (row.key === null) continue;
-    const reason = row.bad_terms
+    const key = c.key(row);
+    if (key === null) continue;
+    const open = c.openBalance(row);
+    const overdue = c.overdueBalance(row);
+    const oldestUnpaid = c.oldestUnpaid(row);
+    const reason = c.badTerms(row)
       ? SKIP_REASONS.netTerms
-      : row.huge_balance || !centsFit(row)
+      : c.hugeBalance(row) || !centsFit(open, overdue, oldestUnpaid)
         ? SKIP_REASONS.balance
         : null;
     if (reason !== null) {
-      skipped.push({ key: row.key, reason });
+      skipped.push({ key, reason });
       continue;
     }
-    signals.push(toSignals(row));
-    if (row.state_rows) {
+    const oldestId = c.oldestId(row);
+    const oldestDays = c.oldestDays(row);
+    signals.push({
+      key,
+      orgId: c.orgId(row),
+      accountCreatedOn: c.createdOn(row),
+      lastActivityOn: c.lastActivityOn(row),
+      openBalance: cents(open, key, 'open balance'),
+      overdueBalance: cents(overdue, key, 'overdue balance'),
+      pastDueSince: c.pastDueSince(row),
+      oldestOverdueDays: oldestDays,
+      oldestOverdueInvoice:
+        oldestId === null
+          ? null
+          : {
+              id: oldestId,
+              unpaid: cents(oldestUnpaid, key, 'invoice amount'),
+              daysOverdue: oldestDays ?? 0,
+            },
+      unpaidInvoiceCount: Number(c.unpaidCount(row) ?? 0),
+      activeSubscriptions: Number(c.subscriptions(row) ?? 0),
+      netTermsDays: c.netTermsDays(row) ?? 0,
+      flags: c.flags(row) ?? [],
+      name: c.name(row),
+      email: c.email(row),
+    });
+    const stateRows = c.stateRows(row);
+    if (stateRows) {
       const byPolicy = new Map<string, StoredState>();
-      for (const r of row.state_rows) {
-        byPolicy.set(r.policy, storedState(r));
-      }
-      state.states.set(row.key, byPolicy);
+      for (const r of stateRows) byPolicy.set(r.policy, storedState(r));
+      state.states.set(key, byPolicy);
     }
-    if (row.exclusion) state.exclusions.set(row.key, row.exclusion);
+    const exclusion = c.exclusion(row);
+    if (exclusion) state.exclusions.set(key, exclusion);
   }
   return { signals, skipped, state };
 }
