@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -257,6 +258,30 @@ describe('suspend rules schema', () => {
 });
 
 describe('the validator compiled at build time', () => {
+  test('the CLI validates with it: checking a rules file neither compiles the schema nor loads Ajv', () => {
+    // A module hook that reports every Ajv module the CLI loads.
+    const hook = path.join(tempDir(), 'trace.js');
+    fs.writeFileSync(
+      hook,
+      `const Module = require('module'); const load = Module._load;
+       Module._load = function (request, ...rest) {
+         if (/^ajv(\\/|$)/.test(request)) process.stderr.write('loads ' + request + '\\n');
+         return load.call(this, request, ...rest);
+       };`,
+    );
+    const r = spawnSync(
+      process.execPath,
+      ['-r', hook, path.join(ROOT, 'bin/suspend'), 'rules', 'check', '--rules', EXAMPLE],
+      {
+        encoding: 'utf8',
+      },
+    );
+    expect(r.status).toBe(0);
+    // Only the small runtime helpers the compiled code calls, never Ajv's compiler.
+    const loaded = r.stderr.split('\n').filter((l) => l.startsWith('loads '));
+    expect(loaded.filter((l) => !l.startsWith('loads ajv/dist/runtime/'))).toEqual([]);
+  });
+
   test('reports exactly what compiling the schema reports, and the CLI says its sentences', async () => {
     // The built CLI validates with dist/rules/rules.validator.js (written by npm run build).
     // eslint-disable-next-line @typescript-eslint/no-require-imports
