@@ -62,8 +62,8 @@ function filterAccounts(
 
 /**
  * Accounts, in key order, at the given ranks (0-based) after `range.after` (up to `range.until`), with
- * the run's filters: where N workers split the key space, and where the next pages end (found before
- * they are read). One index scan in key order that stops at the highest rank; fewer rows when fewer
+ * the run's filters: where N workers split the key space (page ends, evenly spaced, use
+ * pageEndsQuery). One index scan in key order that stops at the highest rank; fewer rows when fewer
  * accounts remain.
  */
 export function keysAtRanksQuery(
@@ -599,7 +599,7 @@ type PageRow = SignalRow & {
 
 /**
  * A page query's result with each row as an array of its values, in the order of `fields`: the
- * driver then builds no object per row (a third less of its CPU per page of rows).
+ * driver then builds no object per row (100 page reads: 325-348 -> 298-335 ms of suspend's CPU).
  */
 interface ArrayResult {
   rows: unknown[][];
