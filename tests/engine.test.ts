@@ -466,6 +466,14 @@ describe('accounts that come and go while pages are read', () => {
    * A dry run in pages of 3 whose page reads wait (they also read invoices, held here) after the
    * first pages' ends were found; `meanwhile` changes the customers before they go on.
    */
+  /** Queries of this database waiting for a lock (the page reads, while invoices are held). */
+  async function waitingOnLock(): Promise<number> {
+    const waiting = await db.knex.raw<{ rows: { n: number }[] }>(
+      "select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
+    );
+    return waiting.rows[0]?.n ?? 0;
+  }
+
   async function dryRunAround(meanwhile: () => Promise<unknown>) {
     const rules = await loadRules({ file: rulesFile, cwd: ROOT });
     const locker = knexFactory({ client: 'pg', connection: db.url, pool: { min: 1, max: 1 } });
@@ -475,10 +483,7 @@ describe('accounts that come and go while pages are read', () => {
       const report = runBatch(db.knex, rules, { ...backfillOptions(3), dryRun: true });
       try {
         for (let i = 0; i < 250; i++) {
-          const waiting = await db.knex.raw<{ rows: { n: number }[] }>(
-            "select count(*)::int as n from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
-          );
-          if ((waiting.rows[0]?.n ?? 0) > 0) break;
+          if ((await waitingOnLock()) > 0) break;
           await new Promise((r) => setTimeout(r, 20));
         }
         await meanwhile();
@@ -490,6 +495,20 @@ describe('accounts that come and go while pages are read', () => {
       await locker.destroy();
     }
   }
+
+  test('a worker reads three pages at once: three page reads wait on the held invoices, never more', async () => {
+    let most = 0;
+    const result = await dryRunAround(async () => {
+      // The reads start one after another: watch for a while (a fourth would show up here too).
+      for (let i = 0; i < 50; i++) {
+        most = Math.max(most, await waitingOnLock());
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    });
+    expect(most).toBe(3);
+    expect(result.counts.scanned).toBe(12);
+    expect(result.counts.pages).toBe(4);
+  });
 
   test('an account added inside a page after its end was found makes the page larger; none is skipped', async () => {
     // Between the first page's end (customer 30) and its read, customer 15 arrives.

@@ -10,6 +10,7 @@ import {
 } from '../source/signals';
 import type { PageState } from '../source/states';
 import { planPage, type PagePlan } from './plan';
+import { READ_DEPTH } from './pipeline';
 import type { IsoDate, Rules, Signals } from '../types';
 
 /**
@@ -83,7 +84,7 @@ export async function splitRange(
 }
 
 /**
- * Keyset pages of a range, in key order. Two are read at once (see readPagesAhead), but from a
+ * Keyset pages of a range, in key order. READ_DEPTH are read at once (see readPagesAhead), but from a
  * signal view one at a time; connections go back to the pool between queries.
  */
 export async function* readPages(knex: Knex, source: PageSource, range: KeyRange): AsyncGenerator<Page> {
@@ -130,14 +131,13 @@ const ENDS_AHEAD = 8;
 const ENDS_LOW = 2;
 
 /**
- * Keyset pages of a range with two reads in flight: each page's last key is found first, so the
- * next page's read need not wait for this one's rows (1M dry run 5.3 s -> 4.7 s, a sweep with
- * nothing to change 7.8 s -> 6.2 s). One statement finds the ends of the next ENDS_AHEAD pages, while
- * the pages before them are still being read (a 1M dry run had one read in flight for 0.6-0.7 s of
- * 6 s, now 0.3-0.5 s). A page is then every account up to that key when it is read: accounts
- * inserted meanwhile make it larger, never push one out. Where no last key is found (the range's
- * tail), the page is read as a keyset page and the walk goes on from it if it came back full. Not
- * for a signal view, whose keys cost as much to list as its signals.
+ * Keyset pages of a range with READ_DEPTH reads in flight: each page's last key is found first, so
+ * the next page's read need not wait for this one's rows. One statement finds the ends of the next
+ * ENDS_AHEAD pages, while the pages before them are still being read (a 1M dry run had one read in
+ * flight for 0.6-0.7 s of 6 s, now 0.3-0.5 s). A page is then every account up to that key when it
+ * is read: accounts inserted meanwhile make it larger, never push one out. Where no last key is
+ * found (the range's tail), the page is read as a keyset page and the walk goes on from it if it
+ * came back full. Not for a signal view, whose keys cost as much to list as its signals.
  */
 async function* readPagesAhead(knex: Knex, source: PageSource, range: KeyRange): AsyncGenerator<Page> {
   const { rules, filter, batchSize } = source;
@@ -187,7 +187,7 @@ async function* readPagesAhead(knex: Knex, source: PageSource, range: KeyRange):
   const reading: { page: Promise<Page | null>; tail: boolean }[] = [];
   try {
     for (;;) {
-      while (reading.length < 2) {
+      while (reading.length < READ_DEPTH) {
         const started = await start();
         if (!started) break;
         reading.push(started);

@@ -17,6 +17,7 @@ import {
   withShardLedgerLock,
 } from './shards';
 import { commitPage, saveCheckpoint, type CommitTarget } from './commit';
+import { PIPELINE_CONNECTIONS, WRITE_DEPTH } from './pipeline';
 import { countChanges, emptyCounts, mergeCounts, pageCounts, restoreCounts, type RunCounts } from './counts';
 import {
   defaultActor,
@@ -47,8 +48,8 @@ import type { IsoDate, Rules } from '../types';
  * The batch engine: walks the customers by keyset pages, reads each page's signals with one
  * set-based query (only the accounts a rule could touch, see source/candidates.ts), evaluates them
  * in memory with the pure evaluator, and (unless dry) writes the page's changes in one transaction
- * together with the checkpoint. Each worker walks its own key range and reads its next page while
- * it writes the current two (see WRITE_DEPTH); memory is a few pages per worker.
+ * together with the checkpoint. Each worker walks its own key range and reads its next pages while
+ * it writes the current two (see READ_DEPTH, WRITE_DEPTH); memory is a few pages per worker.
  */
 
 export type BatchKind = 'backfill' | 'sweep';
@@ -147,7 +148,7 @@ export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions):
 }
 
 /**
- * The workers' own connections, four each (two read the next pages while two write the pages
+ * The workers' own connections, five each (three read the next pages while two write the pages
  * before them), set up for page work:
  * - JIT compilation off: it costs more than it saves on page-sized queries (64 ms of a 160 ms read);
  * - asynchronous commit: a page's transaction returns without waiting for its WAL flush. A server
@@ -236,15 +237,6 @@ interface WorkerStart {
 
 /** A page with nothing to write is not committed; a checkpoint is still saved this often. */
 const CHECKPOINT_MS = 5000;
-
-/**
- * Pages of one worker written at once, each in its own transaction on its own connection: while
- * one waits on Node between statements, the other's statements run.
- */
-const WRITE_DEPTH = 2;
-
-/** Connections of one worker's pipeline: two reading ahead, WRITE_DEPTH writing. */
-const PIPELINE_CONNECTIONS = 2 + WRITE_DEPTH;
 
 /** A page being written: committed (and counted), then done (progress and heartbeat too). */
 interface PageWrite {

@@ -9,6 +9,7 @@ import {
 import { asOfOption, formatOption, parsePositiveInteger, withCommonOptions, type Format } from '../options';
 import type { BatchKind } from '../../engine/run';
 import { defaultActor } from '../../engine/ledger';
+import { PIPELINE_CONNECTIONS } from '../../engine/pipeline';
 import { ReportCollector, writeBatchReport } from '../../report/batch-report';
 import { createProgress } from '../../report/progress';
 import { todayUtc } from '../../rules/dates';
@@ -76,7 +77,7 @@ function batchOptions(cmd: Command, kind: BatchKind | 'report'): Command {
     .addOption(
       new Option(
         '--workers <n>',
-        'N page pipelines over disjoint key ranges in this process (default 1; 4 connections each, plus 4 for the run: refused when Postgres has no room for them)',
+        `N page pipelines over disjoint key ranges in this process (default 1; ${PIPELINE_CONNECTIONS} connections each, plus 4 for the run: refused when Postgres has no room for them)`,
       ).argParser(parsePositiveInteger),
     );
   if (kind !== 'report') {
