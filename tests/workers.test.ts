@@ -429,7 +429,8 @@ describe('a resumed run with more ranges than --workers asks for', () => {
       actor: 'test',
       beforeWrite: async () => {
         most = Math.max(most, ++inside);
-        if (most === 1) setTimeout(release, 5000);
+        // A fallback that must not outlive the test (jest would wait for it).
+        if (most === 1) setTimeout(release, 5000).unref();
         if (most >= 6) release();
         await released;
         inside--;
