@@ -121,6 +121,40 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
     }
   });
 
+  test('a report without --accounts counts every change but builds only its sample of ten, the first in key order', async () => {
+    const r = await cli(db, ['report', '--dry-run', '--format', 'json', '--as-of', AS_OF, '--quiet']);
+    expect(r.code).toBe(0);
+    const report = JSON.parse(r.stdout) as ReportJson & { sample: { key: string; policy: string }[] };
+    expect(report.counts).toEqual(preview.counts);
+    expect(report.sample.map((a) => `${a.key}|${a.policy}`)).toEqual(
+      preview.accounts!.slice(0, 10).map((a) => `${a.key}|${a.policy}`),
+    );
+    // Through the core: onPage gets the changes asked for (whole accounts, a page or two ahead), not all.
+    const rules = await loadRules({ file: rulesFile, cwd: ROOT });
+    let all = 0;
+    const whole = await runBatch(db.knex, rules, {
+      ...backfillOptions(500),
+      dryRun: true,
+      onPage: ({ changes }) => {
+        all += changes.length;
+      },
+    });
+    expect(whole.counts.changes).toBe(preview.counts.changes);
+    expect(all).toBe(preview.counts.changes);
+    let given = 0;
+    const few = await runBatch(db.knex, rules, {
+      ...backfillOptions(500),
+      dryRun: true,
+      changesWanted: () => Math.max(0, 3 - given),
+      onPage: ({ changes }) => {
+        given += changes.length;
+      },
+    });
+    expect(few.counts).toEqual(whole.counts);
+    expect(given).toBeGreaterThanOrEqual(3);
+    expect(given).toBeLessThan(20);
+  });
+
   test('backfill writes exactly what the dry run listed, with history, outbox and host status', async () => {
     const r = await cli(db, ['backfill', '--as-of', AS_OF, '--format', 'json', '--no-notify', '--quiet']);
     expect(r.stderr).toBe('');
@@ -625,6 +659,11 @@ describe('payment race', () => {
       .where({ customer_key: payer, policy: 'delinquency' })
       .whereNotNull('stage');
     expect(rows).toEqual([]);
+    // The counts are of what was written, not of what the page planned.
+    const history = await db.knex('suspend.history').where({ run_id: result.run!.id }).count({ n: '*' });
+    expect(result.counts.changes).toBe(Number(history[0]!.n));
+    const byTransition = Object.values(result.counts.transitions).reduce((a, b) => a + b, 0);
+    expect(byTransition).toBe(result.counts.changes);
   });
   test('while a page is written, paying an invoice of an account that policy is suspending for debt waits for the commit; an account suspended only for inactivity is not held', async () => {
     const fresh = await seeded(2000, 5);

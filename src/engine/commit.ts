@@ -91,10 +91,13 @@ export async function commitPage(
     counted.changedSinceRead += new Set(
       changes.filter((c) => !appliedSet.has(pair(c.key, c.policy))).map((c) => c.key),
     ).size;
-    countChanges(counted, written);
-    const merged = mergeCounts(await countsBefore(), counted);
+    // Usually the plan is written as it stands, and its changes are counted already.
+    const asPlanned = changes === page.plan.changes && written.length === changes.length;
+    if (!asPlanned) countChanges(counted, written);
+    const pageCounted = asPlanned ? mergeCounts(counted, page.plan.planned) : counted;
+    const merged = mergeCounts(await countsBefore(), pageCounted);
     await saveCheckpoint(trx, ctx, target.checkpoint, page.last, merged);
-    return { changes: written, counts: merged, page: counted };
+    return { changes: written, counts: merged, page: pageCounted };
   });
 }
 

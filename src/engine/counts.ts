@@ -43,7 +43,10 @@ export function restoreCounts(stored: Partial<RunCounts> | null | undefined): Ru
   return { ...emptyCounts(), ...(stored ?? {}) };
 }
 
-export function transitionKey(c: Pick<StateChange, 'orgId' | 'policy' | 'kind' | 'from' | 'to'>): string {
+/** What a change counts under: it is one of a transition's (a hold is never counted as a change). */
+type Counted = Pick<Transition, 'orgId' | 'policy' | 'kind' | 'from' | 'to'>;
+
+export function transitionKey(c: Counted): string {
   return `${c.orgId ?? ''}|${c.policy}|${c.kind}|${c.from ?? ''}|${c.to ?? ''}`;
 }
 
@@ -68,6 +71,14 @@ export function countEvaluation(
   for (const t of e.transitions) if (t.kind === 'hold') counts.held += 1;
 }
 
+/** One account's changes (at least one). */
+export function countAccountChanges(counts: RunCounts, changes: Counted[]): void {
+  counts.changes += changes.length;
+  counts.accountsChanged += 1;
+  for (const c of changes) bump(counts.transitions, transitionKey(c));
+}
+
+/** Changes of any accounts, in any order. */
 export function countChanges(counts: RunCounts, changes: StateChange[]): void {
   counts.changes += changes.length;
   const accounts = new Set<string>();

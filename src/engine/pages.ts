@@ -59,6 +59,8 @@ export interface PageSource {
   needs: SignalNeeds;
   /** 'now' in a run that writes every change it plans; 'later' in a dry run (it explains a sample). */
   explain: 'now' | 'later';
+  /** How many of a page's changes to build (see planPage), asked as the page is evaluated: all when absent. */
+  wanted?: () => number;
   signal?: AbortSignal;
 }
 
@@ -212,14 +214,13 @@ async function* readPagesAhead(knex: Knex, source: PageSource, range: KeyRange):
 /** Each page with its plan: the pure evaluation of its accounts. */
 export async function* evaluated(
   pages: AsyncGenerator<Page>,
-  rules: Rules,
-  asOf: IsoDate,
-  explain: 'now' | 'later' = 'later',
+  source: Pick<PageSource, 'rules' | 'asOf' | 'explain' | 'wanted'>,
 ): AsyncGenerator<Page & { plan: PagePlan }> {
+  const { rules, asOf, explain, wanted } = source;
   for await (const page of pages) {
     // Let the queries already started go out before this page's evaluation holds the event loop.
     await new Promise((resolve) => setImmediate(resolve));
-    const plan = planPage(page.signals, page.state, rules, asOf, explain);
+    const plan = planPage(page.signals, page.state, rules, asOf, explain, wanted?.());
     countSkipped(plan.tally, page.skipped);
     yield { ...page, plan };
   }

@@ -1,7 +1,7 @@
 import { accountTransitions } from '../evaluate/evaluate';
 import type { PageState, StoredState } from '../source/states';
 import type { StateChange } from '../write/apply';
-import { countEvaluation, emptyCounts, type RunCounts } from './counts';
+import { countAccountChanges, countEvaluation, emptyCounts, type RunCounts } from './counts';
 import { capturedHostValues, winningHostValues } from '../evaluate/host-values';
 import type { EffectiveRules, IsoDate, Policy, Rules, Signals, Stage } from '../types';
 
@@ -15,6 +15,9 @@ export interface PagePlan {
   evaluated: number;
   /** Their exclusions and holds (see countEvaluation). */
   tally: RunCounts;
+  /** Every change the evaluation found, counted (changes, accounts changed, transitions only). */
+  planned: RunCounts;
+  /** The changes, built for writing or showing: all of them, or the first `wanted` (whole accounts). */
   changes: StateChange[];
   /** Desired values of mapped host columns after the changes, per key (only keys whose values move). */
   hostColumns: HostColumnChange[];
@@ -44,8 +47,14 @@ export function planPage(
   asOf: IsoDate,
   /** 'now' when every change will be written (see accountTransitions). */
   explain: 'now' | 'later' = 'later',
+  /**
+   * How many changes to build: a real run writes them all; a dry run counts them all but builds
+   * only those its report shows (1M report 3.67 -> 3.38 s when it builds none).
+   */
+  wanted = Infinity,
 ): PagePlan {
   const tally = emptyCounts();
+  const planned = emptyCounts();
   const changes: StateChange[] = [];
   const hostColumns: HostColumnChange[] = [];
   for (const s of signals) {
@@ -64,6 +73,8 @@ export function planPage(
     countEvaluation(tally, evaluation);
     const written = evaluation.transitions.filter((t) => t.kind !== 'hold');
     if (written.length === 0) continue;
+    countAccountChanges(planned, written);
+    if (changes.length >= wanted) continue;
     const accountChanges: StateChange[] = written.map((t) => ({
       key: t.key,
       orgId: t.orgId,
@@ -86,7 +97,7 @@ export function planPage(
     hostColumns.push(...planHostColumns(s.key, effective.policies, stored, accountChanges));
     changes.push(...accountChanges);
   }
-  return { evaluated: signals.length, tally, changes, hostColumns };
+  return { evaluated: signals.length, tally, planned, changes, hostColumns };
 }
 
 /**

@@ -18,7 +18,7 @@ import {
 } from './shards';
 import { commitPage, saveCheckpoint, type CommitTarget } from './commit';
 import { PIPELINE_CONNECTIONS, WRITE_DEPTH } from './pipeline';
-import { countChanges, emptyCounts, mergeCounts, pageCounts, restoreCounts, type RunCounts } from './counts';
+import { emptyCounts, mergeCounts, pageCounts, restoreCounts, type RunCounts } from './counts';
 import {
   defaultActor,
   finishRun,
@@ -74,6 +74,11 @@ export interface BatchOptions {
   signal?: AbortSignal;
   /** Called once per page with the changes (the report's account listing streams from here). */
   onPage?: (page: PageReport) => void | Promise<void>;
+  /**
+   * A dry run's onPage gets only this many more changes, asked before each page is evaluated (the
+   * report's sample; all when it lists accounts); the others are counted, never built. Default: all.
+   */
+  changesWanted?: () => number;
   onLog?: (message: string) => void;
   /** Test seam: runs inside the page transaction, after the read and before the re-check. */
   beforeWrite?: (keys: string[]) => Promise<void>;
@@ -269,10 +274,10 @@ async function runWorkers(
   await settled(
     ranges.map(async (range, worker) => {
       try {
-        // Three stages, each a page ahead of the next: Postgres reads pages N+2 and N+3 while Node
-        // evaluates page N+1 while page N is written (a real run writes page N-1 as well).
+        // Three stages, each ahead of the next: Postgres reads the next pages (READ_DEPTH at once)
+        // while Node evaluates page N+1 while page N is written (a real run writes page N-1 as well).
         const pages = readAhead(readPages(pool, { ...source, signal: both }, range));
-        for await (const page of readAhead(evaluated(pages, source.rules, source.asOf, source.explain))) {
+        for await (const page of readAhead(evaluated(pages, source))) {
           if (!(await handle(page, worker))) return;
         }
         if (!both.aborted) await onRangeDone(worker);
@@ -299,6 +304,7 @@ async function pageSource(
     allAccounts: Boolean(options.allAccounts),
     needs: signalsUsed(rules),
     explain: options.dryRun ? 'later' : 'now',
+    wanted: options.dryRun ? options.changesWanted : undefined,
   };
 }
 
@@ -315,9 +321,7 @@ async function dryRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOption
     ranges,
     options.signal,
     async ({ plan, total: pageTotal }) => {
-      const counted = pageCounts(pageTotal, plan.tally);
-      countChanges(counted, plan.changes);
-      counts = mergeCounts(counts, counted);
+      counts = mergeCounts(counts, mergeCounts(pageCounts(pageTotal, plan.tally), plan.planned));
       await options.onPage?.({
         evaluated: plan.evaluated,
         changes: plan.changes,

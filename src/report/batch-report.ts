@@ -54,6 +54,9 @@ export class ReportCollector {
   readonly accounts = new AccountList(ACCOUNT_COLUMNS);
   constructor(private readonly listAccounts: boolean) {}
 
+  /** How many more changes the report shows (a dry run builds no others): see changesWanted. */
+  wanted = (): number => (this.listAccounts ? Infinity : SAMPLE_SIZE - this.sample.length);
+
   onPage = (page: PageReport): void => {
     for (const c of page.changes) {
       if (this.sample.length >= SAMPLE_SIZE) break;

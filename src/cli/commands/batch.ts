@@ -149,6 +149,7 @@ async function execute(ctx: CommandContext, kind: BatchKind | 'report', flags: B
         progress.update(page.counts.scanned, page.counts.changes);
         collector.onPage(page);
       },
+      changesWanted: collector.wanted,
     });
     progress?.stop();
     const meta = {
