@@ -12,7 +12,7 @@ import {
 } from './helpers/reliability';
 
 /**
- * `--workers N` opens five connections per worker plus up to four of the run's own. A run that needs
+ * `--workers N` opens four connections per worker plus up to four of the run's own. A run that needs
  * more than the server (or its role, or the database) has room for is refused before the run is
  * opened or a page read: one sentence, exit code 2, no run record, and the next run is not blocked.
  *
@@ -52,11 +52,11 @@ function refusal(stderr: string, sentence = NEW_RUN) {
   const g = sentence.exec(stderr)?.groups;
   if (!g) throw new Error(`not the sentence: ${stderr}`);
   const n = (k: string) => Number(g[k] ?? 0);
-  // Five connections a worker and four for the run; the room is what the cap leaves.
-  expect(n('needed')).toBe(5 * n('workers') + 4);
+  // Four connections a worker and four for the run; the room is what the cap leaves.
+  expect(n('needed')).toBe(4 * n('workers') + 4);
   expect(n('room')).toBe(n('limit') - n('reserved') - n('inUse'));
   expect(n('needed')).toBeGreaterThan(n('room'));
-  if (g.fits !== undefined) expect(n('fits')).toBe(Math.floor((n('room') - 4) / 5));
+  if (g.fits !== undefined) expect(n('fits')).toBe(Math.floor((n('room') - 4) / 4));
   return { who: g.who, workers: n('workers'), run: g.run };
 }
 
@@ -64,7 +64,7 @@ test('--workers 64 beyond max_connections: one sentence, exit 2, nothing written
   const max = (
     await db.knex.raw<{ rows: { m: number }[] }>("select current_setting('max_connections')::int as m")
   ).rows[0]?.m;
-  expect(max).toBeLessThan(5 * 64 + 4); // a server with room for 64 workers cannot show this
+  expect(max).toBeLessThan(4 * 64 + 4); // a server with room for 64 workers cannot show this
   const before = await unchanged();
   for (const args of [
     [...backfillArgs(10), '--workers', '64'],
@@ -106,15 +106,15 @@ test("a role's connection limit: a new run and a resumed one are refused, nothin
   expect(await unchanged()).toEqual(atStop);
   expect(await ledger(db.knex)).toEqual([run]);
 
-  await db.knex.raw('alter role ?? connection limit 19', [runner.name]);
+  await db.knex.raw('alter role ?? connection limit 16', [runner.name]);
   const done = await asRole(['backfill', '--resume', '--no-notify', '--max-changes', 'none', '--quiet']);
   expect(done.stderr).toBe('');
   expect(done.code).toBe(0);
   expect((await ledger(db.knex)).map((r) => [r.id, r.status])).toEqual([[run!.id, 'succeeded']]);
 });
 
-test('a run without --workers is not checked: under a role limit of 7 (a worker counts 9), a report and a sweep run as before', async () => {
-  await db.knex.raw('alter role ?? connection limit 7', [runner.name]);
+test('a run without --workers is not checked: under a role limit of 6 (a worker counts 8), a report and a sweep run as before', async () => {
+  await db.knex.raw('alter role ?? connection limit 6', [runner.name]);
   try {
     const later = ['--as-of', '2026-12-30', '--batch-size', '10', '--format', 'json', '--quiet'];
     const report = await asRole(['report', ...later]);

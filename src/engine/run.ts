@@ -153,8 +153,8 @@ export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions):
 }
 
 /**
- * The workers' own connections, five each (three read the next pages while two write the pages
- * before them), set up for page work:
+ * The workers' own connections, four each (shared by three reads of the next pages, two writes of
+ * the pages before them and the page-ends query), set up for page work:
  * - JIT compilation off: it costs more than it saves on page-sized queries (64 ms of a 160 ms read);
  * - asynchronous commit: a page's transaction returns without waiting for its WAL flush. A server
  *   crash can then lose the last pages that committed, but each with its checkpoint, so the run
