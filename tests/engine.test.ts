@@ -89,6 +89,7 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
     expect(preview.counts.changes).toBeGreaterThan(1000);
     expect(preview.counts.excluded).toBeGreaterThan(0);
     expect(preview.accounts).toHaveLength(preview.counts.changes);
+    expect(new Set(preview.accounts!.map((a) => a.key)).size).toBe(preview.counts.accountsChanged);
     expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
   });
 
@@ -174,6 +175,7 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
       .count<{ n: string }[]>({ n: '*' });
     expect(Number(history[0]!.n)).toBe(result.counts.changes);
     expect(Number(outbox[0]!.n)).toBe(result.counts.changes);
+    expect(result.counts.accountsChanged).toBe(preview.counts.accountsChanged);
     // A suspended account has the mapped status; a paused-only one keeps its own.
     const suspendedKeys = preview.accounts!.filter((a) => a.to === 'suspended').map((a) => a.key);
     const statuses = await db.knex('customers').whereIn('id', suspendedKeys).distinct('status');
@@ -496,10 +498,6 @@ describe('accounts that come and go while pages are read', () => {
   });
   afterEach(async () => db.drop());
 
-  /**
-   * A dry run in pages of 3 whose page reads wait (they also read invoices, held here) after the
-   * first pages' ends were found; `meanwhile` changes the customers before they go on.
-   */
   /** Queries of this database waiting for a lock (the page reads, while invoices are held). */
   async function waitingOnLock(): Promise<number> {
     const waiting = await db.knex.raw<{ rows: { n: number }[] }>(
@@ -508,6 +506,10 @@ describe('accounts that come and go while pages are read', () => {
     return waiting.rows[0]?.n ?? 0;
   }
 
+  /**
+   * A dry run in pages of 3 whose page reads wait (they also read invoices, held here) after the
+   * first pages' ends were found; `meanwhile` changes the customers before they go on.
+   */
   async function dryRunAround(meanwhile: () => Promise<unknown>) {
     const rules = await loadRules({ file: rulesFile, cwd: ROOT });
     const locker = knexFactory({ client: 'pg', connection: db.url, pool: { min: 1, max: 1 } });
@@ -627,6 +629,42 @@ describe('payment race', () => {
     db = await seeded(2000, 5);
   });
   afterAll(async () => db.drop());
+
+  test('a state written by someone else after the re-check (here by a trigger on the status update): that change is not written, and the counts are of what was', async () => {
+    const racing = await seeded(2000, 5);
+    try {
+      // The first account whose status the page sets gets a state under every policy, at version 7,
+      // inside the page's own transaction: its version-guarded state writes are refused.
+      await racing.knex.raw(`
+        create table race_marker (k text);
+        create function race_bump() returns trigger language plpgsql as $$
+        begin
+          if not exists (select 1 from race_marker) then
+            insert into race_marker values (new.id::text);
+            insert into suspend.account_states (customer_key, policy, version)
+              select new.id::text, p, 7 from unnest(array['inactivity', 'delinquency', 'overdue_pause', 'escalation']) p
+              on conflict (customer_key, policy) do update set version = 7;
+          end if;
+          return new;
+        end $$;
+        create trigger race_bump after update of status on customers for each row execute function race_bump();`);
+      const rules = await loadRules({ file: rulesFile, cwd: ROOT });
+      const result = await runBatch(racing.knex, rules, onePageBackfill(false));
+      expect(result.status).toBe('succeeded');
+      const [bumped] = (await racing.knex('race_marker').pluck('k')) as string[];
+      expect(await racing.knex('suspend.history').where({ customer_key: bumped }).count({ n: '*' })).toEqual([
+        { n: '0' },
+      ]);
+      expect(result.counts.changedSinceRead).toBe(1);
+      const written = await racing
+        .knex('suspend.history')
+        .where({ run_id: result.run!.id })
+        .select(racing.knex.raw('count(*)::int as changes, count(distinct customer_key)::int as accounts'));
+      expect(written).toEqual([{ changes: result.counts.changes, accounts: result.counts.accountsChanged }]);
+    } finally {
+      await racing.drop();
+    }
+  });
 
   test('a payment committed between the read and the write: not suspended, counted as changed since read', async () => {
     const rules = await loadRules({ file: rulesFile, cwd: ROOT });
