@@ -285,3 +285,72 @@ test('page ends found one from the other are the keys at every page size-th rank
   // Full and partial runs of ends were both compared, not only empty ones.
   expect(compared).toBeGreaterThan(150);
 });
+
+test('stored states come back as the evaluator reads them, their days as YYYY-MM-DD whatever the DateStyle', async () => {
+  // A session that writes dates day first, as a DBA may set the server.
+  const dmy = knexFactory({
+    client: 'pg',
+    connection: db.url,
+    pool: {
+      min: 1,
+      max: 1,
+      afterCreate: (
+        conn: { query: (sql: string, cb: (err: Error | null) => void) => void },
+        done: (err: Error | null, conn: unknown) => void,
+      ) => conn.query("set datestyle = 'SQL, DMY'", (err) => done(err, conn)),
+    },
+  });
+  try {
+    await db.knex('customers').insert({ id: 9001, org_id: 1, created_at: '2020-01-01' });
+    await db.knex('suspend.account_states').insert([
+      {
+        customer_key: '9001',
+        policy: 'inactivity',
+        stage: 'suspended',
+        stage_index: 0,
+        version: 3,
+        host_before: { status: 'active' },
+        entered_on: '2026-09-01',
+        reinstated_on: '2026-10-05',
+      },
+      { customer_key: '9001', policy: 'delinquency', stage: null, stage_index: -1, version: 2 },
+    ]);
+    const shown = await dmy.raw<{ rows: { d: string }[] }>("select '2026-09-01'::date::text as d");
+    expect(shown.rows[0]?.d).toBe('01/09/2026');
+    const state = { schema: 'suspend', states: true, exclusions: false };
+    const expected = new Map([
+      [
+        'inactivity',
+        {
+          stage: 'suspended',
+          stageIndex: 0,
+          version: 3,
+          hostBefore: { status: 'active' },
+          enteredOn: '2026-09-01',
+          reinstatedOn: '2026-10-05',
+        },
+      ],
+      [
+        'delinquency',
+        { stage: null, stageIndex: -1, version: 2, hostBefore: null, enteredOn: null, reinstatedOn: null },
+      ],
+    ]);
+    const page = await readPage(dmy, DEFAULT_MAPPING, AS_OF, {
+      after: '9000',
+      until: '9001',
+      limit: null,
+      orgs: null,
+      shard: null,
+      state,
+      candidates: null,
+    });
+    expect(page.state.states.get('9001')).toEqual(expected);
+    // The re-check reads them with the same SQL.
+    const rechecked = await readAccounts(dmy, DEFAULT_MAPPING, AS_OF, { keys: ['9001'], state });
+    expect(rechecked.state.states.get('9001')).toEqual(expected);
+  } finally {
+    await dmy.destroy();
+    await db.knex('suspend.account_states').where({ customer_key: '9001' }).del();
+    await db.knex('customers').where({ id: 9001 }).del();
+  }
+});

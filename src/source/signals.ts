@@ -1,7 +1,7 @@
 import type { Knex } from 'knex';
 import { runPrepared } from '../db/prepared';
 import { candidatePredicate } from './candidates';
-import { storedState, type PageState, type StoredState } from './states';
+import type { PageState, StoredState } from './states';
 import type { IsoDate, Rules, Signals, SourceMapping } from '../types';
 
 /**
@@ -430,8 +430,10 @@ export function signalsQuery(
 /**
  * The accounts' states and live exclusions, probed by key once for every account of the `page` CTE:
  * they make an account a candidate (a stage to keep or clear, an exclusion to count) and come back
- * with it as `state_rows` and `exclusion`, in the shape storedState() maps. `asOf` binds as-of where
- * the CTEs are placed (bindings are positional).
+ * with it as `state_rows` and `exclusion`. A state row is a json array in the order of StateJson
+ * (json writes dates as YYYY-MM-DD whatever the DateStyle): 2.7 instead of 3.4 ms per 2,000 keys
+ * with an object per row, and less to parse. `asOf` binds as-of where the CTEs are placed (bindings
+ * are positional).
  */
 function storedParts(
   knex: Knex,
@@ -444,10 +446,8 @@ function storedParts(
   if (state?.states) {
     ctes.push(`page_states as (
       select customer_key,
-             json_agg(json_build_object('policy', policy, 'stage', stage, 'stage_index', stage_index,
-                       'version', version, 'host_before', host_before,
-                       'entered_on', to_char(entered_on, 'YYYY-MM-DD'),
-                       'reinstated_on', to_char(reinstated_on, 'YYYY-MM-DD'))) as rows,
+             json_agg(json_build_array(policy, stage, stage_index, version, host_before, entered_on,
+                                       reinstated_on)) as rows,
              bool_or(stage is not null) as staged
         from ${id(`${state.schema}.account_states`)}
        where customer_key = any(${pageKeys})
@@ -580,15 +580,16 @@ export interface SkippedAccount {
   reason: string;
 }
 
-interface StateJson {
-  policy: string;
-  stage: string | null;
-  stage_index: number;
-  version: number;
-  host_before: Record<string, unknown> | null;
-  entered_on: string | null;
-  reinstated_on: string | null;
-}
+/** One account_states row as the page query sends it: policy, stage, stage_index, version, host_before, entered_on, reinstated_on. */
+type StateJson = [
+  policy: string,
+  stage: string | null,
+  stageIndex: number,
+  version: number,
+  hostBefore: Record<string, unknown> | null,
+  enteredOn: IsoDate | null,
+  reinstatedOn: IsoDate | null,
+];
 
 type PageRow = SignalRow & {
   page_size: number;
@@ -727,7 +728,8 @@ function accountsOf({ rows, fields }: ArrayResult): Pick<PageRead, 'signals' | '
     const stateRows = c.stateRows(row);
     if (stateRows) {
       const byPolicy = new Map<string, StoredState>();
-      for (const r of stateRows) byPolicy.set(r.policy, storedState(r));
+      for (const [policy, stage, stageIndex, version, hostBefore, enteredOn, reinstatedOn] of stateRows)
+        byPolicy.set(policy, { stage, stageIndex, version, hostBefore, enteredOn, reinstatedOn });
       state.states.set(key, byPolicy);
     }
     const exclusion = c.exclusion(row);
