@@ -4,8 +4,8 @@ import { UsageError } from '../errors';
 /**
  * Whether Postgres can take the connections a run with `--workers N` (N > 1) is about to open:
  * every worker's pipeline (see PIPELINE_CONNECTIONS in pipeline.ts) plus the run's own pool (the
- * lock, the ledger). A run of one worker is not checked: it counts as up to eight but opens fewer, and runs
- * that always worked under a small connection limit must go on working. Checked before the run is
+ * lock, the ledger). A run of one worker is not checked: it counts as up to eight but opens fewer,
+ * and runs that always worked under a small connection limit must go on working. Checked before the run is
  * opened or a page is read, so `--workers 64` on a server with room for 93 is one sentence (exit 2)
  * instead of a run waiting for connections or failing on "too many clients" halfway.
  */

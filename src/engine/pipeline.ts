@@ -6,8 +6,9 @@
 /**
  * Page reads in flight per worker. Two instead of one: 1M dry run 5.3 s -> 4.7 s, a sweep with
  * nothing to change 7.8 s -> 6.2 s. Three instead of two: a read that has finished no longer leaves
- * its core idle while Node parses and evaluates the page before (1M dry run 3.69 -> 3.48 s, a sweep
- * 4.92 -> 4.75 s, medians of alternating runs on 2 cores; backfill unchanged).
+ * its core idle while Node parses and evaluates the page before (1M dry run 3.69 -> 3.48 s, the
+ * report after a backfill 4.88 -> 4.60 s, medians of alternating runs on 2 cores; a sweep gained
+ * less, as its writes share the connections, a backfill nothing measurable).
  */
 export const READ_DEPTH = 3;
 

@@ -580,7 +580,10 @@ export interface SkippedAccount {
   reason: string;
 }
 
-/** One account_states row as the page query sends it: policy, stage, stage_index, version, host_before, entered_on, reinstated_on. */
+/**
+ * One account_states row as the page query sends it: policy, stage, stage_index, version,
+ * host_before, entered_on, reinstated_on.
+ */
 type StateJson = [
   policy: string,
   stage: string | null,
