@@ -630,7 +630,7 @@ describe('payment race', () => {
   });
   afterAll(async () => db.drop());
 
-  test('a state written by someone else after the re-check (here by a trigger on the status update): that change is not written, and the counts are of what was', async () => {
+  test('a state written by someone else after the re-check (here by a trigger on the status update): that change is not written, its status is put back, and the counts are of what was', async () => {
     const racing = await seeded(2000, 5);
     try {
       // The first account whose status the page sets gets a state under every policy, at version 7,
@@ -648,10 +648,21 @@ describe('payment race', () => {
           return new;
         end $$;
         create trigger race_bump after update of status on customers for each row execute function race_bump();`);
+      const statusOf = async () =>
+        new Map(
+          ((await racing.knex('customers').select('id', 'status')) as { id: string; status: string }[]).map(
+            (r) => [String(r.id), r.status],
+          ),
+        );
+      const before = await statusOf();
       const rules = await loadRules({ file: rulesFile, cwd: ROOT });
       const result = await runBatch(racing.knex, rules, onePageBackfill(false));
       expect(result.status).toBe('succeeded');
       const [bumped] = (await racing.knex('race_marker').pluck('k')) as string[];
+      const after = await statusOf();
+      expect(after.get(bumped!)).toBe(before.get(bumped!));
+      // The others the page suspended keep their new status.
+      expect([...after].filter(([k, v]) => v !== before.get(k)).length).toBeGreaterThan(0);
       expect(await racing.knex('suspend.history').where({ customer_key: bumped }).count({ n: '*' })).toEqual([
         { n: '0' },
       ]);
