@@ -286,7 +286,7 @@ test('page ends found one from the other are the keys at every page size-th rank
   expect(compared).toBeGreaterThan(150);
 });
 
-test('stored states come back as the evaluator reads them, their days as YYYY-MM-DD whatever the DateStyle', async () => {
+test('stored states come back as the evaluator reads them, their days as YYYY-MM-DD whatever the DateStyle, an infinite one as none', async () => {
   // A session that writes dates day first, as a DBA may set the server.
   const dmy = knexFactory({
     client: 'pg',
@@ -314,6 +314,8 @@ test('stored states come back as the evaluator reads them, their days as YYYY-MM
         reinstated_on: '2026-10-05',
       },
       { customer_key: '9001', policy: 'delinquency', stage: null, stage_index: -1, version: 2 },
+      // An infinite day (only a hand edit makes one) reads as none.
+      { customer_key: '9001', policy: 'overdue_pause', stage: null, version: 1, reinstated_on: 'infinity' },
     ]);
     const shown = await dmy.raw<{ rows: { d: string }[] }>("select '2026-09-01'::date::text as d");
     expect(shown.rows[0]?.d).toBe('01/09/2026');
@@ -333,6 +335,10 @@ test('stored states come back as the evaluator reads them, their days as YYYY-MM
       [
         'delinquency',
         { stage: null, stageIndex: -1, version: 2, hostBefore: null, enteredOn: null, reinstatedOn: null },
+      ],
+      [
+        'overdue_pause',
+        { stage: null, stageIndex: -1, version: 1, hostBefore: null, enteredOn: null, reinstatedOn: null },
       ],
     ]);
     const page = await readPage(dmy, DEFAULT_MAPPING, AS_OF, {

@@ -8,7 +8,7 @@
  * nothing to change 7.8 s -> 6.2 s. Three instead of two: a read that has finished no longer leaves
  * its core idle while Node parses and evaluates the page before (1M dry run 3.69 -> 3.48 s, the
  * report after a backfill 4.88 -> 4.60 s, medians of alternating runs on 2 cores; a sweep gained
- * less, as its writes share the connections, a backfill nothing measurable).
+ * less, within the spread, a backfill nothing measurable).
  */
 export const READ_DEPTH = 3;
 
