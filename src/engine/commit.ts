@@ -88,17 +88,19 @@ export async function commitPage(
     const pair = (key: string, policy: string) => `${key}\u0000${policy}`;
     const appliedSet = new Set(applied.map((a) => pair(a.key, a.policy)));
     const written = changes.filter((c) => appliedSet.has(pair(c.key, c.policy)));
-    counted.changedSinceRead += new Set(
-      changes.filter((c) => !appliedSet.has(pair(c.key, c.policy))).map((c) => c.key),
-    ).size;
-    // An account none of whose changes could be written (its state moved after the re-check, by a
-    // writer that does not take the run lock) gets back the host values this page set.
-    const unwritten = new Set(changes.map((c) => c.key));
-    for (const c of written) unwritten.delete(c.key);
-    const putBack = host
-      .filter((h) => unwritten.has(h.key) && Object.hasOwn(old.get(h.key) ?? {}, h.column))
-      .map((h) => ({ ...h, value: old.get(h.key)?.[h.column] ?? null, capture: false }));
-    await writeHostColumns(trx, rules.source, putBack, target.hostColumnTypes);
+    if (written.length < changes.length) {
+      const refused = new Set(
+        changes.filter((c) => !appliedSet.has(pair(c.key, c.policy))).map((c) => c.key),
+      );
+      counted.changedSinceRead += refused.size;
+      // An account none of whose changes could be written (its state moved after the re-check, by
+      // a writer that does not take the run lock) gets back the host values this page set.
+      for (const c of written) refused.delete(c.key);
+      const putBack = host
+        .filter((h) => refused.has(h.key) && Object.hasOwn(old.get(h.key) ?? {}, h.column))
+        .map((h) => ({ ...h, value: old.get(h.key)?.[h.column] ?? null, capture: false }));
+      await writeHostColumns(trx, rules.source, putBack, target.hostColumnTypes);
+    }
     // Usually the plan is written as it stands, and its changes are counted already.
     const asPlanned = changes === page.plan.changes && written.length === changes.length;
     if (!asPlanned) countChanges(counted, written);
