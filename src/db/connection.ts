@@ -162,6 +162,24 @@ export async function describeDatabaseError(err: unknown, url: string | null): P
   return null;
 }
 
+/**
+ * Runs `fn` on `knex`'s pool, again while it fails on a lost connection. Sessions killed together (an
+ * outage, or pg_terminate_backend on every session of a run) leave idle pooled connections whose end
+ * has not reached us yet, and the pool hands them out as live; each failed try drops one, so the
+ * pool's size plus one tries reach a new connection if the server answers. For a single statement or
+ * transaction only: a try that failed wrote nothing.
+ */
+export async function onLiveConnection<T>(knex: Knex, fn: () => Promise<T>): Promise<T> {
+  const size = (knex.client as { pool?: { max?: number } }).pool?.max ?? 1;
+  for (let tries = 1; ; tries++) {
+    try {
+      return await fn();
+    } catch (err) {
+      if (!isConnectionLost(err) || tries > size) throw err;
+    }
+  }
+}
+
 /** Whether a fresh connection gets an answer within a few seconds (to tell a stopped server). */
 export async function serverAnswers(url: string): Promise<boolean> {
   const client = new pg.Client({

@@ -1,6 +1,7 @@
 import knexFactory, { type Knex } from 'knex';
 import { ExitCode, UsageError, errorMessage } from '../errors';
 import { migrationStatus, requireMigrated } from '../db/migrate';
+import { onLiveConnection } from '../db/connection';
 import { namesStatements, withoutPreparedStatements } from '../db/prepared';
 import { policiesReadingInvoices, signalsUsed } from '../source/candidates';
 import { countAccountsQuery, qualified, regclassText, stateTables } from '../source/signals';
@@ -797,9 +798,12 @@ async function walkRun(
     await close(null);
     return result('succeeded', ExitCode.ok, await getRun(knex, schema, run.id));
   } catch (err) {
-    // Mark the run interrupted when the database still answers; if it does not, the row stays
-    // "running" and the next run (which then holds the lock) knows it died.
-    await close({ status: 'interrupted', error: errorMessage(err) }).catch(() => undefined);
+    // Mark the run interrupted when the database still answers (on a new connection if the pool's
+    // were killed with the one that failed); if it does not, the row stays "running" and the next
+    // run (which then holds the lock) knows it died.
+    await onLiveConnection(knex, () => close({ status: 'interrupted', error: errorMessage(err) })).catch(
+      () => undefined,
+    );
     throw err;
   }
 }

@@ -1,3 +1,4 @@
+import { createKnex, onLiveConnection } from '../../src/db/connection';
 import type { TestDatabase } from '../helpers/database';
 import {
   ACTOR,
@@ -66,4 +67,23 @@ test('the page connection terminated mid-run: one sentence, exit 1, ledger inter
 
 test('every session of the run terminated (pool and lock): the same', async () => {
   await cutMidRun('all');
+});
+
+test('a statement after every pooled session was killed gets a new connection instead of a dead one', async () => {
+  const db = dbs[0] as TestDatabase;
+  const pool = createKnex(db.url, { pool: 3, applicationName: 'suspend killed pool' });
+  try {
+    // Ten rounds: the pool's idle sessions are killed and the next statement runs at once, before
+    // (most times) their end reaches the client, which is when the run marks itself interrupted.
+    for (let round = 0; round < 10; round++) {
+      await Promise.all([1, 2, 3].map(() => pool.raw('select pg_sleep(0.01)')));
+      await db.knex.raw(
+        "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'suspend killed pool'",
+      );
+      const r = await onLiveConnection(pool, () => pool.raw<{ rows: { one: number }[] }>('select 1 as one'));
+      expect(r.rows).toEqual([{ one: 1 }]);
+    }
+  } finally {
+    await pool.destroy();
+  }
 });
