@@ -1,7 +1,7 @@
 import type { Knex } from 'knex';
 import { requireMigrated } from '../db/migrate';
 import { UsageError, errorMessage } from '../errors';
-import { acquireRunLock } from '../engine/lock';
+import { acquireRunLock, confirmLockHeld } from '../engine/lock';
 import { finishRun, startRun, type RunRecord } from '../engine/ledger';
 import { rulesForOrg } from '../engine/plan';
 import { customerContacts, customerExists, customerTable, restoreHostColumns } from './host';
@@ -102,7 +102,11 @@ export async function reinstateAccount(
       startedBy: options.actor,
     });
     try {
-      const result = await knex.transaction((trx) => writeReinstatement(trx, rules, options, run));
+      const result = await knex.transaction(async (trx) => {
+        const written = await writeReinstatement(trx, rules, options, run);
+        await confirmLockHeld(trx, lock.proof);
+        return written;
+      });
       await finishRun(knex, schema, run.id, {
         status: 'succeeded',
         counts: {

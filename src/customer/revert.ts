@@ -1,7 +1,7 @@
 import type { Knex } from 'knex';
 import { requireMigrated } from '../db/migrate';
 import { UsageError, errorMessage } from '../errors';
-import { acquireRunLock, type HeldLock } from '../engine/lock';
+import { acquireRunLock, confirmLockHeld, type HeldLock, type LockProof } from '../engine/lock';
 import { finishRun, getRun, heartbeat, startRun, type RunRecord } from '../engine/ledger';
 import { activeExclusions } from './exclusions';
 import { customerContacts, hostValueText, restoreHostColumns } from './host';
@@ -236,7 +236,7 @@ export async function revertRun(knex: Knex, rules: Rules, options: RevertOptions
       });
     }
     try {
-      await revertPages(knex, rules, options, result);
+      await revertPages(knex, rules, options, result, lock?.proof ?? null);
       if (result.run) {
         await finishRun(knex, schema, result.run.id, { status: 'succeeded', counts: countsOf(result) });
         result.run = (await getRun(knex, schema, result.run.id)) ?? result.run;
@@ -271,6 +271,7 @@ async function revertPages(
   rules: Rules,
   options: RevertOptions,
   result: RevertResult,
+  lock: LockProof | null,
 ): Promise<void> {
   const schema = rules.settings.schema;
   let after: string | null = null;
@@ -285,7 +286,11 @@ async function revertPages(
       );
       collect(result, plan);
     } else {
-      const plan = await knex.transaction((trx) => revertPage(trx, rules, options, result, keys));
+      const plan = await knex.transaction(async (trx) => {
+        const planned = await revertPage(trx, rules, options, result, keys);
+        if (lock) await confirmLockHeld(trx, lock);
+        return planned;
+      });
       collect(result, plan);
       if (result.run) await heartbeat(knex, schema, result.run.id, countsOf(result));
     }

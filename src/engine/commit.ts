@@ -7,6 +7,7 @@ import { countChanges, mergeCounts, pageCounts, type RunCounts } from './counts'
 import { planPage, type HostColumnChange, type PagePlan } from './plan';
 import type { Rules, Signals } from '../types';
 import { groupBy } from '../collections';
+import { confirmLockHeld, type LockProof } from './lock';
 
 /**
  * Writing one page: one transaction that re-checks the accounts about to change (their invoices
@@ -36,6 +37,8 @@ export interface CommitTarget {
   checkpoint: string;
   /** Types of the host columns written so far in this run (filled by the first page that sets one). */
   hostColumnTypes: Map<string, string>;
+  /** The run lock, confirmed still held as the page's last statement before it commits. */
+  lock: LockProof;
   /** Test seam: runs inside the page transaction, after the read and before the re-check. */
   beforeWrite?: (keys: string[]) => Promise<void>;
 }
@@ -107,6 +110,7 @@ export async function commitPage(
     const pageCounted = asPlanned ? mergeCounts(counted, page.plan.planned) : counted;
     const merged = mergeCounts(await countsBefore(), pageCounted);
     await saveCheckpoint(trx, ctx, target.checkpoint, page.last, merged);
+    await confirmLockHeld(trx, target.lock);
     return { changes: written, counts: merged, page: pageCounted };
   });
 }

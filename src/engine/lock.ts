@@ -15,6 +15,15 @@ const SHARD_LOCK_CLASS = 0x5353; // "SS"
 
 export interface HeldLock {
   release(): Promise<void>;
+  /** What a page's transaction checks before it commits (see confirmLockHeld). */
+  proof: LockProof;
+}
+
+/** The session that holds a run's lock, and the lock it holds exclusively (the schema's or the shard's). */
+export interface LockProof {
+  pid: number;
+  cls: number;
+  key: string;
 }
 
 interface Holder {
@@ -63,7 +72,7 @@ export async function acquireRunLock(
   };
   try {
     // Name this session so a second run can say who holds the lock.
-    await conn.query('select set_config($1, $2, false)', [
+    const named = await conn.query('select set_config($1, $2, false), pg_backend_pid() as pid', [
       'application_name',
       options.description.slice(0, 63),
     ]);
@@ -86,11 +95,32 @@ export async function acquireRunLock(
       }
       held.push(l);
     }
-    return { release };
+    const exclusive = locks.find((l) => !l.shared) as (typeof locks)[number];
+    return { release, proof: { pid: Number(named.rows[0]?.pid), cls: exclusive.cls, key: exclusive.key } };
   } catch (err) {
     await release();
     throw err;
   }
+}
+
+/**
+ * Refuses to go on when the session holding the run lock has ended (terminated, timed out, cut off
+ * by a network failure the server saw first): the lock died with it, so another run may hold it now.
+ * A page checks this last, inside its transaction, so a page whose lock is gone rolls back instead
+ * of acting beside another run.
+ */
+export async function confirmLockHeld(knex: Knex | Knex.Transaction, proof: LockProof): Promise<void> {
+  const r = await knex.raw<{ rows: { held: boolean }[] }>(
+    `select exists (select 1 from pg_locks
+                     where locktype = 'advisory' and granted and mode = 'ExclusiveLock' and pid = ?
+                       and classid = ? and objid = hashtext(?)::oid and objsubid = 2) as held`,
+    [proof.pid, proof.cls, proof.key],
+  );
+  if (r.rows[0]?.held === true) return;
+  throw new SuspendError(
+    `The session holding the run lock (backend pid ${proof.pid}) ended (terminated, or cut off from the server), so another run could take the lock: suspend stopped without committing what it was writing; what was committed stays, so run the command again (an interrupted backfill continues with \`suspend backfill --resume\`).`,
+    { exitCode: ExitCode.failed },
+  );
 }
 
 export async function describeHolder(knex: Knex, schema: string, cls = LOCK_CLASS): Promise<string> {

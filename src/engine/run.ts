@@ -7,7 +7,7 @@ import { policiesReadingInvoices, signalsUsed } from '../source/candidates';
 import { countAccountsQuery, qualified, regclassText, stateTables } from '../source/signals';
 import type { StateChange, WriteContext } from '../write/apply';
 import { checkSetColumns } from '../write/host-columns';
-import { acquireRunLock, type HeldLock } from './lock';
+import { acquireRunLock, confirmLockHeld, type HeldLock, type LockProof } from './lock';
 import { checkConnectionRoom } from './connections';
 import {
   closeShard,
@@ -147,7 +147,7 @@ export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions):
     onWait: (holder) => options.onLog?.(`waiting for the lock held by ${holder}`),
   });
   try {
-    return await realRun(knex, rules, options);
+    return await realRun(knex, rules, options, lock.proof);
   } finally {
     await lock.release();
   }
@@ -599,7 +599,12 @@ async function analyzeStatesOnce(knex: Knex, schema: string): Promise<boolean> {
  * Opens the run (or resumes or joins one), then walks it with a pool sized for its workers: a resumed
  * run keeps the key ranges it started with, whatever --workers says now.
  */
-async function realRun(knex: Knex, rules: Rules, options: BatchOptions): Promise<BatchResult> {
+async function realRun(
+  knex: Knex,
+  rules: Rules,
+  options: BatchOptions,
+  lock: LockProof,
+): Promise<BatchResult> {
   const total = await countAccounts(knex, rules, options);
   // Before the run is opened, so a refused run leaves nothing behind; a resumed run is checked for
   // the split it started with (see resumeRun).
@@ -608,7 +613,7 @@ async function realRun(knex: Knex, rules: Rules, options: BatchOptions): Promise
   }
   const opened = await openRun(knex, rules, options, total);
   return withPipelinePool(knex, opened.workers.length, (pool) =>
-    walkRun(knex, pool, rules, options, { ...opened, total }),
+    walkRun(knex, pool, rules, options, { ...opened, total, lock }),
   );
 }
 
@@ -617,7 +622,7 @@ async function walkRun(
   pool: Knex,
   rules: Rules,
   options: BatchOptions,
-  { run, workers, total }: { run: RunRecord; workers: WorkerStart[]; total: number },
+  { run, workers, total, lock }: { run: RunRecord; workers: WorkerStart[]; total: number; lock: LockProof },
 ): Promise<BatchResult> {
   const schema = rules.settings.schema;
   const max = maxChangesFor(rules, total);
@@ -681,6 +686,7 @@ async function walkRun(
       needs: source.needs,
       invoicePolicies: policiesReadingInvoices(rules),
       hostColumnTypes: new Map(),
+      lock,
       beforeWrite: options.beforeWrite,
     };
     /**
@@ -767,6 +773,7 @@ async function walkRun(
         const w = workers.indexOf(active[i] as WorkerStart);
         const worker = workers[w] as WorkerStart;
         await settled((writing[w] as PageWrite[]).splice(0).map((p) => p.done));
+        await confirmLockHeld(knex, lock);
         await saveCheckpoint(
           knex,
           ctx,
@@ -795,6 +802,8 @@ async function walkRun(
       await close({ status: 'interrupted', error: null });
       return result('interrupted', ExitCode.failed);
     }
+    // Not "succeeded" over a run that another process may have taken up since the lock was lost.
+    await confirmLockHeld(knex, lock);
     await close(null);
     return result('succeeded', ExitCode.ok, await getRun(knex, schema, run.id));
   } catch (err) {

@@ -209,6 +209,16 @@ export async function runLockWaiters(db: TestDatabase): Promise<number[]> {
   return r.rows.map((x) => x.pid);
 }
 
+/** Sessions holding suspend's run lock. */
+export async function runLockHolders(db: TestDatabase): Promise<number[]> {
+  const r = await db.knex.raw<{ rows: { pid: number }[] }>(
+    `select pid from pg_locks
+      where locktype = 'advisory' and granted and classid = 21333 and objsubid = 2
+        and database = (select oid from pg_database where datname = current_database())`,
+  );
+  return r.rows.map((x) => x.pid);
+}
+
 const GATE_KEY = 808_080_808;
 
 /**

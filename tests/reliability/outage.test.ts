@@ -1,17 +1,22 @@
 import { createKnex, onLiveConnection } from '../../src/db/connection';
 import type { TestDatabase } from '../helpers/database';
+import type { CliResult } from '../helpers/cli';
 import {
   ACTOR,
   AS_OF,
   cli,
+  committedPages,
   Gate,
+  type RunningCli,
   finalState,
   ledger,
+  runLockHolders,
   seededDatabase,
   startCli,
   STACK_FRAME,
   suspendSessions,
   waitForSessionsGone,
+  waitUntil,
 } from '../helpers/reliability';
 
 /** Database outage: the connection cut mid-run by pg_terminate_backend. */
@@ -29,6 +34,22 @@ beforeAll(async () => {
   reference = await finalState(db.knex);
 });
 afterAll(async () => Promise.all(dbs.map((d) => d.drop())));
+
+/** Ends the session holding the run lock while `run` is parked at `gate`, then lets the run go on. */
+async function endLockSession(db: TestDatabase, gate: Gate, run: RunningCli): Promise<CliResult> {
+  await gate.blocked(run);
+  const holders = await runLockHolders(db);
+  expect(holders).toHaveLength(1);
+  await db.knex.raw('select pg_terminate_backend(pid) from unnest(?::int[]) as pid', [holders]);
+  await waitUntil(async () => (await runLockHolders(db)).length === 0, 'the run lock is free', run);
+  await gate.release();
+  const result = await run.done;
+  await gate.remove();
+  await waitForSessionsGone(db);
+  return result;
+}
+
+const LOCK_LOST = /^error: The session holding the run lock \(backend pid \d+\) ended[^\n]+\n$/;
 
 async function cutMidRun(which: 'page' | 'all'): Promise<void> {
   const db = await seededDatabase(2000, 4);
@@ -67,6 +88,72 @@ test('the page connection terminated mid-run: one sentence, exit 1, ledger inter
 
 test('every session of the run terminated (pool and lock): the same', async () => {
   await cutMidRun('all');
+});
+
+test('the run lock’s session terminated mid-run: the page being written is not committed, exit 1, resume completes', async () => {
+  const db = await seededDatabase(2000, 4);
+  dbs.push(db);
+  const gate = await Gate.install(db, 'suspend.checkpoints', 'new.pages = 6');
+  // Only the session holding the run lock: the page connections go on, and without the lock another
+  // run could start and act beside this one.
+  const result = await endLockSession(db, gate, startCli(db, [...BACKFILL, '--quiet']));
+
+  expect(result.stdout).toBe('');
+  expect(result.stderr).not.toMatch(STACK_FRAME);
+  const lines = result.stderr.trim().split('\n');
+  expect(lines).toHaveLength(1);
+  expect(result.stderr).toMatch(LOCK_LOST);
+  expect(lines[0]).toContain('suspend backfill --resume');
+  expect(result.code).toBe(1);
+  // Page 6 was parked when the lock went: it and every page after it rolled back.
+  expect(await committedPages(db.knex)).toBe(5);
+  const [run1] = await ledger(db.knex);
+  expect(run1).toMatchObject({ kind: 'backfill', status: 'interrupted' });
+  expect(run1?.error).toMatch(/run lock/);
+
+  const resumed = await cli(db, ['backfill', '--resume', '--no-notify', '--quiet', '--by', ACTOR]);
+  expect(resumed.stderr).toBe('');
+  expect(resumed.code).toBe(0);
+  expect(await finalState(db.knex)).toEqual(reference);
+});
+
+test('a sweep with nothing to write, a revert and a reinstatement whose lock session ended write nothing', async () => {
+  const db = await seededDatabase(2000, 4);
+  dbs.push(db);
+  expect((await cli(db, [...BACKFILL, '--quiet'])).code).toBe(0);
+  const before = await finalState(db.knex);
+  const [backfill] = await ledger(db.knex);
+  const suspended = await db.knex.raw<{ rows: { customer_key: string }[] }>(
+    'select customer_key from suspend.account_states where stage is not null order by customer_key limit 1',
+  );
+  const key = suspended.rows[0]?.customer_key ?? '';
+  const cases: { where: [string, string]; args: string[]; status: string }[] = [
+    // Parked at the sweep's own ledger row, after it took the lock and before it reads a page: the
+    // check before its last checkpoint stops it (no page has anything to write).
+    {
+      where: ['suspend.runs', "tg_op = 'INSERT' and new.kind = 'sweep'"],
+      args: ['sweep', '--as-of', AS_OF, '--batch-size', '100', '--no-notify'],
+      status: 'interrupted',
+    },
+    {
+      where: ['suspend.history', "new.kind = 'revert'"],
+      args: ['revert', backfill?.id ?? '', '--as-of', AS_OF, '--batch-size', '100'],
+      status: 'failed',
+    },
+    {
+      where: ['suspend.history', "new.kind = 'reinstate'"],
+      args: ['reinstate', key, '--reason', 'called back', '--as-of', AS_OF],
+      status: 'failed',
+    },
+  ];
+  for (const c of cases) {
+    const gate = await Gate.install(db, ...c.where);
+    const result = await endLockSession(db, gate, startCli(db, [...c.args, '--by', ACTOR]));
+    expect(result.stderr).toMatch(LOCK_LOST);
+    expect(result.code).toBe(1);
+    expect((await ledger(db.knex)).at(-1)).toMatchObject({ kind: c.args[0], status: c.status });
+    expect(await finalState(db.knex)).toEqual(before);
+  }
 });
 
 test('a statement after every pooled session was killed gets a new connection instead of a dead one', async () => {
