@@ -3,7 +3,7 @@ import pg from 'pg';
 import { parse as parseConnectionString } from 'pg-connection-string';
 import { SuspendError, UsageError, ExitCode, errorMessage } from '../errors';
 import { SqlState, isConnectionLost, lostConnectionReason, sqlState } from './sqlstate';
-import { withoutPreparedStatements } from './prepared';
+import { namesStatements, withoutPreparedStatements } from './prepared';
 
 /** Where the database URL came from, in precedence order: flag > environment > config file > embedded. */
 export type UrlSource = '--database-url' | 'DATABASE_URL' | 'config' | 'embedded';
@@ -163,20 +163,24 @@ export async function describeDatabaseError(err: unknown, url: string | null): P
 }
 
 /**
- * Runs `fn` on `knex`'s pool, again while it fails on a lost connection. Sessions killed together (an
- * outage, or pg_terminate_backend on every session of a run) leave idle pooled connections whose end
- * has not reached us yet, and the pool hands them out as live; each failed try drops one, so the
- * pool's size plus one tries reach a new connection if the server answers. For a single statement or
- * transaction only: a try that failed wrote nothing.
+ * Runs `fn` on `knex`, and once more on a connection opened for it if that failed on a lost
+ * connection. Sessions killed together (an outage, or pg_terminate_backend on every session of a
+ * run) leave pooled connections whose end has not reached us yet, and the pool hands them out as
+ * live, even one that has just failed. For a single statement or transaction: a try that failed
+ * wrote nothing.
  */
-export async function onLiveConnection<T>(knex: Knex, fn: () => Promise<T>): Promise<T> {
-  const size = (knex.client as { pool?: { max?: number } }).pool?.max ?? 1;
-  for (let tries = 1; ; tries++) {
-    try {
-      return await fn();
-    } catch (err) {
-      if (!isConnectionLost(err) || tries > size) throw err;
-    }
+export async function onLiveConnection<T>(knex: Knex, fn: (knex: Knex) => Promise<T>): Promise<T> {
+  try {
+    return await fn(knex);
+  } catch (err) {
+    if (!isConnectionLost(err)) throw err;
+  }
+  const fresh = knexFactory({ ...(knex.client.config as Knex.Config), pool: { min: 0, max: 1 } });
+  if (!namesStatements(knex)) withoutPreparedStatements(fresh);
+  try {
+    return await fn(fresh);
+  } finally {
+    await fresh.destroy().catch(() => undefined);
   }
 }
 

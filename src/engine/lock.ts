@@ -7,6 +7,9 @@ import { SuspendError, ExitCode } from '../errors';
  * The two-int form shows up in pg_locks as (classid, objid), which lets us name the holder.
  */
 const LOCK_CLASS = 0x5355; // "SU"
+
+/** A timestamp as whole microseconds since 1970, as text: exact, whatever the session's DateStyle. */
+const MICROSECONDS = (column: string) => `(extract(epoch from ${column}) * 1000000)::bigint::text`;
 /**
  * `--shard I/N` runs hold the database's lock shared (so shards run side by side, and a run over
  * every account waits for them all) and their own shard's lock exclusively.
@@ -22,6 +25,8 @@ export interface HeldLock {
 /** The session that holds a run's lock, and the lock it holds exclusively (the schema's or the shard's). */
 export interface LockProof {
   pid: number;
+  /** The session's backend_start in microseconds since 1970 (as text): a pid can be reused. */
+  started: string;
   cls: number;
   key: string;
 }
@@ -32,6 +37,13 @@ interface Holder {
   client_addr: string | null;
   pid: number;
 }
+
+const SESSION_SETUP = `
+  select set_config('application_name', $1, false),
+         (select set_config(name, '0', false) from pg_settings where name = 'idle_session_timeout'),
+         a.pid, ${MICROSECONDS('a.backend_start')} as started
+    from pg_stat_activity a
+   where a.pid = pg_backend_pid()`;
 
 type PgConnection = { query(sql: string, params?: unknown[]): Promise<{ rows: Record<string, unknown>[] }> };
 
@@ -71,11 +83,9 @@ export async function acquireRunLock(
     }
   };
   try {
-    // Name this session so a second run can say who holds the lock.
-    const named = await conn.query('select set_config($1, $2, false), pg_backend_pid() as pid', [
-      'application_name',
-      options.description.slice(0, 63),
-    ]);
+    // Name this session so a second run can say who holds the lock, and keep it from being ended
+    // for idling (idle_session_timeout, Postgres 14+): it sends nothing while the run goes on.
+    const named = await conn.query(SESSION_SETUP, [options.description.slice(0, 63)]);
     for (const l of locks) {
       const kind = l.shared ? '_shared' : '';
       const tried = await conn.query(`select pg_try_advisory_lock${kind}($1, hashtext($2)) as ok`, [
@@ -96,7 +106,8 @@ export async function acquireRunLock(
       held.push(l);
     }
     const exclusive = locks.find((l) => !l.shared) as (typeof locks)[number];
-    return { release, proof: { pid: Number(named.rows[0]?.pid), cls: exclusive.cls, key: exclusive.key } };
+    const session = named.rows[0] as { pid: number; started: string };
+    return { release, proof: { ...session, cls: exclusive.cls, key: exclusive.key } };
   } catch (err) {
     await release();
     throw err;
@@ -111,16 +122,32 @@ export async function acquireRunLock(
  */
 export async function confirmLockHeld(knex: Knex | Knex.Transaction, proof: LockProof): Promise<void> {
   const r = await knex.raw<{ rows: { held: boolean }[] }>(
-    `select exists (select 1 from pg_locks
-                     where locktype = 'advisory' and granted and mode = 'ExclusiveLock' and pid = ?
-                       and classid = ? and objid = hashtext(?)::oid and objsubid = 2) as held`,
-    [proof.pid, proof.cls, proof.key],
+    `select exists (select 1 from pg_locks l join pg_stat_activity a on a.pid = l.pid
+                     where l.locktype = 'advisory' and l.granted and l.mode = 'ExclusiveLock' and l.pid = ?
+                       and l.classid = ? and l.objid = hashtext(?)::oid and l.objsubid = 2
+                       and ${MICROSECONDS('a.backend_start')} = ?) as held`,
+    [proof.pid, proof.cls, proof.key, proof.started],
   );
   if (r.rows[0]?.held === true) return;
   throw new SuspendError(
     `The session holding the run lock (backend pid ${proof.pid}) ended (terminated, or cut off from the server), so another run could take the lock: suspend stopped without committing what it was writing; what was committed stays, so run the command again (an interrupted backfill continues with \`suspend backfill --resume\`).`,
     { exitCode: ExitCode.failed },
   );
+}
+
+/**
+ * Whether another session holds the lock this run lost (another run took it up, maybe resuming this
+ * very run): then the ledger is that run's to write.
+ */
+export async function lockTakenOver(knex: Knex, proof: LockProof): Promise<boolean> {
+  const r = await knex.raw<{ rows: { taken: boolean }[] }>(
+    `select exists (select 1 from pg_locks
+                     where locktype = 'advisory' and granted and pid <> ?
+                       and database = (select oid from pg_database where datname = current_database())
+                       and classid = ? and objid = hashtext(?)::oid and objsubid = 2) as taken`,
+    [proof.pid, proof.cls, proof.key],
+  );
+  return r.rows[0]?.taken === true;
 }
 
 export async function describeHolder(knex: Knex, schema: string, cls = LOCK_CLASS): Promise<string> {

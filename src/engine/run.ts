@@ -7,7 +7,7 @@ import { policiesReadingInvoices, signalsUsed } from '../source/candidates';
 import { countAccountsQuery, qualified, regclassText, stateTables } from '../source/signals';
 import type { StateChange, WriteContext } from '../write/apply';
 import { checkSetColumns } from '../write/host-columns';
-import { acquireRunLock, confirmLockHeld, type HeldLock, type LockProof } from './lock';
+import { acquireRunLock, confirmLockHeld, lockTakenOver, type HeldLock, type LockProof } from './lock';
 import { checkConnectionRoom } from './connections';
 import {
   closeShard,
@@ -655,9 +655,12 @@ async function walkRun(
   });
   const shards = sharded(options.shard) ? options.shard : null;
   /** Closes the run, or this shard's part of a shared run (the run closes with its last shard). */
-  const close = async (stopped: { status: 'interrupted' | 'stopped'; error: string | null } | null) => {
+  const close = async (
+    stopped: { status: 'interrupted' | 'stopped'; error: string | null } | null,
+    db: Knex = knex,
+  ) => {
     if (!shards) {
-      await finishRun(knex, schema, run.id, {
+      await finishRun(db, schema, run.id, {
         status: stopped?.status ?? 'succeeded',
         counts,
         error: stopped?.error,
@@ -665,7 +668,7 @@ async function walkRun(
       return;
     }
     const name = shardName(shards);
-    const progress = await closeShard(knex, schema, run.id, shards.count, name, stopped);
+    const progress = await closeShard(db, schema, run.id, shards.count, name, stopped);
     if (!stopped && progress.status !== 'running' && progress.waiting.length > 0) {
       options.onLog?.(
         `shard ${name} finished; run ${run.id} stays ${progress.status}: shard${progress.waiting.length > 1 ? 's' : ''} ${progress.waiting.join(', ')} did not finish (see \`suspend runs show ${run.id}\`)`,
@@ -773,7 +776,6 @@ async function walkRun(
         const w = workers.indexOf(active[i] as WorkerStart);
         const worker = workers[w] as WorkerStart;
         await settled((writing[w] as PageWrite[]).splice(0).map((p) => p.done));
-        await confirmLockHeld(knex, lock);
         await saveCheckpoint(
           knex,
           ctx,
@@ -808,11 +810,12 @@ async function walkRun(
     return result('succeeded', ExitCode.ok, await getRun(knex, schema, run.id));
   } catch (err) {
     // Mark the run interrupted when the database still answers (on a new connection if the pool's
-    // were killed with the one that failed); if it does not, the row stays "running" and the next
-    // run (which then holds the lock) knows it died.
-    await onLiveConnection(knex, () => close({ status: 'interrupted', error: errorMessage(err) })).catch(
-      () => undefined,
-    );
+    // were killed with the one that failed) and no other run has taken the lock since this one lost
+    // it; otherwise the row stays "running" and the next run that holds the lock knows it died.
+    await onLiveConnection(knex, async (db) => {
+      if (!(await lockTakenOver(db, lock)))
+        await close({ status: 'interrupted', error: errorMessage(err) }, db);
+    }).catch(() => undefined);
     throw err;
   }
 }

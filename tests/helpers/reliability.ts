@@ -129,8 +129,16 @@ export function startNode(argv: string[], env: Record<string, string | undefined
   return { child, done };
 }
 
-export function startCli(db: TestDatabase, args: string[], rulesFile = RULES_FILE): RunningCli {
-  return startNode([path.join(ROOT, 'bin/suspend'), ...args, '--rules', rulesFile, '--database-url', db.url]);
+export function startCli(
+  db: TestDatabase,
+  args: string[],
+  rulesFile = RULES_FILE,
+  env: Record<string, string> = {},
+): RunningCli {
+  return startNode(
+    [path.join(ROOT, 'bin/suspend'), ...args, '--rules', rulesFile, '--database-url', db.url],
+    env,
+  );
 }
 
 /**

@@ -1,3 +1,4 @@
+import pg from 'pg';
 import { createKnex, onLiveConnection } from '../../src/db/connection';
 import type { TestDatabase } from '../helpers/database';
 import type { CliResult } from '../helpers/cli';
@@ -35,13 +36,22 @@ beforeAll(async () => {
 });
 afterAll(async () => Promise.all(dbs.map((d) => d.drop())));
 
-/** Ends the session holding the run lock while `run` is parked at `gate`, then lets the run go on. */
-async function endLockSession(db: TestDatabase, gate: Gate, run: RunningCli): Promise<CliResult> {
+/**
+ * Ends the session holding the run lock while `run` is parked at `gate`, then (after `meanwhile`,
+ * with the lock free) lets the run go on.
+ */
+async function endLockSession(
+  db: TestDatabase,
+  gate: Gate,
+  run: RunningCli,
+  meanwhile?: () => Promise<void>,
+): Promise<CliResult> {
   await gate.blocked(run);
   const holders = await runLockHolders(db);
   expect(holders).toHaveLength(1);
   await db.knex.raw('select pg_terminate_backend(pid) from unnest(?::int[]) as pid', [holders]);
   await waitUntil(async () => (await runLockHolders(db)).length === 0, 'the run lock is free', run);
+  await meanwhile?.();
   await gate.release();
   const result = await run.done;
   await gate.remove();
@@ -95,8 +105,12 @@ test('the run lock’s session terminated mid-run: the page being written is not
   dbs.push(db);
   const gate = await Gate.install(db, 'suspend.checkpoints', 'new.pages = 6');
   // Only the session holding the run lock: the page connections go on, and without the lock another
-  // run could start and act beside this one.
-  const result = await endLockSession(db, gate, startCli(db, [...BACKFILL, '--quiet']));
+  // run could start and act beside this one. One does take the lock (here: this test's session).
+  const other = new pg.Client({ connectionString: db.url, application_name: 'another run' });
+  await other.connect();
+  const result = await endLockSession(db, gate, startCli(db, [...BACKFILL, '--quiet']), async () => {
+    await other.query("select pg_advisory_lock(21333, hashtext('suspend'))");
+  });
 
   expect(result.stdout).toBe('');
   expect(result.stderr).not.toMatch(STACK_FRAME);
@@ -107,13 +121,42 @@ test('the run lock’s session terminated mid-run: the page being written is not
   expect(result.code).toBe(1);
   // Page 6 was parked when the lock went: it and every page after it rolled back.
   expect(await committedPages(db.knex)).toBe(5);
-  const [run1] = await ledger(db.knex);
-  expect(run1).toMatchObject({ kind: 'backfill', status: 'interrupted' });
-  expect(run1?.error).toMatch(/run lock/);
+  // The ledger row is left to the run that holds the lock now (it may be resuming this very run).
+  expect(await ledger(db.knex)).toMatchObject([{ kind: 'backfill', status: 'running', error: null }]);
+  await other.end();
 
   const resumed = await cli(db, ['backfill', '--resume', '--no-notify', '--quiet', '--by', ACTOR]);
   expect(resumed.stderr).toBe('');
   expect(resumed.code).toBe(0);
+  expect(await finalState(db.knex)).toEqual(reference);
+});
+
+test('the run lock’s session is not ended for idling (idle_session_timeout) while the run goes on', async () => {
+  const db = await seededDatabase(2000, 4);
+  dbs.push(db);
+  const gate = await Gate.install(db, 'suspend.checkpoints', 'new.pages = 6');
+  // Every session of the run ends after a second idle (libpq's PGOPTIONS, which node-postgres reads).
+  const run = startCli(db, [...BACKFILL, '--quiet'], undefined, {
+    PGOPTIONS: '-c idle_session_timeout=1000',
+  });
+  await gate.blocked(run);
+  // Every session of the run but the parked page's is idle now; the lock's stays past the timeout.
+  await waitUntil(
+    async () => {
+      const r = await db.knex.raw<{ rows: { idle: boolean }[] }>(
+        `select coalesce(bool_and(now() - state_change > interval '1.5 s'), true) as idle
+           from pg_stat_activity where application_name like 'suspend backfill by %'`,
+      );
+      return r.rows[0]?.idle === true;
+    },
+    'the lock session has idled past the timeout (or was ended)',
+    run,
+  );
+  expect(await runLockHolders(db)).toHaveLength(1);
+  await gate.remove();
+  const result = await run.done;
+  expect(result.stderr).toBe('');
+  expect(result.code).toBe(0);
   expect(await finalState(db.knex)).toEqual(reference);
 });
 
@@ -129,7 +172,7 @@ test('a sweep with nothing to write, a revert and a reinstatement whose lock ses
   const key = suspended.rows[0]?.customer_key ?? '';
   const cases: { where: [string, string]; args: string[]; status: string }[] = [
     // Parked at the sweep's own ledger row, after it took the lock and before it reads a page: the
-    // check before its last checkpoint stops it (no page has anything to write).
+    // check before it closes as succeeded stops it (no page has anything to write).
     {
       where: ['suspend.runs', "tg_op = 'INSERT' and new.kind = 'sweep'"],
       args: ['sweep', '--as-of', AS_OF, '--batch-size', '100', '--no-notify'],
@@ -146,6 +189,10 @@ test('a sweep with nothing to write, a revert and a reinstatement whose lock ses
       status: 'failed',
     },
   ];
+  // A run in another database of the server holds its own lock (same key): not this run's business.
+  const elsewhere = new pg.Client({ connectionString: (dbs[0] as TestDatabase).url });
+  await elsewhere.connect();
+  await elsewhere.query("select pg_advisory_lock(21333, hashtext('suspend'))");
   for (const c of cases) {
     const gate = await Gate.install(db, ...c.where);
     const result = await endLockSession(db, gate, startCli(db, [...c.args, '--by', ACTOR]));
@@ -154,6 +201,7 @@ test('a sweep with nothing to write, a revert and a reinstatement whose lock ses
     expect((await ledger(db.knex)).at(-1)).toMatchObject({ kind: c.args[0], status: c.status });
     expect(await finalState(db.knex)).toEqual(before);
   }
+  await elsewhere.end();
 });
 
 test('a statement after every pooled session was killed gets a new connection instead of a dead one', async () => {
@@ -167,7 +215,9 @@ test('a statement after every pooled session was killed gets a new connection in
       await db.knex.raw(
         "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'suspend killed pool'",
       );
-      const r = await onLiveConnection(pool, () => pool.raw<{ rows: { one: number }[] }>('select 1 as one'));
+      const r = await onLiveConnection(pool, (live) =>
+        live.raw<{ rows: { one: number }[] }>('select 1 as one'),
+      );
       expect(r.rows).toEqual([{ one: 1 }]);
     }
   } finally {
