@@ -226,6 +226,17 @@ describe('suspend notify', () => {
     );
   }
 
+  /** The webhook answers 200 but never request `n` (0-based); resolves once that one is held. */
+  function holdRequest(n: number): Promise<void> {
+    return new Promise<void>((held) => {
+      hook.respond = (_req, i) => {
+        if (i !== n) return 200;
+        held();
+        return 'hold';
+      };
+    });
+  }
+
   beforeAll(async () => {
     db = await createTestDatabase();
     smtp = await startSmtp();
@@ -544,15 +555,7 @@ describe('suspend notify', () => {
   test('a process killed in the middle of delivering loses nothing and sends each event at most once more', async () => {
     await resetOutbox();
     const file = webhookOnlyRules(hook, false);
-    let stalled: () => void = () => undefined;
-    const stall = new Promise<void>((resolve) => (stalled = resolve));
-    hook.respond = (_req, i) => {
-      if (i === 10) {
-        stalled();
-        return 'hold';
-      }
-      return 200;
-    };
+    const stall = holdRequest(10);
     const child = spawn(
       process.execPath,
       [path.join(ROOT, 'bin/suspend'), 'notify', '--rules', file, '--database-url', db.url],
@@ -592,6 +595,40 @@ describe('suspend notify', () => {
     expect([...times.keys()].sort()).toEqual(backfillRows.map((x) => x.id).sort());
     expect(Math.max(...times.values())).toBe(2);
     expect([...times.values()].filter((n) => n === 2)).toHaveLength(1);
+  });
+
+  test('the claiming session is not ended for idling (idle_session_timeout) while a delivery waits', async () => {
+    await resetOutbox();
+    const file = webhookOnlyRules(hook, false);
+    const stall = holdRequest(1);
+    // Every session of the process ends after a second idle (PGOPTIONS, read by node-postgres).
+    const delivering = runCli(['notify', '--rules', file, '--database-url', db.url], {
+      env: { SMTP_URL: smtp.url, PGOPTIONS: '-c idle_session_timeout=1000' },
+    });
+    await stall;
+    const claimers = async () =>
+      (
+        await db.knex.raw<{ rows: { idle: boolean }[] }>(
+          `select now() - a.state_change > interval '1.5 s' as idle
+             from pg_locks l join pg_stat_activity a on a.pid = l.pid
+            where l.locktype = 'advisory' and l.granted and l.classid = ?
+              and l.database = (select oid from pg_database where datname = current_database())`,
+          [NOTIFY_LOCK_CLASS],
+        )
+      ).rows;
+    // Until the claiming session has idled past the timeout, or is gone.
+    for (let i = 0; i < 200; i++) {
+      const now = await claimers();
+      if (now.length === 0 || now.every((c) => c.idle)) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    expect(await claimers()).toEqual([{ idle: true }]);
+    hook.held.shift()?.writeHead(200).end();
+
+    expect((await delivering).code).toBe(0);
+    const ids = hook.requests.flatMap((req) => eventsOf(req).map((e) => e.id));
+    expect(ids.sort()).toEqual(backfillRows.map((x) => x.id).sort());
+    expect((await outbox()).every((x) => x.status === 'sent')).toBe(true);
   });
 
   test('bad flags: --failed with --retry-failed is a usage error', async () => {

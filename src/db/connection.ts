@@ -163,6 +163,13 @@ export async function describeDatabaseError(err: unknown, url: string | null): P
 }
 
 /**
+ * A select-list item that turns idle_session_timeout (Postgres 14+; nothing before) off for the
+ * session: for a session held for its advisory lock, which sends nothing while the command goes on
+ * and would lose the lock when the server ends it for idling.
+ */
+export const NO_IDLE_SESSION_TIMEOUT = `(select set_config(name, '0', false) from pg_settings where name = 'idle_session_timeout')`;
+
+/**
  * Runs `fn` on `knex`, and once more on a connection opened for it if that failed on a lost
  * connection. Sessions killed together (an outage, or pg_terminate_backend on every session of a
  * run) leave pooled connections whose end has not reached us yet, and the pool hands them out as

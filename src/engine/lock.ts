@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import { SuspendError, ExitCode } from '../errors';
+import { NO_IDLE_SESSION_TIMEOUT } from '../db/connection';
 
 /**
  * One session advisory lock per database (and suspend schema) for every writing run. It lives on a
@@ -40,7 +41,7 @@ interface Holder {
 
 const SESSION_SETUP = `
   select set_config('application_name', $1, false),
-         (select set_config(name, '0', false) from pg_settings where name = 'idle_session_timeout'),
+         ${NO_IDLE_SESSION_TIMEOUT},
          a.pid, ${MICROSECONDS('a.backend_start')} as started
     from pg_stat_activity a
    where a.pid = pg_backend_pid()`;

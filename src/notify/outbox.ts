@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import type { OutboxPayload } from '../types';
+import { NO_IDLE_SESSION_TIMEOUT } from '../db/connection';
 
 /**
  * The outbox as `suspend notify` reads and settles it (`<schema>.outbox`). Events are claimed with
@@ -64,8 +65,10 @@ export interface ClaimSession {
 export async function openClaimSession(knex: Knex): Promise<ClaimSession> {
   const conn = (await knex.client.acquireConnection()) as PgConnection;
   try {
+    // The session idles while events are delivered; ended for that, it would give up its claims.
     const r = await conn.query(
-      'select pid, pg_try_advisory_lock($1, pid) as ok from (select pg_backend_pid() as pid) s',
+      `select pid, pg_try_advisory_lock($1, pid) as ok, ${NO_IDLE_SESSION_TIMEOUT}
+         from (select pg_backend_pid() as pid) s`,
       [NOTIFY_LOCK_CLASS],
     );
     const row = r.rows[0] as { pid: number; ok: boolean } | undefined;
