@@ -153,6 +153,16 @@ export async function describeDatabaseError(err: unknown, url: string | null): P
       { cause: err },
     );
   }
+  if (code === SqlState.queryCanceled || code === SqlState.lockNotAvailable) {
+    const why =
+      code === SqlState.queryCanceled
+        ? 'cancelled a statement of this command (its statement_timeout, or pg_cancel_backend)'
+        : 'gave up waiting for a lock (its lock_timeout)';
+    return new SuspendError(
+      `Postgres${where} ${why}; what was committed stays, so run the command again (an interrupted backfill continues with \`suspend backfill --resume\`), and if a timeout is set for this role or database, raise it for suspend's role.`,
+      { exitCode: ExitCode.failed, cause: err },
+    );
+  }
   if (code === SqlState.insufficientPrivilege) {
     return new SuspendError(
       `Postgres${where} refused: ${driverMessage(errorMessage(err))}; the role in the database URL needs the grants listed in docs/least-privilege.sql.`,
@@ -163,11 +173,13 @@ export async function describeDatabaseError(err: unknown, url: string | null): P
 }
 
 /**
- * A select-list item that turns idle_session_timeout (Postgres 14+; nothing before) off for the
- * session: for a session held for its advisory lock, which sends nothing while the command goes on
- * and would lose the lock when the server ends it for idling.
+ * A select-list item that turns the server's, role's or database's timeouts off for one session:
+ * for a session held for its advisory lock, which idles while the command goes on
+ * (idle_session_timeout, Postgres 14+) and, with --wait, waits for the lock as long as another run
+ * holds it (statement_timeout, lock_timeout). The command's other sessions keep them.
  */
-export const NO_IDLE_SESSION_TIMEOUT = `(select set_config(name, '0', false) from pg_settings where name = 'idle_session_timeout')`;
+export const NO_SESSION_TIMEOUTS = `(select count(set_config(name, '0', false)) from pg_settings
+   where name in ('idle_session_timeout', 'statement_timeout', 'lock_timeout'))`;
 
 /**
  * Runs `fn` on `knex`, and once more on a connection opened for it if that failed on a lost

@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import { SuspendError, ExitCode } from '../errors';
-import { NO_IDLE_SESSION_TIMEOUT } from '../db/connection';
+import { NO_SESSION_TIMEOUTS } from '../db/connection';
 
 /**
  * One session advisory lock per database (and suspend schema) for every writing run. It lives on a
@@ -41,7 +41,7 @@ interface Holder {
 
 const SESSION_SETUP = `
   select set_config('application_name', $1, false),
-         ${NO_IDLE_SESSION_TIMEOUT},
+         ${NO_SESSION_TIMEOUTS},
          a.pid, ${MICROSECONDS('a.backend_start')} as started
     from pg_stat_activity a
    where a.pid = pg_backend_pid()`;
@@ -85,7 +85,7 @@ export async function acquireRunLock(
   };
   try {
     // Name this session so a second run can say who holds the lock, and keep it from being ended
-    // for idling (idle_session_timeout, Postgres 14+): it sends nothing while the run goes on.
+    // for idling or its --wait cut short by a timeout set for the role (see NO_SESSION_TIMEOUTS).
     const named = await conn.query(SESSION_SETUP, [options.description.slice(0, 63)]);
     for (const l of locks) {
       const kind = l.shared ? '_shared' : '';

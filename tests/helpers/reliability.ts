@@ -99,8 +99,13 @@ export async function leastPrivilegeRole(db: TestDatabase, prefix: string): Prom
 }
 
 /** The CLI against one database with the engine rules, as the engine tests run it. */
-export function cli(db: TestDatabase, args: string[], rulesFile = RULES_FILE): Promise<CliResult> {
-  return runCli([...args, '--rules', rulesFile, '--database-url', db.url]);
+export function cli(
+  db: TestDatabase,
+  args: string[],
+  rulesFile = RULES_FILE,
+  env: Record<string, string> = {},
+): Promise<CliResult> {
+  return runCli([...args, '--rules', rulesFile, '--database-url', db.url], { env });
 }
 
 export interface RunningCli {

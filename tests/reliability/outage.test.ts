@@ -28,8 +28,7 @@ let reference: Record<string, string>;
 const dbs: TestDatabase[] = [];
 
 beforeAll(async () => {
-  const db = await seededDatabase(2000, 4);
-  dbs.push(db);
+  const db = await ownDatabase();
   const r = await cli(db, [...BACKFILL, '--quiet']);
   expect(r.code).toBe(0);
   reference = await finalState(db.knex);
@@ -61,9 +60,23 @@ async function endLockSession(
 
 const LOCK_LOST = /^error: The session holding the run lock \(backend pid \d+\) ended[^\n]+\n$/;
 
-async function cutMidRun(which: 'page' | 'all'): Promise<void> {
+/** A database of the test's own (the reference data), dropped after the file. */
+async function ownDatabase(): Promise<TestDatabase> {
   const db = await seededDatabase(2000, 4);
   dbs.push(db);
+  return db;
+}
+
+/** Another session of `db` (a payment, another run) that has run `statements`, e.g. to hold a lock. */
+async function otherSession(db: TestDatabase, name: string, ...statements: string[]): Promise<pg.Client> {
+  const other = new pg.Client({ connectionString: db.url, application_name: name });
+  await other.connect();
+  for (const sql of statements) await other.query(sql);
+  return other;
+}
+
+async function cutMidRun(which: 'page' | 'all'): Promise<void> {
+  const db = await ownDatabase();
   const gate = await Gate.install(db, 'suspend.checkpoints', 'new.pages = 6');
   const run = startCli(db, [...BACKFILL, '--quiet']);
   const parked = await gate.blocked(run);
@@ -101,13 +114,11 @@ test('every session of the run terminated (pool and lock): the same', async () =
 });
 
 test('the run lock’s session terminated mid-run: the page being written is not committed, exit 1, resume completes', async () => {
-  const db = await seededDatabase(2000, 4);
-  dbs.push(db);
+  const db = await ownDatabase();
   const gate = await Gate.install(db, 'suspend.checkpoints', 'new.pages = 6');
   // Only the session holding the run lock: the page connections go on, and without the lock another
   // run could start and act beside this one. One does take the lock (here: this test's session).
-  const other = new pg.Client({ connectionString: db.url, application_name: 'another run' });
-  await other.connect();
+  const other = await otherSession(db, 'another run');
   const result = await endLockSession(db, gate, startCli(db, [...BACKFILL, '--quiet']), async () => {
     await other.query("select pg_advisory_lock(21333, hashtext('suspend'))");
   });
@@ -132,8 +143,7 @@ test('the run lock’s session terminated mid-run: the page being written is not
 });
 
 test('the run lock’s session is not ended for idling (idle_session_timeout) while the run goes on', async () => {
-  const db = await seededDatabase(2000, 4);
-  dbs.push(db);
+  const db = await ownDatabase();
   const gate = await Gate.install(db, 'suspend.checkpoints', 'new.pages = 6');
   // Every session of the run ends after a second idle (libpq's PGOPTIONS, which node-postgres reads).
   const run = startCli(db, [...BACKFILL, '--quiet'], undefined, {
@@ -160,9 +170,69 @@ test('the run lock’s session is not ended for idling (idle_session_timeout) wh
   expect(await finalState(db.knex)).toEqual(reference);
 });
 
+test('a statement cancelled mid-run (statement_timeout, pg_cancel_backend): one sentence, exit 1, resume completes', async () => {
+  const db = await ownDatabase();
+  const gate = await Gate.install(db, 'suspend.checkpoints', 'new.pages = 6');
+  const run = startCli(db, [...BACKFILL, '--quiet']);
+  const parked = await gate.blocked(run);
+  await db.knex.raw('select pg_cancel_backend(?)', [parked]);
+  const result = await run.done;
+  await gate.remove();
+
+  expect(result.stderr).toMatch(
+    /^error: Postgres at \S+ cancelled a statement of this command \(its statement_timeout, or pg_cancel_backend\); what was committed stays[^\n]+`suspend backfill --resume`[^\n]+\n$/,
+  );
+  expect(result.code).toBe(1);
+  expect(await ledger(db.knex)).toMatchObject([{ kind: 'backfill', status: 'interrupted' }]);
+  const resumed = await cli(db, ['backfill', '--resume', '--no-notify', '--quiet', '--by', ACTOR]);
+  expect(resumed.code).toBe(0);
+  expect(await finalState(db.knex)).toEqual(reference);
+});
+
+test('a page that waits for invoices locked by another transaction past lock_timeout: one sentence, exit 1', async () => {
+  const db = await ownDatabase();
+  const payer = await otherSession(db, 'a payment', 'begin', 'select 1 from public.invoices for update');
+  const result = await cli(db, [...BACKFILL, '--quiet'], undefined, { PGOPTIONS: '-c lock_timeout=500' });
+  await payer.query('rollback');
+  await payer.end();
+
+  expect(result.stderr).toMatch(
+    /^error: Postgres at \S+ gave up waiting for a lock \(its lock_timeout\); what was committed stays[^\n]+\n$/,
+  );
+  expect(result.code).toBe(1);
+  expect(await ledger(db.knex)).toMatchObject([{ kind: 'backfill', status: 'interrupted' }]);
+  expect(await committedPages(db.knex)).toBe(0);
+});
+
+test('a run waiting for the lock (--wait) is not cut short by a statement_timeout set for its sessions', async () => {
+  const db = await ownDatabase();
+  const other = await otherSession(db, 'another run', "select pg_advisory_lock(21333, hashtext('suspend'))");
+  // Every session of the run cancels statements after a second (PGOPTIONS, read by node-postgres).
+  const run = startCli(db, [...BACKFILL, '--quiet', '--wait'], undefined, {
+    PGOPTIONS: '-c statement_timeout=1000',
+  });
+  await waitUntil(
+    async () => {
+      const r = await db.knex.raw<{ rows: { long: boolean }[] }>(
+        `select now() - a.query_start > interval '1.5 s' as long
+           from pg_locks l join pg_stat_activity a on a.pid = l.pid
+          where l.locktype = 'advisory' and not l.granted and l.classid = 21333
+            and l.database = (select oid from pg_database where datname = current_database())`,
+      );
+      return r.rows[0]?.long === true;
+    },
+    'the run has waited for the lock past its statement_timeout',
+    run,
+  );
+  await other.end();
+  const result = await run.done;
+  expect(result.stderr).toBe('');
+  expect(result.code).toBe(0);
+  expect(await finalState(db.knex)).toEqual(reference);
+});
+
 test('a sweep with nothing to write, a revert and a reinstatement whose lock session ended write nothing', async () => {
-  const db = await seededDatabase(2000, 4);
-  dbs.push(db);
+  const db = await ownDatabase();
   expect((await cli(db, [...BACKFILL, '--quiet'])).code).toBe(0);
   const before = await finalState(db.knex);
   const [backfill] = await ledger(db.knex);
@@ -190,9 +260,11 @@ test('a sweep with nothing to write, a revert and a reinstatement whose lock ses
     },
   ];
   // A run in another database of the server holds its own lock (same key): not this run's business.
-  const elsewhere = new pg.Client({ connectionString: (dbs[0] as TestDatabase).url });
-  await elsewhere.connect();
-  await elsewhere.query("select pg_advisory_lock(21333, hashtext('suspend'))");
+  const elsewhere = await otherSession(
+    dbs[0] as TestDatabase,
+    'a run in another database',
+    "select pg_advisory_lock(21333, hashtext('suspend'))",
+  );
   for (const c of cases) {
     const gate = await Gate.install(db, ...c.where);
     const result = await endLockSession(db, gate, startCli(db, [...c.args, '--by', ACTOR]));
