@@ -7,8 +7,8 @@ import { checksumTables } from './helpers/fixtures';
 const AS_OF = '2026-11-23';
 const N = 20_000;
 
-function seed(db: TestDatabase, args: string[]) {
-  return runCli(['seed', ...args, '--as-of', AS_OF, '--database-url', db.url], { timeoutMs: 300_000 });
+function seed(db: TestDatabase, args: string[], env: Record<string, string> = {}) {
+  return runCli(['seed', ...args, '--as-of', AS_OF, '--database-url', db.url], { timeoutMs: 300_000, env });
 }
 
 async function one<T>(db: TestDatabase, sql: string, bindings: unknown[] = []): Promise<T> {
@@ -314,6 +314,18 @@ describe('loading in two sessions', () => {
               (select count(*) from pg_indexes where schemaname = 'public') as indexes`,
     );
     expect(rows).toEqual({ o: '0', c: '0', r: '0', i: '0', s: '0', indexes: '10' });
+  });
+
+  test('the session guarding the load is not ended while it idles (idle_in_transaction_session_timeout)', async () => {
+    // Every session of the seed: a transaction idle for 100 ms is ended (PGOPTIONS, read by
+    // node-postgres). The guard's transaction idles for the whole load; the loads do not idle.
+    const r = await seed(db, ['--customers', String(N), '--quiet'], {
+      PGOPTIONS: '-c idle_in_transaction_session_timeout=100',
+    });
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const n = await one<{ n: string }>(db, 'select count(*) as n from customers');
+    expect(n.n).toBe(String(N));
   });
 
   test('two seeds at once: one fills the tables, the other waits, then refuses', async () => {

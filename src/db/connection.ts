@@ -173,13 +173,16 @@ export async function describeDatabaseError(err: unknown, url: string | null): P
 }
 
 /**
- * A select-list item that turns the server's, role's or database's timeouts off for one session:
- * for a session held for its advisory lock, which idles while the command goes on
- * (idle_session_timeout, Postgres 14+) and, with --wait, waits for the lock as long as another run
- * holds it (statement_timeout, lock_timeout). The command's other sessions keep them.
+ * A select-list item that turns the server's, role's or database's timeouts off for a session held
+ * for an advisory lock, which idles while the command goes on (idle_session_timeout, Postgres 14+;
+ * idle_in_transaction_session_timeout for a transaction-scoped lock) and may wait for the lock as
+ * long as another process holds it (statement_timeout, lock_timeout). `local`: until the end of the
+ * transaction. The command's other sessions keep them.
  */
-export const NO_SESSION_TIMEOUTS = `(select count(set_config(name, '0', false)) from pg_settings
-   where name in ('idle_session_timeout', 'statement_timeout', 'lock_timeout'))`;
+export function noTimeouts(local: boolean): string {
+  return `(select count(set_config(name, '0', ${local})) from pg_settings
+   where name in ('idle_session_timeout', 'idle_in_transaction_session_timeout', 'statement_timeout', 'lock_timeout'))`;
+}
 
 /**
  * Runs `fn` on `knex`, and once more on a connection opened for it if that failed on a lost

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import { SuspendError, ExitCode } from '../errors';
+import { noTimeouts } from './connection';
 
 /** Shipped beside dist/ in the package. */
 export const MIGRATIONS_DIR = path.resolve(__dirname, '../../migrations');
@@ -58,6 +59,9 @@ export async function migrateLatest(knex: Knex, schema: string): Promise<Migrati
   const holder = knexFactory({ ...knex.client.config, pool: { min: 0, max: 1 } } as Knex.Config);
   try {
     await holder.transaction(async (trx) => {
+      // This transaction idles while the migrations run on the other connection (a statement of
+      // its own: a timeout set in a statement does not reach that statement).
+      await trx.raw(`select ${noTimeouts(true)}`);
       await trx.raw('select pg_advisory_xact_lock(?, hashtext(?))', [MIGRATE_LOCK_CLASS, schema]);
       await knex.raw('create schema if not exists ??', [schema]);
       await knex.withUserParams({ schema }).migrate.latest(migrationConfig(schema));

@@ -149,12 +149,18 @@ export async function finishRun(
   knex: Knex | Knex.Transaction,
   schema: string,
   id: string,
-  result: { status: Exclude<RunStatus, 'running'>; counts?: object; error?: string | null },
+  result: {
+    status: Exclude<RunStatus, 'running'>;
+    counts?: object;
+    error?: string | null;
+    /** Leave a row that is no longer running as it is. */
+    onlyIfRunning?: boolean;
+  },
 ): Promise<void> {
   await knex
     .withSchema(schema)
     .table('runs')
-    .where({ id })
+    .where({ id, ...(result.onlyIfRunning ? { status: 'running' } : {}) })
     .update({
       status: result.status,
       ...(result.counts ? { counts: JSON.stringify(result.counts) } : {}),

@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import { SuspendError, ExitCode } from '../errors';
-import { NO_SESSION_TIMEOUTS } from '../db/connection';
+import { noTimeouts } from '../db/connection';
 
 /**
  * One session advisory lock per database (and suspend schema) for every writing run. It lives on a
@@ -30,6 +30,8 @@ export interface LockProof {
   started: string;
   cls: number;
   key: string;
+  /** Every lock the run holds (a shard run: the schema's shared, then its shard's). */
+  locks: { cls: number; key: string; shared: boolean }[];
 }
 
 interface Holder {
@@ -41,7 +43,7 @@ interface Holder {
 
 const SESSION_SETUP = `
   select set_config('application_name', $1, false),
-         ${NO_SESSION_TIMEOUTS},
+         ${noTimeouts(false)},
          a.pid, ${MICROSECONDS('a.backend_start')} as started
     from pg_stat_activity a
    where a.pid = pg_backend_pid()`;
@@ -85,7 +87,7 @@ export async function acquireRunLock(
   };
   try {
     // Name this session so a second run can say who holds the lock, and keep it from being ended
-    // for idling or its --wait cut short by a timeout set for the role (see NO_SESSION_TIMEOUTS).
+    // for idling or its --wait cut short by a timeout set for the role (see noTimeouts).
     const named = await conn.query(SESSION_SETUP, [options.description.slice(0, 63)]);
     for (const l of locks) {
       const kind = l.shared ? '_shared' : '';
@@ -108,11 +110,24 @@ export async function acquireRunLock(
     }
     const exclusive = locks.find((l) => !l.shared) as (typeof locks)[number];
     const session = named.rows[0] as { pid: number; started: string };
-    return { release, proof: { ...session, cls: exclusive.cls, key: exclusive.key } };
+    const all = locks.map(({ cls, key, shared }) => ({ cls, key, shared }));
+    return { release, proof: { ...session, cls: exclusive.cls, key: exclusive.key, locks: all } };
   } catch (err) {
     await release();
     throw err;
   }
+}
+
+/** Whether the session that took the run lock is still there and holds it. */
+async function lockHeld(knex: Knex | Knex.Transaction, proof: LockProof): Promise<boolean> {
+  const r = await knex.raw<{ rows: { held: boolean }[] }>(
+    `select exists (select 1 from pg_locks l join pg_stat_activity a on a.pid = l.pid
+                     where l.locktype = 'advisory' and l.granted and l.mode = 'ExclusiveLock' and l.pid = ?
+                       and l.classid = ? and l.objid = hashtext(?)::oid and l.objsubid = 2
+                       and ${MICROSECONDS('a.backend_start')} = ?) as held`,
+    [proof.pid, proof.cls, proof.key, proof.started],
+  );
+  return r.rows[0]?.held === true;
 }
 
 /**
@@ -122,14 +137,7 @@ export async function acquireRunLock(
  * of acting beside another run.
  */
 export async function confirmLockHeld(knex: Knex | Knex.Transaction, proof: LockProof): Promise<void> {
-  const r = await knex.raw<{ rows: { held: boolean }[] }>(
-    `select exists (select 1 from pg_locks l join pg_stat_activity a on a.pid = l.pid
-                     where l.locktype = 'advisory' and l.granted and l.mode = 'ExclusiveLock' and l.pid = ?
-                       and l.classid = ? and l.objid = hashtext(?)::oid and l.objsubid = 2
-                       and ${MICROSECONDS('a.backend_start')} = ?) as held`,
-    [proof.pid, proof.cls, proof.key, proof.started],
-  );
-  if (r.rows[0]?.held === true) return;
+  if (await lockHeld(knex, proof)) return;
   throw new SuspendError(
     `The session holding the run lock (backend pid ${proof.pid}) ended (terminated, or cut off from the server), so another run could take the lock: suspend stopped without committing what it was writing; what was committed stays, so run the command again (an interrupted backfill continues with \`suspend backfill --resume\`).`,
     { exitCode: ExitCode.failed },
@@ -137,18 +145,20 @@ export async function confirmLockHeld(knex: Knex | Knex.Transaction, proof: Lock
 }
 
 /**
- * Whether another session holds the lock this run lost (another run took it up, maybe resuming this
- * very run): then the ledger is that run's to write.
+ * Whether a run may still write its own ledger row in `trx`: its lock's session still holds the
+ * lock, or the lock is free and `trx` takes it until it ends, so no run starts meanwhile. False
+ * when another session holds it: another run took over, maybe resuming this very run.
  */
-export async function lockTakenOver(knex: Knex, proof: LockProof): Promise<boolean> {
-  const r = await knex.raw<{ rows: { taken: boolean }[] }>(
-    `select exists (select 1 from pg_locks
-                     where locktype = 'advisory' and granted and pid <> ?
-                       and database = (select oid from pg_database where datname = current_database())
-                       and classid = ? and objid = hashtext(?)::oid and objsubid = 2) as taken`,
-    [proof.pid, proof.cls, proof.key],
-  );
-  return r.rows[0]?.taken === true;
+export async function lockStillOurs(trx: Knex.Transaction, proof: LockProof): Promise<boolean> {
+  if (await lockHeld(trx, proof)) return true;
+  for (const l of proof.locks) {
+    const r = await trx.raw<{ rows: { ok: boolean }[] }>(
+      `select pg_try_advisory_xact_lock${l.shared ? '_shared' : ''}(?, hashtext(?)) as ok`,
+      [l.cls, l.key],
+    );
+    if (r.rows[0]?.ok !== true) return false;
+  }
+  return true;
 }
 
 export async function describeHolder(knex: Knex, schema: string, cls = LOCK_CLASS): Promise<string> {

@@ -7,7 +7,7 @@ import { policiesReadingInvoices, signalsUsed } from '../source/candidates';
 import { countAccountsQuery, qualified, regclassText, stateTables } from '../source/signals';
 import type { StateChange, WriteContext } from '../write/apply';
 import { checkSetColumns } from '../write/host-columns';
-import { acquireRunLock, confirmLockHeld, lockTakenOver, type HeldLock, type LockProof } from './lock';
+import { acquireRunLock, confirmLockHeld, lockStillOurs, type HeldLock, type LockProof } from './lock';
 import { checkConnectionRoom } from './connections';
 import {
   closeShard,
@@ -660,10 +660,13 @@ async function walkRun(
     db: Knex = knex,
   ) => {
     if (!shards) {
+      // Only a row still running: a run that resumed this one after it lost its lock may have
+      // finished it already.
       await finishRun(db, schema, run.id, {
         status: stopped?.status ?? 'succeeded',
         counts,
         error: stopped?.error,
+        onlyIfRunning: true,
       });
       return;
     }
@@ -776,14 +779,18 @@ async function walkRun(
         const w = workers.indexOf(active[i] as WorkerStart);
         const worker = workers[w] as WorkerStart;
         await settled((writing[w] as PageWrite[]).splice(0).map((p) => p.done));
-        await saveCheckpoint(
-          knex,
-          ctx,
-          worker.checkpoint,
-          lastKeys[w] ?? null,
-          workerCounts[w] as RunCounts,
-          true,
-        );
+        // A range marked done under a lost lock would let a shard run close as succeeded.
+        await knex.transaction(async (trx) => {
+          await saveCheckpoint(
+            trx,
+            ctx,
+            worker.checkpoint,
+            lastKeys[w] ?? null,
+            workerCounts[w] as RunCounts,
+            true,
+          );
+          await confirmLockHeld(trx, lock);
+        });
       },
     );
     // Pages still being written finish (or fail) before the run closes.
@@ -805,17 +812,21 @@ async function walkRun(
       return result('interrupted', ExitCode.failed);
     }
     // Not "succeeded" over a run that another process may have taken up since the lock was lost.
-    await confirmLockHeld(knex, lock);
-    await close(null);
+    await knex.transaction(async (trx) => {
+      await confirmLockHeld(trx, lock);
+      await close(null, trx);
+    });
     return result('succeeded', ExitCode.ok, await getRun(knex, schema, run.id));
   } catch (err) {
     // Mark the run interrupted when the database still answers (on a new connection if the pool's
-    // were killed with the one that failed) and no other run has taken the lock since this one lost
-    // it; otherwise the row stays "running" and the next run that holds the lock knows it died.
-    await onLiveConnection(knex, async (db) => {
-      if (!(await lockTakenOver(db, lock)))
-        await close({ status: 'interrupted', error: errorMessage(err) }, db);
-    }).catch(() => undefined);
+    // were killed with the one that failed) and no other run holds the lock this one may have lost;
+    // otherwise the row stays as that run leaves it, or "running" for the next run to find dead.
+    await onLiveConnection(knex, (db) =>
+      db.transaction(async (trx) => {
+        if (await lockStillOurs(trx, lock))
+          await close({ status: 'interrupted', error: errorMessage(err) }, trx);
+      }),
+    ).catch(() => undefined);
     throw err;
   }
 }

@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import type { OutboxPayload } from '../types';
-import { NO_SESSION_TIMEOUTS } from '../db/connection';
+import { noTimeouts } from '../db/connection';
 
 /**
  * The outbox as `suspend notify` reads and settles it (`<schema>.outbox`). Events are claimed with
@@ -67,7 +67,7 @@ export async function openClaimSession(knex: Knex): Promise<ClaimSession> {
   try {
     // The session idles while events are delivered; ended for that, it would give up its claims.
     const r = await conn.query(
-      `select pid, pg_try_advisory_lock($1, pid) as ok, ${NO_SESSION_TIMEOUTS}
+      `select pid, pg_try_advisory_lock($1, pid) as ok, ${noTimeouts(false)}
          from (select pg_backend_pid() as pid) s`,
       [NOTIFY_LOCK_CLASS],
     );

@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
 import { SuspendError, UsageError, errorMessage } from '../errors';
+import { noTimeouts } from '../db/connection';
 import { generateStatements } from './generate';
 import {
   LOAD_CONSTRAINTS,
@@ -121,6 +122,7 @@ export async function seedReferenceData(knex: Knex, options: SeedOptions): Promi
   let reset = false;
   await knex.transaction(async (guard) => {
     // Held by this otherwise idle transaction until the load is over.
+    await guard.raw(`select ${noTimeouts(true)}`);
     await guard.raw('select pg_advisory_xact_lock(?::int, hashtext(?))', [SEED_LOCK_CLASS, schema]);
 
     await knex.transaction(async (trx) => {

@@ -276,6 +276,23 @@ test('a sweep with nothing to write, a revert and a reinstatement whose lock ses
   await elsewhere.end();
 });
 
+test('a shard sweep whose lock session ended does not mark its part done or the shared run succeeded', async () => {
+  const db = await ownDatabase();
+  expect((await cli(db, [...BACKFILL, '--quiet'])).code).toBe(0);
+  const sweep = ['sweep', '--as-of', AS_OF, '--batch-size', '100', '--no-notify', '--by', ACTOR];
+  expect((await cli(db, [...sweep, '--shard', '1/2'])).code).toBe(0);
+  // Shard 0/2 joins the run shard 1/2 opened; parked at its first checkpoint, before any page.
+  const gate = await Gate.install(db, 'suspend.checkpoints', "tg_op = 'INSERT' and new.shard like '0/2%'");
+  const result = await endLockSession(db, gate, startCli(db, [...sweep, '--shard', '0/2']));
+
+  expect(result.stderr).toMatch(LOCK_LOST);
+  expect(result.code).toBe(1);
+  expect((await ledger(db.knex)).at(-1)).toMatchObject({ kind: 'sweep', status: 'interrupted' });
+  const parts = await db.knex('suspend.checkpoints').where('shard', 'like', '0/2%').select('done');
+  expect(parts).toEqual(parts.map(() => ({ done: false })));
+  expect(parts.length).toBeGreaterThan(0);
+});
+
 test('a statement after every pooled session was killed gets a new connection instead of a dead one', async () => {
   const db = dbs[0] as TestDatabase;
   const pool = createKnex(db.url, { pool: 3, applicationName: 'suspend killed pool' });
