@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { createKnex, onLiveConnection } from '../../src/db/connection';
+import { acquireRunLock, confirmLockHeld } from '../../src/engine/lock';
 import type { TestDatabase } from '../helpers/database';
 import type { CliResult } from '../helpers/cli';
 import {
@@ -291,6 +292,30 @@ test('a shard sweep whose lock session ended does not mark its part done or the 
   const parts = await db.knex('suspend.checkpoints').where('shard', 'like', '0/2%').select('done');
   expect(parts).toEqual(parts.map(() => ({ done: false })));
   expect(parts.length).toBeGreaterThan(0);
+});
+
+test('a stopped run leaves a ledger row alone that no longer says running (a run that took over finished it)', async () => {
+  const db = await ownDatabase();
+  const gate = await Gate.install(db, 'suspend.checkpoints', 'new.pages = 6');
+  // With the lock gone, another run resumed this one and finished it (here: the test says so).
+  const result = await endLockSession(db, gate, startCli(db, [...BACKFILL, '--quiet']), async () => {
+    await db.knex('suspend.runs').update({ status: 'succeeded' });
+  });
+  expect(result.stderr).toMatch(LOCK_LOST);
+  expect(result.code).toBe(1);
+  expect(await ledger(db.knex)).toMatchObject([{ kind: 'backfill', status: 'succeeded', error: null }]);
+});
+
+test('the lock proof is the session as well as its pid: the same pid with another start time is not the holder', async () => {
+  const db = dbs[0] as TestDatabase;
+  const lock = await acquireRunLock(db.knex, 'suspend', { wait: false, description: 'suspend proof test' });
+  try {
+    await expect(confirmLockHeld(db.knex, lock.proof)).resolves.toBeUndefined();
+    const reused = { ...lock.proof, started: String(BigInt(lock.proof.started) + 1n) };
+    await expect(confirmLockHeld(db.knex, reused)).rejects.toThrow(/The session holding the run lock/);
+  } finally {
+    await lock.release();
+  }
 });
 
 test('a statement after every pooled session was killed gets a new connection instead of a dead one', async () => {
