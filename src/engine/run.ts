@@ -660,13 +660,13 @@ async function walkRun(
     db: Knex = knex,
   ) => {
     if (!shards) {
-      // Only a row still running: a run that resumed this one after it lost its lock may have
-      // finished it already.
+      // A stop only over a row still running: a run that resumed this one after it lost its lock
+      // may have finished it already. Success is written under the confirmed lock.
       await finishRun(db, schema, run.id, {
         status: stopped?.status ?? 'succeeded',
         counts,
         error: stopped?.error,
-        onlyIfRunning: true,
+        onlyIfRunning: stopped !== null,
       });
       return;
     }
@@ -682,6 +682,17 @@ async function walkRun(
       );
     }
   };
+  /**
+   * Closes a run that stops before its end (an error, the safety limit, Ctrl-C) on a new connection
+   * if the pool's were killed with the one that failed, and only while no other run holds the lock
+   * this one may have lost: otherwise the row is that run's (it may be resuming this one).
+   */
+  const closeStopped = (stopped: { status: 'interrupted' | 'stopped'; error: string | null }) =>
+    onLiveConnection(knex, (db) =>
+      db.transaction(async (trx) => {
+        if (await lockStillOurs(trx, lock)) await close(stopped, trx);
+      }),
+    );
   /** Each worker's pages being written, oldest first (at most WRITE_DEPTH). */
   const writing: PageWrite[][] = workers.map(() => []);
   try {
@@ -801,32 +812,26 @@ async function walkRun(
     );
     if (limit) {
       const { wouldReach } = limit;
-      await close({
+      await closeStopped({
         status: 'stopped',
         error: `safety limit: max_changes ${max} would be crossed (${wouldReach} changes)`,
       });
       return result('stopped', ExitCode.safetyLimit);
     }
     if (options.signal?.aborted) {
-      await close({ status: 'interrupted', error: null });
+      await closeStopped({ status: 'interrupted', error: null });
       return result('interrupted', ExitCode.failed);
     }
     // Not "succeeded" over a run that another process may have taken up since the lock was lost.
     await knex.transaction(async (trx) => {
-      await confirmLockHeld(trx, lock);
       await close(null, trx);
+      await confirmLockHeld(trx, lock);
     });
     return result('succeeded', ExitCode.ok, await getRun(knex, schema, run.id));
   } catch (err) {
-    // Mark the run interrupted when the database still answers (on a new connection if the pool's
-    // were killed with the one that failed) and no other run holds the lock this one may have lost;
-    // otherwise the row stays as that run leaves it, or "running" for the next run to find dead.
-    await onLiveConnection(knex, (db) =>
-      db.transaction(async (trx) => {
-        if (await lockStillOurs(trx, lock))
-          await close({ status: 'interrupted', error: errorMessage(err) }, trx);
-      }),
-    ).catch(() => undefined);
+    // Marked interrupted when the database still answers; if it does not, the row stays "running"
+    // and the next run that holds the lock knows it died.
+    await closeStopped({ status: 'interrupted', error: errorMessage(err) }).catch(() => undefined);
     throw err;
   }
 }

@@ -306,6 +306,33 @@ test('a stopped run leaves a ledger row alone that no longer says running (a run
   expect(await ledger(db.knex)).toMatchObject([{ kind: 'backfill', status: 'succeeded', error: null }]);
 });
 
+test('a run stopped by Ctrl-C after its lock was lost leaves the ledger row to the run holding the lock', async () => {
+  const db = await ownDatabase();
+  // Parked at its own ledger row, before it reads a page: nothing it writes confirms the lock.
+  const gate = await Gate.install(db, 'suspend.runs', "tg_op = 'INSERT' and new.kind = 'backfill'");
+  const run = startCli(db, [...BACKFILL, '--quiet']);
+  const other = await otherSession(db, 'another run');
+  const result = await endLockSession(db, gate, run, async () => {
+    await other.query("select pg_advisory_lock(21333, hashtext('suspend'))");
+    run.child.kill('SIGINT');
+  });
+  expect(result.code).toBe(1);
+  expect(await ledger(db.knex)).toMatchObject([{ kind: 'backfill', status: 'running', error: null }]);
+  await other.end();
+});
+
+test('a run that finishes under its lock closes as succeeded whatever a stopped run wrote meanwhile', async () => {
+  const db = await ownDatabase();
+  const gate = await Gate.install(db, 'suspend.checkpoints', 'new.pages = 6');
+  const run = startCli(db, [...BACKFILL, '--quiet']);
+  await gate.blocked(run);
+  // As a run stopped after losing its lock could leave it (before this run resumed it, say).
+  await db.knex('suspend.runs').update({ status: 'interrupted', error: 'an earlier process' });
+  await gate.remove();
+  expect((await run.done).code).toBe(0);
+  expect(await ledger(db.knex)).toMatchObject([{ kind: 'backfill', status: 'succeeded', error: null }]);
+});
+
 test('the lock proof is the session as well as its pid: the same pid with another start time is not the holder', async () => {
   const db = dbs[0] as TestDatabase;
   const lock = await acquireRunLock(db.knex, 'suspend', { wait: false, description: 'suspend proof test' });
