@@ -172,6 +172,8 @@ export async function describeDatabaseError(err: unknown, url: string | null): P
   return null;
 }
 
+const TIMEOUTS = `'idle_session_timeout', 'idle_in_transaction_session_timeout', 'statement_timeout', 'lock_timeout'`;
+
 /**
  * A select-list item that turns the server's, role's or database's timeouts off for a session held
  * for an advisory lock, which idles while the command goes on (idle_session_timeout, Postgres 14+;
@@ -180,9 +182,11 @@ export async function describeDatabaseError(err: unknown, url: string | null): P
  * transaction. The command's other sessions keep them.
  */
 export function noTimeouts(local: boolean): string {
-  return `(select count(set_config(name, '0', ${local})) from pg_settings
-   where name in ('idle_session_timeout', 'idle_in_transaction_session_timeout', 'statement_timeout', 'lock_timeout'))`;
+  return `(select count(set_config(name, '0', ${local})) from pg_settings where name in (${TIMEOUTS}))`;
 }
+
+/** The statement that gives a session back the timeouts noTimeouts(false) took, before the pool has it again. */
+export const RESTORE_TIMEOUTS = `select count(set_config(name, reset_val, false)) from pg_settings where name in (${TIMEOUTS})`;
 
 /**
  * Runs `fn` on `knex`, and once more on a connection opened for it if that failed on a lost

@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import { SuspendError, ExitCode } from '../errors';
-import { noTimeouts } from '../db/connection';
+import { RESTORE_TIMEOUTS, noTimeouts } from '../db/connection';
 
 /**
  * One session advisory lock per database (and suspend schema) for every writing run. It lives on a
@@ -78,6 +78,7 @@ export async function acquireRunLock(
           l.key,
         ]);
       }
+      await conn.query(RESTORE_TIMEOUTS);
     } catch {
       // The session is gone (connection cut, server stopped): the lock died with it, and the error
       // that ended the run is the one worth reporting, not this one.

@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import type { OutboxPayload } from '../types';
-import { noTimeouts } from '../db/connection';
+import { RESTORE_TIMEOUTS, noTimeouts } from '../db/connection';
 
 /**
  * The outbox as `suspend notify` reads and settles it (`<schema>.outbox`). Events are claimed with
@@ -78,6 +78,7 @@ export async function openClaimSession(knex: Knex): Promise<ClaimSession> {
       async close() {
         try {
           await conn.query('select pg_advisory_unlock($1, $2)', [NOTIFY_LOCK_CLASS, row.pid]);
+          await conn.query(RESTORE_TIMEOUTS);
         } finally {
           await knex.client.releaseConnection(conn);
         }

@@ -1,6 +1,7 @@
 import pg from 'pg';
 import { createKnex, onLiveConnection } from '../../src/db/connection';
 import { acquireRunLock, confirmLockHeld } from '../../src/engine/lock';
+import { openClaimSession } from '../../src/notify/outbox';
 import type { TestDatabase } from '../helpers/database';
 import type { CliResult } from '../helpers/cli';
 import {
@@ -342,6 +343,29 @@ test('the lock proof is the session as well as its pid: the same pid with anothe
     await expect(confirmLockHeld(db.knex, reused)).rejects.toThrow(/The session holding the run lock/);
   } finally {
     await lock.release();
+  }
+});
+
+test('the lock and claim sessions give back the role’s timeouts when released, before the pool reuses them', async () => {
+  const db = dbs[0] as TestDatabase;
+  const url = `${db.url}?options=${encodeURIComponent('-c statement_timeout=5000 -c lock_timeout=4000')}`;
+  const pool = createKnex(url, { pool: 1 });
+  const timeouts = async () =>
+    (
+      await pool.raw<{ rows: { s: string; l: string }[] }>(
+        "select current_setting('statement_timeout') as s, current_setting('lock_timeout') as l",
+      )
+    ).rows[0];
+  try {
+    const lock = await acquireRunLock(pool, 'suspend', { wait: false, description: 'suspend timeout test' });
+    await lock.release();
+    // The pool's one connection is the one that held the lock.
+    expect(await timeouts()).toEqual({ s: '5s', l: '4s' });
+    const claims = await openClaimSession(pool);
+    await claims.close();
+    expect(await timeouts()).toEqual({ s: '5s', l: '4s' });
+  } finally {
+    await pool.destroy();
   }
 });
 
