@@ -77,6 +77,19 @@ async function otherSession(db: TestDatabase, name: string, ...statements: strin
   return other;
 }
 
+/** `backfill --resume` of the interrupted run. */
+function resume(db: TestDatabase): Promise<CliResult> {
+  return cli(db, ['backfill', '--resume', '--no-notify', '--quiet', '--by', ACTOR]);
+}
+
+/** The command ends cleanly (exit 0, nothing on stderr) with the outcome of an uninterrupted backfill. */
+async function endsAsReference(db: TestDatabase, done: Promise<CliResult>): Promise<void> {
+  const result = await done;
+  expect(result.stderr).toBe('');
+  expect(result.code).toBe(0);
+  expect(await finalState(db.knex)).toEqual(reference);
+}
+
 async function cutMidRun(which: 'page' | 'all'): Promise<void> {
   const db = await ownDatabase();
   const gate = await Gate.install(db, 'suspend.checkpoints', 'new.pages = 6');
@@ -101,10 +114,7 @@ async function cutMidRun(which: 'page' | 'all'): Promise<void> {
   expect(run1).toMatchObject({ kind: 'backfill', status: 'interrupted' });
   expect(run1?.error).toBeTruthy();
 
-  const resumed = await cli(db, ['backfill', '--resume', '--no-notify', '--quiet', '--by', ACTOR]);
-  expect(resumed.stderr).toBe('');
-  expect(resumed.code).toBe(0);
-  expect(await finalState(db.knex)).toEqual(reference);
+  await endsAsReference(db, resume(db));
 }
 
 test('the page connection terminated mid-run: one sentence, exit 1, ledger interrupted, resume completes', async () => {
@@ -138,10 +148,7 @@ test('the run lock’s session terminated mid-run: the page being written is not
   expect(await ledger(db.knex)).toMatchObject([{ kind: 'backfill', status: 'running', error: null }]);
   await other.end();
 
-  const resumed = await cli(db, ['backfill', '--resume', '--no-notify', '--quiet', '--by', ACTOR]);
-  expect(resumed.stderr).toBe('');
-  expect(resumed.code).toBe(0);
-  expect(await finalState(db.knex)).toEqual(reference);
+  await endsAsReference(db, resume(db));
 });
 
 test('the run lock’s session is not ended for idling (idle_session_timeout) while the run goes on', async () => {
@@ -166,10 +173,7 @@ test('the run lock’s session is not ended for idling (idle_session_timeout) wh
   );
   expect(await runLockHolders(db)).toHaveLength(1);
   await gate.remove();
-  const result = await run.done;
-  expect(result.stderr).toBe('');
-  expect(result.code).toBe(0);
-  expect(await finalState(db.knex)).toEqual(reference);
+  await endsAsReference(db, run.done);
 });
 
 test('a statement cancelled mid-run (statement_timeout, pg_cancel_backend): one sentence, exit 1, resume completes', async () => {
@@ -186,9 +190,7 @@ test('a statement cancelled mid-run (statement_timeout, pg_cancel_backend): one 
   );
   expect(result.code).toBe(1);
   expect(await ledger(db.knex)).toMatchObject([{ kind: 'backfill', status: 'interrupted' }]);
-  const resumed = await cli(db, ['backfill', '--resume', '--no-notify', '--quiet', '--by', ACTOR]);
-  expect(resumed.code).toBe(0);
-  expect(await finalState(db.knex)).toEqual(reference);
+  await endsAsReference(db, resume(db));
 });
 
 test('a page that waits for invoices locked by another transaction past lock_timeout: one sentence, exit 1', async () => {
@@ -227,10 +229,7 @@ test('a run waiting for the lock (--wait) is not cut short by a statement_timeou
     run,
   );
   await other.end();
-  const result = await run.done;
-  expect(result.stderr).toBe('');
-  expect(result.code).toBe(0);
-  expect(await finalState(db.knex)).toEqual(reference);
+  await endsAsReference(db, run.done);
 });
 
 test('a sweep with nothing to write, a revert and a reinstatement whose lock session ended write nothing', async () => {
