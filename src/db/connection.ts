@@ -189,6 +189,15 @@ export function noTimeouts(local: boolean): string {
 export const RESTORE_TIMEOUTS = `select count(set_config(name, reset_val, false)) from pg_settings where name in (${TIMEOUTS})`;
 
 /**
+ * A knex on the same database as `knex`, with a pool of its own (its own sessions: for a lock held
+ * apart, page work, a retry on new connections). It names statements only when `knex` does.
+ */
+export function knexWithPool(knex: Knex, pool: Knex.PoolConfig): Knex {
+  const other = knexFactory({ ...(knex.client.config as Knex.Config), pool });
+  return namesStatements(knex) ? other : withoutPreparedStatements(other);
+}
+
+/**
  * Runs `fn` on `knex`, and once more on a connection opened for it if that failed on a lost
  * connection. Sessions killed together (an outage, or pg_terminate_backend on every session of a
  * run) leave pooled connections whose end has not reached us yet, and the pool hands them out as
@@ -201,8 +210,7 @@ export async function onLiveConnection<T>(knex: Knex, fn: (knex: Knex) => Promis
   } catch (err) {
     if (!isConnectionLost(err)) throw err;
   }
-  const fresh = knexFactory({ ...(knex.client.config as Knex.Config), pool: { min: 0, max: 1 } });
-  if (!namesStatements(knex)) withoutPreparedStatements(fresh);
+  const fresh = knexWithPool(knex, { min: 0, max: 1 });
   try {
     return await fn(fresh);
   } finally {

@@ -1,8 +1,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import knexFactory, { type Knex } from 'knex';
+import type { Knex } from 'knex';
 import { SuspendError, ExitCode } from '../errors';
-import { noTimeouts } from './connection';
+import { knexWithPool, noTimeouts } from './connection';
 
 /** Shipped beside dist/ in the package. */
 export const MIGRATIONS_DIR = path.resolve(__dirname, '../../migrations');
@@ -56,7 +56,7 @@ const MIGRATE_LOCK_CLASS = 0x5356;
  * second connection, makes concurrent `suspend migrate` take turns.
  */
 export async function migrateLatest(knex: Knex, schema: string): Promise<MigrationStatus> {
-  const holder = knexFactory({ ...knex.client.config, pool: { min: 0, max: 1 } } as Knex.Config);
+  const holder = knexWithPool(knex, { min: 0, max: 1 });
   try {
     await holder.transaction(async (trx) => {
       // This transaction idles while the migrations run on the other connection (a statement of

@@ -23,14 +23,12 @@ export interface HeldLock {
   proof: LockProof;
 }
 
-/** The session that holds a run's lock, and the lock it holds exclusively (the schema's or the shard's). */
+/** The session that holds a run's locks, and the locks. */
 export interface LockProof {
   pid: number;
   /** The session's backend_start in microseconds since 1970 (as text): a pid can be reused. */
   started: string;
-  cls: number;
-  key: string;
-  /** Every lock the run holds (a shard run: the schema's shared, then its shard's). */
+  /** Every lock the run holds: the schema's, or for a shard run the schema's shared and its shard's. */
   locks: { cls: number; key: string; shared: boolean }[];
 }
 
@@ -109,24 +107,26 @@ export async function acquireRunLock(
       }
       held.push(l);
     }
-    const exclusive = locks.find((l) => !l.shared) as (typeof locks)[number];
     const session = named.rows[0] as { pid: number; started: string };
-    const all = locks.map(({ cls, key, shared }) => ({ cls, key, shared }));
-    return { release, proof: { ...session, cls: exclusive.cls, key: exclusive.key, locks: all } };
+    return {
+      release,
+      proof: { ...session, locks: locks.map(({ cls, key, shared }) => ({ cls, key, shared })) },
+    };
   } catch (err) {
     await release();
     throw err;
   }
 }
 
-/** Whether the session that took the run lock is still there and holds it. */
+/** Whether the session that took the run lock is still there and holds it (its exclusive lock). */
 async function lockHeld(knex: Knex | Knex.Transaction, proof: LockProof): Promise<boolean> {
+  const exclusive = proof.locks.find((l) => !l.shared);
   const r = await knex.raw<{ rows: { held: boolean }[] }>(
     `select exists (select 1 from pg_locks l join pg_stat_activity a on a.pid = l.pid
                      where l.locktype = 'advisory' and l.granted and l.mode = 'ExclusiveLock' and l.pid = ?
                        and l.classid = ? and l.objid = hashtext(?)::oid and l.objsubid = 2
                        and ${MICROSECONDS('a.backend_start')} = ?) as held`,
-    [proof.pid, proof.cls, proof.key, proof.started],
+    [proof.pid, exclusive?.cls ?? 0, exclusive?.key ?? '', proof.started],
   );
   return r.rows[0]?.held === true;
 }

@@ -1,8 +1,8 @@
-import knexFactory, { type Knex } from 'knex';
+import type { Knex } from 'knex';
 import { ExitCode, UsageError, errorMessage } from '../errors';
 import { migrationStatus, requireMigrated } from '../db/migrate';
-import { onLiveConnection } from '../db/connection';
-import { namesStatements, withoutPreparedStatements } from '../db/prepared';
+import { knexWithPool, onLiveConnection } from '../db/connection';
+import { namesStatements } from '../db/prepared';
 import { policiesReadingInvoices, signalsUsed } from '../source/candidates';
 import { countAccountsQuery, qualified, regclassText, stateTables } from '../source/signals';
 import type { StateChange, WriteContext } from '../write/apply';
@@ -171,23 +171,18 @@ const SESSION_SETUP = `select set_config(name, value, false)
  where exists (select 1 from pg_settings s where s.name = v.name)`;
 
 async function withPipelinePool<T>(knex: Knex, workers: number, fn: (pool: Knex) => Promise<T>): Promise<T> {
-  const config = knex.client.config as Knex.Config;
   const ownSessions = namesStatements(knex);
-  const pool = knexFactory({
-    ...config,
-    pool: {
-      min: 0,
-      max: PIPELINE_CONNECTIONS * workers,
-      afterCreate: (
-        conn: { query: (sql: string, cb: (err: Error | null) => void) => void },
-        done: (err: Error | null, conn: unknown) => void,
-      ) => {
-        if (!ownSessions) return done(null, conn);
-        conn.query(SESSION_SETUP, (err) => done(err, conn));
-      },
+  const pool = knexWithPool(knex, {
+    min: 0,
+    max: PIPELINE_CONNECTIONS * workers,
+    afterCreate: (
+      conn: { query: (sql: string, cb: (err: Error | null) => void) => void },
+      done: (err: Error | null, conn: unknown) => void,
+    ) => {
+      if (!ownSessions) return done(null, conn);
+      conn.query(SESSION_SETUP, (err) => done(err, conn));
     },
   });
-  if (!ownSessions) withoutPreparedStatements(pool);
   try {
     return await fn(pool);
   } finally {
