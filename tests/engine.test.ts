@@ -677,6 +677,61 @@ describe('payment race', () => {
     }
   });
 
+  test("only one of an account's changes refused (the one that set its status): the other is written and the status goes back, as its states now say", async () => {
+    const racing = await seeded(2000, 5);
+    try {
+      const rules = await loadRules({ file: rulesFile, cwd: ROOT });
+      const planned = new Map<string, string[]>();
+      await runBatch(racing.knex, rules, {
+        ...onePageBackfill(true),
+        onPage: async ({ changes }) => {
+          for (const c of changes) planned.set(c.key, [...(planned.get(c.key) ?? []), c.policy]);
+        },
+      });
+      // Suspended for inactivity (which sets the status) and paused or escalated (which do not).
+      const [target, policies] = [...planned].find(
+        ([, p]) => p.includes('inactivity') && !p.includes('delinquency') && p.length > 1,
+      )!;
+      // Its inactivity state is written by someone else inside the page's transaction, after the re-check.
+      await racing.knex.raw(
+        `create function race_bump() returns trigger language plpgsql as $$
+         begin
+           insert into suspend.account_states (customer_key, policy, version) values (new.id::text, 'inactivity', 7)
+             on conflict (customer_key, policy) do update set version = 7;
+           return new;
+         end $$;
+         create trigger race_bump after update of status on customers for each row
+           when (new.id = ${Number(target)}) execute function race_bump();`,
+      );
+      const [before] = (await racing.knex('customers').where({ id: target }).pluck('status')) as string[];
+      const result = await runBatch(racing.knex, rules, onePageBackfill(false));
+      expect(result.status).toBe('succeeded');
+      expect(result.counts.changedSinceRead).toBe(1);
+      const states = await racing
+        .knex('suspend.account_states')
+        .where({ customer_key: target })
+        .orderBy('policy')
+        .select('policy', 'stage', 'version');
+      expect(states.filter((s) => s.policy === 'inactivity')).toEqual([
+        { policy: 'inactivity', stage: null, version: 7 },
+      ]);
+      const others = policies.filter((p) => p !== 'inactivity').sort();
+      expect(states.filter((s) => s.policy !== 'inactivity').map((s) => s.policy)).toEqual(others);
+      expect(states.every((s) => s.policy === 'inactivity' || s.stage !== null)).toBe(true);
+      // No current stage of the account sets its status: it is what it was before the run.
+      expect(await racing.knex('customers').where({ id: target }).pluck('status')).toEqual([before]);
+      expect(
+        await racing
+          .knex('suspend.history')
+          .where({ customer_key: target })
+          .orderBy('policy')
+          .pluck('policy'),
+      ).toEqual(others);
+    } finally {
+      await racing.drop();
+    }
+  });
+
   test('a payment committed between the read and the write: not suspended, counted as changed since read', async () => {
     const rules = await loadRules({ file: rulesFile, cwd: ROOT });
     let payer: string | null = null;

@@ -12,7 +12,7 @@ import {
 } from '../src/evaluate/evaluate';
 import { PLACEHOLDERS } from '../src/evaluate/placeholders';
 import { capturedHostValues } from '../src/evaluate/host-values';
-import { planHostColumns } from '../src/engine/plan';
+import { planHostColumns, settleHostColumns } from '../src/engine/plan';
 import type { StateChange } from '../src/write/apply';
 import type {
   AccountEvaluation,
@@ -946,5 +946,35 @@ describe('host columns (customers.status and the like)', () => {
     expect(captured['__proto__']).toBe('kept');
     expect(captured['status']).toBe('first');
     expect(Object.hasOwn(captured, 'constructor')).toBe(false);
+  });
+
+  test('settling the columns of an account with a refused change: its current stages decide, else the value before the page', () => {
+    const wrote = [
+      { key: 'c1', column: 'status', value: 'suspended', capture: true },
+      { key: 'c1', column: 'note', value: 'overdue', capture: true },
+    ];
+    const old = { status: 'active', note: null };
+    // Someone else paused it: its stage sets both columns.
+    expect(settleHostColumns(policies, [{ policy: 'overdue', stage: 'paused' }], wrote, old)).toEqual([
+      { key: 'c1', column: 'status', value: 'paused', capture: false },
+      { key: 'c1', column: 'note', value: 'overdue', capture: false },
+    ]);
+    // No current stage sets them: back to what they were; a customer row that was not there is left alone.
+    expect(
+      settleHostColumns(policies, [{ policy: 'inactivity', stage: null }], wrote, { status: 'active' }),
+    ).toEqual([{ key: 'c1', column: 'status', value: 'active', capture: false }]);
+    expect(settleHostColumns(policies, [], wrote, {})).toEqual([]);
+    // A winning value of null is written as null, not replaced by the old value.
+    const cleared = policy('cleared', [
+      stage(
+        0,
+        'blank',
+        { inactive_for: dur('12 months') },
+        { actions: [{ type: 'set', columns: { status: null } }] },
+      ),
+    ]) as unknown as (typeof policies)[number];
+    expect(
+      settleHostColumns([cleared], [{ policy: 'cleared', stage: 'blank' }], wrote.slice(0, 1), old),
+    ).toEqual([{ key: 'c1', column: 'status', value: null, capture: false }]);
   });
 });

@@ -4,7 +4,7 @@ import type { PageState } from '../source/states';
 import { writeStateChanges, type StateChange, type WriteContext } from '../write/apply';
 import { writeHostColumns } from '../write/host-columns';
 import { countChanges, mergeCounts, pageCounts, type RunCounts } from './counts';
-import { planPage, type HostColumnChange, type PagePlan } from './plan';
+import { planPage, rulesForOrg, settleHostColumns, type HostColumnChange, type PagePlan } from './plan';
 import type { Rules, Signals } from '../types';
 import { groupBy } from '../collections';
 import { confirmLockHeld, type LockProof } from './lock';
@@ -96,13 +96,7 @@ export async function commitPage(
         changes.filter((c) => !appliedSet.has(pair(c.key, c.policy))).map((c) => c.key),
       );
       counted.changedSinceRead += refused.size;
-      // An account none of whose changes could be written (its state moved after the re-check, by
-      // a writer that does not take the run lock) gets back the host values this page set.
-      for (const c of written) refused.delete(c.key);
-      const putBack = host
-        .filter((h) => refused.has(h.key) && Object.hasOwn(old.get(h.key) ?? {}, h.column))
-        .map((h) => ({ ...h, value: old.get(h.key)?.[h.column] ?? null, capture: false }));
-      await writeHostColumns(trx, rules.source, putBack, target.hostColumnTypes);
+      await settleRefusedHostColumns(trx, target, refused, changes, host, old);
     }
     // Usually the plan is written as it stands, and its changes are counted already.
     const asPlanned = changes === page.plan.changes && written.length === changes.length;
@@ -113,6 +107,47 @@ export async function commitPage(
     await confirmLockHeld(trx, target.lock);
     return { changes: written, counts: merged, page: pageCounted };
   });
+}
+
+/**
+ * An account with a refused change (its state was written after the re-check by a writer that does
+ * not take the run lock, e.g. a hand edit): the host columns this page set for it are settled from
+ * its states as they now are (the changes written and the rows that refused the others), so host and
+ * states agree whichever of its changes were written.
+ */
+async function settleRefusedHostColumns(
+  trx: Knex.Transaction,
+  target: CommitTarget,
+  refused: Set<string>,
+  changes: StateChange[],
+  host: HostColumnChange[],
+  old: Map<string, Record<string, string | null>>,
+): Promise<void> {
+  const set = groupBy(
+    host.filter((h) => refused.has(h.key)),
+    (h) => h.key,
+  );
+  if (set.size === 0) return;
+  const rows = (await trx
+    .withSchema(target.ctx.schema)
+    .select('customer_key', 'policy', 'stage')
+    .from('account_states')
+    .whereIn('customer_key', [...set.keys()])) as {
+    customer_key: string;
+    policy: string;
+    stage: string | null;
+  }[];
+  const current = groupBy(rows, (r) => r.customer_key);
+  const orgOf = new Map(changes.map((c) => [c.key, c.orgId]));
+  const settled = [...set].flatMap(([key, columns]) =>
+    settleHostColumns(
+      rulesForOrg(target.rules, orgOf.get(key) ?? null).policies,
+      current.get(key) ?? [],
+      columns,
+      old.get(key) ?? {},
+    ),
+  );
+  await writeHostColumns(trx, target.rules.source, settled, target.hostColumnTypes);
 }
 
 /**

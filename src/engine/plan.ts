@@ -112,23 +112,13 @@ export function planHostColumns(
   stored: ReadonlyMap<string, StoredState>,
   changes: StateChange[],
 ): HostColumnChange[] {
-  const stageOf = (policy: string, name: string | null): Stage | null => {
-    if (name === null) return null;
-    return policies.find((p) => p.name === policy)?.stages.find((st) => st.name === name) ?? null;
-  };
   const after = new Map<string, Stage | null>();
-  for (const [policy, state] of stored) after.set(policy, stageOf(policy, state.stage));
+  for (const [policy, state] of stored) after.set(policy, stageOf(policies, policy, state.stage));
   const before = stored.size === 0 ? null : new Map(after);
-  for (const c of changes) after.set(c.policy, stageOf(c.policy, c.to));
+  for (const c of changes) after.set(c.policy, stageOf(policies, c.policy, c.to));
   const post = winningHostValues(after.values());
-  const change = (column: string, value: unknown, capture: boolean): HostColumnChange => ({
-    key,
-    column,
-    value: value === null || value === undefined ? null : String(value),
-    capture,
-  });
   // Nothing stored (a backfill's usual account): each column a new stage sets is captured first.
-  if (!before) return [...post].map(([column, q]) => change(column, q.value, true));
+  if (!before) return [...post].map(([column, q]) => hostColumnChange(key, column, q.value, true));
   const pre = winningHostValues(before.values());
   if (pre.size === 0 && post.size === 0) return [];
   const hostBefore = capturedHostValues([...stored.values()].map((s) => s.hostBefore));
@@ -136,10 +126,39 @@ export function planHostColumns(
   for (const column of new Set([...pre.keys(), ...post.keys()])) {
     const p = pre.get(column);
     const q = post.get(column);
-    if (q && (!p || p.value !== q.value)) out.push(change(column, q.value, !p));
+    if (q && (!p || p.value !== q.value)) out.push(hostColumnChange(key, column, q.value, !p));
     // Nothing captured (e.g. the rules changed since): leave the column as it is.
     else if (!q && p && Object.hasOwn(hostBefore, column))
-      out.push(change(column, hostBefore[column], false));
+      out.push(hostColumnChange(key, column, hostBefore[column], false));
   }
   return out;
+}
+
+/**
+ * The host columns a page set for an account some of whose changes were refused (see commitPage):
+ * each takes what the account's states now say (the changes written, and whatever refused the
+ * others), or goes back to its value before the page (`old`) when no current stage sets it.
+ */
+export function settleHostColumns(
+  policies: Policy[],
+  current: { policy: string; stage: string | null }[],
+  set: HostColumnChange[],
+  old: Record<string, unknown>,
+): HostColumnChange[] {
+  const now = winningHostValues(current.map((s) => stageOf(policies, s.policy, s.stage)));
+  return set
+    .filter((h) => Object.hasOwn(old, h.column))
+    .map((h) => {
+      const winner = now.get(h.column);
+      return hostColumnChange(h.key, h.column, winner ? winner.value : old[h.column], false);
+    });
+}
+
+function stageOf(policies: Policy[], policy: string, name: string | null): Stage | null {
+  if (name === null) return null;
+  return policies.find((p) => p.name === policy)?.stages.find((st) => st.name === name) ?? null;
+}
+
+function hostColumnChange(key: string, column: string, value: unknown, capture: boolean): HostColumnChange {
+  return { key, column, value: value === null || value === undefined ? null : String(value), capture };
 }
