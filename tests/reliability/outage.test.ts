@@ -186,7 +186,7 @@ test('a statement cancelled mid-run (statement_timeout, pg_cancel_backend): one 
   await gate.remove();
 
   expect(result.stderr).toMatch(
-    /^error: Postgres at \S+ cancelled a statement of this command \(its statement_timeout, or pg_cancel_backend\); what was committed stays[^\n]+`suspend backfill --resume`[^\n]+\n$/,
+    /^error: Postgres at (?:socket )?\S+ cancelled a statement of this command \(its statement_timeout, or pg_cancel_backend\); what was committed stays[^\n]+`suspend backfill --resume`[^\n]+\n$/,
   );
   expect(result.code).toBe(1);
   expect(await ledger(db.knex)).toMatchObject([{ kind: 'backfill', status: 'interrupted' }]);
@@ -201,7 +201,7 @@ test('a page that waits for invoices locked by another transaction past lock_tim
   await payer.end();
 
   expect(result.stderr).toMatch(
-    /^error: Postgres at \S+ gave up waiting for a lock \(its lock_timeout\); what was committed stays[^\n]+\n$/,
+    /^error: Postgres at (?:socket )?\S+ gave up waiting for a lock \(its lock_timeout\); what was committed stays[^\n]+\n$/,
   );
   expect(result.code).toBe(1);
   expect(await ledger(db.knex)).toMatchObject([{ kind: 'backfill', status: 'interrupted' }]);
@@ -347,8 +347,10 @@ test('the lock proof is the session as well as its pid: the same pid with anothe
 
 test('the lock and claim sessions give back the role’s timeouts when released, before the pool reuses them', async () => {
   const db = dbs[0] as TestDatabase;
-  const url = `${db.url}?options=${encodeURIComponent('-c statement_timeout=5000 -c lock_timeout=4000')}`;
-  const pool = createKnex(url, { pool: 1 });
+  // Set on the URL, whatever it holds already (the embedded server's names its socket in ?host=).
+  const url = new URL(db.url);
+  url.searchParams.set('options', '-c statement_timeout=5000 -c lock_timeout=4000');
+  const pool = createKnex(url.toString(), { pool: 1 });
   const timeouts = async () =>
     (
       await pool.raw<{ rows: { s: string; l: string }[] }>(
