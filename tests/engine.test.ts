@@ -10,6 +10,7 @@ import { checksumTables, ENGINE_RULES, writeRules } from './helpers/fixtures';
 import { backfillArgs, cli as engineCli, Gate, seededDatabase, startCli } from './helpers/reliability';
 import { runBatch } from '../src/engine/run';
 import { loadRules } from '../src/rules/load';
+import type { Rules } from '../src/types';
 
 /** The batch engine as a user runs it: report, backfill, sweep, runs, locks, limits, resume, races. */
 
@@ -624,6 +625,33 @@ describe('payment race', () => {
         ?.key,
     };
   }
+  /** What a dry run of the one page plans, per account: "policy kind" for each change. */
+  async function plannedChanges(db: TestDatabase, rules: Rules) {
+    const planned = new Map<string, string[]>();
+    await runBatch(db.knex, rules, {
+      ...onePageBackfill(true),
+      onPage: async ({ changes }) => {
+        for (const c of changes) planned.set(c.key, [...(planned.get(c.key) ?? []), `${c.policy} ${c.kind}`]);
+      },
+    });
+    return planned;
+  }
+  /**
+   * When the page sets the account's status, someone else writes its state under `policy` (version
+   * 7) inside the page's transaction, after the re-check: the page's change under it is refused.
+   */
+  async function refuseOnStatusUpdate(db: TestDatabase, key: string, policy: string) {
+    await db.knex.raw(
+      `create function race_bump() returns trigger language plpgsql as $$
+       begin
+         insert into suspend.account_states (customer_key, policy, version) values (new.id::text, '${policy}', 7)
+           on conflict (customer_key, policy) do update set version = 7;
+         return new;
+       end $$;
+       create trigger race_bump after update of status on customers for each row
+         when (new.id = ${Number(key)}) execute function race_bump();`,
+    );
+  }
   let db: TestDatabase;
   beforeAll(async () => {
     db = await seeded(2000, 5);
@@ -681,28 +709,12 @@ describe('payment race', () => {
     const racing = await seeded(2000, 5);
     try {
       const rules = await loadRules({ file: rulesFile, cwd: ROOT });
-      const planned = new Map<string, string[]>();
-      await runBatch(racing.knex, rules, {
-        ...onePageBackfill(true),
-        onPage: async ({ changes }) => {
-          for (const c of changes) planned.set(c.key, [...(planned.get(c.key) ?? []), c.policy]);
-        },
-      });
       // Suspended for inactivity (which sets the status) and paused or escalated (which do not).
-      const [target, policies] = [...planned].find(
-        ([, p]) => p.includes('inactivity') && !p.includes('delinquency') && p.length > 1,
+      const [target, changes] = [...(await plannedChanges(racing, rules))].find(
+        ([, p]) => p.includes('inactivity enter') && !p.includes('delinquency enter') && p.length > 1,
       )!;
-      // Its inactivity state is written by someone else inside the page's transaction, after the re-check.
-      await racing.knex.raw(
-        `create function race_bump() returns trigger language plpgsql as $$
-         begin
-           insert into suspend.account_states (customer_key, policy, version) values (new.id::text, 'inactivity', 7)
-             on conflict (customer_key, policy) do update set version = 7;
-           return new;
-         end $$;
-         create trigger race_bump after update of status on customers for each row
-           when (new.id = ${Number(target)}) execute function race_bump();`,
-      );
+      const policies = changes.map((c) => c.split(' ')[0]!);
+      await refuseOnStatusUpdate(racing, target, 'inactivity');
       const [before] = (await racing.knex('customers').where({ id: target }).pluck('status')) as string[];
       const result = await runBatch(racing.knex, rules, onePageBackfill(false));
       expect(result.status).toBe('succeeded');
@@ -727,6 +739,52 @@ describe('payment race', () => {
           .orderBy('policy')
           .pluck('policy'),
       ).toEqual(others);
+    } finally {
+      await racing.drop();
+    }
+  });
+
+  test('a clear written beside a refused change: the status the clear gives back stays', async () => {
+    const racing = await seeded(2000, 5);
+    try {
+      const rules = await loadRules({ file: rulesFile, cwd: ROOT });
+      const [target] = [...(await plannedChanges(racing, rules))].find(
+        ([, p]) => p.join() === 'overdue_pause enter',
+      )!;
+      // Suspended for debt by an earlier run, which captured the status 'active' it then set to 'suspended'.
+      await racing.knex('suspend.account_states').insert({
+        customer_key: target,
+        policy: 'delinquency',
+        stage: 'suspended',
+        stage_index: 0,
+        blocks_booking: true,
+        allows_login: false,
+        host_before: { status: 'active' },
+        version: 1,
+        entered_on: '2026-10-01',
+        episode_started_on: '2026-10-01',
+      });
+      await racing.knex('customers').where({ id: target }).update({ status: 'suspended' });
+      expect((await plannedChanges(racing, rules)).get(target)?.sort()).toEqual([
+        'delinquency clear',
+        'overdue_pause enter',
+      ]);
+      // The pause is refused: its state is written by someone else inside the page's transaction.
+      await refuseOnStatusUpdate(racing, target, 'overdue_pause');
+      const result = await runBatch(racing.knex, rules, onePageBackfill(false));
+      expect(result.status).toBe('succeeded');
+      expect(result.counts.changedSinceRead).toBe(1);
+      expect(
+        await racing
+          .knex('suspend.account_states')
+          .where({ customer_key: target })
+          .orderBy('policy')
+          .select('policy', 'stage'),
+      ).toEqual([
+        { policy: 'delinquency', stage: null },
+        { policy: 'overdue_pause', stage: null },
+      ]);
+      expect(await racing.knex('customers').where({ id: target }).pluck('status')).toEqual(['active']);
     } finally {
       await racing.drop();
     }

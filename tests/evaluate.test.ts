@@ -948,24 +948,40 @@ describe('host columns (customers.status and the like)', () => {
     expect(Object.hasOwn(captured, 'constructor')).toBe(false);
   });
 
-  test('settling the columns of an account with a refused change: its current stages decide, else the value before the page', () => {
+  test('settling the columns of an account with a refused change: its current stages decide, else what a clear or the page would give back', () => {
     const wrote = [
       { key: 'c1', column: 'status', value: 'suspended', capture: true },
       { key: 'c1', column: 'note', value: 'overdue', capture: true },
     ];
     const old = { status: 'active', note: null };
     // Someone else paused it: its stage sets both columns.
-    expect(settleHostColumns(policies, [{ policy: 'overdue', stage: 'paused' }], wrote, old)).toEqual([
+    expect(
+      settleHostColumns('c1', policies, [], [{ policy: 'overdue', stage: 'paused' }], wrote, old),
+    ).toEqual([
       { key: 'c1', column: 'status', value: 'paused', capture: false },
       { key: 'c1', column: 'note', value: 'overdue', capture: false },
     ]);
-    // No current stage sets them: back to what they were; a customer row that was not there is left alone.
+    // No stage sets them now or before: back to the values before the page, whatever an earlier
+    // episode captured; a customer row that was not there is left alone.
+    const earlier = { policy: 'inactivity', stage: null, host_before: { status: 'long ago' } };
+    expect(settleHostColumns('c1', policies, [], [earlier], wrote, { status: 'active' })).toEqual([
+      { key: 'c1', column: 'status', value: 'active', capture: false },
+    ]);
+    expect(settleHostColumns('c1', policies, [], [], wrote, {})).toEqual([]);
+    // Suspended before the page, its clear written: the captured value comes back, whether the page
+    // wrote the column or not; nothing captured and not written: left as it is.
+    const held = [{ policy: 'inactivity', stage: 'suspended' }];
+    const cleared = [{ policy: 'inactivity', stage: null, host_before: { status: 'active' } }];
+    const restored = [{ key: 'c1', column: 'status', value: 'active', capture: false }];
     expect(
-      settleHostColumns(policies, [{ policy: 'inactivity', stage: null }], wrote, { status: 'active' }),
-    ).toEqual([{ key: 'c1', column: 'status', value: 'active', capture: false }]);
-    expect(settleHostColumns(policies, [], wrote, {})).toEqual([]);
+      settleHostColumns('c1', policies, held, cleared, wrote.slice(0, 1), { status: 'suspended' }),
+    ).toEqual(restored);
+    expect(settleHostColumns('c1', policies, held, cleared, [], {})).toEqual(restored);
+    expect(settleHostColumns('c1', policies, held, [{ policy: 'inactivity', stage: null }], [], {})).toEqual(
+      [],
+    );
     // A winning value of null is written as null, not replaced by the old value.
-    const cleared = policy('cleared', [
+    const blank = policy('blank', [
       stage(
         0,
         'blank',
@@ -974,7 +990,7 @@ describe('host columns (customers.status and the like)', () => {
       ),
     ]) as unknown as (typeof policies)[number];
     expect(
-      settleHostColumns([cleared], [{ policy: 'cleared', stage: 'blank' }], wrote.slice(0, 1), old),
+      settleHostColumns('c1', [blank], [], [{ policy: 'blank', stage: 'blank' }], wrote.slice(0, 1), old),
     ).toEqual([{ key: 'c1', column: 'status', value: null, capture: false }]);
   });
 });

@@ -4,7 +4,14 @@ import type { PageState } from '../source/states';
 import { writeStateChanges, type StateChange, type WriteContext } from '../write/apply';
 import { writeHostColumns } from '../write/host-columns';
 import { countChanges, mergeCounts, pageCounts, type RunCounts } from './counts';
-import { planPage, rulesForOrg, settleHostColumns, type HostColumnChange, type PagePlan } from './plan';
+import {
+  planPage,
+  rulesForOrg,
+  settleHostColumns,
+  type HostColumnChange,
+  type PagePlan,
+  type StageRow,
+} from './plan';
 import type { Rules, Signals } from '../types';
 import { groupBy } from '../collections';
 import { confirmLockHeld, type LockProof } from './lock';
@@ -66,6 +73,8 @@ export async function commitPage(
   return knex.transaction(async (trx) => {
     let changes = page.plan.changes;
     let host = page.plan.hostColumns;
+    // The stored states the changes were planned from (read again by the re-check).
+    let read = page.state;
     if (changes.length > 0) {
       const keys = [...new Set(changes.map((c) => c.key))];
       await target.beforeWrite?.(keys);
@@ -73,6 +82,7 @@ export async function commitPage(
       counted.changedSinceRead += checked.stale;
       changes = checked.changes;
       host = checked.hostColumns;
+      read = checked.state;
     }
     const old = await writeHostColumns(trx, rules.source, host, target.hostColumnTypes);
     const hostByKey = groupBy(
@@ -96,7 +106,7 @@ export async function commitPage(
         changes.filter((c) => !appliedSet.has(pair(c.key, c.policy))).map((c) => c.key),
       );
       counted.changedSinceRead += refused.size;
-      await settleRefusedHostColumns(trx, target, refused, changes, host, old);
+      await settleRefusedHostColumns(trx, target, refused, read, changes, host, old);
     }
     // Usually the plan is written as it stands, and its changes are counted already.
     const asPlanned = changes === page.plan.changes && written.length === changes.length;
@@ -111,39 +121,34 @@ export async function commitPage(
 
 /**
  * An account with a refused change (its state was written after the re-check by a writer that does
- * not take the run lock, e.g. a hand edit): the host columns this page set for it are settled from
- * its states as they now are (the changes written and the rows that refused the others), so host and
- * states agree whichever of its changes were written.
+ * not take the run lock, e.g. a hand edit): its host columns are settled from its states as they now
+ * are (the changes written and the rows that refused the others), so that host and states agree
+ * whichever of its changes were written (see settleHostColumns).
  */
 async function settleRefusedHostColumns(
   trx: Knex.Transaction,
   target: CommitTarget,
   refused: Set<string>,
+  read: PageState,
   changes: StateChange[],
   host: HostColumnChange[],
   old: Map<string, Record<string, string | null>>,
 ): Promise<void> {
-  const set = groupBy(
-    host.filter((h) => refused.has(h.key)),
-    (h) => h.key,
-  );
-  if (set.size === 0) return;
   const rows = (await trx
     .withSchema(target.ctx.schema)
-    .select('customer_key', 'policy', 'stage')
+    .select('customer_key', 'policy', 'stage', 'host_before')
     .from('account_states')
-    .whereIn('customer_key', [...set.keys()])) as {
-    customer_key: string;
-    policy: string;
-    stage: string | null;
-  }[];
+    .whereIn('customer_key', [...refused])) as (StageRow & { customer_key: string })[];
   const current = groupBy(rows, (r) => r.customer_key);
+  const wrote = groupBy(host, (h) => h.key);
   const orgOf = new Map(changes.map((c) => [c.key, c.orgId]));
-  const settled = [...set].flatMap(([key, columns]) =>
+  const settled = [...refused].flatMap((key) =>
     settleHostColumns(
+      key,
       rulesForOrg(target.rules, orgOf.get(key) ?? null).policies,
+      [...(read.states.get(key) ?? [])].map(([policy, s]) => ({ policy, stage: s.stage })),
       current.get(key) ?? [],
-      columns,
+      wrote.get(key) ?? [],
       old.get(key) ?? {},
     ),
   );
@@ -229,7 +234,7 @@ async function recheck(
   target: CommitTarget,
   page: PageToCommit,
   keys: string[],
-): Promise<{ changes: StateChange[]; hostColumns: HostColumnChange[]; stale: number }> {
+): Promise<{ changes: StateChange[]; hostColumns: HostColumnChange[]; stale: number; state: PageState }> {
   const { rules, ctx } = target;
   // A signal view hides which tables it reads: nothing to lock; the re-read still sees a payment
   // committed before it.
@@ -277,7 +282,8 @@ async function recheck(
   const moved = new Set(
     keys.filter((k) => !unchanged(k, readBefore.get(k), page.state, freshByKey.get(k), state)),
   );
-  if (moved.size === 0) return { changes: page.plan.changes, hostColumns: page.plan.hostColumns, stale: 0 };
+  if (moved.size === 0)
+    return { changes: page.plan.changes, hostColumns: page.plan.hostColumns, stale: 0, state };
 
   const fresh = planPage(
     signals.filter((s) => moved.has(s.key)),
@@ -310,5 +316,6 @@ async function recheck(
       ...fresh.hostColumns.filter((h) => redo(h.key)),
     ],
     stale: stale.size,
+    state,
   };
 }

@@ -134,24 +134,43 @@ export function planHostColumns(
   return out;
 }
 
+/** An account's policy and stage, as stored (the capture only where the row is read back after a write). */
+export interface StageRow {
+  policy: string;
+  stage: string | null;
+  host_before?: Record<string, unknown> | null;
+}
+
 /**
- * The host columns a page set for an account some of whose changes were refused (see commitPage):
- * each takes what the account's states now say (the changes written, and whatever refused the
- * others), or goes back to its value before the page (`old`) when no current stage sets it.
+ * The host columns of an account some of whose changes were refused (see commitPage), settled from its
+ * states as they now are (`current`: the changes written, and whatever refused the others). The
+ * columns are those its stages set before the page (`before`) and those the page wrote (`wrote`, with
+ * their values before the page in `old`). Each takes the value of the most severe current stage that
+ * sets it; else, when a stage set it before, the value captured before suspend first set it (as a
+ * clear does); else, when the page wrote it, its value before the page; else it is left as it is.
  */
 export function settleHostColumns(
+  key: string,
   policies: Policy[],
-  current: { policy: string; stage: string | null }[],
-  set: HostColumnChange[],
+  before: StageRow[],
+  current: StageRow[],
+  wrote: HostColumnChange[],
   old: Record<string, unknown>,
 ): HostColumnChange[] {
-  const now = winningHostValues(current.map((s) => stageOf(policies, s.policy, s.stage)));
-  return set
-    .filter((h) => Object.hasOwn(old, h.column))
-    .map((h) => {
-      const winner = now.get(h.column);
-      return hostColumnChange(h.key, h.column, winner ? winner.value : old[h.column], false);
-    });
+  const stages = (rows: StageRow[]) => rows.map((r) => stageOf(policies, r.policy, r.stage));
+  const held = winningHostValues(stages(before));
+  const now = winningHostValues(stages(current));
+  const captured = capturedHostValues(current.map((r) => r.host_before));
+  const written = new Set(wrote.filter((h) => Object.hasOwn(old, h.column)).map((h) => h.column));
+  const out: HostColumnChange[] = [];
+  for (const column of new Set([...held.keys(), ...written])) {
+    const winner = now.get(column);
+    if (winner) out.push(hostColumnChange(key, column, winner.value, false));
+    else if (held.has(column) && Object.hasOwn(captured, column))
+      out.push(hostColumnChange(key, column, captured[column], false));
+    else if (written.has(column)) out.push(hostColumnChange(key, column, old[column], false));
+  }
+  return out;
 }
 
 function stageOf(policies: Policy[], policy: string, name: string | null): Stage | null {
