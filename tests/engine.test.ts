@@ -7,7 +7,14 @@ import { createTestDatabase, type TestDatabase } from './helpers/database';
 import { runCli } from './helpers/cli';
 import { ROOT } from './helpers/server';
 import { checksumTables, ENGINE_RULES, writeRules } from './helpers/fixtures';
-import { backfillArgs, cli as engineCli, Gate, seededDatabase, startCli } from './helpers/reliability';
+import {
+  backfillArgs,
+  cli as engineCli,
+  Gate,
+  seededDatabase,
+  startCli,
+  startNode,
+} from './helpers/reliability';
 import { runBatch } from '../src/engine/run';
 import { loadRules } from '../src/rules/load';
 import type { Rules } from '../src/types';
@@ -121,6 +128,20 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
         .filter((c) => /^\d+$/.test(c[0] ?? ''));
       expect(keyed.map((c) => `${c[0]}|${c[2]}|${c[5]}`)).toEqual(listed);
     }
+  });
+
+  test('a reader that stops early (`| head`): the report and --help end quietly with exit 0', async () => {
+    // The listing is closed after its first chunk; the help (one write) before it is written.
+    const listing = startCli(
+      db,
+      ['report', '--dry-run', '--accounts', '--format', 'csv', '--as-of', AS_OF, '--quiet'],
+      rulesFile,
+    );
+    listing.child.stdout!.once('data', () => listing.child.stdout!.destroy());
+    const help = startNode([path.join(ROOT, 'bin/suspend'), '--help']);
+    help.child.stdout!.destroy();
+    for (const r of await Promise.all([listing.done, help.done]))
+      expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
   });
 
   test('a report without --accounts counts every change but builds only its sample of ten, the first in key order', async () => {

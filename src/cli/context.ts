@@ -139,7 +139,7 @@ export function writeArtifact(text: string, output?: string): void {
 
 /**
  * Like writeArtifact for a report written a piece at a time: to FILE, or to stdout waiting for it
- * to drain, so a long listing never piles up in memory.
+ * to drain (or to be closed by its reader), so a long listing never piles up in memory.
  */
 export async function streamArtifact(
   output: string | undefined,
@@ -156,11 +156,17 @@ export async function streamArtifact(
     }
     return;
   }
+  const stdout = process.stdout;
   await produce(
     (chunk) =>
       new Promise<void>((resolve) => {
-        if (process.stdout.write(chunk)) resolve();
-        else process.stdout.once('drain', () => resolve());
+        // Closed by its reader (see main): nothing more to wait for, the rest is dropped.
+        if (stdout.destroyed || stdout.write(chunk)) return resolve();
+        const go = () => {
+          stdout.off('drain', go).off('close', go);
+          resolve();
+        };
+        stdout.once('drain', go).once('close', go);
       }),
   );
 }

@@ -66,7 +66,19 @@ export function buildProgram(): Command {
   return program;
 }
 
+/**
+ * A reader that stops early (`suspend report --accounts | head`) closes stdout: the rest of the
+ * output is dropped and the command ends as it would have (a run still closes its ledger row and
+ * delivers its notifications), where Node would end it with a stack trace from the failed write.
+ */
+function dropOutputOnceStdoutCloses(): void {
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE' && err.code !== 'ERR_STREAM_DESTROYED') throw err;
+  });
+}
+
 export async function main(argv: string[]): Promise<void> {
+  dropOutputOnceStdoutCloses();
   const program = buildProgram();
   try {
     await program.parseAsync(argv);
