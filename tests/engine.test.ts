@@ -130,6 +130,34 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
     }
   });
 
+  test('--output checked before the run: a missing folder or a folder is one sentence, exit 2, nothing written; a file that cannot be created is one sentence', async () => {
+    const before = await checksumTables(db.knex, ['public', 'suspend']);
+    const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'suspend-output-'));
+    for (const [output, problem] of [
+      [path.join(folder, 'missing', 'x.csv'), `the folder ${path.join(folder, 'missing')} does not exist`],
+      [folder, `"${folder}" is a folder; name a file in it.`],
+    ]) {
+      const r = await cli(db, ['backfill', '--as-of', AS_OF, '--no-notify', '--output', output!]);
+      expect(r.code).toBe(2);
+      expect(r.stderr.split('\n')[0]).toContain(
+        `option '--output <file>' argument '${output}' is invalid. ${problem}`,
+      );
+    }
+    expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
+    // Passes the check where the user may write into /proc (root), fails when opened.
+    const proc = await cli(db, [
+      'report',
+      '--dry-run',
+      '--as-of',
+      AS_OF,
+      '--quiet',
+      '--output',
+      '/proc/x.csv',
+    ]);
+    expect(proc.code).toBeGreaterThan(0);
+    expect(proc.stderr).toMatch(/^error: .*\/proc\/x\.csv.*\n(\(run with --help for usage\)\n)?$/);
+  });
+
   test('a reader that stops early (`| head`): the report and --help end quietly with exit 0', async () => {
     // The listing is closed after its first chunk; the help (one write) before it is written.
     const listing = startCli(

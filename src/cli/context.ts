@@ -133,8 +133,20 @@ function describeCause(cause: unknown): string {
 /** Writes the command's artifact to stdout or to --output FILE. */
 export function writeArtifact(text: string, output?: string): void {
   const body = text.endsWith('\n') ? text : `${text}\n`;
-  if (output) fs.writeFileSync(output, body);
+  if (output) toFile(output, () => fs.writeFileSync(output, body));
   else process.stdout.write(body);
+}
+
+/** A report file that cannot be written (its path was checked before the run: see parseOutputFile). */
+function toFile<T>(output: string, write: () => T): T {
+  try {
+    return write();
+  } catch (err) {
+    throw new SuspendError(
+      `Could not write the report to ${output} (${errorMessage(err)}); a run that writes has its changes committed all the same (see \`suspend runs\`).`,
+      { cause: err },
+    );
+  }
 }
 
 /**
@@ -146,10 +158,10 @@ export async function streamArtifact(
   produce: (write: (chunk: string) => Promise<void>) => Promise<void>,
 ): Promise<void> {
   if (output) {
-    const fd = fs.openSync(output, 'w');
+    const fd = toFile(output, () => fs.openSync(output, 'w'));
     try {
       await produce(async (chunk) => {
-        fs.writeSync(fd, chunk);
+        toFile(output, () => fs.writeSync(fd, chunk));
       });
     } finally {
       fs.closeSync(fd);

@@ -1,3 +1,5 @@
+import fs from 'node:fs';
+import path from 'node:path';
 import { Command, Option, InvalidArgumentError } from 'commander';
 
 /** Flags every command takes. Precedence: flag > environment > config file > default. */
@@ -53,4 +55,26 @@ export type Format = (typeof FORMATS)[number];
 
 export function formatOption(): Option {
   return new Option('--format <format>', 'report format').choices(FORMATS).default('table');
+}
+
+/**
+ * A file to write the report to, checked before anything runs: a run that had written its changes
+ * must not then fail on its report's path.
+ */
+export function parseOutputFile(value: string): string {
+  const folder = path.dirname(path.resolve(value));
+  const stat = fs.statSync(value, { throwIfNoEntry: false });
+  if (stat?.isDirectory()) throw new InvalidArgumentError(`"${value}" is a folder; name a file in it.`);
+  if (!fs.statSync(folder, { throwIfNoEntry: false })?.isDirectory())
+    throw new InvalidArgumentError(
+      `the folder ${folder} does not exist; create it or name a file in an existing folder.`,
+    );
+  try {
+    fs.accessSync(stat ? value : folder, fs.constants.W_OK);
+  } catch {
+    throw new InvalidArgumentError(
+      `${stat ? `"${value}"` : `the folder ${folder}`} is not writable by this user.`,
+    );
+  }
+  return value;
 }

@@ -6,7 +6,14 @@ import {
   type CommandContext,
   type CommonOptions,
 } from '../context';
-import { asOfOption, formatOption, parsePositiveInteger, withCommonOptions, type Format } from '../options';
+import {
+  asOfOption,
+  formatOption,
+  parseOutputFile,
+  parsePositiveInteger,
+  withCommonOptions,
+  type Format,
+} from '../options';
 import type { BatchKind } from '../../engine/run';
 import { defaultActor } from '../../engine/ledger';
 import { PIPELINE_CONNECTIONS } from '../../engine/pipeline';
@@ -66,7 +73,9 @@ function batchOptions(cmd: Command, kind: BatchKind | 'report'): Command {
       ),
     )
     .addOption(formatOption())
-    .option('--output <file>', 'write the report to FILE instead of stdout')
+    .addOption(
+      new Option('--output <file>', 'write the report to FILE instead of stdout').argParser(parseOutputFile),
+    )
     .option('--accounts', 'list every affected account (key, org, from, to, policy, reasons)')
     .addOption(
       new Option(
