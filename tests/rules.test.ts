@@ -11,6 +11,8 @@ import { createAjv, rulesSchemaHash, VALIDATOR_FILE } from '../src/rules/validat
 import RULES_SCHEMA from '../src/rules/rules.schema.json';
 import { rulesJsonSchema } from '../src/rules/schema';
 import { ValidationErrors } from '../src/errors';
+import { renderMessageFor } from '../src/evaluate/message';
+import type { Signals } from '../src/types';
 
 /** The rules file as a user meets it: found, validated with file:line errors, merged, shown, published. */
 
@@ -47,6 +49,43 @@ describe('suspend rules check', () => {
       'policies: inactivity (suspended), delinquency (suspended), overdue_pause (paused), escalation (day_14 → day_30)',
     );
     expect(r.stdout).toContain('organizations with overrides: 2, 3');
+  });
+
+  test("the example's customer messages read as sentences for a customer never active, with no balance and no name", async () => {
+    const rules = await loadRules({ file: EXAMPLE, cwd: ROOT });
+    const unknown: Signals = {
+      key: '42',
+      orgId: null,
+      accountCreatedOn: '2024-01-28',
+      lastActivityOn: null,
+      openBalance: 0,
+      overdueBalance: 0,
+      pastDueSince: null,
+      oldestOverdueDays: null,
+      oldestOverdueInvoice: null,
+      unpaidInvoiceCount: 0,
+      activeSubscriptions: 0,
+      netTermsDays: 0,
+      flags: [],
+      name: null,
+      email: null,
+    };
+    const messages = rules.defaults.policies.flatMap((policy) =>
+      policy.stages.map((stage) =>
+        renderMessageFor(stage.message, {
+          signals: unknown,
+          settings: rules.settings,
+          asOf: '2026-11-30',
+          policy: policy.name,
+          stage: stage.name,
+        }),
+      ),
+    );
+    expect(messages.length).toBeGreaterThan(3);
+    for (const m of messages) expect(m).not.toMatch(/since never|undefined|null|NaN|\{|\}/);
+    expect(messages[0]).toBe(
+      'Hello customer, your account is on hold because it has had no booking for a year (last booking: never). Contact us at https://help.example.com and we will reopen it right away.',
+    );
   });
 
   test('every error at once, each with file, line, YAML path, what was given and what is allowed; exit 2', async () => {
