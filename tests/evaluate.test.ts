@@ -13,6 +13,7 @@ import {
 import { PLACEHOLDERS } from '../src/evaluate/placeholders';
 import { capturedHostValues } from '../src/evaluate/host-values';
 import { planHostColumns, settleHostColumns } from '../src/engine/plan';
+import { accountSignals } from './helpers/fixtures';
 import type { StateChange } from '../src/write/apply';
 import type {
   AccountEvaluation,
@@ -37,26 +38,8 @@ function dur(text: string): Duration {
   return { amount: Number(amount), unit: unit.replace(/s$/, '') as Duration['unit'], text };
 }
 
-function signals(overrides: Partial<Signals> = {}): Signals {
-  return {
-    key: 'c1',
-    orgId: 'org-1',
-    accountCreatedOn: '2020-01-01',
-    lastActivityOn: AS_OF,
-    openBalance: 0,
-    overdueBalance: 0,
-    pastDueSince: null,
-    oldestOverdueDays: null,
-    oldestOverdueInvoice: null,
-    unpaidInvoiceCount: 0,
-    activeSubscriptions: 0,
-    netTermsDays: 0,
-    flags: [],
-    name: 'Ada Lovelace',
-    email: 'ada@example.com',
-    ...overrides,
-  };
-}
+const signals = (overrides: Partial<Signals> = {}): Signals =>
+  accountSignals({ lastActivityOn: AS_OF, ...overrides });
 
 /** Past due for `days` days on AS_OF. */
 const pastDue = (days: number) => ({ pastDueSince: addDays(AS_OF, -days) });

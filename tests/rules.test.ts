@@ -5,14 +5,13 @@ import path from 'node:path';
 import { parse } from 'yaml';
 import { runCli } from './helpers/cli';
 import { ROOT } from './helpers/server';
-import { writeRules } from './helpers/fixtures';
+import { accountSignals, writeRules } from './helpers/fixtures';
 import { loadRules, validateRulesText } from '../src/rules/load';
 import { createAjv, rulesSchemaHash, VALIDATOR_FILE } from '../src/rules/validate';
 import RULES_SCHEMA from '../src/rules/rules.schema.json';
 import { rulesJsonSchema } from '../src/rules/schema';
 import { ValidationErrors } from '../src/errors';
 import { renderMessageFor } from '../src/evaluate/message';
-import type { Signals } from '../src/types';
 
 /** The rules file as a user meets it: found, validated with file:line errors, merged, shown, published. */
 
@@ -53,23 +52,14 @@ describe('suspend rules check', () => {
 
   test("the example's customer messages read as sentences for a customer never active, with no balance and no name", async () => {
     const rules = await loadRules({ file: EXAMPLE, cwd: ROOT });
-    const unknown: Signals = {
+    const unknown = accountSignals({
       key: '42',
       orgId: null,
       accountCreatedOn: '2024-01-28',
       lastActivityOn: null,
-      openBalance: 0,
-      overdueBalance: 0,
-      pastDueSince: null,
-      oldestOverdueDays: null,
-      oldestOverdueInvoice: null,
-      unpaidInvoiceCount: 0,
-      activeSubscriptions: 0,
-      netTermsDays: 0,
-      flags: [],
       name: null,
       email: null,
-    };
+    });
     const messages = rules.defaults.policies.flatMap((policy) =>
       policy.stages.map((stage) =>
         renderMessageFor(stage.message, {

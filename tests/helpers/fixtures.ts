@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Knex } from 'knex';
+import type { Signals } from '../../src/types';
 
 /** Writes a rules file into a fresh temp folder and returns its path. */
 export function writeRules(yaml: string, name = 'rules.yaml'): string {
@@ -90,3 +91,25 @@ policies:
         when: { has_active_subscription: true, past_due_for: 30 days }
         actions: [notify, pause]
 `;
+
+/** One account's signals for pure tests: active on `2026-11-23`, nothing owed, unless overridden. */
+export function accountSignals(overrides: Partial<Signals> = {}): Signals {
+  return {
+    key: 'c1',
+    orgId: 'org-1',
+    accountCreatedOn: '2020-01-01',
+    lastActivityOn: '2026-11-23',
+    openBalance: 0,
+    overdueBalance: 0,
+    pastDueSince: null,
+    oldestOverdueDays: null,
+    oldestOverdueInvoice: null,
+    unpaidInvoiceCount: 0,
+    activeSubscriptions: 0,
+    netTermsDays: 0,
+    flags: [],
+    name: 'Ada Lovelace',
+    email: 'ada@example.com',
+    ...overrides,
+  };
+}
