@@ -644,6 +644,45 @@ describe('accounts that come and go while pages are read', () => {
   });
 });
 
+describe('host columns over a ladder', () => {
+  const LADDER = `${ENGINE_RULES.slice(0, ENGINE_RULES.indexOf('exclusions:'))}
+policies:
+  debt:
+    reinstate: auto
+    stages:
+      - name: warned
+        when: { past_due_for: 10 days }
+        actions: [{ set: { status: warned } }]
+      - name: locked
+        when: { past_due_for: 30 days }
+        actions: [suspend, { set: { status: locked, note: locked } }]
+`.replace('settings:\n', 'settings:\n  max_changes: 100%\n');
+
+  test('a stage that sets one more column keeps the status the stage before captured; the clear gives both back', async () => {
+    const db = await createTestDatabase();
+    try {
+      await db.knex.raw('alter table customers add column note text');
+      await db.knex('customers').insert({ id: 1, name: 'Ada', status: 'active', note: 'from the host' });
+      await db.knex('invoices').insert({ id: 1, customer_id: 1, due_on: '2026-10-01', amount_cents: 5000 });
+      const rules = await loadRules({ file: writeRules(LADDER), cwd: ROOT });
+      const run = async (kind: 'backfill' | 'sweep', asOf: string) =>
+        expect((await runBatch(db.knex, rules, { ...backfillOptions(100), kind, asOf })).status).toBe(
+          'succeeded',
+        );
+      const host = () => db.knex('customers').where({ id: 1 }).first('status', 'note');
+      await run('backfill', '2026-10-16');
+      expect(await host()).toEqual({ status: 'warned', note: 'from the host' });
+      await run('sweep', '2026-11-05');
+      expect(await host()).toEqual({ status: 'locked', note: 'locked' });
+      await db.knex('invoices').update({ paid_cents: 5000, paid_on: '2026-11-06' });
+      await run('sweep', '2026-11-07');
+      expect(await host()).toEqual({ status: 'active', note: 'from the host' });
+    } finally {
+      await db.drop();
+    }
+  });
+});
+
 describe('payment race', () => {
   /** A backfill of the 2,000 accounts in one page, through the callable core. */
   const onePageBackfill = (dryRun: boolean) => ({
@@ -687,13 +726,21 @@ describe('payment race', () => {
   }
   /**
    * When the page sets the account's status, someone else writes its state under `policy` (version
-   * 7) inside the page's transaction, after the re-check: the page's change under it is refused.
+   * 7, in `stage` if given) inside the page's transaction, after the re-check: the page's change
+   * under it is refused.
    */
-  async function refuseOnStatusUpdate(db: TestDatabase, key: string, policy: string) {
+  async function refuseOnStatusUpdate(
+    db: TestDatabase,
+    key: string,
+    policy: string,
+    stage: string | null = null,
+  ) {
+    const [name, index] = stage === null ? ['null', -1] : [`'${stage}'`, 0];
     await db.knex.raw(
       `create function race_bump() returns trigger language plpgsql as $$
        begin
-         insert into suspend.account_states (customer_key, policy, version) values (new.id::text, '${policy}', 7)
+         insert into suspend.account_states (customer_key, policy, version, stage, stage_index)
+           values (new.id::text, '${policy}', 7, ${name}, ${index})
            on conflict (customer_key, policy) do update set version = 7;
          return new;
        end $$;
@@ -834,6 +881,30 @@ describe('payment race', () => {
         { policy: 'overdue_pause', stage: null },
       ]);
       expect(await racing.knex('customers').where({ id: target }).pluck('status')).toEqual(['active']);
+    } finally {
+      await racing.drop();
+    }
+  });
+
+  test("every change refused by a row in a stage that sets the status: the status goes back, since no row holds the host's value", async () => {
+    const racing = await seeded(2000, 5);
+    try {
+      const rules = await loadRules({ file: rulesFile, cwd: ROOT });
+      const [target] = [...(await plannedChanges(racing, rules))].find(
+        ([, p]) => p.join() === 'inactivity enter',
+      )!;
+      await refuseOnStatusUpdate(racing, target, 'inactivity', 'suspended');
+      const [before] = (await racing.knex('customers').where({ id: target }).pluck('status')) as string[];
+      const result = await runBatch(racing.knex, rules, onePageBackfill(false));
+      expect(result.counts.changedSinceRead).toBe(1);
+      expect(
+        await racing
+          .knex('suspend.account_states')
+          .where({ customer_key: target })
+          .select('policy', 'stage', 'host_before'),
+      ).toEqual([{ policy: 'inactivity', stage: 'suspended', host_before: null }]);
+      expect(await racing.knex('customers').where({ id: target }).pluck('status')).toEqual([before]);
+      expect(before).not.toBe('suspended');
     } finally {
       await racing.drop();
     }

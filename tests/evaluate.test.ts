@@ -963,6 +963,10 @@ describe('host columns (customers.status and the like)', () => {
     expect(settleHostColumns('c1', policies, held, [{ policy: 'inactivity', stage: null }], [], {})).toEqual(
       [],
     );
+    // The capture as read before the page counts too (a row written since may hold others only).
+    const heldWithCapture = [{ ...held[0]!, host_before: { status: 'active' } }];
+    const otherCapture = [{ policy: 'inactivity', stage: null, host_before: { note: null } }];
+    expect(settleHostColumns('c1', policies, heldWithCapture, otherCapture, [], {})).toEqual(restored);
     // A winning value of null is written as null, not replaced by the old value.
     const blank = policy('blank', [
       stage(

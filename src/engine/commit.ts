@@ -106,7 +106,7 @@ export async function commitPage(
         changes.filter((c) => !appliedSet.has(pair(c.key, c.policy))).map((c) => c.key),
       );
       counted.changedSinceRead += refused.size;
-      await settleRefusedHostColumns(trx, target, refused, read, changes, host, old);
+      await settleRefusedHostColumns(trx, target, refused, read, changes, written, host, old);
     }
     // Usually the plan is written as it stands, and its changes are counted already.
     const asPlanned = changes === page.plan.changes && written.length === changes.length;
@@ -131,6 +131,7 @@ async function settleRefusedHostColumns(
   refused: Set<string>,
   read: PageState,
   changes: StateChange[],
+  written: StateChange[],
   host: HostColumnChange[],
   old: Map<string, Record<string, string | null>>,
 ): Promise<void> {
@@ -142,16 +143,27 @@ async function settleRefusedHostColumns(
   const current = groupBy(rows, (r) => r.customer_key);
   const wrote = groupBy(host, (h) => h.key);
   const orgOf = new Map(changes.map((c) => [c.key, c.orgId]));
-  const settled = [...refused].flatMap((key) =>
-    settleHostColumns(
+  const partly = new Set(written.map((c) => c.key));
+  const settled = [...refused].flatMap((key) => {
+    const policies = rulesForOrg(target.rules, orgOf.get(key) ?? null).policies;
+    // None of its changes written: no row holds what the page captured, so what it set goes back
+    // to what it was, whatever the refusing rows say (setting their value would lose the host's).
+    if (!partly.has(key))
+      return settleHostColumns(key, policies, [], [], wrote.get(key) ?? [], old.get(key) ?? {});
+    const before = [...(read.states.get(key) ?? [])].map(([policy, s]) => ({
+      policy,
+      stage: s.stage,
+      host_before: s.hostBefore,
+    }));
+    return settleHostColumns(
       key,
-      rulesForOrg(target.rules, orgOf.get(key) ?? null).policies,
-      [...(read.states.get(key) ?? [])].map(([policy, s]) => ({ policy, stage: s.stage })),
+      policies,
+      before,
       current.get(key) ?? [],
       wrote.get(key) ?? [],
       old.get(key) ?? {},
-    ),
-  );
+    );
+  });
   await writeHostColumns(trx, target.rules.source, settled, target.hostColumnTypes);
 }
 

@@ -134,7 +134,7 @@ export function planHostColumns(
   return out;
 }
 
-/** An account's policy and stage, as stored (the capture only where the row is read back after a write). */
+/** An account's policy and stage, as stored, with the host values its row captured. */
 export interface StageRow {
   policy: string;
   stage: string | null;
@@ -148,6 +148,7 @@ export interface StageRow {
  * their values before the page in `old`). Each takes the value of the most severe current stage that
  * sets it; else, when a stage set it before, the value captured before suspend first set it (as a
  * clear does); else, when the page wrote it, its value before the page; else it is left as it is.
+ * With no rows at all, that puts back what the page wrote.
  */
 export function settleHostColumns(
   key: string,
@@ -160,7 +161,8 @@ export function settleHostColumns(
   const stages = (rows: StageRow[]) => rows.map((r) => stageOf(policies, r.policy, r.stage));
   const held = winningHostValues(stages(before));
   const now = winningHostValues(stages(current));
-  const captured = capturedHostValues(current.map((r) => r.host_before));
+  // The rows after the page's write first (a capture it wrote is the newest), then as read before it.
+  const captured = capturedHostValues([...current, ...before].map((r) => r.host_before));
   const written = new Set(wrote.filter((h) => Object.hasOwn(old, h.column)).map((h) => h.column));
   const out: HostColumnChange[] = [];
   for (const column of new Set([...held.keys(), ...written])) {

@@ -122,7 +122,10 @@ upserted as (
          episode_started_on = case when excluded.stage is null then null
                                    when s.stage is null then excluded.entered_on
                                    else s.episode_started_on end,
-         host_before = coalesce(excluded.host_before, s.host_before),
+         -- captures add up: a stage that sets one more column keeps what the row captured before
+         -- (a new capture of the same column is the newer host value, so it wins)
+         host_before = case when excluded.host_before is null then s.host_before
+                            else coalesce(s.host_before, '{}'::jsonb) || excluded.host_before end,
          run_id = excluded.run_id,
          version = s.version + 1,
          updated_at = now()
