@@ -644,10 +644,35 @@ describe('accounts that come and go while pages are read', () => {
   });
 });
 
-describe('host columns over a ladder', () => {
-  const LADDER = `${ENGINE_RULES.slice(0, ENGINE_RULES.indexOf('exclusions:'))}
-policies:
-  debt:
+describe('host columns across stages and episodes', () => {
+  /** One customer (1) on an empty reference database, and the rules' `policies:` on the reference mapping. */
+  async function oneCustomer(policies: string, customer: Record<string, unknown>) {
+    const yaml = `${ENGINE_RULES.slice(0, ENGINE_RULES.indexOf('exclusions:'))}policies:\n${policies}`;
+    const rules = await loadRules({
+      file: writeRules(yaml.replace('settings:\n', 'settings:\n  max_changes: 100%\n')),
+      cwd: ROOT,
+    });
+    const db = await createTestDatabase();
+    if ('note' in customer) await db.knex.raw('alter table customers add column note text');
+    await db.knex('customers').insert({ id: 1, name: 'Ada', ...customer });
+    const run = async (kind: 'backfill' | 'sweep', asOf: string) =>
+      expect((await runBatch(db.knex, rules, { ...backfillOptions(100), kind, asOf })).status).toBe(
+        'succeeded',
+      );
+    const host = () =>
+      db
+        .knex('customers')
+        .where({ id: 1 })
+        .first(Object.keys(customer).filter((c) => c !== 'created_at'));
+    const owes = (dueOn: string) =>
+      db.knex('invoices').insert({ id: 1, customer_id: 1, due_on: dueOn, amount_cents: 5000 });
+    const pays = (on: string) => db.knex('invoices').update({ paid_cents: 5000, paid_on: on });
+    return { db, run, host, owes, pays };
+  }
+
+  test('a stage that sets one more column keeps the status the stage before captured; the clear gives both back', async () => {
+    const { db, run, host, owes, pays } = await oneCustomer(
+      `  debt:
     reinstate: auto
     stages:
       - name: warned
@@ -656,27 +681,54 @@ policies:
       - name: locked
         when: { past_due_for: 30 days }
         actions: [suspend, { set: { status: locked, note: locked } }]
-`.replace('settings:\n', 'settings:\n  max_changes: 100%\n');
-
-  test('a stage that sets one more column keeps the status the stage before captured; the clear gives both back', async () => {
-    const db = await createTestDatabase();
+`,
+      { status: 'active', note: 'from the host' },
+    );
     try {
-      await db.knex.raw('alter table customers add column note text');
-      await db.knex('customers').insert({ id: 1, name: 'Ada', status: 'active', note: 'from the host' });
-      await db.knex('invoices').insert({ id: 1, customer_id: 1, due_on: '2026-10-01', amount_cents: 5000 });
-      const rules = await loadRules({ file: writeRules(LADDER), cwd: ROOT });
-      const run = async (kind: 'backfill' | 'sweep', asOf: string) =>
-        expect((await runBatch(db.knex, rules, { ...backfillOptions(100), kind, asOf })).status).toBe(
-          'succeeded',
-        );
-      const host = () => db.knex('customers').where({ id: 1 }).first('status', 'note');
+      await owes('2026-10-01');
       await run('backfill', '2026-10-16');
       expect(await host()).toEqual({ status: 'warned', note: 'from the host' });
       await run('sweep', '2026-11-05');
       expect(await host()).toEqual({ status: 'locked', note: 'locked' });
-      await db.knex('invoices').update({ paid_cents: 5000, paid_on: '2026-11-06' });
+      await pays('2026-11-06');
       await run('sweep', '2026-11-07');
       expect(await host()).toEqual({ status: 'active', note: 'from the host' });
+    } finally {
+      await db.drop();
+    }
+  });
+
+  test('a status the host changed between two episodes comes back as it was at the second one, not the first', async () => {
+    const { db, run, host, owes, pays } = await oneCustomer(
+      `  away:
+    reinstate: auto
+    stages:
+      - name: idle
+        when: { inactive_for: 12 months }
+        actions: [{ set: { status: idle } }]
+  debt:
+    reinstate: auto
+    stages:
+      - name: warned
+        when: { past_due_for: 10 days }
+        actions: [{ set: { status: warned } }]
+`,
+      { status: 'active', created_at: '2020-01-01' },
+    );
+    try {
+      await run('backfill', '2026-10-01');
+      expect(await host()).toEqual({ status: 'idle' });
+      await db.knex('reservations').insert({ id: 1, customer_id: 1, created_at: '2026-10-02' });
+      await run('sweep', '2026-10-03');
+      expect(await host()).toEqual({ status: 'active' });
+      // The host's own change while suspend holds nothing; then a new episode under another policy.
+      await db.knex('customers').where({ id: 1 }).update({ status: 'vip' });
+      await owes('2026-10-05');
+      await run('sweep', '2026-10-20');
+      expect(await host()).toEqual({ status: 'warned' });
+      await pays('2026-10-21');
+      await run('sweep', '2026-10-22');
+      expect(await host()).toEqual({ status: 'vip' });
     } finally {
       await db.drop();
     }

@@ -108,6 +108,7 @@ export async function commitPage(
       counted.changedSinceRead += refused.size;
       await settleRefusedHostColumns(trx, target, refused, read, changes, written, host, old);
     }
+    await dropStaleCaptures(trx, ctx.schema, read, written);
     // Usually the plan is written as it stands, and its changes are counted already.
     const asPlanned = changes === page.plan.changes && written.length === changes.length;
     if (!asPlanned) countChanges(counted, written);
@@ -117,6 +118,50 @@ export async function commitPage(
     await confirmLockHeld(trx, target.lock);
     return { changes: written, counts: merged, page: pageCounted };
   });
+}
+
+/**
+ * A capture starts a new episode of a host column: no stage held it, so what other rows of the
+ * account captured for it before belongs to an episode that ended, and the host may have changed the
+ * column since. Those older values are dropped, or a later clear could give one of them back.
+ */
+async function dropStaleCaptures(
+  trx: Knex.Transaction,
+  schema: string,
+  read: PageState,
+  written: StateChange[],
+): Promise<void> {
+  const rows: {
+    key: string;
+    policy: string;
+    version: number;
+    host_before: Record<string, unknown> | null;
+  }[] = [];
+  for (const [key, changes] of groupBy(written, (c) => c.key)) {
+    const stored = read.states.get(key);
+    if (!stored) continue;
+    const captured = new Set(changes.flatMap((c) => Object.keys(c.hostBefore ?? {})));
+    if (captured.size === 0) continue;
+    const changed = new Set(changes.map((c) => c.policy));
+    for (const [policy, state] of stored) {
+      if (changed.has(policy) || !state.hostBefore) continue;
+      const kept = Object.entries(state.hostBefore).filter(([column]) => !captured.has(column));
+      if (kept.length === Object.keys(state.hostBefore).length) continue;
+      rows.push({
+        key,
+        policy,
+        version: state.version,
+        host_before: kept.length ? Object.fromEntries(kept) : null,
+      });
+    }
+  }
+  if (rows.length === 0) return;
+  await trx.raw(
+    `update ?? as s set host_before = x.host_before
+       from jsonb_to_recordset(?::jsonb) as x(key text, policy text, version int, host_before jsonb)
+      where s.customer_key = x.key and s.policy = x.policy and s.version = x.version`,
+    [`${schema}.account_states`, JSON.stringify(rows)],
+  );
 }
 
 /**
