@@ -318,10 +318,15 @@ describe('loading in two sessions', () => {
 
   test('the session guarding the load is not ended while it idles (idle_in_transaction_session_timeout)', async () => {
     // Every session of the seed: a transaction idle for 100 ms is ended (PGOPTIONS, read by
-    // node-postgres). The guard's transaction idles for the whole load; the loads do not idle.
+    // node-postgres). The guard's transaction idles for the whole load, and a load session done
+    // first idles until the others are done: here the invoices' session ends 300 ms after the
+    // other (statement-level trigger), so the other idles at least that long.
+    await db.knex.raw(`create function slow_load() returns trigger language plpgsql as $$
+      begin perform pg_sleep(0.3); return null; end $$;
+      create trigger slow_load after insert on invoices for each statement execute function slow_load()`);
     const r = await seed(db, ['--customers', String(N), '--quiet'], {
       PGOPTIONS: '-c idle_in_transaction_session_timeout=100',
-    });
+    }).finally(() => db.knex.raw('drop trigger slow_load on invoices; drop function slow_load()'));
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     const n = await one<{ n: string }>(db, 'select count(*) as n from customers');

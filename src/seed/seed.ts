@@ -178,6 +178,8 @@ async function allOrNothing(knex: Knex, jobs: ((trx: Knex.Transaction) => Promis
     jobs.map((job) =>
       knex.transaction(async (trx) => {
         try {
+          // A job done first idles in its transaction until the others are done too.
+          await trx.raw(`select ${noTimeouts(true)}`);
           await job(trx);
         } catch (err) {
           failed = true;
