@@ -17,6 +17,7 @@ import {
 } from './helpers/reliability';
 import { runBatch } from '../src/engine/run';
 import { loadRules } from '../src/rules/load';
+import { reinstateAccount } from '../src/customer/reinstate';
 import type { Rules } from '../src/types';
 
 /** The batch engine as a user runs it: report, backfill, sweep, runs, locks, limits, resume, races. */
@@ -645,20 +646,26 @@ describe('accounts that come and go while pages are read', () => {
 });
 
 describe('host columns across stages and episodes', () => {
-  /** One customer (1) on an empty reference database, and the rules' `policies:` on the reference mapping. */
-  async function oneCustomer(policies: string, customer: Record<string, unknown>) {
-    const yaml = `${ENGINE_RULES.slice(0, ENGINE_RULES.indexOf('exclusions:'))}policies:\n${policies}`;
-    const rules = await loadRules({
-      file: writeRules(yaml.replace('settings:\n', 'settings:\n  max_changes: 100%\n')),
+  /** Rules of `policies:` (YAML) on the reference mapping, without a safety limit. */
+  const rulesWith = (policies: string) =>
+    loadRules({
+      file: writeRules(
+        `${ENGINE_RULES.slice(0, ENGINE_RULES.indexOf('exclusions:'))}policies:\n${policies}`.replace(
+          'settings:\n',
+          'settings:\n  max_changes: 100%\n',
+        ),
+      ),
       cwd: ROOT,
     });
+
+  /** One customer (1) on an empty reference database, run by the rules of `policies` (or others). */
+  async function oneCustomer(policies: string, customer: Record<string, unknown>) {
+    const rules = await rulesWith(policies);
     const db = await createTestDatabase();
     if ('note' in customer) await db.knex.raw('alter table customers add column note text');
     await db.knex('customers').insert({ id: 1, name: 'Ada', ...customer });
-    const run = async (kind: 'backfill' | 'sweep', asOf: string) =>
-      expect((await runBatch(db.knex, rules, { ...backfillOptions(100), kind, asOf })).status).toBe(
-        'succeeded',
-      );
+    const run = async (kind: 'backfill' | 'sweep', asOf: string, by: Rules = rules) =>
+      expect((await runBatch(db.knex, by, { ...backfillOptions(100), kind, asOf })).status).toBe('succeeded');
     const host = () =>
       db
         .knex('customers')
@@ -729,6 +736,49 @@ describe('host columns across stages and episodes', () => {
       await pays('2026-10-21');
       await run('sweep', '2026-10-22');
       expect(await host()).toEqual({ status: 'vip' });
+    } finally {
+      await db.drop();
+    }
+  });
+
+  test("a policy taken out of the rules keeps its row's capture: reinstating it by hand gives the host's value back", async () => {
+    const debt = `  debt:
+    reinstate: auto
+    stages:
+      - name: locked
+        when: { past_due_for: 30 days }
+        actions: [suspend, { set: { status: locked } }]
+`;
+    const { db, run, host, owes } = await oneCustomer(debt, { status: 'active', created_at: '2020-01-01' });
+    try {
+      await owes('2026-09-01');
+      await run('backfill', '2026-10-05');
+      expect(await host()).toEqual({ status: 'locked' });
+      // The rules now have only an inactivity ladder: its stage captures `locked` and sets `idle`.
+      const away = await rulesWith(`  away:
+    reinstate: auto
+    stages:
+      - name: idle
+        when: { inactive_for: 12 months }
+        actions: [{ set: { status: idle } }]
+`);
+      await run('sweep', '2026-10-06', away);
+      expect(await host()).toEqual({ status: 'idle' });
+      // The debt row's stage is unknown to these rules and may still hold the column: its capture stays.
+      expect(await db.knex('suspend.account_states').where({ policy: 'debt' }).pluck('host_before')).toEqual([
+        { status: 'active' },
+      ]);
+      await db.knex('reservations').insert({ id: 1, customer_id: 1, created_at: '2026-10-07' });
+      await run('sweep', '2026-10-08', away);
+      await reinstateAccount(db.knex, away, {
+        key: '1',
+        reason: 'debt policy retired',
+        actor: 'test',
+        policies: null,
+        asOf: '2026-10-09',
+        wait: false,
+      });
+      expect(await host()).toEqual({ status: 'active' });
     } finally {
       await db.drop();
     }

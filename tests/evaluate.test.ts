@@ -12,7 +12,7 @@ import {
 } from '../src/evaluate/evaluate';
 import { PLACEHOLDERS } from '../src/evaluate/placeholders';
 import { capturedHostValues } from '../src/evaluate/host-values';
-import { planHostColumns, settleHostColumns } from '../src/engine/plan';
+import { planHostColumns, settleHostColumns, staleCaptures } from '../src/engine/plan';
 import { accountSignals } from './helpers/fixtures';
 import type { StateChange } from '../src/write/apply';
 import type {
@@ -929,6 +929,30 @@ describe('host columns (customers.status and the like)', () => {
     expect(captured['__proto__']).toBe('kept');
     expect(captured['status']).toBe('first');
     expect(Object.hasOwn(captured, 'constructor')).toBe(false);
+  });
+
+  test("a new capture drops the account's older captures of that column, except where a stage may still hold it", () => {
+    const rows = stored([
+      ['inactivity', null, { status: 'long ago', note: 'kept' }],
+      ['overdue', null, { status: 'long ago' }],
+      ['retired', 'gone', { status: 'the host value' }],
+    ]);
+    expect(staleCaptures(policies, rows, new Set(['overdue']), new Set(['status']))).toEqual([
+      { policy: 'inactivity', version: 1, hostBefore: { note: 'kept' } },
+    ]);
+    expect(staleCaptures(policies, rows, new Set(), new Set(['status']))).toEqual([
+      { policy: 'inactivity', version: 1, hostBefore: { note: 'kept' } },
+      { policy: 'overdue', version: 1, hostBefore: null },
+    ]);
+    // A stage that sets the column keeps its capture of it.
+    expect(
+      staleCaptures(
+        policies,
+        stored([['overdue', 'paused', { status: 'x' }]]),
+        new Set(),
+        new Set(['status']),
+      ),
+    ).toEqual([]);
   });
 
   test('settling the columns of an account with a refused change: its current stages decide, else what a clear or the page would give back', () => {

@@ -8,6 +8,7 @@ import {
   planPage,
   rulesForOrg,
   settleHostColumns,
+  staleCaptures,
   type HostColumnChange,
   type PagePlan,
   type StageRow,
@@ -108,7 +109,7 @@ export async function commitPage(
       counted.changedSinceRead += refused.size;
       await settleRefusedHostColumns(trx, target, refused, read, changes, written, host, old);
     }
-    await dropStaleCaptures(trx, ctx.schema, read, written);
+    await dropStaleCaptures(trx, target, read, written);
     // Usually the plan is written as it stands, and its changes are counted already.
     const asPlanned = changes === page.plan.changes && written.length === changes.length;
     if (!asPlanned) countChanges(counted, written);
@@ -121,16 +122,18 @@ export async function commitPage(
 }
 
 /**
- * A capture starts a new episode of a host column: no stage held it, so what other rows of the
- * account captured for it before belongs to an episode that ended, and the host may have changed the
- * column since. Those older values are dropped, or a later clear could give one of them back.
+ * A capture starts a new episode of a host column: what the account's other rows captured for it
+ * before is of an episode that ended (see staleCaptures), and is dropped so that a later clear cannot
+ * give back a value the host has changed since.
  */
 async function dropStaleCaptures(
   trx: Knex.Transaction,
-  schema: string,
+  target: CommitTarget,
   read: PageState,
   written: StateChange[],
 ): Promise<void> {
+  // A backfill's usual page: no account has stored rows.
+  if (read.states.size === 0) return;
   const rows: {
     key: string;
     policy: string;
@@ -139,28 +142,19 @@ async function dropStaleCaptures(
   }[] = [];
   for (const [key, changes] of groupBy(written, (c) => c.key)) {
     const stored = read.states.get(key);
-    if (!stored) continue;
     const captured = new Set(changes.flatMap((c) => Object.keys(c.hostBefore ?? {})));
-    if (captured.size === 0) continue;
+    if (!stored || captured.size === 0) continue;
+    const policies = rulesForOrg(target.rules, changes[0]!.orgId).policies;
     const changed = new Set(changes.map((c) => c.policy));
-    for (const [policy, state] of stored) {
-      if (changed.has(policy) || !state.hostBefore) continue;
-      const kept = Object.entries(state.hostBefore).filter(([column]) => !captured.has(column));
-      if (kept.length === Object.keys(state.hostBefore).length) continue;
-      rows.push({
-        key,
-        policy,
-        version: state.version,
-        host_before: kept.length ? Object.fromEntries(kept) : null,
-      });
-    }
+    for (const stale of staleCaptures(policies, stored, changed, captured))
+      rows.push({ key, policy: stale.policy, version: stale.version, host_before: stale.hostBefore });
   }
   if (rows.length === 0) return;
   await trx.raw(
     `update ?? as s set host_before = x.host_before
        from jsonb_to_recordset(?::jsonb) as x(key text, policy text, version int, host_before jsonb)
       where s.customer_key = x.key and s.policy = x.policy and s.version = x.version`,
-    [`${schema}.account_states`, JSON.stringify(rows)],
+    [`${target.ctx.schema}.account_states`, JSON.stringify(rows)],
   );
 }
 

@@ -175,6 +175,37 @@ export function settleHostColumns(
   return out;
 }
 
+/**
+ * What an account's other rows captured for columns a page captures again (`captured`: no current
+ * stage held them, so those captures are of an episode that ended, and the host may have changed the
+ * column since): each row's captures without them. A row in a stage the rules no longer describe may
+ * still hold such a column, so it keeps its captures; so does one whose stage sets the column.
+ */
+export function staleCaptures(
+  policies: Policy[],
+  stored: ReadonlyMap<string, StoredState>,
+  changed: ReadonlySet<string>,
+  captured: ReadonlySet<string>,
+): { policy: string; version: number; hostBefore: Record<string, unknown> | null }[] {
+  const out: { policy: string; version: number; hostBefore: Record<string, unknown> | null }[] = [];
+  for (const [policy, state] of stored) {
+    if (changed.has(policy) || !state.hostBefore) continue;
+    const stage = stageOf(policies, policy, state.stage);
+    if (state.stage !== null && !stage) continue;
+    const sets = winningHostValues([stage]);
+    const kept = Object.entries(state.hostBefore).filter(
+      ([column]) => !captured.has(column) || sets.has(column),
+    );
+    if (kept.length === Object.keys(state.hostBefore).length) continue;
+    out.push({
+      policy,
+      version: state.version,
+      hostBefore: kept.length > 0 ? Object.fromEntries(kept) : null,
+    });
+  }
+  return out;
+}
+
 function stageOf(policies: Policy[], policy: string, name: string | null): Stage | null {
   if (name === null) return null;
   return policies.find((p) => p.name === policy)?.stages.find((st) => st.name === name) ?? null;
