@@ -921,13 +921,16 @@ describe('host columns (customers.status and the like)', () => {
     ]);
     // Nothing captured for "constructor": the column is left as it is, never set to Object's text.
     expect(planHostColumns('c1', all, stored([['odd', 'flagged', null]]), [change('odd', null)])).toEqual([]);
-    const captured = capturedHostValues([
-      JSON.parse('{"__proto__": "kept", "status": "first"}'),
-      { status: 'second' },
-    ]);
+    const rows: [string, Record<string, unknown>][] = [
+      ['delinquency', JSON.parse('{"__proto__": "kept", "status": "first"}') as Record<string, unknown>],
+      ['inactivity', { status: 'second' }],
+    ];
+    const captured = capturedHostValues(rows);
     expect(Object.hasOwn(captured, '__proto__')).toBe(true);
     expect(captured['__proto__']).toBe('kept');
     expect(captured['status']).toBe('first');
+    // The policy first by name wins, in whatever order the rows came.
+    expect(capturedHostValues([...rows].reverse())['status']).toBe('first');
     expect(Object.hasOwn(captured, 'constructor')).toBe(false);
   });
 

@@ -33,7 +33,7 @@ export function reinstateHostValues(
   const pre = winningHostValues(current.map(stageOf));
   const post = winningHostValues(remaining.map(stageOf));
   // Earlier rows win, as in the engine.
-  const hostBefore = capturedHostValues(rows.map((r) => r.host_before));
+  const hostBefore = capturedHostValues(rows.map((r) => [r.policy, r.host_before] as const));
 
   const out = new Map<string, string | null>();
   for (const column of new Set([...pre.keys(), ...post.keys()])) {

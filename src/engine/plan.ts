@@ -121,7 +121,7 @@ export function planHostColumns(
   if (!before) return [...post].map(([column, q]) => hostColumnChange(key, column, q.value, true));
   const pre = winningHostValues(before.values());
   if (pre.size === 0 && post.size === 0) return [];
-  const hostBefore = capturedHostValues([...stored.values()].map((s) => s.hostBefore));
+  const hostBefore = capturedHostValues([...stored].map(([policy, s]) => [policy, s.hostBefore] as const));
   const out: HostColumnChange[] = [];
   for (const column of new Set([...pre.keys(), ...post.keys()])) {
     const p = pre.get(column);
@@ -162,7 +162,13 @@ export function settleHostColumns(
   const held = winningHostValues(stages(before));
   const now = winningHostValues(stages(current));
   // The rows after the page's write first (a capture it wrote is the newest), then as read before it.
-  const captured = capturedHostValues([...current, ...before].map((r) => r.host_before));
+  const captures = (rows: StageRow[]) =>
+    capturedHostValues(rows.map((r) => [r.policy, r.host_before] as const));
+  const captured = Object.assign(
+    Object.create(null) as Record<string, unknown>,
+    captures(before),
+    captures(current),
+  );
   const written = new Set(wrote.filter((h) => Object.hasOwn(old, h.column)).map((h) => h.column));
   const out: HostColumnChange[] = [];
   for (const column of new Set([...held.keys(), ...written])) {

@@ -52,18 +52,20 @@ export function winningHostValues(stages: Iterable<Stage | null>): ReadonlyMap<s
 }
 
 /**
- * The host values captured before suspend first set them, from an account's state rows: earlier rows
- * win. Ask it with `Object.hasOwn`: it has no prototype, so a column named `constructor` or
- * `__proto__` is only there when it was captured.
+ * The host values captured before suspend first set them, from an account's state rows as (policy,
+ * capture) pairs: the row of the policy first in name order wins, whatever order the rows came in,
+ * so the engine and a manual reinstatement give back the same value. Ask it with `Object.hasOwn`: it
+ * has no prototype, so a column named `constructor` or `__proto__` is only there when it was captured.
  */
 export function capturedHostValues(
-  captures: Iterable<Record<string, unknown> | null | undefined>,
+  captures: Iterable<readonly [policy: string, captured: Record<string, unknown> | null | undefined]>,
 ): Record<string, unknown> {
   const out = Object.create(null) as Record<string, unknown>;
-  for (const captured of captures) {
-    if (!captured) continue;
-    for (const column of Object.keys(captured))
-      if (!Object.hasOwn(out, column)) out[column] = captured[column];
+  const rows = [...captures].filter(([, captured]) => captured);
+  rows.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  for (const [, captured] of rows) {
+    for (const column of Object.keys(captured!))
+      if (!Object.hasOwn(out, column)) out[column] = captured![column];
   }
   return out;
 }
