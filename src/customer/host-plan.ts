@@ -32,7 +32,7 @@ export function reinstateHostValues(
   const remaining = current.filter((r) => !clearing.has(r.policy));
   const pre = winningHostValues(current.map(stageOf));
   const post = winningHostValues(remaining.map(stageOf));
-  // Earlier rows win, as in the engine.
+  // The policy first by name wins, as in the engine.
   const hostBefore = capturedHostValues(rows.map((r) => [r.policy, r.host_before] as const));
 
   const out = new Map<string, string | null>();
