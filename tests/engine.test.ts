@@ -308,6 +308,23 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
     ]);
   });
 
+  test('a run as of a day before the last run is refused in one sentence, exit 2, nothing written; a dry run may look at that day', async () => {
+    const before = await checksumTables(db.knex, ['public', 'suspend']);
+    for (const kind of ['sweep', 'backfill']) {
+      const r = await cli(db, [kind, '--as-of', '2026-12-01', '--no-notify']);
+      expect({ code: r.code, stderr: r.stderr }).toEqual({
+        code: 2,
+        stderr: expect.stringMatching(
+          /^error: As of 2026-12-01 is before the day of sweep run \d+ \(as of 2026-12-23\), and a run would undo what that one found; pass --as-of 2026-12-23 or later, or preview that day with --dry-run\.\n$/,
+        ) as unknown,
+      });
+    }
+    expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
+    const preview = await cli(db, ['sweep', '--as-of', '2026-12-01', '--dry-run', '--quiet']);
+    expect(preview.code).toBe(0);
+    expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
+  });
+
   test('history keeps the state each change replaced, for revert; a state written first had none', async () => {
     const rows = (await db
       .knex('suspend.history as h')
@@ -344,10 +361,19 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
     const conn = await holder.client.acquireConnection();
     try {
       await conn.query("select pg_advisory_lock(21333, hashtext('suspend'))");
-      const blocked = await cli(db, ['sweep', '--as-of', AS_OF, '--no-notify']);
+      // The day of the last sweep: a run as of an earlier day is refused (next test).
+      const blocked = await cli(db, ['sweep', '--as-of', '2026-12-23', '--no-notify']);
       expect(blocked.code).toBe(3);
       expect(blocked.stderr).toContain('suspend sweep by ops (pid 4242)');
-      const waiting = cli(db, ['sweep', '--as-of', AS_OF, '--no-notify', '--wait', '--format', 'json']);
+      const waiting = cli(db, [
+        'sweep',
+        '--as-of',
+        '2026-12-23',
+        '--no-notify',
+        '--wait',
+        '--format',
+        'json',
+      ]);
       await new Promise((r) => setTimeout(r, 1500));
       await conn.query("select pg_advisory_unlock(21333, hashtext('suspend'))");
       const after = await waiting;

@@ -600,6 +600,7 @@ async function realRun(
   options: BatchOptions,
   lock: LockProof,
 ): Promise<BatchResult> {
+  if (!options.resume) await refuseEarlierAsOf(knex, rules.settings.schema, options);
   const total = await countAccounts(knex, rules, options);
   // Before the run is opened, so a refused run leaves nothing behind; a resumed run is checked for
   // the split it started with (see resumeRun).
@@ -610,6 +611,31 @@ async function realRun(
   return withPipelinePool(knex, opened.workers.length, (pool) =>
     walkRun(knex, pool, rules, options, { ...opened, total, lock }),
   );
+}
+
+/**
+ * A run moves accounts forward in time: one as of a day before a finished run's would clear or step
+ * down what that run found (stages not reached yet on that day), most likely from a wrong --as-of or
+ * a machine's clock. Refused before anything is written; a dry run may look at any day.
+ */
+async function refuseEarlierAsOf(knex: Knex, schema: string, options: BatchOptions): Promise<void> {
+  const later = (await knex
+    .withSchema(schema)
+    .from('runs')
+    .whereIn('kind', ['backfill', 'sweep'])
+    .where('status', 'succeeded')
+    .where('as_of', '>', options.asOf)
+    .orderBy([
+      { column: 'as_of', order: 'desc' },
+      { column: 'id', order: 'desc' },
+    ])
+    .first('id', 'kind', knex.raw("to_char(as_of, 'YYYY-MM-DD') as as_of"))) as
+    { id: string; kind: string; as_of: string } | undefined;
+  if (later) {
+    throw new UsageError(
+      `As of ${options.asOf} is before the day of ${later.kind} run ${later.id} (as of ${later.as_of}), and a run would undo what that one found; pass --as-of ${later.as_of} or later, or preview that day with --dry-run.`,
+    );
+  }
 }
 
 async function walkRun(
