@@ -18,6 +18,7 @@ import {
 import { runBatch } from '../src/engine/run';
 import { loadRules } from '../src/rules/load';
 import { reinstateAccount } from '../src/customer/reinstate';
+import { revertRun } from '../src/customer/revert';
 import type { Rules } from '../src/types';
 
 /** The batch engine as a user runs it: report, backfill, sweep, runs, locks, limits, resume, races. */
@@ -762,6 +763,44 @@ describe('host columns across stages and episodes', () => {
       await pays('2026-10-21');
       await run('sweep', '2026-10-22');
       expect(await host()).toEqual({ status: 'vip' });
+    } finally {
+      await db.drop();
+    }
+  });
+
+  test('a run as of an earlier day is refused until the later run is reverted', async () => {
+    const { db, run, host, owes } = await oneCustomer(
+      `  debt:
+    reinstate: auto
+    stages:
+      - name: locked
+        when: { past_due_for: 30 days }
+        actions: [suspend, { set: { status: locked } }]
+`,
+      { status: 'active' },
+    );
+    try {
+      await owes('2026-09-01');
+      await run('sweep', '2026-10-05');
+      expect(await host()).toEqual({ status: 'locked' });
+      const rules = await rulesWith(
+        '  debt:\n    stages:\n      - name: locked\n        when: { past_due_for: 30 days }\n',
+      );
+      const early = { ...backfillOptions(100), kind: 'sweep' as const, asOf: '2026-09-20' };
+      await expect(runBatch(db.knex, rules, early)).rejects.toThrow(
+        /is before the day of sweep run \d+ \(as of 2026-10-05\)/,
+      );
+      const [swept] = (await db.knex('suspend.runs').pluck('id')) as string[];
+      await revertRun(db.knex, rules, {
+        runId: String(swept),
+        dryRun: false,
+        actor: 'test',
+        asOf: '2026-09-20',
+        wait: false,
+        batchSize: 100,
+      });
+      expect(await host()).toEqual({ status: 'active' });
+      expect((await runBatch(db.knex, rules, early)).status).toBe('succeeded');
     } finally {
       await db.drop();
     }

@@ -625,6 +625,13 @@ async function refuseEarlierAsOf(knex: Knex, schema: string, options: BatchOptio
     .whereIn('kind', ['backfill', 'sweep'])
     .where('status', 'succeeded')
     .where('as_of', '>', options.asOf)
+    // A run undone by `suspend revert` found nothing that stands.
+    .whereNotExists((q) =>
+      q
+        .from(`${schema}.runs as revert`)
+        .whereRaw('revert.reverts_run_id = runs.id')
+        .where('revert.status', 'succeeded'),
+    )
     .orderBy([
       { column: 'as_of', order: 'desc' },
       { column: 'id', order: 'desc' },
