@@ -132,12 +132,16 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
     }
   });
 
-  test('--output checked before the run: a missing folder or a folder is one sentence, exit 2, nothing written; a file that cannot be created is one sentence', async () => {
+  test('--output checked before the run: a missing folder, a folder, or a file as a folder is one sentence, exit 2, nothing written; a file that cannot be created is one sentence', async () => {
     const before = await checksumTables(db.knex, ['public', 'suspend']);
     const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'suspend-output-'));
+    const notAFolder = path.join(folder, 'a-file');
+    fs.writeFileSync(notAFolder, '');
     for (const [output, problem] of [
       [path.join(folder, 'missing', 'x.csv'), `the folder ${path.join(folder, 'missing')} does not exist`],
-      [folder, `"${folder}" is a folder; name a file in it.`],
+      [folder, `"${folder}" names a folder; name a file in it.`],
+      [`${path.join(folder, 'new')}/`, `"${path.join(folder, 'new')}/" names a folder; name a file in it.`],
+      [path.join(notAFolder, 'x.csv'), `${notAFolder} is a file, not a folder; name a file in a folder.`],
     ]) {
       const r = await cli(db, ['backfill', '--as-of', AS_OF, '--no-notify', '--output', output!]);
       expect(r.code).toBe(2);
@@ -172,6 +176,11 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
     help.child.stdout!.destroy();
     for (const r of await Promise.all([listing.done, help.done]))
       expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
+    // `2>&1 | head -0`: an error goes nowhere, and the exit code is still the error's.
+    const refused = startCli(db, ['report', '--as-of', 'never'], rulesFile);
+    refused.child.stdout!.destroy();
+    refused.child.stderr!.destroy();
+    expect((await refused.done).code).toBe(2);
   });
 
   test('a report without --accounts counts every change but builds only its sample of ten, the first in key order', async () => {

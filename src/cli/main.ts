@@ -67,14 +67,16 @@ export function buildProgram(): Command {
 }
 
 /**
- * A reader that stops early (`suspend report --accounts | head`) closes stdout: the rest of the
- * output is dropped and the command ends as it would have (a run still closes its ledger row and
+ * A reader that stops early (`suspend report --accounts | head`) closes stdout (and stderr with
+ * `2>&1`): the rest of the output is dropped and the command ends as it would have (a run still closes its ledger row and
  * delivers its notifications), where Node would end it with a stack trace from the failed write.
  */
 function dropOutputOnceStdoutCloses(): void {
-  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
-    if (err.code !== 'EPIPE' && err.code !== 'ERR_STREAM_DESTROYED') throw err;
-  });
+  // stderr too: `2>&1 | head` closes it for the messages and errors as well.
+  for (const stream of [process.stdout, process.stderr])
+    stream.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code !== 'EPIPE' && err.code !== 'ERR_STREAM_DESTROYED') throw err;
+    });
 }
 
 export async function main(argv: string[]): Promise<void> {

@@ -63,17 +63,32 @@ export function formatOption(): Option {
  */
 export function parseOutputFile(value: string): string {
   const folder = path.dirname(path.resolve(value));
-  const stat = fs.statSync(value, { throwIfNoEntry: false });
-  if (stat?.isDirectory()) throw new InvalidArgumentError(`"${value}" is a folder; name a file in it.`);
-  if (!fs.statSync(folder, { throwIfNoEntry: false })?.isDirectory())
+  const kind = (p: string) => {
+    try {
+      return fs.statSync(p, { throwIfNoEntry: false })?.isDirectory()
+        ? 'folder'
+        : fs.existsSync(p)
+          ? 'file'
+          : null;
+    } catch {
+      return 'unreachable';
+    }
+  };
+  const self = kind(value);
+  if (self === 'folder' || /[\\/]$/.test(value))
+    throw new InvalidArgumentError(`"${value}" names a folder; name a file in it.`);
+  const parent = kind(folder);
+  if (parent === 'file')
+    throw new InvalidArgumentError(`${folder} is a file, not a folder; name a file in a folder.`);
+  if (parent !== 'folder')
     throw new InvalidArgumentError(
       `the folder ${folder} does not exist; create it or name a file in an existing folder.`,
     );
   try {
-    fs.accessSync(stat ? value : folder, fs.constants.W_OK);
+    fs.accessSync(self ? value : folder, fs.constants.W_OK);
   } catch {
     throw new InvalidArgumentError(
-      `${stat ? `"${value}"` : `the folder ${folder}`} is not writable by this user.`,
+      `${self ? `"${value}"` : `the folder ${folder}`} is not writable by this user.`,
     );
   }
   return value;
