@@ -15,7 +15,7 @@ import {
   startCli,
   startNode,
 } from './helpers/reliability';
-import { runBatch } from '../src/engine/run';
+import { runBatch, type BatchOptions } from '../src/engine/run';
 import { loadRules } from '../src/rules/load';
 import { reinstateAccount } from '../src/customer/reinstate';
 import { revertRun } from '../src/customer/revert';
@@ -325,7 +325,7 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
       expect({ code: r.code, stderr: r.stderr }).toEqual({
         code: 2,
         stderr: expect.stringMatching(
-          /^error: As of 2026-12-01 is before the day of sweep run \d+ \(as of 2026-12-23\), and a run would undo what that one found; pass --as-of 2026-12-23 or later, or preview that day with --dry-run\.\n$/,
+          /^error: A run as of 2026-12-01 is earlier than sweep run (\d+) \(as of 2026-12-23\) and would undo what it found; pass --as-of 2026-12-23 or later, revert run \1 if its day was wrong, or preview 2026-12-01 with --dry-run\.\n$/,
         ) as unknown,
       });
     }
@@ -797,7 +797,7 @@ describe('host columns across stages and episodes', () => {
       );
       const early = { ...backfillOptions(100), kind: 'sweep' as const, asOf: '2026-09-20' };
       await expect(runBatch(db.knex, rules, early)).rejects.toThrow(
-        /is before the day of sweep run \d+ \(as of 2026-10-05\)/,
+        /is earlier than sweep run \d+ \(as of 2026-10-05\)/,
       );
       const [swept] = (await db.knex('suspend.runs').pluck('id')) as string[];
       await revertRun(db.knex, rules, {
@@ -856,6 +856,76 @@ describe('host columns across stages and episodes', () => {
     } finally {
       await db.drop();
     }
+  });
+});
+
+describe('runs move forward in time', () => {
+  const LATER = '2026-12-23';
+  const at = (asOf: string, more: Partial<BatchOptions> = {}): BatchOptions => ({
+    ...backfillOptions(500),
+    kind: 'sweep' as const,
+    asOf,
+    ...more,
+  });
+  const limited = writeRules(ENGINE_RULES.replace('settings:\n', 'settings:\n  max_changes: 50\n'));
+  let db: TestDatabase;
+  let rules: Rules;
+  beforeEach(async () => {
+    db = await seeded(2000, 5);
+    rules = await loadRules({ file: rulesFile, cwd: ROOT });
+  });
+  afterEach(async () => db.drop());
+  const refusal = /earlier than sweep run \d+ \(as of 2026-12-23\)/;
+
+  test('runs of other organizations do not count; a run covering one of them does', async () => {
+    expect((await runBatch(db.knex, rules, at(LATER, { orgs: ['1'] }))).status).toBe('succeeded');
+    expect((await runBatch(db.knex, rules, at(AS_OF, { orgs: ['2', '3'] }))).status).toBe('succeeded');
+    await expect(runBatch(db.knex, rules, at(AS_OF, { orgs: ['3', '1'] }))).rejects.toThrow(refusal);
+    await expect(runBatch(db.knex, rules, at(AS_OF))).rejects.toThrow(refusal);
+  });
+
+  test('a revert that was itself reverted does not undo the run', async () => {
+    const swept = await runBatch(db.knex, rules, at(LATER));
+    const revert = (runId: string) =>
+      revertRun(db.knex, rules, {
+        runId,
+        dryRun: false,
+        actor: 'test',
+        asOf: LATER,
+        wait: false,
+        batchSize: 500,
+      });
+    const first = await revert(swept.run!.id);
+    // (With only that revert, the sweep's day no longer counts: see the test with one customer above.)
+    await revert(first.run!.id);
+    await expect(runBatch(db.knex, rules, at(AS_OF))).rejects.toThrow(refusal);
+  });
+
+  test('resuming a backfill of an earlier day is refused and writes nothing', async () => {
+    const small = await loadRules({ file: limited, cwd: ROOT });
+    const stopped = await runBatch(db.knex, small, { ...backfillOptions(500), asOf: AS_OF });
+    expect(stopped.status).toBe('stopped');
+    expect((await runBatch(db.knex, rules, at(LATER, { dryRun: false }))).status).toBe('succeeded');
+    const before = await checksumTables(db.knex, ['public', 'suspend']);
+    await expect(
+      runBatch(db.knex, rules, { ...backfillOptions(500), asOf: LATER, resume: true }),
+    ).rejects.toThrow(
+      new RegExp(
+        `^Backfill run ${stopped.run!.id} judges as of ${AS_OF}, earlier than sweep run \\d+ \\(as of ${LATER}\\), and would undo what it found; give it up with \`suspend backfill --abandon ${stopped.run!.id}\``,
+      ),
+    );
+    expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
+  });
+
+  test('a shard joining a shared backfill of an earlier day is refused and writes nothing', async () => {
+    const half = { ...backfillOptions(500), shard: { index: 0, count: 2 } };
+    expect((await runBatch(db.knex, rules, { ...half, asOf: AS_OF })).status).toBe('succeeded');
+    expect((await runBatch(db.knex, rules, at(LATER))).status).toBe('succeeded');
+    const before = await checksumTables(db.knex, ['public', 'suspend']);
+    await expect(
+      runBatch(db.knex, rules, { ...half, asOf: LATER, shard: { index: 1, count: 2 } }),
+    ).rejects.toThrow(/^Backfill run \d+ judges as of 2026-11-23, earlier than sweep run/);
+    expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
   });
 });
 

@@ -482,6 +482,7 @@ async function openShardRun(
       { asOf: options.asOf, rulesHash: rules.hash },
       orgFilterOf(options),
     );
+    if (joined) await refuseEarlierAsOf(trx, schema, { asOf: joined.asOf, orgs: options.orgs, run: joined });
     const run = joined ?? (await startRun(trx, schema, newRun(rules, options, { shards: shard.count })));
     if (joined && joined.asOf !== options.asOf) {
       options.onLog?.(
@@ -522,6 +523,7 @@ async function resumeRun(
       `note: the rules changed since run ${unfinished.id} started; the remaining pages use the current rules`,
     );
   }
+  await refuseEarlierAsOf(knex, schema, { asOf: unfinished.asOf, orgs: options.orgs, run: unfinished });
   const ranges = storedRanges(unfinished, shard);
   // Before the run is marked running again, so a refused resume leaves it as it was.
   if (ranges.length > 1) {
@@ -600,7 +602,12 @@ async function realRun(
   options: BatchOptions,
   lock: LockProof,
 ): Promise<BatchResult> {
-  if (!options.resume) await refuseEarlierAsOf(knex, rules.settings.schema, options);
+  if (!options.resume)
+    await refuseEarlierAsOf(knex, rules.settings.schema, {
+      asOf: options.asOf,
+      orgs: options.orgs,
+      run: null,
+    });
   const total = await countAccounts(knex, rules, options);
   // Before the run is opened, so a refused run leaves nothing behind; a resumed run is checked for
   // the split it started with (see resumeRun).
@@ -614,35 +621,62 @@ async function realRun(
 }
 
 /**
- * A run moves accounts forward in time: one as of a day before a finished run's would clear or step
- * down what that run found (stages not reached yet on that day), most likely from a wrong --as-of or
- * a machine's clock. Refused before anything is written; a dry run may look at any day.
+ * A run moves accounts forward in time: judging them as of a day before a finished run's would clear
+ * or step down what that run found (stages not reached yet on that day), most likely from a wrong
+ * --as-of or a machine's clock. Checked for the day a run will judge by (a new run's, or that of the
+ * run it resumes or joins) against the finished runs of the organizations it covers, unless undone
+ * by a revert; refused before anything is written. A dry run may look at any day.
  */
-async function refuseEarlierAsOf(knex: Knex, schema: string, options: BatchOptions): Promise<void> {
+async function refuseEarlierAsOf(
+  knex: Knex | Knex.Transaction,
+  schema: string,
+  judged: { asOf: string; orgs: string[] | null; run: RunRecord | null },
+): Promise<void> {
   const later = (await knex
     .withSchema(schema)
     .from('runs')
     .whereIn('kind', ['backfill', 'sweep'])
     .where('status', 'succeeded')
-    .where('as_of', '>', options.asOf)
-    // A run undone by `suspend revert` found nothing that stands.
-    .whereNotExists((q) =>
-      q
-        .from(`${schema}.runs as revert`)
-        .whereRaw('revert.reverts_run_id = runs.id')
-        .where('revert.status', 'succeeded'),
-    )
+    .where('as_of', '>', judged.asOf)
+    .modify((q) => {
+      if (judged.orgs)
+        q.where((o) =>
+          o
+            .whereNull('org_filter')
+            .orWhereRaw("string_to_array(org_filter, ',') && ?::text[]", [judged.orgs]),
+        );
+    })
     .orderBy([
       { column: 'as_of', order: 'desc' },
       { column: 'id', order: 'desc' },
     ])
-    .first('id', 'kind', knex.raw("to_char(as_of, 'YYYY-MM-DD') as as_of"))) as
-    { id: string; kind: string; as_of: string } | undefined;
-  if (later) {
-    throw new UsageError(
-      `As of ${options.asOf} is before the day of ${later.kind} run ${later.id} (as of ${later.as_of}), and a run would undo what that one found; pass --as-of ${later.as_of} or later, or preview that day with --dry-run.`,
+    .select('id', 'kind', knex.raw("to_char(as_of, 'YYYY-MM-DD') as as_of"))) as {
+    id: string;
+    kind: string;
+    as_of: string;
+  }[];
+  if (later.length === 0) return;
+  const reverts = (await knex
+    .withSchema(schema)
+    .from('runs')
+    .whereNotNull('reverts_run_id')
+    .where('status', 'succeeded')
+    .select('id', 'reverts_run_id')) as { id: string; reverts_run_id: string }[];
+  // Undone when a revert of it stands, that is, is not undone itself (a revert can be reverted).
+  const undone = (id: string, seen = new Set<string>()): boolean =>
+    reverts.some(
+      (r) =>
+        String(r.reverts_run_id) === String(id) && !seen.has(r.id) && !undone(r.id, new Set([...seen, r.id])),
     );
-  }
+  const found = later.find((r) => !undone(r.id));
+  if (!found) return;
+  const day = `${found.kind} run ${found.id} (as of ${found.as_of})`;
+  const { run } = judged;
+  throw new UsageError(
+    run
+      ? `Backfill run ${run.id} judges as of ${judged.asOf}, earlier than ${day}, and would undo what it found; give it up with \`suspend backfill --abandon ${run.id}\`, or revert run ${found.id} if its day was wrong.`
+      : `A run as of ${judged.asOf} is earlier than ${day} and would undo what it found; pass --as-of ${found.as_of} or later, revert run ${found.id} if its day was wrong, or preview ${judged.asOf} with --dry-run.`,
+  );
 }
 
 async function walkRun(
