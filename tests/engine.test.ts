@@ -884,6 +884,14 @@ describe('runs move forward in time', () => {
     await expect(runBatch(db.knex, rules, at(AS_OF))).rejects.toThrow(refusal);
   });
 
+  test('a sweep stopped by the safety limit counts for the pages it wrote', async () => {
+    const small = await loadRules({ file: limited, cwd: ROOT });
+    const stopped = await runBatch(db.knex, small, at(LATER, { batchSize: 20 }));
+    expect(stopped.status).toBe('stopped');
+    expect(stopped.counts.changes).toBeGreaterThan(0);
+    await expect(runBatch(db.knex, rules, at(AS_OF))).rejects.toThrow(refusal);
+  });
+
   test('a revert that was itself reverted does not undo the run', async () => {
     const swept = await runBatch(db.knex, rules, at(LATER));
     const revert = (runId: string) =>

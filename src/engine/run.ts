@@ -624,8 +624,8 @@ async function realRun(
  * A run moves accounts forward in time: judging them as of a day before a finished run's would clear
  * or step down what that run found (stages not reached yet on that day), most likely from a wrong
  * --as-of or a machine's clock. Checked for the day a run will judge by (a new run's, or that of the
- * run it resumes or joins) against the finished runs of the organizations it covers, unless undone
- * by a revert; refused before anything is written. A dry run may look at any day.
+ * run it resumes or joins) against the runs of the organizations it covers that finished or wrote
+ * pages, unless undone by a revert; refused before anything is written. A dry run may look at any day.
  */
 async function refuseEarlierAsOf(
   knex: Knex | Knex.Transaction,
@@ -636,7 +636,12 @@ async function refuseEarlierAsOf(
     .withSchema(schema)
     .from('runs')
     .whereIn('kind', ['backfill', 'sweep'])
-    .where('status', 'succeeded')
+    // A run that stopped early counts when the pages it wrote stand.
+    .where((q) =>
+      q
+        .where('status', 'succeeded')
+        .orWhereExists((h) => h.from(`${schema}.history`).whereRaw('history.run_id = runs.id')),
+    )
     .where('as_of', '>', judged.asOf)
     .modify((q) => {
       if (judged.orgs)
