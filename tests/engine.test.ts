@@ -909,6 +909,47 @@ describe('runs move forward in time', () => {
     await expect(runBatch(db.knex, rules, at(AS_OF))).rejects.toThrow(refusal);
   });
 
+  test('a revert of that revert that failed after writing some rows counts: the later run stands again in part', async () => {
+    const swept = await runBatch(db.knex, rules, at(LATER));
+    const first = await revertRun(db.knex, rules, {
+      runId: swept.run!.id,
+      dryRun: false,
+      actor: 'test',
+      asOf: LATER,
+      wait: false,
+      batchSize: 500,
+    });
+    // Its ledger row and one history row, as a revert of the revert that failed after one page leaves them.
+    const [failed] = (await db
+      .knex('suspend.runs')
+      .insert({
+        kind: 'revert',
+        status: 'failed',
+        as_of: LATER,
+        rules_hash: rules.hash,
+        started_by: 'test',
+        reverts_run_id: first.run!.id,
+      })
+      .returning('id')) as { id: string }[];
+    await db.knex.raw(
+      `insert into suspend.history (run_id, customer_key, org_id, policy, kind, from_stage, to_stage, from_index,
+                                    to_index, reasons, previous_state, rules_hash, as_of, actor)
+       select ?, customer_key, org_id, policy, 'revert', to_stage, from_stage, to_index, from_index, reasons,
+              previous_state, rules_hash, as_of, actor
+         from suspend.history where run_id = ? limit 1`,
+      [failed!.id, first.run!.id],
+    );
+    await expect(runBatch(db.knex, rules, at(AS_OF))).rejects.toThrow(refusal);
+  });
+
+  test('another shard of the same split covers other accounts: its later day does not count', async () => {
+    const shard = (index: number) => ({ shard: { index, count: 2 } });
+    expect((await runBatch(db.knex, rules, at(LATER, shard(0)))).status).toBe('succeeded');
+    expect((await runBatch(db.knex, rules, at('2026-12-22', shard(1)))).status).toBe('succeeded');
+    await expect(runBatch(db.knex, rules, at('2026-12-21', shard(0)))).rejects.toThrow(refusal);
+    await expect(runBatch(db.knex, rules, at('2026-12-21'))).rejects.toThrow(refusal);
+  });
+
   test('resuming a backfill of an earlier day is refused and writes nothing', async () => {
     const small = await loadRules({ file: limited, cwd: ROOT });
     const stopped = await runBatch(db.knex, small, { ...backfillOptions(500), asOf: AS_OF });

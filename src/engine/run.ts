@@ -482,7 +482,8 @@ async function openShardRun(
       { asOf: options.asOf, rulesHash: rules.hash },
       orgFilterOf(options),
     );
-    if (joined) await refuseEarlierAsOf(trx, schema, { asOf: joined.asOf, orgs: options.orgs, run: joined });
+    if (joined)
+      await refuseEarlierAsOf(trx, schema, { asOf: joined.asOf, orgs: options.orgs, shard, run: joined });
     const run = joined ?? (await startRun(trx, schema, newRun(rules, options, { shards: shard.count })));
     if (joined && joined.asOf !== options.asOf) {
       options.onLog?.(
@@ -523,7 +524,12 @@ async function resumeRun(
       `note: the rules changed since run ${unfinished.id} started; the remaining pages use the current rules`,
     );
   }
-  await refuseEarlierAsOf(knex, schema, { asOf: unfinished.asOf, orgs: options.orgs, run: unfinished });
+  await refuseEarlierAsOf(knex, schema, {
+    asOf: unfinished.asOf,
+    orgs: options.orgs,
+    shard: options.shard,
+    run: unfinished,
+  });
   const ranges = storedRanges(unfinished, shard);
   // Before the run is marked running again, so a refused resume leaves it as it was.
   if (ranges.length > 1) {
@@ -606,6 +612,7 @@ async function realRun(
     await refuseEarlierAsOf(knex, rules.settings.schema, {
       asOf: options.asOf,
       orgs: options.orgs,
+      shard: options.shard,
       run: null,
     });
   const total = await countAccounts(knex, rules, options);
@@ -630,7 +637,7 @@ async function realRun(
 async function refuseEarlierAsOf(
   knex: Knex | Knex.Transaction,
   schema: string,
-  judged: { asOf: string; orgs: string[] | null; run: RunRecord | null },
+  judged: { asOf: string; orgs: string[] | null; shard: BatchOptions['shard']; run: RunRecord | null },
 ): Promise<void> {
   const later = (await knex
     .withSchema(schema)
@@ -655,25 +662,38 @@ async function refuseEarlierAsOf(
       { column: 'as_of', order: 'desc' },
       { column: 'id', order: 'desc' },
     ])
-    .select('id', 'kind', knex.raw("to_char(as_of, 'YYYY-MM-DD') as as_of"))) as {
+    .select('id', 'kind', 'options', knex.raw("to_char(as_of, 'YYYY-MM-DD') as as_of"))) as {
     id: string;
     kind: string;
+    options: { shards?: number; parts?: Record<string, unknown> };
     as_of: string;
   }[];
   if (later.length === 0) return;
+  // Another shard of the same split covers other accounts.
+  const shard = sharded(judged.shard) ? judged.shard : null;
+  const otherAccounts = (r: (typeof later)[number]) =>
+    shard !== null &&
+    r.options.shards === shard.count &&
+    !Object.hasOwn(r.options.parts ?? {}, shardName(shard));
   const reverts = (await knex
     .withSchema(schema)
     .from('runs')
     .whereNotNull('reverts_run_id')
-    .where('status', 'succeeded')
-    .select('id', 'reverts_run_id')) as { id: string; reverts_run_id: string }[];
-  // Undone when a revert of it stands, that is, is not undone itself (a revert can be reverted).
-  const undone = (id: string, seen = new Set<string>()): boolean =>
-    reverts.some(
-      (r) =>
-        String(r.reverts_run_id) === String(id) && !seen.has(r.id) && !undone(r.id, new Set([...seen, r.id])),
-    );
-  const found = later.find((r) => !undone(r.id));
+    .select(
+      'id',
+      'reverts_run_id',
+      'status',
+      knex.raw(`exists (select 1 from ?? h where h.run_id = runs.id) as wrote`, [`${schema}.history`]),
+    )) as { id: string; reverts_run_id: string; status: string; wrote: boolean }[];
+  const revertsOf = (id: string) => reverts.filter((r) => String(r.reverts_run_id) === String(id));
+  // Undone by a revert that finished and that no revert has touched since (one that wrote anything
+  // and is not undone itself: a revert of a revert, even a failed one, puts findings back). A revert
+  // only ever reverts an earlier run, so this ends.
+  const undone = (id: string): boolean =>
+    revertsOf(id).some((r) => r.status === 'succeeded' && !touched(r.id));
+  const touched = (id: string): boolean =>
+    revertsOf(id).some((r) => (r.status === 'succeeded' || r.wrote) && !undone(r.id));
+  const found = later.find((r) => !otherAccounts(r) && !undone(r.id));
   if (!found) return;
   const day = `${found.kind} run ${found.id} (as of ${found.as_of})`;
   const { run } = judged;
