@@ -75,7 +75,7 @@ export function parseOutputFile(value: string): string {
     }
   };
   const self = kind(value);
-  if (self === 'folder' || /[\\/]$/.test(value))
+  if (self === 'folder' || value.endsWith('/') || value.endsWith(path.sep))
     throw new InvalidArgumentError(`"${value}" names a folder; name a file in it.`);
   const parent = kind(folder);
   if (parent === 'file')
