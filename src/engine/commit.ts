@@ -81,6 +81,7 @@ export async function commitPage(
       await target.beforeWrite?.(keys);
       const checked = await recheck(trx, target, page, keys);
       counted.changedSinceRead += checked.stale;
+      counted.beingPaid += checked.busy;
       changes = checked.changes;
       host = checked.hostColumns;
       read = checked.state;
@@ -284,8 +285,14 @@ async function recheck(
   trx: Knex.Transaction,
   target: CommitTarget,
   page: PageToCommit,
-  keys: string[],
-): Promise<{ changes: StateChange[]; hostColumns: HostColumnChange[]; stale: number; state: PageState }> {
+  changedKeys: string[],
+): Promise<{
+  changes: StateChange[];
+  hostColumns: HostColumnChange[];
+  stale: number;
+  busy: number;
+  state: PageState;
+}> {
   const { rules, ctx } = target;
   // A signal view hides which tables it reads: nothing to lock; the re-read still sees a payment
   // committed before it.
@@ -294,30 +301,17 @@ async function recheck(
   const locked = new Set(
     page.plan.changes.filter((c) => target.invoicePolicies.has(c.policy)).map((c) => c.key),
   );
-  if (inv && locked.size > 0) {
-    // Bounded by the page's key range as well: a long key list alone makes the planner scan the
-    // whole table.
-    const table = qualified(rules.source, inv.table);
-    if (page.after === null) {
-      await trx.raw('select 1 from ?? where ?? <= ? and ?? = any(?) for share', [
-        table,
-        inv.customer,
-        page.last,
-        inv.customer,
-        [...locked],
-      ]);
-    } else {
-      await trx.raw('select 1 from ?? where ?? > ? and ?? <= ? and ?? = any(?) for share', [
-        table,
-        inv.customer,
-        page.after,
-        inv.customer,
-        page.last,
-        inv.customer,
-        [...locked],
-      ]);
-    }
-  }
+  const busy =
+    inv && locked.size > 0 ? await lockInvoices(trx, target, inv, page, [...locked]) : new Set<string>();
+  // An account being paid right now is left whole for the next run, which sees how the payment ended.
+  const planned =
+    busy.size === 0
+      ? page.plan
+      : {
+          changes: page.plan.changes.filter((c) => !busy.has(c.key)),
+          hostColumns: page.plan.hostColumns.filter((h) => !busy.has(h.key)),
+        };
+  const keys = busy.size === 0 ? changedKeys : changedKeys.filter((k) => !busy.has(k));
   // States and exclusions are read whatever the run found at its start: another process may have
   // written some for these accounts since.
   const tables = { schema: ctx.schema, states: true, exclusions: true };
@@ -334,7 +328,7 @@ async function recheck(
     keys.filter((k) => !unchanged(k, readBefore.get(k), page.state, freshByKey.get(k), state)),
   );
   if (moved.size === 0)
-    return { changes: page.plan.changes, hostColumns: page.plan.hostColumns, stale: 0, state };
+    return { changes: planned.changes, hostColumns: planned.hostColumns, stale: 0, busy: busy.size, state };
 
   const fresh = planPage(
     signals.filter((s) => moved.has(s.key)),
@@ -347,7 +341,7 @@ async function recheck(
     fresh.changes.map((f) => [f.key, f.policy, f.kind, f.to, f.expectedVersion].join('\u0000')),
   );
   const stale = new Set([
-    ...page.plan.changes
+    ...planned.changes
       .filter(
         (c) =>
           moved.has(c.key) && !sameAs.has([c.key, c.policy, c.kind, c.to, c.expectedVersion].join('\u0000')),
@@ -361,12 +355,49 @@ async function recheck(
   const keep = (key: string) => !moved.has(key);
   const redo = (key: string) => moved.has(key) && !stale.has(key);
   return {
-    changes: [...page.plan.changes.filter((c) => keep(c.key)), ...fresh.changes.filter((c) => redo(c.key))],
+    changes: [...planned.changes.filter((c) => keep(c.key)), ...fresh.changes.filter((c) => redo(c.key))],
     hostColumns: [
-      ...page.plan.hostColumns.filter((h) => keep(h.key)),
+      ...planned.hostColumns.filter((h) => keep(h.key)),
       ...fresh.hostColumns.filter((h) => redo(h.key)),
     ],
     stale: stale.size,
+    busy: busy.size,
     state,
   };
+}
+
+/**
+ * Locks the invoices of `keys` (FOR SHARE, so a payment made while the page is written waits for its
+ * commit) without waiting for rows another transaction is updating: a payment in progress would hold
+ * the page, and past the role's lock_timeout stop the run. Returns the accounts with an invoice it
+ * could not lock. One statement: the rows locked are compared with all the rows, as of one snapshot.
+ */
+async function lockInvoices(
+  trx: Knex.Transaction,
+  target: CommitTarget,
+  inv: NonNullable<Rules['source']['invoices']>,
+  page: PageToCommit,
+  keys: string[],
+): Promise<Set<string>> {
+  const source = target.rules.source;
+  const table = qualified(source, inv.table);
+  // Bounded by the page's key range as well: a long key list alone makes the planner scan the
+  // whole table.
+  const range =
+    page.after === null
+      ? { sql: '?? <= ? and ?? = any(?)', bindings: [inv.customer, page.last, inv.customer, keys] }
+      : {
+          sql: '?? > ? and ?? <= ? and ?? = any(?)',
+          bindings: [inv.customer, page.after, inv.customer, page.last, inv.customer, keys],
+        };
+  const { rows } = await trx.raw<{ rows: { key: string }[] }>(
+    `with got as materialized (select ??::text as key from ?? where ${range.sql} for share skip locked)
+     select distinct key from (
+       select ??::text as key from ?? where ${range.sql}
+       except all
+       select key from got
+     ) busy`,
+    [inv.customer, table, ...range.bindings, inv.customer, table, ...range.bindings],
+  );
+  return new Set(rows.map((r) => r.key));
 }

@@ -15,6 +15,11 @@ export interface RunCounts {
   held: number;
   /** Changes dropped because the account's facts moved between read and write. */
   changedSinceRead: number;
+  /**
+   * Accounts left alone because another transaction was updating their invoices (a payment in
+   * progress) when the page went to lock them: the page does not wait for it.
+   */
+  beingPaid: number;
   /** Accounts skipped for bad data, by reason. */
   skipped: number;
   skippedByReason: Record<string, number>;
@@ -32,6 +37,7 @@ export function emptyCounts(): RunCounts {
     excludedByReason: {},
     held: 0,
     changedSinceRead: 0,
+    beingPaid: 0,
     skipped: 0,
     skippedByReason: {},
     transitions: {},
@@ -119,6 +125,7 @@ export function mergeCounts(a: RunCounts, b: RunCounts): RunCounts {
     excludedByReason: sum(a.excludedByReason, b.excludedByReason),
     held: a.held + b.held,
     changedSinceRead: a.changedSinceRead + b.changedSinceRead,
+    beingPaid: a.beingPaid + b.beingPaid,
     skipped: a.skipped + b.skipped,
     skippedByReason: sum(a.skippedByReason, b.skippedByReason),
     transitions: sum(a.transitions, b.transitions),

@@ -149,6 +149,7 @@ export async function writeBatchReport(
           excludedByReason: c.excludedByReason,
           held: c.held,
           changedSinceRead: c.changedSinceRead,
+          beingPaid: c.beingPaid,
           skipped: c.skipped,
           skippedByReason: c.skippedByReason,
         },
@@ -198,6 +199,10 @@ export async function writeBatchReport(
     );
   if (c.changedSinceRead > 0)
     notes.push(`changed since read, left for the next run: ${formatCount(c.changedSinceRead)}`);
+  if (c.beingPaid > 0)
+    notes.push(
+      `being paid (invoices being updated by another transaction), left for the next run: ${formatCount(c.beingPaid)}`,
+    );
   if (c.skipped > 0) {
     notes.push(
       `skipped for bad data: ${Object.entries(c.skippedByReason)

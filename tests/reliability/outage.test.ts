@@ -193,12 +193,13 @@ test('a statement cancelled mid-run (statement_timeout, pg_cancel_backend): one 
   await endsAsReference(db, resume(db));
 });
 
-test('a page that waits for invoices locked by another transaction past lock_timeout: one sentence, exit 1', async () => {
+test('a page that waits for host rows locked by another transaction past lock_timeout: one sentence, exit 1', async () => {
   const db = await ownDatabase();
-  const payer = await otherSession(db, 'a payment', 'begin', 'select 1 from public.invoices for update');
+  // Another transaction holds every customer row: the page's write of customers.status waits.
+  const other = await otherSession(db, 'a host job', 'begin', 'select 1 from public.customers for update');
   const result = await cli(db, [...BACKFILL, '--quiet'], undefined, { PGOPTIONS: '-c lock_timeout=500' });
-  await payer.query('rollback');
-  await payer.end();
+  await other.query('rollback');
+  await other.end();
 
   expect(result.stderr).toMatch(
     /^error: Postgres at (?:socket )?\S+ gave up waiting for a lock \(its lock_timeout\); what was committed stays[^\n]+\n$/,
@@ -206,6 +207,58 @@ test('a page that waits for invoices locked by another transaction past lock_tim
   expect(result.code).toBe(1);
   expect(await ledger(db.knex)).toMatchObject([{ kind: 'backfill', status: 'interrupted' }]);
   expect(await committedPages(db.knex)).toBe(0);
+});
+
+test('an account whose invoices a payment is updating is left for the next run: the page does not wait for it, even past lock_timeout', async () => {
+  const db = await ownDatabase();
+  const planned = JSON.parse(
+    (await cli(db, ['report', '--dry-run', '--as-of', AS_OF, '--accounts', '--format', 'json'])).stdout,
+  ) as { accounts: { key: string; policy: string }[] };
+  const debtor = planned.accounts.find((a) => a.policy === 'delinquency')!.key;
+  // A payment of the debtor's invoices, not yet committed: its rows are locked FOR NO KEY UPDATE.
+  const payer = await otherSession(
+    db,
+    'a payment',
+    'begin',
+    `update public.invoices set paid_on = paid_on where customer_id = ${Number(debtor)}`,
+  );
+  let first: CliResult;
+  try {
+    first = await cli(db, [...BACKFILL, '--format', 'json'], undefined, { PGOPTIONS: '-c lock_timeout=500' });
+  } finally {
+    await payer.query('rollback');
+    await payer.end();
+  }
+  expect(first.stderr).toBe('');
+  expect(first.code).toBe(0);
+  const counts = (JSON.parse(first.stdout) as { counts: { beingPaid: number; changes: number } }).counts;
+  expect(counts.beingPaid).toBe(1);
+  const stagesOf = (key: string) =>
+    db
+      .knex('suspend.account_states')
+      .where({ customer_key: key })
+      .whereNotNull('stage')
+      .orderBy('policy')
+      .pluck('policy');
+  expect(await stagesOf(debtor)).toEqual([]);
+  expect(await db.knex('customers').where({ id: debtor }).pluck('status')).toEqual(['active']);
+  // Every other account is decided as without the payment: one change less than planned or more.
+  expect(counts.changes).toBeLessThan(planned.accounts.length);
+  expect(counts.changes).toBeGreaterThanOrEqual(
+    planned.accounts.length - planned.accounts.filter((a) => a.key === debtor).length,
+  );
+
+  // The payment was rolled back: the next sweep, whose text report no longer notes it, suspends the debtor.
+  const next = await cli(db, ['sweep', '--as-of', AS_OF, '--no-notify', '--by', ACTOR]);
+  expect(next.code).toBe(0);
+  expect(next.stdout).not.toContain('being paid');
+  expect(await stagesOf(debtor)).toEqual(
+    planned.accounts
+      .filter((a) => a.key === debtor)
+      .map((a) => a.policy)
+      .sort(),
+  );
+  expect(await db.knex('customers').where({ id: debtor }).pluck('status')).toEqual(['suspended']);
 });
 
 test('a run waiting for the lock (--wait) is not cut short by a statement_timeout set for its sessions', async () => {
