@@ -884,6 +884,12 @@ describe('runs move forward in time', () => {
     await expect(runBatch(db.knex, rules, at(AS_OF))).rejects.toThrow(refusal);
   });
 
+  test('an organization id with a comma is one organization, not two', async () => {
+    expect((await runBatch(db.knex, rules, at(LATER, { orgs: ['1,2'] }))).status).toBe('succeeded');
+    expect((await runBatch(db.knex, rules, at(AS_OF, { orgs: ['1'] }))).status).toBe('succeeded');
+    await expect(runBatch(db.knex, rules, at(AS_OF, { orgs: ['1,2'] }))).rejects.toThrow(refusal);
+  });
+
   test('a sweep stopped by the safety limit counts for the pages it wrote', async () => {
     const small = await loadRules({ file: limited, cwd: ROOT });
     const stopped = await runBatch(db.knex, small, at(LATER, { batchSize: 20 }));

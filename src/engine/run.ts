@@ -426,6 +426,7 @@ function newRun(rules: Rules, options: BatchOptions, scope: Record<string, unkno
     orgFilter: orgFilterOf(options),
     options: {
       batchSize: options.batchSize,
+      ...(options.orgs ? { orgs: options.orgs } : {}),
       ...scope,
       dryRun: false,
     },
@@ -655,7 +656,12 @@ async function refuseEarlierAsOf(
         q.where((o) =>
           o
             .whereNull('org_filter')
-            .orWhereRaw("string_to_array(org_filter, ',') && ?::text[]", [judged.orgs]),
+            // The list itself where the run kept it: org_filter joins ids that may hold commas.
+            .orWhereRaw(
+              `case when options->'orgs' is null then string_to_array(org_filter, ',')
+                    else array(select jsonb_array_elements_text(options->'orgs')) end && ?::text[]`,
+              [judged.orgs],
+            ),
         );
     })
     .orderBy([
