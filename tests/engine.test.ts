@@ -142,6 +142,7 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
       [folder, `"${folder}" names a folder; name a file in it.`],
       [`${path.join(folder, 'new')}/`, `"${path.join(folder, 'new')}/" names a folder; name a file in it.`],
       [path.join(notAFolder, 'x.csv'), `${notAFolder} is a file, not a folder; name a file in a folder.`],
+      [`${notAFolder}/`, `${notAFolder} is a file, not a folder; name a file in a folder.`],
     ]) {
       const r = await cli(db, ['backfill', '--as-of', AS_OF, '--no-notify', '--output', output!]);
       expect(r.code).toBe(2);

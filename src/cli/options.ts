@@ -75,8 +75,13 @@ export function parseOutputFile(value: string): string {
     }
   };
   const self = kind(value);
-  if (self === 'folder' || value.endsWith('/') || value.endsWith(path.sep))
+  if (self === 'folder' || value.endsWith('/') || value.endsWith(path.sep)) {
+    // "a-file/": what it names as a folder is a file.
+    const named = path.resolve(value);
+    if (self !== 'folder' && kind(named) === 'file')
+      throw new InvalidArgumentError(`${named} is a file, not a folder; name a file in a folder.`);
     throw new InvalidArgumentError(`"${value}" names a folder; name a file in it.`);
+  }
   const parent = kind(folder);
   if (parent === 'file')
     throw new InvalidArgumentError(`${folder} is a file, not a folder; name a file in a folder.`);
