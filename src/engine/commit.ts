@@ -314,7 +314,7 @@ async function recheck(
   const keys = busy.size === 0 ? changedKeys : changedKeys.filter((k) => !busy.has(k));
   // States and exclusions are read whatever the run found at its start: another process may have
   // written some for these accounts since.
-  const tables = { schema: ctx.schema, states: true, exclusions: true };
+  const tables = { schema: ctx.schema, states: true, exclusions: true, keyNumbers: false };
   const { signals, state } = await readAccounts(
     trx,
     rules.source,

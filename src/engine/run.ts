@@ -296,7 +296,7 @@ async function pageSource(
     asOf: options.asOf,
     batchSize: options.batchSize,
     filter: filterOf(options),
-    state: stateSchema === null ? null : await stateTables(knex, stateSchema),
+    state: stateSchema === null ? null : await stateTables(knex, stateSchema, rules.source),
     allAccounts: Boolean(options.allAccounts),
     needs: signalsUsed(rules),
     explain: options.dryRun ? 'later' : 'now',

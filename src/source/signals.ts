@@ -186,20 +186,51 @@ export interface StateTables {
   states: boolean;
   /** exclusions has live rows. */
   exclusions: boolean;
+  /**
+   * A page reads its accounts' states as one range of account_states_key_number (see KEY_NUMBER):
+   * the accounts' keys are whole numbers (an integer key column) and the index is there.
+   */
+  keyNumbers: boolean;
 }
+
+/**
+ * account_states' key as a number, or null when it is not a whole number: the expression of the
+ * index account_states_key_number (migrations/20261201000100), repeated exactly so the planner
+ * uses it. `s` is the table's alias.
+ */
+const KEY_NUMBER = "(case when s.customer_key ~ '^-{0,1}[0-9]+$' then s.customer_key::numeric end)";
+
+const INTEGER_TYPES = ['smallint', 'integer', 'bigint'];
 
 /**
  * Whether suspend's tables hold anything a page must read, once per run. A run's own writes never
  * concern a later page of it (pages are disjoint), so what was empty at the start stays so for it.
  */
-export async function stateTables(knex: Knex, schema: string): Promise<StateTables> {
-  const result = await knex.raw<{ rows: { states: boolean; exclusions: boolean }[] }>(
+export async function stateTables(knex: Knex, schema: string, mapping: SourceMapping): Promise<StateTables> {
+  const result = await knex.raw<{ rows: { states: boolean; exclusions: boolean; key_numbers: boolean }[] }>(
     `select exists (select 1 from ??) as states,
-            exists (select 1 from ?? where removed_at is null) as exclusions`,
-    [`${schema}.account_states`, `${schema}.exclusions`],
+            exists (select 1 from ?? where removed_at is null) as exclusions,
+            to_regclass(?) is not null
+              and (select format_type(atttypid, null) from pg_attribute
+                    where attrelid = to_regclass(?) and attname = ? and attnum > 0 and not attisdropped)
+                  = any(?::text[]) as key_numbers`,
+    [
+      `${schema}.account_states`,
+      `${schema}.exclusions`,
+      regclassText(`${schema}.account_states_key_number`),
+      regclassText(qualified(mapping, mapping.customers.table)),
+      mapping.customers.key,
+      INTEGER_TYPES,
+    ],
   );
   const row = result.rows[0];
-  return { schema, states: row?.states ?? true, exclusions: row?.exclusions ?? true };
+  return {
+    schema,
+    states: row?.states ?? true,
+    exclusions: row?.exclusions ?? true,
+    // A signal view's keys are read from the view: left to probes.
+    keyNumbers: !mapping.view && (row?.key_numbers ?? false),
+  };
 }
 
 export interface SignalRow {
@@ -274,8 +305,7 @@ export function signalsQuery(
     // whole tables for a long list.
     if ('keys' in scope) return `${id(column)} = any(array(select k from page))`;
     if ('from' in scope) return `${id(column)} >= ${b(scope.from)} and ${id(column)} <= ${b(scope.to)}`;
-    const lower = scope.after === null ? '' : `${id(column)} > ${b(scope.after)} and `;
-    return `${lower}${id(column)} <= (select last from bounds)`;
+    return pageRange(id(column), scope.after, b);
   };
   const key = id(`c.${c.key}`);
   const accounts = (): string => {
@@ -374,7 +404,12 @@ export function signalsQuery(
   }
 
   const state = 'from' in scope ? null : (scope.state ?? null);
-  const stored = storedParts(knex, state, asOfDate);
+  const stored = storedParts(
+    knex,
+    state,
+    asOfDate,
+    page && ((expr) => pageRange(expr, page.after, b, '::numeric')),
+  );
   parts.push(...stored.ctes);
   // Accounts nothing can be computed for come back with the reason, so the run counts them as
   // skipped instead of failing the page (net terms beyond a date's range null their due days).
@@ -440,19 +475,24 @@ function storedParts(
   knex: Knex,
   state: StateTables | null,
   asOf: () => string,
+  /** A keyset page's key range over an expression (where a page can read states as a range). */
+  range: ((expr: string) => string) | null = null,
 ): { ctes: string[]; columns: string; joins: string } {
   const id = (name: string) => knex.raw('??', [name]).toQuery();
   const pageKeys = 'array(select k::text from page)';
   const ctes: string[] = [];
   if (state?.states) {
+    // By number, one index range in the page's key order (0.2 instead of 2.5 ms for a page of 2,000
+    // keys after a 1M backfill); else a probe per key.
+    const inPage = range && state.keyNumbers ? range(KEY_NUMBER) : `s.customer_key = any(${pageKeys})`;
     ctes.push(`page_states as (
       select customer_key,
              json_agg(json_build_array(policy, stage, stage_index, version, host_before,
                                        case when isfinite(entered_on) then entered_on end,
                                        case when isfinite(reinstated_on) then reinstated_on end)) as rows,
              bool_or(stage is not null) as staged
-        from ${id(`${state.schema}.account_states`)}
-       where customer_key = any(${pageKeys})
+        from ${id(`${state.schema}.account_states`)} s
+       where ${inPage}
        group by customer_key)`);
   }
   if (state?.exclusions) {
@@ -468,6 +508,15 @@ function storedParts(
     state?.exclusions ? 'left join page_exclusions ex on ex.customer_key = p.k::text' : '',
   ].join('\n    ');
   return { ctes, columns, joins };
+}
+
+/**
+ * `expr` within a keyset page: after its lower bound (none for the first page) and up to its last
+ * key, which the page query computes (`bounds`). `cast` turns both bounds into expr's type.
+ */
+function pageRange(expr: string, after: string | null, b: (v: Knex.RawBinding) => string, cast = ''): string {
+  const lower = after === null ? '' : `${expr} > ${b(after)}${cast} and `;
+  return `${lower}${expr} <= (select last from bounds)${cast}`;
 }
 
 /**
