@@ -891,6 +891,22 @@ describe('runs move forward in time', () => {
     await expect(runBatch(db.knex, rules, at(AS_OF, { orgs: ['1,2'] }))).rejects.toThrow(refusal);
   });
 
+  test('a shard of organization "1,2" does not join the split backfill of organizations 1 and 2', async () => {
+    const half = (index: number, orgs: string[]): BatchOptions => ({
+      ...backfillOptions(500),
+      asOf: AS_OF,
+      orgs,
+      shard: { index, count: 2 },
+    });
+    const split = await runBatch(db.knex, rules, half(1, ['1', '2']));
+    const other = await runBatch(db.knex, rules, half(0, ['1,2']));
+    expect(other.run!.id).not.toBe(split.run!.id);
+    // Its other half was never judged: the split run is not done.
+    expect(await db.knex('suspend.runs').where({ id: split.run!.id }).pluck('status')).not.toEqual([
+      'succeeded',
+    ]);
+  });
+
   test('a sweep stopped by the safety limit counts for the pages it wrote', async () => {
     const small = await loadRules({ file: limited, cwd: ROOT });
     const stopped = await runBatch(db.knex, small, at(LATER, { batchSize: 20 }));

@@ -481,7 +481,7 @@ async function openShardRun(
       options.kind,
       shard,
       { asOf: options.asOf, rulesHash: rules.hash },
-      orgFilterOf(options),
+      options.orgs ?? null,
     );
     if (joined)
       await refuseEarlierAsOf(trx, schema, { asOf: joined.asOf, orgs: options.orgs, shard, run: joined });

@@ -92,13 +92,24 @@ export async function runToJoin(
   kind: RunKind,
   shard: { index: number; count: number },
   sweep: { asOf: IsoDate; rulesHash: string },
-  orgFilter: string | null,
+  /** --org: only a run of the same list joins (null: of every organization). */
+  orgs: string[] | null,
 ): Promise<RunRecord | null> {
   const name = `${shard.index}/${shard.count}`;
   const q = shardRuns(trx, schema, kind, shard.count)
     .whereNot(hasParts(trx, schema, name, false))
     // Only a run over the same organizations, and never one that was reverted.
-    .where((w) => (orgFilter === null ? w.whereNull('org_filter') : w.where('org_filter', orgFilter)))
+    .where((w) =>
+      orgs === null
+        ? w.whereNull('org_filter')
+        : // The list as the run kept it: org_filter joins ids that may hold commas (older rows have
+          // only that).
+          w
+            .where('org_filter', orgs.join(','))
+            .whereRaw(`coalesce(options->'orgs', to_jsonb(string_to_array(org_filter, ','))) = ?::jsonb`, [
+              JSON.stringify(orgs),
+            ]),
+    )
     .whereNotExists(
       trx
         .withSchema(schema)

@@ -209,56 +209,81 @@ test('a page that waits for host rows locked by another transaction past lock_ti
   expect(await committedPages(db.knex)).toBe(0);
 });
 
-test('an account whose invoices a payment is updating is left for the next run: the page does not wait for it, even past lock_timeout', async () => {
-  const db = await ownDatabase();
+/** The accounts a dry run would change (key and policy of each change), and one it suspends for debt. */
+async function plannedDebtor(db: TestDatabase) {
   const planned = JSON.parse(
     (await cli(db, ['report', '--dry-run', '--as-of', AS_OF, '--accounts', '--format', 'json'])).stdout,
   ) as { accounts: { key: string; policy: string }[] };
-  const debtor = planned.accounts.find((a) => a.policy === 'delinquency')!.key;
-  // A payment of the debtor's invoices, not yet committed: its rows are locked FOR NO KEY UPDATE.
+  return { planned: planned.accounts, debtor: planned.accounts.find((a) => a.policy === 'delinquency')!.key };
+}
+
+/**
+ * A backfill under a 500 ms lock_timeout while a payment of `debtor`'s invoices is in progress (its
+ * rows locked FOR NO KEY UPDATE by a transaction that is rolled back after the run).
+ */
+async function backfillDuringPayment(db: TestDatabase, debtor: string): Promise<CliResult> {
   const payer = await otherSession(
     db,
     'a payment',
     'begin',
     `update public.invoices set paid_on = paid_on where customer_id = ${Number(debtor)}`,
   );
-  let first: CliResult;
   try {
-    first = await cli(db, [...BACKFILL, '--format', 'json'], undefined, { PGOPTIONS: '-c lock_timeout=500' });
+    return await cli(db, [...BACKFILL, '--format', 'json'], undefined, { PGOPTIONS: '-c lock_timeout=500' });
   } finally {
     await payer.query('rollback');
     await payer.end();
   }
+}
+
+const stagesOf = (db: TestDatabase, key: string) =>
+  db
+    .knex('suspend.account_states')
+    .where({ customer_key: key })
+    .whereNotNull('stage')
+    .orderBy('policy')
+    .pluck('policy');
+
+test('an account whose invoices a payment is updating is left for the next run: the page does not wait for it, even past lock_timeout', async () => {
+  const db = await ownDatabase();
+  const { planned, debtor } = await plannedDebtor(db);
+  const first = await backfillDuringPayment(db, debtor);
   expect(first.stderr).toBe('');
   expect(first.code).toBe(0);
   const counts = (JSON.parse(first.stdout) as { counts: { beingPaid: number; changes: number } }).counts;
   expect(counts.beingPaid).toBe(1);
-  const stagesOf = (key: string) =>
-    db
-      .knex('suspend.account_states')
-      .where({ customer_key: key })
-      .whereNotNull('stage')
-      .orderBy('policy')
-      .pluck('policy');
-  expect(await stagesOf(debtor)).toEqual([]);
+  expect(await stagesOf(db, debtor)).toEqual([]);
   expect(await db.knex('customers').where({ id: debtor }).pluck('status')).toEqual(['active']);
   // Every other account is decided as without the payment: one change less than planned or more.
-  expect(counts.changes).toBeLessThan(planned.accounts.length);
+  expect(counts.changes).toBeLessThan(planned.length);
   expect(counts.changes).toBeGreaterThanOrEqual(
-    planned.accounts.length - planned.accounts.filter((a) => a.key === debtor).length,
+    planned.length - planned.filter((a) => a.key === debtor).length,
   );
 
   // The payment was rolled back: the next sweep, whose text report no longer notes it, suspends the debtor.
   const next = await cli(db, ['sweep', '--as-of', AS_OF, '--no-notify', '--by', ACTOR]);
   expect(next.code).toBe(0);
   expect(next.stdout).not.toContain('being paid');
-  expect(await stagesOf(debtor)).toEqual(
-    planned.accounts
+  expect(await stagesOf(db, debtor)).toEqual(
+    planned
       .filter((a) => a.key === debtor)
       .map((a) => a.policy)
       .sort(),
   );
   expect(await db.knex('customers').where({ id: debtor }).pluck('status')).toEqual(['suspended']);
+});
+
+test('invoices whose customer column writes keys differently (11.0 for 11): the page waits for a payment in progress as a plain lock does, and never suspends during it', async () => {
+  const db = await ownDatabase();
+  const { debtor } = await plannedDebtor(db);
+  await db.knex.raw('alter table public.invoices alter column customer_id type numeric(20, 1)');
+  const first = await backfillDuringPayment(db, debtor);
+  expect(first.stderr).toMatch(
+    /^error: Postgres at (?:socket )?\S+ gave up waiting for a lock \(its lock_timeout\)/,
+  );
+  expect(first.code).toBe(1);
+  expect(await stagesOf(db, debtor)).toEqual([]);
+  expect(await db.knex('customers').where({ id: debtor }).pluck('status')).toEqual(['active']);
 });
 
 test('a run waiting for the lock (--wait) is not cut short by a statement_timeout set for its sessions', async () => {
