@@ -390,11 +390,18 @@ async function lockInvoices(
           sql: '?? > ? and ?? <= ? and ?? = any(?)',
           bindings: [inv.customer, page.after, inv.customer, page.last, inv.customer, keys],
         };
+  // EXCEPT ALL, not an anti-join: the planner, which cannot count the CTE's rows, chose a nested
+  // loop over it (78 instead of 3 ms for a page's 1,000 invoices; a 1M backfill 22 -> 26.5 s). The
+  // last select is bounded by the range too, so it never needs an index on the invoice key.
   const { rows } = await trx.raw<{ rows: { key: string }[] }>(
-    `with got as materialized (select ?? as id from ?? where ${range.sql} for share skip locked)
-     select distinct i.??::text as key from ?? i
-      where ${range.sql} and not exists (select 1 from got where got.id = i.??)`,
-    [inv.key, table, ...range.bindings, inv.customer, table, ...range.bindings, inv.key],
+    `with got as materialized (select ?? as id from ?? where ${range.sql} for share skip locked),
+          missing as (select ?? as id from ?? where ${range.sql} except all select id from got)
+     select distinct ??::text as key from ?? where ${range.sql} and ?? in (select id from missing)`,
+    [
+      ...[inv.key, table, ...range.bindings],
+      ...[inv.key, table, ...range.bindings],
+      ...[inv.customer, table, ...range.bindings, inv.key],
+    ],
   );
   const busy = new Set(rows.map((r) => r.key));
   const wanted = new Set(keys);
