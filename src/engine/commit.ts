@@ -370,8 +370,7 @@ async function recheck(
  * Locks the invoices of `keys` (FOR SHARE, so a payment made while the page is written waits for its
  * commit) without waiting for rows another transaction is updating: a payment in progress would hold
  * the page, and past the role's lock_timeout stop the run. Returns the accounts with an invoice it
- * could not lock. One statement, one snapshot: the invoices locked are compared with all of them by
- * invoice key (an invoice moved to another of the page's accounts meanwhile is still the one locked).
+ * could not lock. One statement, one snapshot: the row versions it locked are compared with all of them.
  */
 async function lockInvoices(
   trx: Knex.Transaction,
@@ -390,18 +389,21 @@ async function lockInvoices(
           sql: '?? > ? and ?? <= ? and ?? = any(?)',
           bindings: [inv.customer, page.after, inv.customer, page.last, inv.customer, keys],
         };
-  // EXCEPT ALL, not an anti-join: the planner, which cannot count the CTE's rows, chose a nested
-  // loop over it (78 instead of 3 ms for a page's 1,000 invoices; a 1M backfill 22 -> 26.5 s). The
-  // last select is bounded by the range too, so it never needs an index on the invoice key.
+  // Rows are told apart by where they are (tableoid for a partitioned table, ctid), never null or
+  // shared as an invoice key column may be; a row a payment moved since the snapshot reads as busy.
+  // Usually every row is locked: the counts say so and the comparison is not run (2.5 instead of
+  // 3.3 ms for a page's 1,300 invoices; a plain FOR SHARE takes 1.1). EXCEPT ALL, not an anti-join:
+  // the planner, which cannot count the CTE's rows, chose a nested loop over it (78 ms; a 1M
+  // backfill 22 -> 26.5 s). Every scan is bounded by the page's range: no index needed but the
+  // customer column's.
+  const rangeOf = () => [table, ...range.bindings];
   const { rows } = await trx.raw<{ rows: { key: string }[] }>(
-    `with got as materialized (select ?? as id from ?? where ${range.sql} for share skip locked),
-          missing as (select ?? as id from ?? where ${range.sql} except all select id from got)
-     select distinct ??::text as key from ?? where ${range.sql} and ?? in (select id from missing)`,
-    [
-      ...[inv.key, table, ...range.bindings],
-      ...[inv.key, table, ...range.bindings],
-      ...[inv.customer, table, ...range.bindings, inv.key],
-    ],
+    `with got as materialized (select tableoid, ctid from ?? where ${range.sql} for share skip locked)
+     select distinct ??::text as key from ?? where ${range.sql}
+        and (select count(*) from got) < (select count(*) from ?? where ${range.sql})
+        and (tableoid, ctid) in (select tableoid, ctid from ?? where ${range.sql}
+                                 except all select tableoid, ctid from got)`,
+    [...rangeOf(), inv.customer, ...rangeOf(), ...rangeOf(), ...rangeOf()],
   );
   const busy = new Set(rows.map((r) => r.key));
   const wanted = new Set(keys);
