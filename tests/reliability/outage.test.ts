@@ -4,6 +4,7 @@ import { acquireRunLock, confirmLockHeld } from '../../src/engine/lock';
 import { openClaimSession } from '../../src/notify/outbox';
 import type { TestDatabase } from '../helpers/database';
 import type { CliResult } from '../helpers/cli';
+import { ENGINE_RULES, writeRules } from '../helpers/fixtures';
 import {
   ACTOR,
   AS_OF,
@@ -221,7 +222,11 @@ async function plannedDebtor(db: TestDatabase) {
  * A backfill under a 500 ms lock_timeout while a payment of `debtor`'s invoices is in progress (its
  * rows locked FOR NO KEY UPDATE by a transaction that is rolled back after the run).
  */
-async function backfillDuringPayment(db: TestDatabase, debtor: string): Promise<CliResult> {
+async function backfillDuringPayment(
+  db: TestDatabase,
+  debtor: string,
+  rulesFile?: string,
+): Promise<CliResult> {
   const payer = await otherSession(
     db,
     'a payment',
@@ -229,7 +234,7 @@ async function backfillDuringPayment(db: TestDatabase, debtor: string): Promise<
     `update public.invoices set paid_on = paid_on where customer_id = ${Number(debtor)}`,
   );
   try {
-    return await cli(db, [...BACKFILL, '--format', 'json'], undefined, { PGOPTIONS: '-c lock_timeout=500' });
+    return await cli(db, [...BACKFILL, '--format', 'json'], rulesFile, { PGOPTIONS: '-c lock_timeout=500' });
   } finally {
     await payer.query('rollback');
     await payer.end();
@@ -271,6 +276,24 @@ test('an account whose invoices a payment is updating is left for the next run: 
       .sort(),
   );
   expect(await db.knex('customers').where({ id: debtor }).pluck('status')).toEqual(['suspended']);
+});
+
+test('invoices mapped by a key column that is null for the ones being paid: the account is still left for the next run', async () => {
+  const db = await ownDatabase();
+  const { debtor } = await plannedDebtor(db);
+  await db.knex.raw('alter table public.invoices add column ext_id bigint');
+  await db.knex.raw('update public.invoices set ext_id = id where customer_id <> ?', [Number(debtor)]);
+  const rules = writeRules(
+    ENGINE_RULES.replace(
+      '  customers:\n',
+      `  invoices: { table: invoices, key: ext_id, customer: customer_id, issued_on: issued_on, due_on: due_on, amount: amount_cents, paid: paid_cents, paid_on: paid_on }\n  customers:\n`,
+    ),
+  );
+  const first = await backfillDuringPayment(db, debtor, rules);
+  expect(first.stderr).toBe('');
+  expect(first.code).toBe(0);
+  expect((JSON.parse(first.stdout) as { counts: { beingPaid: number } }).counts.beingPaid).toBe(1);
+  expect(await stagesOf(db, debtor)).toEqual([]);
 });
 
 test('invoices whose customer column writes keys differently (11.0 for 11): the page waits for a payment in progress as a plain lock does, and never suspends during it', async () => {
