@@ -478,7 +478,13 @@ test('a statement after every pooled session was killed gets a new connection in
     // Ten rounds: the pool's idle sessions are killed and the next statement runs at once, before
     // (most times) their end reaches the client, which is when the run marks itself interrupted.
     for (let round = 0; round < 10; round++) {
-      await Promise.all([1, 2, 3].map(() => pool.raw('select pg_sleep(0.01)')));
+      // Three live sessions in the pool: a session killed in the round before may still be handed
+      // out once (its end not yet read, under load), which is not what this test is about.
+      for (let warm = 0; ; warm++) {
+        const tried = await Promise.allSettled([1, 2, 3].map(() => pool.raw('select pg_sleep(0.01)')));
+        if (tried.every((t) => t.status === 'fulfilled')) break;
+        if (warm === 5) throw (tried.find((t) => t.status === 'rejected') as PromiseRejectedResult).reason;
+      }
       await db.knex.raw(
         "select pg_terminate_backend(pid) from pg_stat_activity where application_name = 'suspend killed pool'",
       );
