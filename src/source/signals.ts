@@ -218,7 +218,8 @@ export async function stateTables(knex: Knex, schema: string, mapping: SourceMap
       `${schema}.account_states`,
       `${schema}.exclusions`,
       regclassText(`${schema}.account_states_key_number`),
-      regclassText(qualified(mapping, mapping.customers.table)),
+      // A signal view's keys are read from the view: left to probes.
+      mapping.view ? null : regclassText(qualified(mapping, mapping.customers.table)),
       mapping.customers.key,
       INTEGER_TYPES,
     ],
@@ -228,8 +229,7 @@ export async function stateTables(knex: Knex, schema: string, mapping: SourceMap
     schema,
     states: row?.states ?? true,
     exclusions: row?.exclusions ?? true,
-    // A signal view's keys are read from the view: left to probes.
-    keyNumbers: !mapping.view && (row?.key_numbers ?? false),
+    keyNumbers: row?.key_numbers ?? false,
   };
 }
 
