@@ -286,6 +286,71 @@ test('page ends found one from the other are the keys at every page size-th rank
   expect(compared).toBeGreaterThan(150);
 });
 
+test('a page reads the same stored states by key number as by key probes: negative keys, page ends, keys that are not numbers', async () => {
+  await db.knex.raw('truncate invoices, customers cascade');
+  await db.knex('suspend.account_states').del();
+  // Negative keys, zero and gaps.
+  const ids = [
+    ...Array.from({ length: 25 }, (_, n) => -49 + 2 * n),
+    0,
+    ...Array.from({ length: 100 }, (_, n) => 1 + 3 * n),
+  ];
+  await db
+    .knex('customers')
+    .insert(
+      ids.map((id) => ({
+        id,
+        org_id: 1,
+        email: `e${id}@example.com`,
+        name: `E ${id}`,
+        created_at: '2024-01-01',
+      })),
+    );
+  const state = (key: string, policy: string, stage: string | null) => ({
+    customer_key: key,
+    policy,
+    stage,
+    stage_index: stage ? 0 : -1,
+  });
+  await db.knex('suspend.account_states').insert([
+    ...ids.filter((id) => Math.abs(id) % 2 === 1).map((id) => state(String(id), 'inactivity', 'suspended')),
+    ...ids.filter((id) => id % 5 === 0).map((id) => state(String(id), 'delinquency', null)),
+    // Rows of no account of these pages: a key that is no number, and 7 written as 007.
+    state('abc', 'inactivity', 'suspended'),
+    state('007', 'inactivity', 'suspended'),
+  ]);
+  const tables = await stateTables(db.knex, 'suspend', DEFAULT_MAPPING);
+  expect(tables.keyNumbers).toBe(true);
+  const statesOf = async (
+    scope: { after: string | null; until: string | null; limit: number | null },
+    keyNumbers: boolean,
+  ) => {
+    const page = await readPage(db.knex, DEFAULT_MAPPING, AS_OF, {
+      ...scope,
+      orgs: null,
+      shard: null,
+      state: { ...tables, keyNumbers },
+      candidates: null,
+    });
+    return { last: page.last, states: [...page.state.states].map(([k, m]) => [k, Object.fromEntries(m)]) };
+  };
+  let compared = 0;
+  for (const limit of [1, 7, 50]) {
+    let after: string | null = null;
+    for (;;) {
+      const byNumber = await statesOf({ after, until: null, limit }, true);
+      expect(byNumber).toEqual(await statesOf({ after, until: null, limit }, false));
+      compared += byNumber.states.length;
+      if (byNumber.last === null) break;
+      after = String(byNumber.last);
+    }
+  }
+  // A page between known ends (no limit).
+  const between = { after: '-20', until: '40', limit: null };
+  expect(await statesOf(between, true)).toEqual(await statesOf(between, false));
+  expect(compared).toBeGreaterThan(150);
+});
+
 test('stored states come back as the evaluator reads them, their days as YYYY-MM-DD whatever the DateStyle, an infinite one as none', async () => {
   // A session that writes dates day first, as a DBA may set the server.
   const dmy = knexFactory({
