@@ -295,17 +295,15 @@ test('a page reads the same stored states by key number as by key probes: negati
     0,
     ...Array.from({ length: 100 }, (_, n) => 1 + 3 * n),
   ];
-  await db
-    .knex('customers')
-    .insert(
-      ids.map((id) => ({
-        id,
-        org_id: 1,
-        email: `e${id}@example.com`,
-        name: `E ${id}`,
-        created_at: '2024-01-01',
-      })),
-    );
+  await db.knex('customers').insert(
+    ids.map((id) => ({
+      id,
+      org_id: 1,
+      email: `e${id}@example.com`,
+      name: `E ${id}`,
+      created_at: '2024-01-01',
+    })),
+  );
   const state = (key: string, policy: string, stage: string | null) => ({
     customer_key: key,
     policy,
