@@ -27,6 +27,12 @@ export interface RunRecord {
   revertsRunId: string | null;
 }
 
+/**
+ * A runs row's --org list as a jsonb array of text (null: every organization). Kept in
+ * `options.orgs`, since `org_filter` joins ids that may hold commas; older rows have only that.
+ */
+export const RUN_ORGS = "coalesce(options->'orgs', to_jsonb(string_to_array(org_filter, ',')))";
+
 interface RunRow {
   id: string;
   kind: RunKind;

@@ -29,6 +29,7 @@ import {
   startRun,
   unfinishedRun,
   unfinishedRuns,
+  RUN_ORGS,
   type RunRecord,
 } from './ledger';
 import type { PagePlan } from './plan';
@@ -656,12 +657,7 @@ async function refuseEarlierAsOf(
         q.where((o) =>
           o
             .whereNull('org_filter')
-            // The list itself where the run kept it: org_filter joins ids that may hold commas.
-            .orWhereRaw(
-              `case when options->'orgs' is null then string_to_array(org_filter, ',')
-                    else array(select jsonb_array_elements_text(options->'orgs')) end && ?::text[]`,
-              [judged.orgs],
-            ),
+            .orWhereRaw(`array(select jsonb_array_elements_text(${RUN_ORGS})) && ?::text[]`, [judged.orgs]),
         );
     })
     .orderBy([

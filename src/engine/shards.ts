@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import { emptyCounts, mergeCounts, restoreCounts, type RunCounts } from './counts';
-import { getRun, type RunKind, type RunRecord, type RunStatus } from './ledger';
+import { getRun, RUN_ORGS, type RunKind, type RunRecord, type RunStatus } from './ledger';
 import type { IsoDate } from '../types';
 
 /**
@@ -102,13 +102,7 @@ export async function runToJoin(
     .where((w) =>
       orgs === null
         ? w.whereNull('org_filter')
-        : // The list as the run kept it: org_filter joins ids that may hold commas (older rows have
-          // only that).
-          w
-            .where('org_filter', orgs.join(','))
-            .whereRaw(`coalesce(options->'orgs', to_jsonb(string_to_array(org_filter, ','))) = ?::jsonb`, [
-              JSON.stringify(orgs),
-            ]),
+        : w.where('org_filter', orgs.join(',')).whereRaw(`${RUN_ORGS} = ?::jsonb`, [JSON.stringify(orgs)]),
     )
     .whereNotExists(
       trx

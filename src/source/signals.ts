@@ -485,8 +485,8 @@ function storedParts(
   const pageKeys = 'array(select k::text from page)';
   const ctes: string[] = [];
   if (state?.states) {
-    // By number, one index range in the page's key order (0.2 instead of 2.5 ms for a page of 2,000
-    // keys after a 1M backfill); else a probe per key.
+    // By number, one index range in the page's key order (this CTE 1.8 instead of 4.3 ms for a page
+    // of 2,000 keys after a 1M backfill); else a probe per key.
     const inPage = range && state.keyNumbers ? range(KEY_NUMBER) : `s.customer_key = any(${pageKeys})`;
     ctes.push(`page_states as (
       select customer_key,
