@@ -53,4 +53,18 @@ test('the demo walks through every step on the embedded default and the report p
   );
   // The embedded server was stopped at the end: nothing left running in the folder.
   expect(fs.existsSync(path.join(root, '.suspend', 'postgres', 'data', 'postmaster.pid'))).toBe(false);
-}, 180_000);
+  // The command the demo's last line gives reads its database again (the embedded server's own
+  // database, where a command goes without --database, has no suspend schema).
+  const key = /customer (\d+): suspended \(policy delinquency/.exec(r.stdout)?.[1];
+  const again = `suspend status ${key} --database suspend_demo`;
+  expect(r.stderr).toContain(`The demo database stays: \`${again}\` reads it again.`);
+  const status = await runCli(again.split(' ').slice(1), { cwd: root });
+  expect(status.code).toBe(0);
+  expect(status.stdout).toMatch(
+    new RegExp(
+      `^customer ${key}: suspended \\(policy delinquency since 2026-11-23\\)\n {2}booking blocked: yes`,
+    ),
+  );
+  const elsewhere = await runCli(['status', key!], { cwd: root });
+  expect(elsewhere.code).toBe(2);
+}, 240_000);

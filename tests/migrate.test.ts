@@ -2,7 +2,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { createTestDatabase, type TestDatabase } from './helpers/database';
 import { runCli } from './helpers/cli';
-import { ROOT } from './helpers/server';
+import { ROOT, withDatabase } from './helpers/server';
+import { describeUrl } from '../src/db/connection';
 
 /** `suspend migrate` on an empty database, including several started at once (cron on two hosts). */
 
@@ -36,4 +37,23 @@ test('four migrates started together all succeed and apply each migration once',
   }
   const applied = await db.knex('suspend.knex_migrations').select('name').orderBy('name');
   expect(applied.map((r: { name: string }) => r.name)).toEqual([...migrations].sort());
+});
+
+test('--database names another database on the server the URL reaches; a missing or unusable name is one sentence, exit 2', async () => {
+  const other = withDatabase(db.url, 'postgres');
+  // The URL names the maintenance database; --database sends the command to this file's database.
+  const here = await runCli(['migrate', '--status', '--database-url', other, '--database', db.name]);
+  expect(here.stderr).toBe('');
+  expect(here.code).toBe(0);
+  expect(here.stdout).toContain(`schema suspend: ${migrations.length} applied, 0 pending`);
+  const missing = await runCli(['runs', '--database-url', other, '--database', `${db.name}_gone`]);
+  expect(missing.code).toBe(2);
+  expect(missing.stderr).toBe(
+    `error: Cannot reach Postgres: database does not exist at ${describeUrl(withDatabase(db.url, `${db.name}_gone`))}; name a database that exists (--database, or the path of the URL) or create it.\n`,
+  );
+  const odd = await runCli(['runs', '--database-url', other, '--database', 'a?b']);
+  expect(odd.code).toBe(2);
+  expect(odd.stderr).toBe(
+    'error: --database: "a?b" cannot be used as a database name here; name one without ?, # or %.\n',
+  );
 });

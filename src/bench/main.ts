@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import knexFactory, { type Knex } from 'knex';
 import { BASELINE_READ, BASELINE_SETUP, BASELINE_WRITE } from './baseline';
+import { withDatabase } from '../db/connection';
 
 /**
  * `npm run bench [-- --customers 100000,1000000 --runs 3 --workers 2]`: seeds the reference data once
@@ -46,12 +47,6 @@ function parseArgs(argv: string[]): Args {
     workers,
     url: get('--database-url') ?? process.env.DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
   };
-}
-
-function withDatabase(url: string, db: string): string {
-  const u = new URL(url);
-  u.pathname = `/${db}`;
-  return u.toString();
 }
 
 function log(message: string): void {

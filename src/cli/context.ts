@@ -2,13 +2,23 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Knex } from 'knex';
 import chalk from 'chalk';
-import { connect, describeDatabaseError, resolveDatabaseUrl, type UrlSource } from '../db/connection';
+import {
+  checkDatabaseName,
+  connect,
+  describeDatabaseError,
+  resolveDatabaseUrl,
+  validateUrl,
+  withDatabase,
+  type UrlSource,
+} from '../db/connection';
 import { SuspendError, ExitCode, errorMessage, UsageError } from '../errors';
 import type { Rules } from '../types';
 
 /** Options every command accepts (see `withCommonOptions`). */
 export interface CommonOptions {
   databaseUrl?: string;
+  /** Another database on the same server (see withDatabase). */
+  database?: string;
   /** false with --no-prepared-statements (commander makes it true otherwise). */
   preparedStatements?: boolean;
   rules?: string;
@@ -55,13 +65,20 @@ export class CommandContext {
       env: process.env.DATABASE_URL,
       config: rules.databaseUrl,
     });
+    const database = this.options.database;
+    // A name that cannot be used is refused before a server is started for it.
+    if (database !== undefined) checkDatabaseName(database);
     let url = resolved.url;
+    if (url !== null && database !== undefined) {
+      validateUrl(url, resolved.source);
+      url = withDatabase(url, database);
+    }
     if (url === null) {
       const { startEmbeddedPostgres } = await import('../db/embedded');
       const dataDir = path.resolve(this.cwd, process.env.SUSPEND_HOME ?? '.suspend');
       const server = await startEmbeddedPostgres({ dataDir, log: (line) => this.debug(line) });
       this.stopEmbedded = () => server.stop();
-      url = server.url;
+      url = database === undefined ? server.url : withDatabase(server.url, database);
     }
     const knex = await connect(url, resolved.source, {
       ...options,

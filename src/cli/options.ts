@@ -14,6 +14,10 @@ export function withCommonOptions(cmd: Command): Command {
       'Postgres URL (default: $DATABASE_URL, then database.url in the rules, then the embedded server in .suspend/)',
     )
     .option(
+      '--database <name>',
+      'database on that server instead of the one the URL names (the embedded server: instead of postgres), e.g. suspend_demo after `suspend demo`',
+    )
+    .option(
       '--no-prepared-statements',
       'run every query unnamed and set nothing on the server sessions, for a pooler that does not keep named statements (or database.prepared_statements: false in the rules); runs that write need session pooling, see README',
     )

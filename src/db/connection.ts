@@ -24,6 +24,26 @@ export function resolveDatabaseUrl(input: {
   return { url: null, source: 'embedded' };
 }
 
+/**
+ * The same URL naming another database on the same server (`--database`, the demo's and the bench's
+ * own databases). The name travels in the URL's path, which the driver decodes with decodeURI: a name
+ * with ?, # or % would not come back as written, so it is refused.
+ */
+export function withDatabase(url: string, database: string): string {
+  checkDatabaseName(database);
+  const u = new URL(url);
+  u.pathname = `/${database}`;
+  return u.toString();
+}
+
+export function checkDatabaseName(database: string): void {
+  if (database === '' || /[?#%]/.test(database)) {
+    throw new UsageError(
+      `--database: "${database}" cannot be used as a database name here; name one without ?, # or %.`,
+    );
+  }
+}
+
 /** host:port/database of a URL, without the password, for messages. */
 export function describeUrl(url: string): string {
   const c = parseConnectionString(url);
@@ -97,9 +117,11 @@ export function connectionError(err: unknown, url: string, source: UrlSource): S
   const code = sqlState(err);
   const sysCode = (err as { code?: string }).code;
   const hint =
-    source === 'embedded'
-      ? 'the embedded server in .suspend/ may have stopped; run the command again'
-      : `check ${source} or start the server (on Debian: pg_ctlcluster 15 main start)`;
+    code === SqlState.invalidCatalogName
+      ? 'name a database that exists (--database, or the path of the URL) or create it'
+      : source === 'embedded'
+        ? 'the embedded server in .suspend/ may have stopped; run the command again'
+        : `check ${source} or start the server (on Debian: pg_ctlcluster 15 main start)`;
   let what: string;
   if (code === SqlState.invalidCatalogName) what = `database does not exist at ${where}`;
   else if (code === SqlState.invalidPassword || code === SqlState.invalidAuthorization)

@@ -18,11 +18,7 @@ export function readServerState(): TestServerState {
 }
 
 /** The same URL with another database name. */
-export function withDatabase(url: string, database: string): string {
-  const u = new URL(url);
-  u.pathname = `/${database}`;
-  return u.toString();
-}
+export { withDatabase } from '../../src/db/connection';
 
 /** The template's name changes whenever what builds it changes, so a stale template is never reused. */
 export function templateName(): string {

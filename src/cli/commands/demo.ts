@@ -6,6 +6,7 @@ import { runCommand, type CommonOptions } from '../context';
 import { asOfOption, parsePositiveInteger, withCommonOptions } from '../options';
 import { addDays, todayUtc } from '../../rules/dates';
 import { SuspendError } from '../../errors';
+import { withDatabase } from '../../db/connection';
 
 interface DemoFlags extends CommonOptions {
   customers: number;
@@ -34,7 +35,7 @@ export function registerDemo(program: Command): void {
   ).action(async (opts: DemoFlags) =>
     runCommand(opts, async (ctx) => {
       const rules = opts.rules ?? EXAMPLE_RULES;
-      const { knex, url } = await ctx.db();
+      const { knex, url, source } = await ctx.db();
       // A fresh database each time, so the demo always tells the same story.
       await knex.raw(
         'select pg_terminate_backend(pid) from pg_stat_activity where datname = ? and pid <> pg_backend_pid()',
@@ -103,7 +104,7 @@ export function registerDemo(program: Command): void {
       process.stderr.write(
         `\n${chalk.bold('Next:')} copy rules.example.yaml to suspend.config.yaml, map your own tables under source:, ` +
           'check it with `suspend rules check`, and preview with `suspend report --dry-run`.\n' +
-          `The demo database stays at ${DEMO_DATABASE} (try \`suspend status KEY --database-url ...\`).\n`,
+          `The demo database stays: \`suspend status ${key ?? 'KEY'} --database ${DEMO_DATABASE}\`${source === '--database-url' ? ' (with the same --database-url)' : ''} reads it again.\n`,
       );
     }),
   );
@@ -119,10 +120,4 @@ async function recordPayments(knex: Knex, paidOn: string): Promise<void> {
   process.stderr.write(
     `\n${chalk.bold.cyan('▸ Meanwhile the app records payments')}\n${chalk.dim(`(${r.rowCount} unpaid invoices paid in full on ${paidOn})`)}\n`,
   );
-}
-
-function withDatabase(url: string, database: string): string {
-  const u = new URL(url);
-  u.pathname = `/${database}`;
-  return u.toString();
 }
