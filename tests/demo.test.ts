@@ -67,4 +67,10 @@ test('the demo walks through every step on the embedded default and the report p
   );
   const elsewhere = await runCli(['status', key!], { cwd: root });
   expect(elsewhere.code).toBe(2);
+  // The demo recreates its database, so it refuses to run connected to it.
+  const inside = await runCli(['demo', '--customers', '100', '--database', 'suspend_demo'], { cwd: root });
+  expect(inside.code).toBe(2);
+  expect(inside.stderr).toBe(
+    'error: `suspend demo` recreates the database suspend_demo, so it cannot run connected to it; connect to another database of that server (e.g. --database postgres).\n',
+  );
 }, 240_000);

@@ -3,6 +3,8 @@ import path from 'node:path';
 import { createTestDatabase, type TestDatabase } from './helpers/database';
 import { runCli } from './helpers/cli';
 import { ROOT, withDatabase } from './helpers/server';
+import { parse as parseConnectionString } from 'pg-connection-string';
+import knexFactory from 'knex';
 import { describeUrl } from '../src/db/connection';
 
 /** `suspend migrate` on an empty database, including several started at once (cron on two hosts). */
@@ -51,9 +53,37 @@ test('--database names another database on the server the URL reaches; a missing
   expect(missing.stderr).toBe(
     `error: Cannot reach Postgres: database does not exist at ${describeUrl(withDatabase(db.url, `${db.name}_gone`))}; name a database that exists (--database, or the path of the URL) or create it.\n`,
   );
-  const odd = await runCli(['runs', '--database-url', other, '--database', 'a?b']);
-  expect(odd.code).toBe(2);
-  expect(odd.stderr).toBe(
-    'error: --database: "a?b" cannot be used as a database name here; name one without ?, # or %.\n',
+  // The server's default database, as a user's own knex would reach it.
+  const defaultDb = knexFactory({ client: 'pg', connection: other, pool: { min: 0, max: 1 } });
+  const suspendSchemas = async () =>
+    (await defaultDb.raw<{ rows: unknown[] }>("select 1 from pg_namespace where nspname = 'suspend'")).rows
+      .length;
+  const before = await suspendSchemas();
+  // Names a URL's path cannot carry as written: refused, never sent to another database ("..",
+  // once, reached the user's default database; "x/../name" reached "name").
+  for (const name of ['a?b', '..', `x/../${db.name}`, `${db.name}\t`]) {
+    const odd = await runCli(['migrate', '--database-url', other, '--database', name]);
+    expect(odd.code).toBe(2);
+    expect(odd.stderr).toBe(
+      `error: --database: ${JSON.stringify(name)} cannot be named in a Postgres URL as written (".", "..", "/." or "/.." parts, tabs, line breaks, ?, # and some % sequences do not survive it); name another database.\n`,
+    );
+  }
+  const empty = await runCli(['runs', '--database-url', other, '--database', '']);
+  expect(empty.code).toBe(2);
+  expect(empty.stderr).toBe(
+    'error: --database: the name is empty; give a database name, e.g. suspend_demo.\n',
   );
+  // The refused names migrated nothing into the server's default database ("..", once, went there).
+  expect(await suspendSchemas()).toBe(before);
+  await defaultDb.destroy();
+});
+
+test('--database with a URL that has no host (the server named by its host parameter, as for a socket)', async () => {
+  const c = parseConnectionString(db.url);
+  const query = new URLSearchParams({ host: c.host ?? '', ...(c.port ? { port: String(c.port) } : {}) });
+  const noHost = `postgres://${c.user ?? 'postgres'}@/postgres?${query.toString()}`;
+  const r = await runCli(['migrate', '--status', '--database-url', noHost, '--database', db.name]);
+  expect(r.stderr).toBe('');
+  expect(r.code).toBe(0);
+  expect(r.stdout).toContain(`schema suspend: ${migrations.length} applied, 0 pending`);
 });

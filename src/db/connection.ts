@@ -26,22 +26,34 @@ export function resolveDatabaseUrl(input: {
 
 /**
  * The same URL naming another database on the same server (`--database`, the demo's and the bench's
- * own databases). The name travels in the URL's path, which the driver decodes with decodeURI: a name
- * with ?, # or % would not come back as written, so it is refused.
+ * own databases). The name travels in the URL's path, which URL parsing normalizes (".", "..", tabs)
+ * and the driver decodes with decodeURI (%3F stays %3F): a name the driver would not read back as
+ * given is refused, never sent to some other database.
  */
 export function withDatabase(url: string, database: string): string {
-  checkDatabaseName(database);
-  const u = new URL(url);
+  if (database === '') {
+    throw new UsageError('--database: the name is empty; give a database name, e.g. suspend_demo.');
+  }
+  // A socket URL may have no host (postgres://user@/db?host=/run/postgresql), which URL() refuses;
+  // the driver parses those with a stand-in host, and so does this.
+  const noHost = !URL.canParse(url) && url.includes('@/');
+  const u = new URL(noHost ? url.replace('@/', `@${STAND_IN_HOST}/`) : url);
   u.pathname = `/${database}`;
-  return u.toString();
-}
-
-export function checkDatabaseName(database: string): void {
-  if (database === '' || /[?#%]/.test(database)) {
+  const out = noHost ? u.toString().replace(`@${STAND_IN_HOST}/`, '@/') : u.toString();
+  if (parseConnectionString(out).database !== database) {
     throw new UsageError(
-      `--database: "${database}" cannot be used as a database name here; name one without ?, # or %.`,
+      `--database: ${JSON.stringify(database)} cannot be named in a Postgres URL as written ` +
+        '(".", "..", "/." or "/.." parts, tabs, line breaks, ?, # and some % sequences do not survive it); name another database.',
     );
   }
+  return out;
+}
+
+const STAND_IN_HOST = 'suspend-stand-in-host';
+
+/** Refuses a --database name withDatabase would refuse, before a server is started for it. */
+export function checkDatabaseName(database: string): void {
+  withDatabase('postgres://localhost', database);
 }
 
 /** host:port/database of a URL, without the password, for messages. */

@@ -5,7 +5,7 @@ import chalk from 'chalk';
 import { runCommand, type CommonOptions } from '../context';
 import { asOfOption, parsePositiveInteger, withCommonOptions } from '../options';
 import { addDays, todayUtc } from '../../rules/dates';
-import { SuspendError } from '../../errors';
+import { SuspendError, UsageError } from '../../errors';
 import { withDatabase } from '../../db/connection';
 
 interface DemoFlags extends CommonOptions {
@@ -36,6 +36,12 @@ export function registerDemo(program: Command): void {
     runCommand(opts, async (ctx) => {
       const rules = opts.rules ?? EXAMPLE_RULES;
       const { knex, url, source } = await ctx.db();
+      const current = await knex.raw<{ rows: { name: string }[] }>('select current_database() as name');
+      if (current.rows[0]?.name === DEMO_DATABASE) {
+        throw new UsageError(
+          `\`suspend demo\` recreates the database ${DEMO_DATABASE}, so it cannot run connected to it; connect to another database of that server (e.g. --database postgres).`,
+        );
+      }
       // A fresh database each time, so the demo always tells the same story.
       await knex.raw(
         'select pg_terminate_backend(pid) from pg_stat_activity where datname = ? and pid <> pg_backend_pid()',
