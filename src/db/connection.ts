@@ -59,8 +59,9 @@ export function checkDatabaseName(database: string): void {
 /** host:port/database of a URL, without the password, for messages. */
 export function describeUrl(url: string): string {
   const c = parseConnectionString(url);
-  const where = c.host?.startsWith('/') ? `socket ${c.host}` : `${c.host ?? 'localhost'}:${c.port ?? 5432}`;
-  return `${where}/${c.database ?? ''}`;
+  // A socket's folder and the database joined by a slash would read as one path.
+  if (c.host?.startsWith('/')) return `socket ${c.host}, database ${c.database ?? ''}`;
+  return `${c.host ?? 'localhost'}:${c.port ?? 5432}/${c.database ?? ''}`;
 }
 
 export function validateUrl(url: string, source: UrlSource): void {
@@ -141,7 +142,7 @@ export function connectionError(err: unknown, url: string, source: UrlSource): S
   else if (sysCode === 'ECONNREFUSED') what = `connection refused at ${where}`;
   else if (sysCode === 'ENOTFOUND' || sysCode === 'EAI_AGAIN') what = `host not found for ${where}`;
   else if (sysCode === 'ETIMEDOUT') what = `connection timed out at ${where}`;
-  else if (sysCode === 'ENOENT') what = `no Postgres socket at ${where}`;
+  else if (sysCode === 'ENOENT') what = `nothing listens at ${where}`;
   else what = `cannot connect to ${where} (${errorMessage(err)})`;
   return new SuspendError(`Cannot reach Postgres: ${what}; ${hint}.`, {
     exitCode: ExitCode.usage,

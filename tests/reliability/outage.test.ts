@@ -107,7 +107,9 @@ async function cutMidRun(which: 'page' | 'all'): Promise<void> {
   expect(result.stderr).not.toMatch(STACK_FRAME);
   const lines = result.stderr.trim().split('\n');
   expect(lines).toHaveLength(1);
-  expect(lines[0]).toMatch(/^error: Lost the connection to Postgres at (?:socket )?\S+\/suspend_test_\w+/);
+  expect(lines[0]).toMatch(
+    /^error: Lost the connection to Postgres at (?:socket \S+, database |\S+\/)suspend_test_\w+/,
+  );
   expect(lines[0]).toContain('suspend backfill --resume');
   expect(result.code).toBe(1);
 

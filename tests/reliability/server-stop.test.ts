@@ -84,7 +84,7 @@ describe('the server stops in the middle of a backfill', () => {
     expect(result.stderr).not.toMatch(STACK_FRAME);
     expect(result.stderr.trim().split('\n')).toEqual([
       expect.stringMatching(
-        /^error: Lost the connection to Postgres at socket \S+\/app \(.+ and the server does not answer now\); what was committed stays, so run the command again once the server answers \(an interrupted backfill continues with `suspend backfill --resume`\)\.$/,
+        /^error: Lost the connection to Postgres at socket \S+, database app \(.+ and the server does not answer now\); what was committed stays, so run the command again once the server answers \(an interrupted backfill continues with `suspend backfill --resume`\)\.$/,
       ),
     ]);
     expect(result.code).toBe(1);
