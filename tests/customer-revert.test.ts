@@ -291,6 +291,15 @@ test('a run cannot be reverted twice; an unknown run is one sentence', async () 
   const unknown = await cli(['revert', '999']);
   expect(unknown.code).toBe(2);
   expect(unknown.stderr).toContain('There is no run 999');
+  // Past the bigint run id's range: the same sentence, not a failed query.
+  for (const args of [
+    ['revert', '99999999999999999999', '--dry-run'],
+    ['runs', 'show', '99999999999999999999'],
+  ]) {
+    const huge = await cli(args);
+    expect(huge.code).toBe(2);
+    expect(huge.stderr).toBe('error: There is no run 99999999999999999999; `suspend runs` lists them.\n');
+  }
 });
 
 test('reinstate then revert of the reinstatement brings the suspension and its host status back', async () => {

@@ -225,6 +225,12 @@ describe('suspend status', () => {
     expect(unknown.stderr).toContain('There is no customer 999 in table customers.');
     const badType = await cli(['status', 'abc']);
     expect(badType.code).toBe(2);
+    // Past the bigint key's range: the same sentence, not a failed query.
+    for (const args of [['status'], ['reinstate', '--reason', 'x'], ['exclude', '--reason', 'x']]) {
+      const huge = await cli([args[0]!, '99999999999999999999', ...args.slice(1)]);
+      expect(huge.code).toBe(2);
+      expect(huge.stderr).toBe('error: There is no customer 99999999999999999999 in table customers.\n');
+    }
   });
 });
 

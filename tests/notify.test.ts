@@ -542,6 +542,35 @@ describe('suspend notify', () => {
     expect(none.stdout.trim()).toBe('No failed notifications.');
   });
 
+  test('with the SMTP server down, each event’s error names its own recipients, not those of the first mail that failed', async () => {
+    await resetOutbox();
+    const rules = rulesWith(`notifications:
+  emails: [ops@example.com]
+  use_organization_column: true`);
+    const r = await runCli(['notify', '--rules', rules, '--database-url', db.url], {
+      env: { SMTP_URL: 'smtp://127.0.0.1:1' },
+    });
+    expect(r.code).toBe(1);
+    const orgs = await db.knex.raw<{ rows: { id: string; emails: string[] }[] }>(
+      'select id::text as id, notification_emails as emails from organizations',
+    );
+    const emailsOf = new Map(orgs.rows.map((o) => [o.id, o.emails]));
+    const rows = (await outbox()).filter((x) => x.last_error !== null);
+    expect(new Set(rows.map((x) => x.org_id)).size).toBe(5);
+    for (const row of rows) {
+      const named = row.last_error?.match(/[\w.+-]+@[\w.-]+\w/g) ?? [];
+      expect(named.length).toBeGreaterThan(0);
+      const own = ['ops@example.com', ...(emailsOf.get(row.org_id ?? '') ?? []), row.payload.customer.email];
+      expect(named.filter((address) => !own.includes(address))).toEqual([]);
+    }
+    // The later mails say the server failed earlier, with the server's own error.
+    expect(
+      rows.some((x) =>
+        x.last_error?.includes('the SMTP server failed earlier in this delivery (smtp://127.0.0.1:1'),
+      ),
+    ).toBe(true);
+  });
+
   test('two processes at once deliver every event exactly once', async () => {
     await resetOutbox();
     const file = webhookOnlyRules(hook, false);

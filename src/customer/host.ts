@@ -11,8 +11,11 @@ import type { SourceMapping } from '../types';
  * stored value says.
  */
 
-/** 22P02: a key that is not a valid value of the key column's type (e.g. "abc" for a bigint key). */
-const INVALID_TEXT_REPRESENTATION = '22P02';
+/**
+ * A key that is not a valid value of the key column's type: 22P02 ("abc" for a bigint key), 22003
+ * (a number too large for it).
+ */
+const NOT_A_KEY_VALUE = new Set(['22P02', '22003']);
 
 /** The table (or signal view) that lists the accounts. */
 export function customerTable(mapping: SourceMapping): string {
@@ -49,7 +52,7 @@ export async function customerExists(
     ]);
     return r.rows.length > 0;
   } catch (err) {
-    if ((err as { code?: string }).code === INVALID_TEXT_REPRESENTATION) return false;
+    if (NOT_A_KEY_VALUE.has((err as { code?: string }).code ?? '')) return false;
     throw err;
   }
 }

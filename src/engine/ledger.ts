@@ -195,7 +195,8 @@ export async function getRun(
   schema: string,
   id: string,
 ): Promise<RunRecord | null> {
-  if (!/^\d+$/.test(id)) return null;
+  // Run ids are bigint: a number past its range names no run (and would make the query fail).
+  if (!/^\d+$/.test(id) || BigInt(id) > 9223372036854775807n) return null;
   const row = (await runQuery(knex, schema).where({ id }).first()) as RunRow | undefined;
   return row ? toRecord(row) : null;
 }

@@ -5,7 +5,7 @@ import { rulesForOrg } from '../engine/plan';
 import { errorMessage } from '../errors';
 import type { EffectiveRules, Rules } from '../types';
 import { buildCustomerMail, buildDigest, type DigestRun } from './digest';
-import { createMailer, resolveSmtpUrl, type Mailer } from './mail';
+import { createMailer, MailError, resolveSmtpUrl, type Mailer } from './mail';
 import {
   claimEvents,
   dueGroups,
@@ -293,14 +293,17 @@ async function delivered(d: Delivery, events: OutboxEvent[], channel: Channel): 
 async function sendMail(d: Delivery, mail: Parameters<Mailer['send']>[0]): Promise<string | null> {
   if (!d.mailer) return 'SMTP is not configured';
   const broken = d.breakers.check('smtp');
-  if (broken) return broken;
+  // Each mail's error names its own recipients; the server's failure is the one an earlier mail met.
+  if (broken)
+    return `mail to ${mail.to.join(', ')} not sent: the SMTP server failed earlier in this delivery (${broken})`;
   await keepClaim(d);
   try {
     await d.mailer.send(mail);
     return null;
   } catch (err) {
     const message = errorMessage(err);
-    if (!PER_MESSAGE_MAIL_ERRORS.has(mailErrorCode(err) ?? '')) d.breakers.trip('smtp', message);
+    if (!PER_MESSAGE_MAIL_ERRORS.has(mailErrorCode(err) ?? ''))
+      d.breakers.trip('smtp', err instanceof MailError ? err.server : message);
     return message;
   }
 }

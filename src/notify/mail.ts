@@ -26,6 +26,18 @@ export interface Mailer {
 
 const TIMEOUTS = { connectionTimeout: 15_000, greetingTimeout: 15_000, socketTimeout: 60_000 };
 
+/** A mail the server did not take: whom it was for, and what went wrong with the server. */
+export class MailError extends Error {
+  constructor(
+    to: string[],
+    /** The server and its error, with no recipient: what every later mail of the delivery is told. */
+    readonly server: string,
+    options: { cause: unknown },
+  ) {
+    super(`mail to ${to.join(', ')} through ${server}`, options);
+  }
+}
+
 export function createMailer(url: string, from: string): Mailer {
   // Loaded on first use: only delivery needs it (13 MB that every other command would carry).
   // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -48,9 +60,7 @@ export function createMailer(url: string, from: string): Mailer {
           })),
         });
       } catch (err) {
-        throw new Error(`mail to ${mail.to.join(', ')} through ${where}: ${errorMessage(err)}`, {
-          cause: err,
-        });
+        throw new MailError(mail.to, `${where}: ${errorMessage(err)}`, { cause: err });
       }
     },
     close() {

@@ -424,6 +424,40 @@ test('a run stopped by Ctrl-C after its lock was lost leaves the ledger row to t
   await other.end();
 });
 
+test('Ctrl-C: a sweep is told to run again (only a backfill resumes), a backfill to resume; both exit 1', async () => {
+  const cases = [
+    {
+      args: ['sweep', '--as-of', AS_OF, '--batch-size', '100', '--no-notify', '--by', ACTOR],
+      hint: 'interrupted; what it committed stays: run `suspend sweep` again (it judges every account again, and those it changed already stay as they are)',
+    },
+    { args: BACKFILL, hint: 'interrupted; continue with `suspend backfill --resume`' },
+  ];
+  for (const c of cases) {
+    const db = await ownDatabase();
+    // Parked as its second page is written; Ctrl-C, then the page goes on and the run stops.
+    const gate = await Gate.install(db, 'suspend.checkpoints', 'new.pages = 2');
+    const run = startCli(db, c.args);
+    await gate.blocked(run);
+    run.child.kill('SIGINT');
+    await gate.remove();
+    const result = await run.done;
+    expect(result.code).toBe(1);
+    const last = (await ledger(db.knex)).at(-1);
+    expect(last?.status).toBe('interrupted');
+    expect(result.stderr).toContain(`run ${last?.id} ${c.hint}`);
+    if (c.args[0] === 'backfill') {
+      // --resume and --abandon together are refused; the run is not given up.
+      const both = await cli(db, [...c.args, '--resume', '--abandon']);
+      expect(both.code).toBe(2);
+      expect(both.stderr).toContain("error: option '--resume' cannot be used with option '--abandon [run]'");
+      expect((await ledger(db.knex)).at(-1)?.status).toBe('interrupted');
+    }
+    // What the hint says to run finishes the job.
+    const next = c.args[0] === 'backfill' ? [...c.args, '--resume', '--quiet'] : [...c.args, '--quiet'];
+    expect((await cli(db, next)).code).toBe(0);
+  }
+});
+
 test('a run that finishes under its lock closes as succeeded whatever a stopped run wrote meanwhile', async () => {
   const db = await ownDatabase();
   const gate = await Gate.install(db, 'suspend.checkpoints', 'new.pages = 6');

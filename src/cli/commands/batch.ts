@@ -171,10 +171,7 @@ async function execute(ctx: CommandContext, kind: BatchKind | 'report', flags: B
     await streamArtifact(flags.output, (write) =>
       writeBatchReport(meta, result, collector, flags.format, Boolean(flags.accounts), write),
     );
-    if (result.status === 'interrupted')
-      ctx.log(
-        `run ${result.run?.id ?? ''} interrupted; continue with \`suspend backfill${flags.shard ? ` --shard ${flags.shard.index}/${flags.shard.count}` : ''} --resume\``,
-      );
+    if (result.status === 'interrupted') ctx.log(interruptedHint(kind, dryRun, result.run?.id, flags.shard));
     if (!dryRun && flags.notify !== false && result.status === 'succeeded') await deliverAfterRun(ctx);
     return result.exitCode;
   } finally {
@@ -183,6 +180,20 @@ async function execute(ctx: CommandContext, kind: BatchKind | 'report', flags: B
     process.removeListener('SIGINT', onSignal);
     process.removeListener('SIGTERM', onSignal);
   }
+}
+
+/** What to do after a run was interrupted (Ctrl-C, SIGTERM): only a backfill resumes. */
+function interruptedHint(
+  kind: BatchKind | 'report',
+  dryRun: boolean,
+  runId: string | undefined,
+  shard: BatchFlags['shard'],
+): string {
+  const shardFlag = shard ? ` --shard ${shard.index}/${shard.count}` : '';
+  if (dryRun) return 'interrupted; a dry run writes nothing, so run it again for the whole report';
+  if (kind === 'backfill')
+    return `run ${runId ?? ''} interrupted; continue with \`suspend backfill${shardFlag} --resume\``;
+  return `run ${runId ?? ''} interrupted; what it committed stays: run \`suspend sweep${shardFlag}\` again (it judges every account again, and those it changed already stay as they are)`;
 }
 
 /** backfill and sweep deliver pending notifications at the end unless --no-notify. */
@@ -207,7 +218,11 @@ export function registerBatch(program: Command): void {
     program
       .command('backfill')
       .description('one-time clean-up of the whole backlog, checkpointed page by page (resumable)')
-      .option('--resume', 'continue the unfinished backfill from its last committed page')
+      .addOption(
+        new Option('--resume', 'continue the unfinished backfill from its last committed page').conflicts(
+          'abandon',
+        ),
+      )
       .option(
         '--abandon [run]',
         'give up the unfinished backfill (or run RUN, when more than one did not finish) so a new one can start',
