@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { createTestDatabase, type TestDatabase } from './helpers/database';
 import { runCli } from './helpers/cli';
@@ -86,4 +87,24 @@ test('--database with a URL that has no host (the server named by its host param
   expect(r.stderr).toBe('');
   expect(r.code).toBe(0);
   expect(r.stdout).toContain(`schema suspend: ${migrations.length} applied, 0 pending`);
+});
+
+test('a rules file that is a folder, and an unreachable database.url of the rules file, are one sentence each naming what to fix', async () => {
+  const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'suspend-rules-'));
+  try {
+    const dir = await runCli(['runs', '--rules', folder, '--database-url', db.url]);
+    expect(dir.code).toBe(2);
+    expect(dir.stderr).toBe(
+      `error: --rules ${folder}: ${folder} is a folder; name the rules file (YAML) in it.\n`,
+    );
+    const file = path.join(folder, 'suspend.config.yaml');
+    fs.writeFileSync(file, 'database:\n  url: postgres://postgres@127.0.0.1:1/nowhere\n');
+    const unreachable = await runCli(['runs', '--rules', file]);
+    expect(unreachable.code).toBe(2);
+    expect(unreachable.stderr).toBe(
+      'error: Cannot reach Postgres: connection refused at 127.0.0.1:1/nowhere; check database.url in the rules file or start the server (on Debian: pg_ctlcluster 15 main start).\n',
+    );
+  } finally {
+    fs.rmSync(folder, { recursive: true, force: true });
+  }
 });

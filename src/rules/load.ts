@@ -51,6 +51,11 @@ export async function readValidatedRules(options: LoadOptions): Promise<Validate
     if (!fs.existsSync(file)) {
       throw new UsageError(`--rules ${options.file}: no such file (looked for ${file}).`);
     }
+    if (fs.statSync(file).isDirectory()) {
+      throw new UsageError(
+        `--rules ${options.file || '""'}: ${file} is a folder; name the rules file (YAML) in it.`,
+      );
+    }
   } else {
     const found = await findRulesFile(options.cwd);
     if (!found) return { file: null, raw: {} };
