@@ -108,3 +108,18 @@ test('a rules file that is a folder, and an unreachable database.url of the rule
     fs.rmSync(folder, { recursive: true, force: true });
   }
 });
+
+test('doctor on a database without the mapped tables refuses the mapping instead of advising indexes for them; exit 2', async () => {
+  const r = await runCli([
+    'doctor',
+    '--rules',
+    path.join(ROOT, 'rules.example.yaml'),
+    '--database-url',
+    db.url,
+  ]);
+  expect(r.code).toBe(2);
+  expect(r.stdout).toBe('');
+  expect(r.stderr).toBe(
+    'error: Table "customers" named in the source mapping does not exist in this database; fix source in the rules file or run `suspend seed` for the reference data.\n',
+  );
+});

@@ -192,7 +192,7 @@ async function withPipelinePool<T>(knex: Knex, workers: number, fn: (pool: Knex)
 }
 
 /** One sentence when the mapped tables are missing, instead of a SQL error mid-run. */
-async function checkSource(knex: Knex, rules: Rules): Promise<void> {
+export async function checkSource(knex: Knex, rules: Rules): Promise<void> {
   const m = rules.source;
   const wanted = m.view
     ? [m.view]

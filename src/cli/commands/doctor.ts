@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { runCommand, writeArtifact, type CommonOptions } from '../context';
 import { withCommonOptions } from '../options';
 import { checkIndexes } from '../../source/doctor';
+import { checkSource } from '../../engine/run';
 
 export function registerDoctor(program: Command): void {
   withCommonOptions(
@@ -14,6 +15,8 @@ export function registerDoctor(program: Command): void {
     runCommand(opts, async (ctx) => {
       const rules = await ctx.loadRules();
       const { knex } = await ctx.db();
+      // Index advice for a table that is not there would be wrong: the mapping is refused first.
+      await checkSource(knex, rules);
       const checks = await checkIndexes(knex, rules.source);
       const missing = checks.filter((c) => !c.present);
       const lines = checks.map(
