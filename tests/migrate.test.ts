@@ -123,3 +123,13 @@ test('doctor on a database without the mapped tables refuses the mapping instead
     'error: Table "customers" named in the source mapping does not exist in this database; fix source in the rules file or run `suspend seed` for the reference data.\n',
   );
 });
+
+test('a role that does not exist is told to check the user and password, not to start the server; exit 2', async () => {
+  const u = new URL(db.url);
+  u.username = 'suspend_no_such_role';
+  const r = await runCli(['runs', '--database-url', u.toString()]);
+  expect(r.code).toBe(2);
+  expect(r.stderr).toBe(
+    `error: Cannot reach Postgres: authentication failed at ${describeUrl(u.toString())}; check the user and password in --database-url.\n`,
+  );
+});

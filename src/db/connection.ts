@@ -132,9 +132,11 @@ export function connectionError(err: unknown, url: string, source: UrlSource): S
   const hint =
     code === SqlState.invalidCatalogName
       ? 'name a database that exists (--database, or the path of the URL) or create it'
-      : source === 'embedded'
-        ? 'the embedded server in .suspend/ may have stopped; run the command again'
-        : `check ${source === 'config' ? 'database.url in the rules file' : source} or start the server (on Debian: pg_ctlcluster 15 main start)`;
+      : code === SqlState.invalidPassword || code === SqlState.invalidAuthorization
+        ? `check the user and password in ${source === 'config' ? 'database.url in the rules file' : source}`
+        : source === 'embedded'
+          ? 'the embedded server in .suspend/ may have stopped; run the command again'
+          : `check ${source === 'config' ? 'database.url in the rules file' : source} or start the server (on Debian: pg_ctlcluster 15 main start)`;
   let what: string;
   if (code === SqlState.invalidCatalogName) what = `database does not exist at ${where}`;
   else if (code === SqlState.invalidPassword || code === SqlState.invalidAuthorization)
