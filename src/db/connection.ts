@@ -129,19 +129,21 @@ export function connectionError(err: unknown, url: string, source: UrlSource): S
   const where = describeUrl(url);
   const code = sqlState(err);
   const sysCode = (err as { code?: string }).code;
-  const hint =
-    code === SqlState.invalidCatalogName
-      ? 'name a database that exists (--database, or the path of the URL) or create it'
-      : code === SqlState.invalidPassword || code === SqlState.invalidAuthorization
-        ? `check the user and password in ${source === 'config' ? 'database.url in the rules file' : source}`
-        : source === 'embedded'
-          ? 'the embedded server in .suspend/ may have stopped; run the command again'
-          : `check ${source === 'config' ? 'database.url in the rules file' : source} or start the server (on Debian: pg_ctlcluster 15 main start)`;
+  // Where the URL came from, as the user would look for it.
+  const named = source === 'config' ? 'database.url in the rules file' : source;
+  const unreachable =
+    source === 'embedded'
+      ? 'the embedded server in .suspend/ may have stopped; run the command again'
+      : `check ${named} or start the server (on Debian: pg_ctlcluster 15 main start)`;
   let what: string;
-  if (code === SqlState.invalidCatalogName) what = `database does not exist at ${where}`;
-  else if (code === SqlState.invalidPassword || code === SqlState.invalidAuthorization)
+  let hint = unreachable;
+  if (code === SqlState.invalidCatalogName) {
+    what = `database does not exist at ${where}`;
+    hint = 'name a database that exists (--database, or the path of the URL) or create it';
+  } else if (code === SqlState.invalidPassword || code === SqlState.invalidAuthorization) {
     what = `authentication failed at ${where}`;
-  else if (sysCode === 'ECONNREFUSED') what = `connection refused at ${where}`;
+    hint = `check the user and password in ${named}`;
+  } else if (sysCode === 'ECONNREFUSED') what = `connection refused at ${where}`;
   else if (sysCode === 'ENOTFOUND' || sysCode === 'EAI_AGAIN') what = `host not found for ${where}`;
   else if (sysCode === 'ETIMEDOUT') what = `connection timed out at ${where}`;
   else if (sysCode === 'ENOENT') what = `nothing listens at ${where}`;
