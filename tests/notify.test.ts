@@ -581,6 +581,47 @@ describe('suspend notify', () => {
     expect((await outbox()).every((x) => x.status === 'sent')).toBe(true);
   });
 
+  test('a claim waits for events another process is claiming at that instant instead of splitting their digest', async () => {
+    await resetOutbox();
+    const file = rulesWith(`notifications:
+  emails: [ops@example.com]
+  use_organization_column: false`);
+    const org = backfillRows[0]?.org_id ?? '';
+    const ofOrg = backfillRows.filter((row) => row.org_id === org);
+    const middle = ofOrg[Math.floor(ofOrg.length / 2)]?.id ?? '';
+    // This transaction stands for another process in the middle of claiming: it holds one of the
+    // organization's events while notify starts.
+    const other = await db.knex.transaction();
+    let delivering: ReturnType<typeof notify> | undefined;
+    try {
+      await other.raw('select id from suspend.outbox where id = ? for update', [middle]);
+      delivering = notify(file);
+      let finished = false;
+      void delivering.then(() => (finished = true));
+      for (let i = 0; i < 400 && !finished; i++) {
+        const waiting = await db.knex.raw<{ rows: unknown[] }>(
+          `select 1 from pg_stat_activity where wait_event_type = 'Lock' and datname = current_database()`,
+        );
+        if (waiting.rows.length > 0) break;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    } finally {
+      await other.commit();
+    }
+    const r = await delivering;
+    expect(r?.code).toBe(0);
+    expect((await outbox()).filter((x) => x.status !== 'sent')).toEqual([]);
+
+    const digests = smtp.mails
+      .map(readMail)
+      .filter((m) => m.subject.startsWith(`[suspend] Organization ${org}:`));
+    expect(digests).toHaveLength(1);
+    const perStage = new Map<string, number>();
+    for (const row of ofOrg)
+      perStage.set(row.payload.to ?? 'cleared', (perStage.get(row.payload.to ?? 'cleared') ?? 0) + 1);
+    for (const [stage, n] of perStage) expect(digests[0]?.subject).toContain(`${n} ${stage}`);
+  });
+
   test('a process killed in the middle of delivering loses nothing and sends each event at most once more', async () => {
     await resetOutbox();
     const file = webhookOnlyRules(hook, false);

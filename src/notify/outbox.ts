@@ -3,8 +3,8 @@ import type { OutboxPayload } from '../types';
 import { RESTORE_TIMEOUTS, noTimeouts } from '../db/connection';
 
 /**
- * The outbox as `suspend notify` reads and settles it (`<schema>.outbox`). Events are claimed with
- * FOR UPDATE SKIP LOCKED in a short transaction and stamped with the claimer and a lease; delivery
+ * The outbox as `suspend notify` reads and settles it (`<schema>.outbox`). Events are claimed a
+ * group at a time (FOR UPDATE) in one short statement and stamped with the claimer and a lease; delivery
  * happens outside any transaction; each channel that went out is recorded at once, and the event is
  * settled (sent, retry later, failed) in its own statement afterwards. A process killed in between
  * loses nothing: its session, and so its claim, ends with it, and the next process resends only the
@@ -141,7 +141,10 @@ export async function claimEvents(
           and o.id > :afterId::bigint
         order by o.id
         limit :limit
-        for update of o skip locked
+        -- Not SKIP LOCKED: rows another process is claiming this instant would be skipped and
+        -- the group's digest split in two. Claims lock in id order and are short, so the wait is
+        -- too; afterwards those rows are the other's (re-checked) and this claim leaves them.
+        for update of o
      )
      update :outbox: o
         set claimed_by = :owner, claimed_until = ${NOW} + :leaseMs * interval '1 millisecond'
