@@ -287,5 +287,7 @@ export interface OutboxPayload {
   reasons: Reason[];
   /** Actions of the stage entered: `notify_customer` asks for a mail to the customer too. */
   actions: Action['type'][];
+  /** The names its `tag` actions add to the account's state for the episode; absent when none. */
+  tags?: string[];
   actor: string;
 }

@@ -682,18 +682,16 @@ describe('accounts that come and go while pages are read', () => {
   });
 });
 
-describe('host columns across stages and episodes', () => {
-  /** Rules of `policies:` (YAML) on the reference mapping, without a safety limit. */
-  const rulesWith = (policies: string) =>
-    loadRules({
-      file: writeRules(
-        `${ENGINE_RULES.slice(0, ENGINE_RULES.indexOf('exclusions:'))}policies:\n${policies}`.replace(
-          'settings:\n',
-          'settings:\n  max_changes: 100%\n',
-        ),
+describe('host columns and tags across stages and episodes', () => {
+  /** A rules file of `policies:` (YAML) on the reference mapping, without a safety limit. */
+  const rulesFileWith = (policies: string) =>
+    writeRules(
+      `${ENGINE_RULES.slice(0, ENGINE_RULES.indexOf('exclusions:'))}policies:\n${policies}`.replace(
+        'settings:\n',
+        'settings:\n  max_changes: 100%\n',
       ),
-      cwd: ROOT,
-    });
+    );
+  const rulesWith = (policies: string) => loadRules({ file: rulesFileWith(policies), cwd: ROOT });
 
   /** One customer (1) on an empty reference database, run by the rules of `policies` (or others). */
   async function oneCustomer(policies: string, customer: Record<string, unknown>) {
@@ -811,6 +809,86 @@ describe('host columns across stages and episodes', () => {
       });
       expect(await host()).toEqual({ status: 'active' });
       expect((await runBatch(db.knex, rules, early)).status).toBe('succeeded');
+    } finally {
+      await db.drop();
+    }
+  });
+
+  const DUNNING = `  dunning:
+    reinstate: auto
+    fire_skipped_stages: true
+    stages:
+      - name: reminded
+        when: { past_due_for: 14 days }
+        actions: [notify, notify_customer, { tag: reminded }]
+        message: A reminder.
+      - name: paused
+        when: { past_due_for: 30 days }
+        actions: [notify, notify_customer, pause, { tag: paused_once }]
+        message: Booking is paused.
+`;
+  const tags = async (db: TestDatabase) =>
+    (await db.knex('suspend.account_states').where({ policy: 'dunning' }).first('tags')) as {
+      tags: string[];
+    };
+
+  test('tag actions add to the state for the episode, show in status and events, and go when it clears', async () => {
+    const { db, run, owes, pays } = await oneCustomer(DUNNING, {});
+    try {
+      await owes('2026-10-01');
+      await run('backfill', '2026-10-20');
+      expect(await tags(db)).toEqual({ tags: ['reminded'] });
+      await run('sweep', '2026-11-05');
+      expect(await tags(db)).toEqual({ tags: ['reminded', 'paused_once'] });
+      const status = await runCli([
+        'status',
+        '1',
+        '--rules',
+        rulesFileWith(DUNNING),
+        '--database-url',
+        db.url,
+      ]);
+      expect(status.code).toBe(0);
+      expect(status.stdout).toContain(
+        '  dunning: paused since 2026-11-05 (booking blocked, sign-in allowed), tagged reminded, paused_once\n',
+      );
+      const events = await db.knex('suspend.outbox').orderBy('id').pluck('payload');
+      expect(events.map((p: { to: string; tags?: string[] }) => [p.to, p.tags])).toEqual([
+        ['reminded', ['reminded']],
+        ['paused', ['paused_once']],
+      ]);
+      await pays('2026-11-06');
+      await run('sweep', '2026-11-07');
+      expect(await tags(db)).toEqual({ tags: [] });
+    } finally {
+      await db.drop();
+    }
+  });
+
+  test('first seen past both stages with fire_skipped_stages: both tags, one customer notice in the words of the stage it lands in', async () => {
+    const { db, run, owes } = await oneCustomer(DUNNING, {});
+    try {
+      await owes('2026-10-01');
+      await run('backfill', '2026-11-10');
+      expect(await tags(db)).toEqual({ tags: ['reminded', 'paused_once'] });
+      const events = await db.knex('suspend.outbox').pluck('payload');
+      expect(events).toHaveLength(1);
+      expect(events[0]).toMatchObject({
+        to: 'paused',
+        message: 'Booking is paused.',
+        actions: ['notify', 'notify_customer', 'tag', 'pause', 'tag'],
+        tags: ['reminded', 'paused_once'],
+      });
+      // Reinstated by hand, the episode ends and its tags with it.
+      await reinstateAccount(db.knex, await rulesWith(DUNNING), {
+        key: '1',
+        reason: 'promised to pay',
+        actor: 'test',
+        policies: null,
+        asOf: '2026-11-11',
+        wait: false,
+      });
+      expect(await tags(db)).toEqual({ tags: [] });
     } finally {
       await db.drop();
     }

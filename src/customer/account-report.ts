@@ -21,6 +21,8 @@ export interface PolicyState {
   since: IsoDate | null;
   episodeStartedOn: IsoDate | null;
   reinstatedOn: IsoDate | null;
+  /** Added by the `tag` actions of the stages entered this episode. */
+  tags: string[];
   reasons: Reason[];
   version: number;
   runId: string | null;
@@ -67,6 +69,7 @@ export async function accountReport(
       'allows_login',
       'message',
       'reasons',
+      'tags',
       'version',
     )
     .select(
@@ -84,6 +87,7 @@ export async function accountReport(
     allows_login: boolean;
     message: string | null;
     reasons: Reason[];
+    tags: string[];
     version: number;
     entered_on: string | null;
     episode_started_on: string | null;
@@ -142,6 +146,7 @@ export async function accountReport(
       since: s.entered_on,
       episodeStartedOn: s.episode_started_on,
       reinstatedOn: s.reinstated_on,
+      tags: s.tags,
       reasons: s.reasons,
       version: s.version,
       runId: s.run_id,
@@ -199,7 +204,8 @@ export function renderAccountReport(r: AccountReport): string {
         : '';
       const since = p.stage ? ` since ${p.since ?? '?'}` : p.since ? ` since ${p.since}` : '';
       const reinstated = p.reinstatedOn ? `, reinstated on ${p.reinstatedOn}` : '';
-      lines.push(`  ${p.policy}: ${p.stage ?? 'clear'}${since}${effects}${reinstated}`);
+      const tags = p.tags.length > 0 ? `, tagged ${p.tags.join(', ')}` : '';
+      lines.push(`  ${p.policy}: ${p.stage ?? 'clear'}${since}${effects}${reinstated}${tags}`);
       for (const reason of p.reasons) lines.push(`    - ${reason.text}${evidence(reason.evidence)}`);
     }
   }

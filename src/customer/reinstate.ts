@@ -158,6 +158,8 @@ async function writeReinstatement(
       enteredOn: options.asOf,
       episodeStartedOn: null,
       reinstatedOn: options.asOf,
+      // The episode ends here, and with it the tags its stages added.
+      tags: [],
     },
     expectedVersion: row.version,
     reasons: [reason],

@@ -69,8 +69,15 @@ export function payloadFor(change: StateChange, ctx: WriteContext): OutboxPayloa
     message,
     reasons,
     actions: change.actions.map((a) => a.type),
+    ...tagsOf(change.actions),
     actor: ctx.actor,
   };
+}
+
+/** `{ tags }` when the actions tag the account, else nothing (most pages carry no tags). */
+function tagsOf(actions: Action[]): { tags?: string[] } {
+  const tags = actions.flatMap((a) => (a.type === 'tag' ? [a.tag] : []));
+  return tags.length > 0 ? { tags } : {};
 }
 
 /**
@@ -100,14 +107,17 @@ with input as (
          p->>'to' as stage, (r->>2)::int as stage_index,
          (p->>'blocksBooking')::boolean as blocks_booking, (p->>'allowsLogin')::boolean as allows_login,
          p->>'message' as message, p->'reasons' as reasons, (r->>3)::int as expected_version,
-         nullif(r->4, 'null') as host_before, nullif(r->5, 'null') as host_old, p as payload
+         nullif(r->4, 'null') as host_before, nullif(r->5, 'null') as host_old, p as payload,
+         case when p->'tags' is not null then array(select jsonb_array_elements_text(p->'tags')) else '{}'::text[] end as tags
     from jsonb_array_elements(:changes::jsonb) as r, lateral (select r->0 as p) as x
 ),
 upserted as (
   insert into :states: as s (customer_key, policy, org_id, stage, stage_index, blocks_booking, allows_login,
-                             message, reasons, entered_on, episode_started_on, host_before, run_id, version, updated_at)
+                             message, reasons, entered_on, episode_started_on, tags, host_before, run_id, version,
+                             updated_at)
   select customer_key, policy, org_id, stage, stage_index, blocks_booking, allows_login, message, reasons,
-         :asOf::date, case when stage is null then null else :asOf::date end, host_before, :runId, expected_version + 1, now()
+         :asOf::date, case when stage is null then null else :asOf::date end, tags, host_before, :runId,
+         expected_version + 1, now()
     from input
   on conflict (customer_key, policy) do update set
          org_id = excluded.org_id,
@@ -122,6 +132,10 @@ upserted as (
          episode_started_on = case when excluded.stage is null then null
                                    when s.stage is null then excluded.entered_on
                                    else s.episode_started_on end,
+         -- tags last an episode: each stage entered adds its own, clearing drops them
+         tags = case when excluded.stage is null then '{}'::text[]
+                     when cardinality(excluded.tags) = 0 then s.tags
+                     else s.tags || array(select t from unnest(excluded.tags) t where t <> all(s.tags)) end,
          -- captures add up: a stage that sets one more column keeps what the row captured before
          -- (a new capture of the same column is the newer host value, so it wins)
          host_before = case when excluded.host_before is null then s.host_before
