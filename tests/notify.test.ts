@@ -508,6 +508,20 @@ describe('suspend notify', () => {
     expect(await checksumTables(db.knex, ['suspend']).then((c) => c['suspend.account_states'])).toBe(states);
   });
 
+  test('a webhook without a secret: requests go unsigned and notify says so once', async () => {
+    await resetOutbox();
+    const file = rulesWith(`notifications:
+  emails: []
+  use_organization_column: false
+  webhook: { url: "${hook.url}", batch: true }`);
+    const r = await notify(file);
+    expect(r.code).toBe(0);
+    expect(hook.requests.length).toBeGreaterThan(1);
+    expect(hook.requests.filter((req) => req.headers['suspend-signature'] !== undefined)).toEqual([]);
+    const said = `webhook ${hook.url}: sent unsigned (its notifications.webhook has no secret, so the receiver cannot verify the requests).`;
+    expect(`${r.stdout}${r.stderr}`.split(said)).toHaveLength(2);
+  });
+
   test('after the last attempt: failed, listed by --failed, sent again by --retry-failed', async () => {
     await resetOutbox();
     const file = webhookOnlyRules(hook, true);

@@ -50,6 +50,36 @@ describe('suspend rules check', () => {
     expect(r.stdout).toContain('organizations with overrides: 2, 3');
   });
 
+  test('a webhook without a secret is valid, with a note giving its line and what to set', async () => {
+    const file = writeRules(`version: 1
+policies:
+  p:
+    stages:
+      - name: s
+        when: { past_due_for: 30 days }
+notifications:
+  webhook: { url: "https://hooks.example.com/suspend" }
+organizations:
+  "7":
+    notifications:
+      webhook:
+        url: https://hooks.example.com/seven
+        secret: s3cret
+  "8":
+    notifications:
+      webhook:
+        url: https://hooks.example.com/eight
+`);
+    const r = await runCli(['rules', 'check', '--rules', file]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const display = path.relative(ROOT, file);
+    expect(r.stdout.split('\n').filter((line) => line.includes('note:'))).toEqual([
+      `  note: ${display}:8 notifications.webhook: has no secret, so its requests go unsigned and the receiver cannot tell them from forged ones; set notifications.webhook.secret`,
+      `  note: ${display}:18 organizations.8.notifications.webhook: has no secret, so its requests go unsigned and the receiver cannot tell them from forged ones; set organizations.8.notifications.webhook.secret`,
+    ]);
+  });
+
   test("the example's customer messages read as sentences for a customer never active, with no balance and no name", async () => {
     const rules = await loadRules({ file: EXAMPLE, cwd: ROOT });
     const unknown = accountSignals({

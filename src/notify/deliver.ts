@@ -23,7 +23,7 @@ import {
   type Settlement,
 } from './outbox';
 import { OrganizationContacts, tellsCustomer, tellsOrganization } from './recipients';
-import { postWebhook, webhookRequest, type WebhookEvent } from './webhook';
+import { describeWebhookUrl, postWebhook, webhookRequest, type WebhookEvent } from './webhook';
 
 /**
  * `suspend notify`, callable: deliver the due outbox events of every organization and run. Per
@@ -116,6 +116,8 @@ interface Delivery {
   contacts: OrganizationContacts;
   breakers: Breakers;
   runs: Map<string, DigestRun | null>;
+  /** Webhook URLs already said to be sent unsigned in this call. */
+  unsigned: Set<string>;
   result: DeliveryResult;
   log: (message: string) => void;
   lastRenewal: number;
@@ -194,6 +196,7 @@ export async function deliverPending(
     contacts: new OrganizationContacts(knex, rules.source, log),
     breakers: new Breakers(),
     runs: new Map(),
+    unsigned: new Set(),
     result,
     log,
     lastRenewal: Date.now(),
@@ -380,6 +383,12 @@ async function sendWebhooks(
   const hook = rules.notifications.webhook;
   if (!hook) return;
   const due = events.filter((e) => !e.delivered.webhook);
+  if (due.length > 0 && !hook.secret && !d.unsigned.has(hook.url)) {
+    d.unsigned.add(hook.url);
+    d.log(
+      `webhook ${describeWebhookUrl(hook.url)}: sent unsigned (its notifications.webhook has no secret, so the receiver cannot verify the requests).`,
+    );
+  }
   const size = hook.batch ? WEBHOOK_BATCH_SIZE : 1;
   for (let i = 0; i < due.length; i += size) {
     const chunk = due.slice(i, i + size);

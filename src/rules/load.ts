@@ -37,6 +37,8 @@ export interface LoadOptions {
 export interface ValidatedRules {
   file: string | null;
   raw: RawRules;
+  /** What is valid but likely not meant, each as `file:line yaml.path: what and what to do`. */
+  notes?: string[];
 }
 
 export async function loadRules(options: LoadOptions): Promise<Rules> {
@@ -74,11 +76,19 @@ export async function readValidatedRules(options: LoadOptions): Promise<Validate
       },
     );
   }
-  return { file, raw: validateRulesText(text, display, root) };
+  return { file, ...validateRulesDocument(text, display, root) };
 }
 
 /** Parses and validates rules text; throws `ValidationErrors` with every problem, file and line. */
 export function validateRulesText(text: string, display: string, root: YamlPath = []): RawRules {
+  return validateRulesDocument(text, display, root).raw;
+}
+
+function validateRulesDocument(
+  text: string,
+  display: string,
+  root: YamlPath,
+): { raw: RawRules; notes: string[] } {
   const parsed = parseRulesYaml(text, root);
   if (!parsed.ok) {
     throw new ValidationErrors(
@@ -105,7 +115,29 @@ export function validateRulesText(text: string, display: string, root: YamlPath 
     }));
     throw new ValidationErrors(located.sort((a, b) => a.line - b.line).map((p) => p.text));
   }
-  return withMoneyAsWritten(data as RawRules, document);
+  const raw = withMoneyAsWritten(data as RawRules, document);
+  return { raw, notes: unsignedWebhooks(raw).map((p) => formatProblem(p, document, display)) };
+}
+
+/** Webhooks without a secret: valid (a receiver on a private network may not check), but unsigned. */
+function unsignedWebhooks(raw: RawRules): Problem[] {
+  const places: [YamlPath, RawRules['notifications']][] = [
+    [['notifications'], raw.notifications],
+    ...Object.entries(raw.organizations ?? {}).map(([id, org]): [YamlPath, RawRules['notifications']] => [
+      ['organizations', id, 'notifications'],
+      org.notifications,
+    ]),
+  ];
+  return places.flatMap(([at, notifications]) =>
+    notifications?.webhook && !notifications.webhook.secret
+      ? [
+          {
+            path: [...at, 'webhook'],
+            message: `has no secret, so its requests go unsigned and the receiver cannot tell them from forged ones; set ${formatPath([...at, 'webhook', 'secret'])}`,
+          },
+        ]
+      : [],
+  );
 }
 
 function formatProblem(problem: Problem, document: RulesDocument, display: string): string {

@@ -35,6 +35,7 @@ export function registerRules(program: Command): void {
           `  organizations with overrides: ${orgs.join(', ') || 'none'}`,
           `  exclusions: ${loaded.defaults.exclusions.length}`,
           `  hash: ${loaded.hash.slice(0, 12)}`,
+          ...(validated.notes ?? []).map((note) => `  note: ${note}`),
         ].join('\n'),
       );
     }),
