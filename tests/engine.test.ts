@@ -799,14 +799,29 @@ describe('host columns and tags across stages and episodes', () => {
         /is earlier than sweep run \d+ \(as of 2026-10-05\)/,
       );
       const [swept] = (await db.knex('suspend.runs').pluck('id')) as string[];
-      await revertRun(db.knex, rules, {
-        runId: String(swept),
-        dryRun: false,
-        actor: 'test',
-        asOf: '2026-09-20',
-        wait: false,
-        batchSize: 100,
-      });
+      const revert = async (runId: string) =>
+        (
+          await revertRun(db.knex, rules, {
+            runId: String(runId),
+            dryRun: false,
+            actor: 'test',
+            asOf: '2026-09-20',
+            wait: false,
+            batchSize: 100,
+          })
+        ).run!.id;
+      const undone = await revert(String(swept));
+      expect(await host()).toEqual({ status: 'active' });
+      // The revert reverted: the sweep's changes are back, and the advice names the run to revert now.
+      const putBack = await revert(undone);
+      expect(await host()).toEqual({ status: 'locked' });
+      await expect(runBatch(db.knex, rules, early)).rejects.toThrow(
+        `revert run ${putBack} (which put back run ${swept}'s changes) if its day was wrong`,
+      );
+      await expect(revert(String(swept))).rejects.toThrow(
+        `Run ${swept}'s changes were reverted and then put back (run ${undone} reverted it, run ${putBack} reverted run ${undone}); to undo them again, revert run ${putBack}.`,
+      );
+      await revert(putBack);
       expect(await host()).toEqual({ status: 'active' });
       expect((await runBatch(db.knex, rules, early)).status).toBe('succeeded');
     } finally {

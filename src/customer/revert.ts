@@ -2,7 +2,7 @@ import type { Knex } from 'knex';
 import { requireMigrated } from '../db/migrate';
 import { UsageError, errorMessage } from '../errors';
 import { acquireRunLock, confirmLockHeld, type HeldLock, type LockProof } from '../engine/lock';
-import { finishRun, getRun, heartbeat, startRun, type RunRecord } from '../engine/ledger';
+import { finishRun, getRun, heartbeat, revertChain, startRun, type RunRecord } from '../engine/ledger';
 import { activeExclusions } from './exclusions';
 import { customerContacts, hostValueText, restoreHostColumns } from './host';
 import { rewriteStates, valuesOf, type StateRewrite, type StateValues, type StoredRow } from './write';
@@ -192,21 +192,24 @@ function planPage(rows: PlanRow[], exclusions: Map<string, { reason: string }>):
   return plan;
 }
 
+/** Why run `id` cannot be reverted again, and which revert to undo instead. */
+function alreadyReverted(id: string, chain: string[]): string {
+  const last = chain[chain.length - 1] ?? id;
+  if (chain.length === 1)
+    return `Run ${id} was already reverted by run ${last}; to undo that, revert run ${last}.`;
+  const steps = chain.map((r, i) => `run ${r} reverted ${i === 0 ? 'it' : `run ${chain[i - 1]}`}`).join(', ');
+  return chain.length % 2 === 0
+    ? `Run ${id}'s changes were reverted and then put back (${steps}); to undo them again, revert run ${last}.`
+    : `Run ${id}'s changes are already undone (${steps}); to put them back, revert run ${last}.`;
+}
+
 export async function revertRun(knex: Knex, rules: Rules, options: RevertOptions): Promise<RevertResult> {
   const schema = rules.settings.schema;
   await requireMigrated(knex, schema);
   const target = await getRun(knex, schema, options.runId);
   if (!target) throw new UsageError(`There is no run ${options.runId}; \`suspend runs\` lists them.`);
-  const earlier = (await knex
-    .withSchema(schema)
-    .from('runs')
-    .where({ reverts_run_id: target.id, status: 'succeeded' })
-    .first('id')) as { id: string } | undefined;
-  if (earlier) {
-    throw new UsageError(
-      `Run ${target.id} was already reverted by run ${earlier.id}; to undo that, revert run ${earlier.id}.`,
-    );
-  }
+  const chain = await revertChain(knex, schema, target.id);
+  if (chain.length > 0) throw new UsageError(alreadyReverted(target.id, chain));
   const result: RevertResult = {
     target,
     run: null,

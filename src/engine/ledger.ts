@@ -201,6 +201,38 @@ export async function getRun(
   return row ? toRecord(row) : null;
 }
 
+/**
+ * The finished reverts that follow run `id`: the one that reverted it, the one that reverted that
+ * revert, and so on (the newest at each step). Odd length: the run's changes are undone; even and
+ * not empty: the last one put them back, so reverting it is what undoes them again.
+ */
+export async function revertChain(
+  knex: Knex | Knex.Transaction,
+  schema: string,
+  id: string,
+): Promise<string[]> {
+  const chain: string[] = [];
+  for (let at = id; ;) {
+    const next = (await knex
+      .withSchema(schema)
+      .from('runs')
+      .where({ reverts_run_id: at, status: 'succeeded' })
+      .orderBy('id', 'desc')
+      .first(knex.raw('id::text as id'))) as { id: string } | undefined;
+    if (!next) return chain;
+    chain.push(next.id);
+    at = next.id;
+  }
+}
+
+/** What to revert to undo run `id`'s changes: the run itself, or the revert that put them back. */
+export function undoAdvice(id: string, chain: string[]): string {
+  const last = chain[chain.length - 1];
+  return last !== undefined && chain.length % 2 === 0
+    ? `revert run ${last} (which put back run ${id}'s changes)`
+    : `revert run ${id}`;
+}
+
 export async function listRuns(
   knex: Knex,
   schema: string,

@@ -25,10 +25,12 @@ import {
   finishRun,
   getRun,
   heartbeat,
+  revertChain,
   setRunStatus,
   startRun,
   unfinishedRun,
   unfinishedRuns,
+  undoAdvice,
   RUN_ORGS,
   type RunRecord,
 } from './ledger';
@@ -699,10 +701,11 @@ async function refuseEarlierAsOf(
   if (!found) return;
   const day = `${found.kind} run ${found.id} (as of ${found.as_of})`;
   const { run } = judged;
+  const undo = undoAdvice(found.id, await revertChain(knex, schema, found.id));
   throw new UsageError(
     run
-      ? `Backfill run ${run.id} judges as of ${judged.asOf}, earlier than ${day}, and would undo what it found; give it up with \`suspend backfill --abandon ${run.id}\`, or revert run ${found.id} if its day was wrong.`
-      : `A run as of ${judged.asOf} is earlier than ${day} and would undo what it found; pass --as-of ${found.as_of} or later, revert run ${found.id} if its day was wrong, or preview ${judged.asOf} with --dry-run.`,
+      ? `Backfill run ${run.id} judges as of ${judged.asOf}, earlier than ${day}, and would undo what it found; give it up with \`suspend backfill --abandon ${run.id}\`, or ${undo} if its day was wrong.`
+      : `A run as of ${judged.asOf} is earlier than ${day} and would undo what it found; pass --as-of ${found.as_of} or later, ${undo} if its day was wrong, or preview ${judged.asOf} with --dry-run.`,
   );
 }
 
