@@ -14,6 +14,7 @@ import {
   seededDatabase,
   startCli,
   startNode,
+  startRunKilledInPage,
 } from './helpers/reliability';
 import { runBatch, type BatchOptions } from '../src/engine/run';
 import { loadRules } from '../src/rules/load';
@@ -493,6 +494,46 @@ describe('crash and resume', () => {
     const outbox = async (d: TestDatabase) =>
       Number((await d.knex('suspend.outbox').count<{ n: string }[]>({ n: '*' }))[0]!.n);
     expect(await outbox(killed)).toBe(await outbox(clean));
+  });
+
+  test('a sweep killed in a page: runs shows what its committed pages did and that its process is gone; the next sweep closes it with those counts', async () => {
+    const killedSweep = startRunKilledInPage(clean, {
+      kind: 'sweep',
+      asOf: '2026-12-23',
+      killAt: 3,
+      batchSize: 100,
+    });
+    expect((await killedSweep.done).signal).toBe('SIGKILL');
+    const [run] = (await clean.knex('suspend.runs').where({ kind: 'sweep' }).pluck('id')) as string[];
+    const written = async () =>
+      Number(
+        (await clean.knex('suspend.history').where({ run_id: run }).count<{ n: string }[]>({ n: '*' }))[0]!.n,
+      );
+    const changes = await written();
+    expect(changes).toBeGreaterThan(0);
+
+    const listed = await cli(clean, ['runs', '--format', 'json']);
+    expect(listed.code).toBe(0);
+    const shown = (
+      JSON.parse(listed.stdout) as {
+        id: string;
+        status: string;
+        processGone?: boolean;
+        counts: { changes?: number; pages?: number };
+      }[]
+    ).find((r) => r.id === String(run));
+    expect(shown).toMatchObject({ status: 'running', processGone: true, counts: { changes } });
+    const table = await cli(clean, ['runs']);
+    expect(table.stdout).toMatch(
+      new RegExp(`^${run} +sweep +running \\(process gone\\) .* ${changes}$`, 'm'),
+    );
+
+    expect((await cli(clean, ['sweep', '--as-of', '2026-12-23', '--no-notify', '--quiet'])).code).toBe(0);
+    const closed = (await clean.knex('suspend.runs').where({ id: run }).first('status', 'counts')) as {
+      status: string;
+      counts: { changes: number };
+    };
+    expect(closed).toMatchObject({ status: 'interrupted', counts: { changes } });
   });
 });
 

@@ -1,6 +1,7 @@
 import os from 'node:os';
 import type { Knex } from 'knex';
 import type { IsoDate } from '../types';
+import { emptyCounts, mergeCounts, restoreCounts, type RunCounts } from './counts';
 
 /** The ledger (`<schema>.runs`): one row per run, written before the run acts and closed after. */
 
@@ -174,6 +175,57 @@ export async function finishRun(
       finished_at: knex.fn.now(),
       heartbeat_at: knex.fn.now(),
     });
+}
+
+/**
+ * What each run's committed pages did, added up from its checkpoints (written in each page's own
+ * transaction). The ledger row's counts are written every few seconds, so a run killed in between
+ * is behind; runs without checkpoints are left out.
+ */
+export async function committedCounts(
+  knex: Knex | Knex.Transaction,
+  schema: string,
+  runIds: string[],
+): Promise<Map<string, RunCounts>> {
+  const out = new Map<string, RunCounts>();
+  if (runIds.length === 0) return out;
+  const rows = (await knex
+    .withSchema(schema)
+    .from('checkpoints')
+    .whereIn('run_id', runIds)
+    .select(knex.raw('run_id::text as run_id'), 'counts')) as {
+    run_id: string;
+    counts: Partial<RunCounts> | null;
+  }[];
+  for (const r of rows)
+    out.set(r.run_id, mergeCounts(out.get(r.run_id) ?? emptyCounts(), restoreCounts(r.counts)));
+  return out;
+}
+
+/**
+ * Runs whose process is gone (the caller holds the run lock) become interrupted, with the counts
+ * of the pages they committed. `finished`: also stamp finished_at (a sweep is never resumed).
+ */
+export async function markInterrupted(
+  knex: Knex | Knex.Transaction,
+  schema: string,
+  ids: string[],
+  options: { finished: boolean },
+): Promise<void> {
+  const counts = await committedCounts(knex, schema, ids);
+  for (const id of ids) {
+    const committed = counts.get(id);
+    await knex
+      .withSchema(schema)
+      .table('runs')
+      .where({ id, status: 'running' })
+      .update({
+        status: 'interrupted',
+        heartbeat_at: knex.fn.now(),
+        ...(options.finished ? { finished_at: knex.fn.now() } : {}),
+        ...(committed ? { counts: JSON.stringify(committed) } : {}),
+      });
+  }
 }
 
 /** Keeps `heartbeat_at` fresh so `suspend runs` can tell a live run from a crashed one. */

@@ -162,6 +162,18 @@ export async function lockStillOurs(trx: Knex.Transaction, proof: LockProof): Pr
   return true;
 }
 
+/** Whether any session holds the schema's run lock: a run row that says "running" is alive. */
+export async function runLockHeld(knex: Knex, schema: string): Promise<boolean> {
+  const result = await knex.raw<{ rows: unknown[] }>(
+    `select 1 from pg_locks l
+      where l.locktype = 'advisory' and l.granted
+        and l.database = (select oid from pg_database where datname = current_database())
+        and l.classid = ? and l.objid = hashtext(?)::oid and l.objsubid = 2`,
+    [LOCK_CLASS, schema],
+  );
+  return result.rows.length > 0;
+}
+
 export async function describeHolder(knex: Knex, schema: string, cls = LOCK_CLASS): Promise<string> {
   const result = await knex.raw<{ rows: Holder[] }>(
     `select a.application_name, a.backend_start, a.client_addr::text as client_addr, a.pid

@@ -25,6 +25,7 @@ import {
   finishRun,
   getRun,
   heartbeat,
+  markInterrupted,
   revertChain,
   setRunStatus,
   startRun,
@@ -365,7 +366,7 @@ async function openRun(
     if (unfinished?.status === 'running') {
       // We hold the run lock, so the process that wrote "running" is gone (killed, or cut off
       // from the server before it could say so): the ledger says interrupted from now on.
-      await setRunStatus(knex, schema, unfinished.id, 'interrupted');
+      await markInterrupted(knex, schema, [unfinished.id], { finished: false });
       unfinished.status = 'interrupted';
     }
     if (unfinished && !options.resume) throw unfinishedBackfill(unfinished, '');
@@ -375,11 +376,12 @@ async function openRun(
     }
   } else {
     // A sweep that crashed left its row "running"; we hold the lock over every account, so it is dead.
-    await knex
+    const dead = (await knex
       .withSchema(schema)
-      .table('runs')
+      .from('runs')
       .where({ kind: options.kind, status: 'running' })
-      .update({ status: 'interrupted', finished_at: knex.fn.now() });
+      .pluck('id')) as string[];
+    await markInterrupted(knex, schema, dead.map(String), { finished: true });
   }
   const ranges = await splitRange(knex, rules, filterOf(options), total, options.workers ?? 1);
   const run = await startRun(

@@ -147,13 +147,13 @@ export function startCli(
 }
 
 /**
- * A backfill in a child process through the callable core, killed with SIGKILL by its own
- * `beforeWrite` hook on the `killAt`-th page that has changes: inside that page's transaction,
+ * A backfill (or a sweep) in a child process through the callable core, killed with SIGKILL by its
+ * own `beforeWrite` hook on the `killAt`-th page that has changes: inside that page's transaction,
  * after the read and before the re-check and the writes.
  */
-export function startBackfillKilledInPage(
+export function startRunKilledInPage(
   db: TestDatabase,
-  options: { killAt: number; batchSize: number },
+  options: { killAt: number; batchSize: number; kind?: 'backfill' | 'sweep'; asOf?: string },
 ): RunningCli {
   const dist = (m: string) => JSON.stringify(path.join(ROOT, 'dist', m));
   const script = `
@@ -165,7 +165,7 @@ export function startBackfillKilledInPage(
       const knex = createKnex(${JSON.stringify(db.url)}, { applicationName: 'suspend crash test' });
       let pages = 0;
       await runBatch(knex, rules, {
-        kind: 'backfill', asOf: ${JSON.stringify(AS_OF)}, dryRun: false, batchSize: ${options.batchSize},
+        kind: ${JSON.stringify(options.kind ?? 'backfill')}, asOf: ${JSON.stringify(options.asOf ?? AS_OF)}, dryRun: false, batchSize: ${options.batchSize},
         orgs: null, shard: null, resume: false, wait: false, actor: ${JSON.stringify(ACTOR)},
         beforeWrite: async () => { if (++pages === ${options.killAt}) process.kill(process.pid, 'SIGKILL'); },
       });
@@ -395,7 +395,7 @@ export interface KillPoint {
  */
 export async function killBackfill(db: TestDatabase, point: KillPoint, batchSize: number): Promise<number> {
   if (point.where === 'read') {
-    const run = startBackfillKilledInPage(db, { killAt: point.page, batchSize });
+    const run = startRunKilledInPage(db, { killAt: point.page, batchSize });
     const result = await run.done;
     if (result.signal !== 'SIGKILL')
       throw new Error(`the backfill was not killed: ${result.stdout}${result.stderr}`);

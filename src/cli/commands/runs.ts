@@ -1,20 +1,41 @@
 import type { Command } from 'commander';
+import type { Knex } from 'knex';
 import { Option } from 'commander';
 import { runCommand, writeArtifact, type CommonOptions } from '../context';
 import { formatOption, parsePositiveInteger, withCommonOptions, type Format } from '../options';
-import { getRun, listRuns, runCheckpoints, type RunRecord } from '../../engine/ledger';
+import { committedCounts, getRun, listRuns, runCheckpoints, type RunRecord } from '../../engine/ledger';
+import { runLockHeld } from '../../engine/lock';
 import { requireMigrated } from '../../db/migrate';
 import { UsageError } from '../../errors';
 import { renderCsv, renderMarkdown, renderTable, type Row } from '../../report/tables';
 
 const COLUMNS = ['id', 'kind', 'status', 'as_of', 'rules', 'started', 'finished', 'by', 'scanned', 'changes'];
 
-function row(r: RunRecord): Row {
+/** A run as `runs` shows it: `processGone` when it says running but no process holds the run lock. */
+type ShownRun = RunRecord & { processGone?: true };
+
+/**
+ * The ledger rows with what is known beyond them: an unfinished run's counts from its checkpoints
+ * (the row's are written every few seconds, so a killed run's are behind), and whether a run that
+ * says running still has a process.
+ */
+async function shown(knex: Knex, schema: string, records: RunRecord[]): Promise<ShownRun[]> {
+  const unfinished = records.filter((r) => r.status !== 'succeeded').map((r) => r.id);
+  const committed = await committedCounts(knex, schema, unfinished);
+  const alive = records.some((r) => r.status === 'running') ? await runLockHeld(knex, schema) : true;
+  return records.map((r) => ({
+    ...r,
+    counts: (committed.get(r.id) as Record<string, unknown> | undefined) ?? r.counts,
+    ...(r.status === 'running' && !alive ? { processGone: true as const } : {}),
+  }));
+}
+
+function row(r: ShownRun): Row {
   const counts = r.counts as { scanned?: number; changes?: number };
   return {
     id: r.id,
     kind: r.kind,
-    status: r.status,
+    status: r.processGone ? 'running (process gone)' : r.status,
     as_of: r.asOf,
     rules: r.rulesHash.slice(0, 12),
     started: r.startedAt.toISOString().replace('T', ' ').slice(0, 19),
@@ -25,7 +46,7 @@ function row(r: RunRecord): Row {
   };
 }
 
-function render(records: RunRecord[], format: Format): string {
+function render(records: ShownRun[], format: Format): string {
   if (format === 'json') return JSON.stringify(records, null, 2);
   const rows = records.map(row);
   if (format === 'csv') return renderCsv(COLUMNS, rows);
@@ -47,7 +68,10 @@ export function registerRuns(program: Command): void {
       const rules = await ctx.loadRules();
       const { knex } = await ctx.db();
       await requireMigrated(knex, rules.settings.schema);
-      writeArtifact(render(await listRuns(knex, rules.settings.schema, { limit: opts.limit }), opts.format));
+      const schema = rules.settings.schema;
+      writeArtifact(
+        render(await shown(knex, schema, await listRuns(knex, schema, { limit: opts.limit })), opts.format),
+      );
     }),
   );
   withCommonOptions(
@@ -60,8 +84,9 @@ export function registerRuns(program: Command): void {
       const rules = await ctx.loadRules();
       const { knex } = await ctx.db();
       await requireMigrated(knex, rules.settings.schema);
-      const run = await getRun(knex, rules.settings.schema, id);
-      if (!run) throw new UsageError(`There is no run ${id}; \`suspend runs\` lists them.`);
+      const found = await getRun(knex, rules.settings.schema, id);
+      if (!found) throw new UsageError(`There is no run ${id}; \`suspend runs\` lists them.`);
+      const [run] = (await shown(knex, rules.settings.schema, [found])) as [ShownRun];
       const checkpoints = await runCheckpoints(knex, rules.settings.schema, run.id);
       if (opts.format === 'json') return writeArtifact(JSON.stringify({ ...run, checkpoints }, null, 2));
       const lines = [
