@@ -715,6 +715,22 @@ describe('suspend notify', () => {
     expect((await outbox()).every((x) => x.status === 'sent')).toBe(true);
   });
 
+  test('an SMTP_URL that is not an SMTP URL is refused before anything is claimed or run; exit 2', async () => {
+    await resetOutbox();
+    const file = rulesWith('notifications: { emails: [ops@example.com] }');
+    const runs = async () => Number((await db.knex('suspend.runs').count<{ n: string }[]>({ n: '*' }))[0]!.n);
+    const before = { outbox: await outbox(), runs: await runs() };
+    const bad = { env: { SMTP_URL: 'http://mailer:secret@example.com' } };
+    const sentence =
+      'error: SMTP_URL "http://mailer:***@example.com" is not an SMTP URL; write smtp://[user:password@]host[:port] (smtps:// for TLS).\n';
+    const notified = await runCli(['notify', '--rules', file, '--database-url', db.url], bad);
+    expect(notified).toMatchObject({ code: 2, stderr: sentence, stdout: '' });
+    const swept = await runCli(['sweep', '--as-of', AS_OF, '--rules', file, '--database-url', db.url], bad);
+    expect(swept).toMatchObject({ code: 2, stderr: sentence, stdout: '' });
+    expect({ outbox: await outbox(), runs: await runs() }).toEqual(before);
+    expect(smtp.mails).toHaveLength(0);
+  });
+
   test('bad flags: --failed with --retry-failed is a usage error', async () => {
     const r = await runCli(['notify', '--failed', '--retry-failed', '--database-url', db.url]);
     expect(r.code).toBe(2);

@@ -1,14 +1,35 @@
 import type * as Nodemailer from 'nodemailer';
 import { redact } from '../db/connection';
-import { errorMessage } from '../errors';
+import { errorMessage, UsageError } from '../errors';
 import type { Rules } from '../types';
 import type { Attachment } from './digest';
 
 /** SMTP through nodemailer: one transport per `deliverPending` call, closed at its end. */
 
-/** `SMTP_URL` beats `settings.smtp.url` (environment > rules file); null: mail is not configured. */
+/**
+ * `SMTP_URL` beats `settings.smtp.url` (environment > rules file); null: mail is not configured.
+ * A URL that is not smtp:// or smtps:// is refused here, before any event is claimed: tried, it
+ * would count an attempt against every event that needs mail.
+ */
 export function resolveSmtpUrl(rules: Rules, explicit?: string | null): string | null {
-  return explicit || process.env.SMTP_URL || rules.settings.smtp.url || null;
+  const [url, source] = explicit
+    ? [explicit, 'The SMTP URL']
+    : process.env.SMTP_URL
+      ? [process.env.SMTP_URL, 'SMTP_URL']
+      : [rules.settings.smtp.url, 'settings.smtp.url in the rules file'];
+  if (!url) return null;
+  let parsed: URL | null = null;
+  try {
+    parsed = new URL(url);
+  } catch {
+    // reported below
+  }
+  if (!parsed || !['smtp:', 'smtps:'].includes(parsed.protocol) || parsed.hostname === '') {
+    throw new UsageError(
+      `${source} ${JSON.stringify(redact(url))} is not an SMTP URL; write smtp://[user:password@]host[:port] (smtps:// for TLS).`,
+    );
+  }
+  return url;
 }
 
 export interface OutgoingMail {

@@ -20,6 +20,7 @@ import { PIPELINE_CONNECTIONS } from '../../engine/pipeline';
 import { ReportCollector, writeBatchReport } from '../../report/batch-report';
 import { createProgress } from '../../report/progress';
 import { todayUtc } from '../../rules/dates';
+import { resolveSmtpUrl } from '../../notify/mail';
 import { ExitCode, errorMessage } from '../../errors';
 import type { Settings } from '../../types';
 
@@ -128,6 +129,8 @@ async function execute(ctx: CommandContext, kind: BatchKind | 'report', flags: B
     return ExitCode.ok;
   }
   const dryRun = kind === 'report' || Boolean(flags.dryRun);
+  // A bad SMTP URL is refused before the run writes, not found out when it notifies.
+  if (!dryRun && flags.notify !== false) resolveSmtpUrl(rules);
   const { knex } = await ctx.db({ pool: 4 });
   const controller = new AbortController();
   const onSignal = () => {
