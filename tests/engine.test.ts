@@ -91,6 +91,20 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
   });
   afterAll(async () => db.drop());
 
+  test('an --org that no account has is named in a note; the organizations that exist are scanned as usual', async () => {
+    const one = await cli(db, ['report', '--org', '1', '--format', 'json', '--as-of', AS_OF]);
+    expect(one.code).toBe(0);
+    expect(one.stderr).not.toContain('note: --org');
+    const mixed = await cli(db, ['report', '--org', '1', '99', 'x', '--format', 'json', '--as-of', AS_OF]);
+    expect(mixed.code).toBe(0);
+    expect((JSON.parse(mixed.stdout) as ReportJson).counts.scanned).toBe(
+      (JSON.parse(one.stdout) as ReportJson).counts.scanned,
+    );
+    expect(mixed.stderr).toContain(
+      'note: --org 99, x: no account in customers has these organizations (column org_id); check the ids.\n',
+    );
+  });
+
   test('report --dry-run lists the changes and writes nothing at all', async () => {
     const before = await checksumTables(db.knex, ['public', 'suspend']);
     const r = await cli(db, ['report', '--dry-run', '--accounts', '--format', 'json', '--as-of', AS_OF]);

@@ -47,6 +47,21 @@ export function accountList(mapping: SourceMapping): { table: string; key: strin
     : { table: mapping.customers.table, key: mapping.customers.key, org: mapping.customers.org };
 }
 
+/** Which of `orgs` (the --org values) have no account at all: most likely a mistyped id. */
+export async function orgsWithoutAccounts(
+  knex: Knex,
+  mapping: SourceMapping,
+  orgs: string[],
+): Promise<string[]> {
+  const list = accountList(mapping);
+  const r = await knex.raw<{ rows: { org: string }[] }>(
+    `select o.org from unnest(?::text[]) with ordinality as o(org, n)
+      where not exists (select 1 from ?? a where a.??::text = o.org) order by o.n`,
+    [orgs, qualified(mapping, list.table), list.org],
+  );
+  return r.rows.map((row) => row.org);
+}
+
 function filterAccounts(
   q: Knex.QueryBuilder,
   column: { key: string; org: string },

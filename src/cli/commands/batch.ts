@@ -22,7 +22,8 @@ import { createProgress } from '../../report/progress';
 import { todayUtc } from '../../rules/dates';
 import { resolveSmtpUrl } from '../../notify/mail';
 import { ExitCode, errorMessage } from '../../errors';
-import type { Settings } from '../../types';
+import type { Rules, Settings } from '../../types';
+import type { Knex } from 'knex';
 
 interface BatchFlags extends CommonOptions {
   asOf?: string;
@@ -175,6 +176,7 @@ async function execute(ctx: CommandContext, kind: BatchKind | 'report', flags: B
       writeBatchReport(meta, result, collector, flags.format, Boolean(flags.accounts), write),
     );
     if (result.status === 'interrupted') ctx.log(interruptedHint(kind, dryRun, result.run?.id, flags.shard));
+    if (flags.org) await noteOrgsWithoutAccounts(ctx, knex, rules, flags.org);
     if (!dryRun && flags.notify !== false && result.status === 'succeeded') await deliverAfterRun(ctx);
     return result.exitCode;
   } finally {
@@ -197,6 +199,17 @@ function interruptedHint(
   if (kind === 'backfill')
     return `run ${runId ?? ''} interrupted; continue with \`suspend backfill${shardFlag} --resume\``;
   return `run ${runId ?? ''} interrupted; what it committed stays: run \`suspend sweep${shardFlag}\` again (it judges every account again, and those it changed already stay as they are)`;
+}
+
+/** A run over --org values none of whose accounts exist says so, instead of a quiet "0 scanned". */
+async function noteOrgsWithoutAccounts(ctx: CommandContext, knex: Knex, rules: Rules, orgs: string[]) {
+  const { orgsWithoutAccounts, accountList, qualified } = await import('../../source/signals');
+  const missing = await orgsWithoutAccounts(knex, rules.source, orgs);
+  if (missing.length === 0) return;
+  const list = accountList(rules.source);
+  ctx.log(
+    `note: --org ${missing.join(', ')}: no account in ${qualified(rules.source, list.table)} has ${missing.length > 1 ? 'these organizations' : 'this organization'} (column ${list.org}); check the id${missing.length > 1 ? 's' : ''}.`,
+  );
 }
 
 /** backfill and sweep deliver pending notifications at the end unless --no-notify. */
