@@ -445,7 +445,31 @@ describe('safety limit', () => {
     const args = ['--as-of', AS_OF, '--batch-size', '20', '--rules', limited, '--database-url', db.url];
     const report = await runCli(['report', '--dry-run', '--format', 'json', ...args]);
     expect(report.code).toBe(0);
-    expect((JSON.parse(report.stdout) as { totalAccounts: number }).totalAccounts).toBe(3000);
+    const predicted = JSON.parse(report.stdout) as {
+      totalAccounts: number;
+      counts: { changes: number };
+      wouldStopAtLimit: unknown;
+    };
+    expect(predicted.totalAccounts).toBe(3000);
+    // It says the real run would stop, in JSON and in the table.
+    expect(predicted.counts.changes).toBeGreaterThan(30);
+    expect(predicted.wouldStopAtLimit).toEqual({ max: 30, changes: predicted.counts.changes });
+    const table = await runCli(['report', '--dry-run', ...args]);
+    expect(table.stdout).toContain(
+      `\nA real run would stop at the safety limit: ${predicted.counts.changes.toLocaleString('en-US')} state changes is over max_changes 30, so it would write the pages before the one that crosses it and exit 4.`,
+    );
+    const lifted = writeRules(ENGINE_RULES.replace('settings:\n', 'settings:\n  max_changes: 100%\n'));
+    const under = await runCli([
+      'report',
+      '--format',
+      'json',
+      ...args.slice(0, 4),
+      '--rules',
+      lifted,
+      '--database-url',
+      db.url,
+    ]);
+    expect((JSON.parse(under.stdout) as { wouldStopAtLimit: unknown }).wouldStopAtLimit).toBeNull();
     // A fresh start: the test before wrote history.
     await db.knex.raw('drop schema suspend cascade');
     expect((await runCli(['migrate', '--rules', limited, '--database-url', db.url])).code).toBe(0);

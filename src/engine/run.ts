@@ -107,6 +107,8 @@ export interface BatchResult {
   total: number;
   /** Set when the safety limit stopped the run. */
   limit: { max: number; wouldReach: number } | null;
+  /** A dry run's changes over the safety limit: the real run would stop before making them all. */
+  wouldStopAtLimit?: { max: number; changes: number } | null;
   error: string | null;
   exitCode: number;
 }
@@ -332,7 +334,17 @@ async function dryRun(knex: Knex, pool: Knex, rules: Rules, options: BatchOption
     },
   );
   const status = options.signal?.aborted ? 'interrupted' : 'succeeded';
-  return { run: null, status, counts, total: await total, limit: null, error: null, exitCode: ExitCode.ok };
+  const max = maxChangesFor(rules, await total);
+  return {
+    run: null,
+    status,
+    counts,
+    total: await total,
+    limit: null,
+    wouldStopAtLimit: max !== null && counts.changes > max ? { max, changes: counts.changes } : null,
+    error: null,
+    exitCode: ExitCode.ok,
+  };
 }
 
 function maxChangesFor(rules: Rules, total: number): number | null {

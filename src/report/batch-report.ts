@@ -154,6 +154,7 @@ export async function writeBatchReport(
           skippedByReason: c.skippedByReason,
         },
         limit: result.limit,
+        ...(meta.dryRun ? { wouldStopAtLimit: result.wouldStopAtLimit ?? null } : {}),
         transitions,
         sample: collector.sample.map((s) => ({ ...accountRow(s), ...s.explain() })),
       },
@@ -181,6 +182,12 @@ export async function writeBatchReport(
   if (result.limit) {
     lines.push(
       `\nStopped by the safety limit: this page would bring the run to ${formatCount(result.limit.wouldReach)} changes, over max_changes ${formatCount(result.limit.max)}. Nothing of that page was written.`,
+    );
+  }
+  if (result.wouldStopAtLimit) {
+    const { changes, max } = result.wouldStopAtLimit;
+    lines.push(
+      `\nA real run would stop at the safety limit: ${formatCount(changes)} state changes is over max_changes ${formatCount(max)}, so it would write the pages before the one that crosses it and exit 4. For a run meant to change this much, raise settings.max_changes or pass --max-changes.`,
     );
   }
   lines.push(heading('Changes by organization, policy and stage'));
