@@ -124,6 +124,23 @@ test('doctor on a database without the mapped tables refuses the mapping instead
   );
 });
 
+test('sslmode=require that cannot be met: one sentence on what to change, no driver warning; exit 2', async () => {
+  const url = `${db.url}?sslmode=require`;
+  const r = await runCli(['runs', '--database-url', url]);
+  expect(r.code).toBe(2);
+  const ssl = (await db.knex.raw<{ rows: { ssl: string }[] }>('show ssl')).rows[0]?.ssl;
+  // This machine's server runs without SSL; Debian's default turns it on with a self-signed certificate.
+  expect(r.stderr).toMatch(
+    ssl === 'on'
+      ? new RegExp(
+          `^error: Cannot reach Postgres: the server's certificate was refused at ${describeUrl(url).replace(/[.?]/g, '\\$&')} \\(.+\\); node-postgres verifies it for sslmode=require as for verify-full: give its CA with sslrootcert=FILE in --database-url, or add uselibpqcompat=true to it for libpq's sslmode=require \\(encrypted, not verified\\)\\.\n$`,
+        )
+      : new RegExp(
+          `^error: Cannot reach Postgres: the server at ${describeUrl(url).replace(/[.?]/g, '\\$&')} does not accept SSL connections; take sslmode out of --database-url \\(or set sslmode=disable\\), or turn ssl on in the server\\.\n$`,
+        ),
+  );
+});
+
 test('a role that does not exist is told to check the user and password, not to start the server; exit 2', async () => {
   const u = new URL(db.url);
   u.username = 'suspend_no_such_role';

@@ -79,8 +79,23 @@ function dropOutputOnceStdoutCloses(): void {
     });
 }
 
+/**
+ * node-postgres warns in nine lines that it reads sslmode=require as verify-full; README says so,
+ * and a certificate it then refuses gets its own sentence (db/connection.ts). Other warnings print
+ * as Node prints them.
+ */
+function quietDriverSslWarning(): void {
+  const defaults = process.listeners('warning');
+  process.removeAllListeners('warning');
+  process.on('warning', (warning) => {
+    if (warning.message.startsWith('SECURITY WARNING: The SSL modes')) return;
+    for (const listener of defaults) listener(warning);
+  });
+}
+
 export async function main(argv: string[]): Promise<void> {
   dropOutputOnceStdoutCloses();
+  quietDriverSslWarning();
   const program = buildProgram();
   try {
     await program.parseAsync(argv);

@@ -125,6 +125,16 @@ export async function connect(
   }
 }
 
+/** Node's codes for a server certificate that TLS did not accept. */
+const TLS_CERTIFICATE_ERRORS = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_HAS_EXPIRED',
+  'ERR_TLS_CERT_ALTNAME_INVALID',
+]);
+
 export function connectionError(err: unknown, url: string, source: UrlSource): SuspendError {
   const where = describeUrl(url);
   const code = sqlState(err);
@@ -147,7 +157,13 @@ export function connectionError(err: unknown, url: string, source: UrlSource): S
   else if (sysCode === 'ENOTFOUND' || sysCode === 'EAI_AGAIN') what = `host not found for ${where}`;
   else if (sysCode === 'ETIMEDOUT') what = `connection timed out at ${where}`;
   else if (sysCode === 'ENOENT') what = `nothing listens at ${where}`;
-  else what = `cannot connect to ${where} (${errorMessage(err)})`;
+  else if (/does not support SSL/i.test(errorMessage(err))) {
+    what = `the server at ${where} does not accept SSL connections`;
+    hint = `take sslmode out of ${named} (or set sslmode=disable), or turn ssl on in the server`;
+  } else if (TLS_CERTIFICATE_ERRORS.has(sysCode ?? '')) {
+    what = `the server's certificate was refused at ${where} (${errorMessage(err)})`;
+    hint = `node-postgres verifies it for sslmode=require as for verify-full: give its CA with sslrootcert=FILE in ${named}, or add uselibpqcompat=true to it for libpq's sslmode=require (encrypted, not verified)`;
+  } else what = `cannot connect to ${where} (${errorMessage(err)})`;
   return new SuspendError(`Cannot reach Postgres: ${what}; ${hint}.`, {
     exitCode: ExitCode.usage,
     cause: err,
