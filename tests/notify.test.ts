@@ -734,6 +734,16 @@ describe('suspend notify', () => {
   test('bad flags: --failed with --retry-failed is a usage error', async () => {
     const r = await runCli(['notify', '--failed', '--retry-failed', '--database-url', db.url]);
     expect(r.code).toBe(2);
-    expect(r.stderr).toContain("option '--failed' cannot be used with option '--retry-failed'");
+    // One line, naming the help to read.
+    expect(r.stderr).toBe(
+      "error: option '--failed' cannot be used with option '--retry-failed'; see `suspend notify --help`.\n",
+    );
+    // Commander's suggestion joins the same line.
+    const typo = await runCli(['notify', '--max-attempt', '3', '--database-url', db.url]);
+    expect(typo).toMatchObject({
+      code: 2,
+      stderr:
+        "error: unknown option '--max-attempt' (Did you mean --max-attempts?); see `suspend notify --help`.\n",
+    });
   });
 });

@@ -45,7 +45,6 @@ export function buildProgram(): Command {
     .description('Pause, suspend and reinstate inactive or delinquent customer accounts by YAML rules.')
     // eslint-disable-next-line @typescript-eslint/no-require-imports -- package.json sits outside rootDir
     .version(require('../../package.json').version as string)
-    .showHelpAfterError('(run with --help for usage)')
     .addHelpText('after', HELP_FOOTER)
     .exitOverride();
   registerDemo(program);
@@ -63,7 +62,23 @@ export function buildProgram(): Command {
   registerRevert(program);
   registerNotify(program);
   for (const cmd of program.commands) cmd.exitOverride();
+  pointUsageErrorsAtHelp(program);
   return program;
+}
+
+/**
+ * A usage error is one line that names the help to read: "error: unknown option '--bogus'; see
+ * `suspend sweep --help`." (Commander puts its "Did you mean" on a line of its own.)
+ */
+function pointUsageErrorsAtHelp(cmd: Command, path: string[] = []): void {
+  const help = ['suspend', ...path, '--help'].join(' ');
+  cmd.configureOutput({
+    outputError: (message, write) => {
+      const line = message.replace(/\s+/g, ' ').trim();
+      write(`${line}${line.endsWith('.') ? ' See' : '; see'} \`${help}\`.\n`);
+    },
+  });
+  for (const sub of cmd.commands) pointUsageErrorsAtHelp(sub, [...path, sub.name()]);
 }
 
 /**
