@@ -482,6 +482,39 @@ describe('safety limit', () => {
   });
 });
 
+describe('the ledger of a run that stopped', () => {
+  test('runs shows the counts a stopped run closed with, not the fewer its checkpoints hold', async () => {
+    const db = await seeded(3000, 11);
+    try {
+      // Few accounts change (three unpaid invoices), so most pages change nothing and are
+      // checkpointed only now and then; the run stops at the third change.
+      const rare = writeRules(
+        `${ENGINE_RULES.slice(0, ENGINE_RULES.indexOf('policies:'))}policies:
+  many_unpaid:
+    stages:
+      - name: paused
+        when: { unpaid_invoices_at_least: 2 }
+        actions: [pause]
+`.replace('settings:\n', 'settings:\n  max_changes: 3\n'),
+      );
+      const args = ['--as-of', AS_OF, '--batch-size', '20', '--rules', rare, '--database-url', db.url];
+      const r = await runCli(['backfill', '--no-notify', '--format', 'json', ...args]);
+      expect(r.code).toBe(4);
+      const closed = (JSON.parse(r.stdout) as ReportJson).counts;
+      expect(closed.scanned).toBeGreaterThan(40);
+      const [run] = (await db.knex('suspend.runs').pluck('id')) as string[];
+      const shown = await runCli(['runs', 'show', String(run), '--format', 'json', ...args.slice(4)]);
+      expect(shown.code).toBe(0);
+      expect(JSON.parse(shown.stdout) as { status: string; counts: ReportJson['counts'] }).toMatchObject({
+        status: 'stopped',
+        counts: { scanned: closed.scanned, changes: closed.changes },
+      });
+    } finally {
+      await db.drop();
+    }
+  });
+});
+
 describe('crash and resume', () => {
   let killed: TestDatabase;
   let clean: TestDatabase;
@@ -1106,14 +1139,15 @@ describe('runs move forward in time', () => {
 
   test('a revert of that revert that failed after writing some rows counts: the later run stands again in part', async () => {
     const swept = await runBatch(db.knex, rules, at(LATER));
-    const first = await revertRun(db.knex, rules, {
+    const again = {
       runId: swept.run!.id,
       dryRun: false,
       actor: 'test',
       asOf: LATER,
       wait: false,
       batchSize: 500,
-    });
+    };
+    const first = await revertRun(db.knex, rules, again);
     // Its ledger row and one history row, as a revert of the revert that failed after one page leaves them.
     const [failed] = (await db
       .knex('suspend.runs')
@@ -1135,6 +1169,17 @@ describe('runs move forward in time', () => {
       [failed!.id, first.run!.id],
     );
     await expect(runBatch(db.knex, rules, at(AS_OF))).rejects.toThrow(refusal);
+    // The advice names the partial revert, and reverting the sweep again points at it too.
+    await expect(runBatch(db.knex, rules, at(AS_OF))).rejects.toThrow(
+      `revert run ${failed!.id} (which put back some of run ${swept.run!.id}'s changes before it stopped) if its day was wrong`,
+    );
+    await expect(revertRun(db.knex, rules, again)).rejects.toThrow(
+      `Run ${swept.run!.id}'s changes were reverted and then put back (run ${first.run!.id} reverted it, run ${failed!.id} reverted run ${first.run!.id} in part); to undo them again, revert run ${failed!.id}.`,
+    );
+    // A revert that stopped part way is finished by running it again: it is not refused.
+    await expect(revertRun(db.knex, rules, { ...again, runId: first.run!.id })).resolves.toMatchObject({
+      target: { id: first.run!.id },
+    });
   });
 
   test('another shard of the same split covers other accounts: its later day does not count', async () => {

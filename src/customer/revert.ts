@@ -2,7 +2,15 @@ import type { Knex } from 'knex';
 import { requireMigrated } from '../db/migrate';
 import { UsageError, errorMessage } from '../errors';
 import { acquireRunLock, confirmLockHeld, type HeldLock, type LockProof } from '../engine/lock';
-import { finishRun, getRun, heartbeat, revertChain, startRun, type RunRecord } from '../engine/ledger';
+import {
+  finishRun,
+  getRun,
+  heartbeat,
+  revertChain,
+  startRun,
+  type RevertLink,
+  type RunRecord,
+} from '../engine/ledger';
 import { activeExclusions } from './exclusions';
 import { customerContacts, hostValueText, restoreHostColumns } from './host';
 import { rewriteStates, valuesOf, type StateRewrite, type StateValues, type StoredRow } from './write';
@@ -192,15 +200,22 @@ function planPage(rows: PlanRow[], exclusions: Map<string, { reason: string }>):
   return plan;
 }
 
-/** Why run `id` cannot be reverted again, and which revert to undo instead. */
-function alreadyReverted(id: string, chain: string[]): string {
-  const last = chain[chain.length - 1] ?? id;
+/** Why run `id` cannot be reverted again, and which run to revert instead. */
+function alreadyReverted(id: string, chain: RevertLink[]): string {
+  const last = chain[chain.length - 1] ?? { id, finished: true };
   if (chain.length === 1)
-    return `Run ${id} was already reverted by run ${last}; to undo that, revert run ${last}.`;
-  const steps = chain.map((r, i) => `run ${r} reverted ${i === 0 ? 'it' : `run ${chain[i - 1]}`}`).join(', ');
-  return chain.length % 2 === 0
-    ? `Run ${id}'s changes were reverted and then put back (${steps}); to undo them again, revert run ${last}.`
-    : `Run ${id}'s changes are already undone (${steps}); to put them back, revert run ${last}.`;
+    return `Run ${id} was already reverted by run ${last.id}; to undo that, revert run ${last.id}.`;
+  const steps = chain
+    .map(
+      (r, i) =>
+        `run ${r.id} reverted ${i === 0 ? 'it' : `run ${chain[i - 1]?.id}`}${r.finished ? '' : ' in part'}`,
+    )
+    .join(', ');
+  if (chain.length % 2 === 0)
+    return `Run ${id}'s changes were reverted and then put back (${steps}); to undo them again, revert run ${last.id}.`;
+  if (last.finished)
+    return `Run ${id}'s changes are already undone (${steps}); to put them back, revert run ${last.id}.`;
+  return `Run ${id}'s changes are partly undone (${steps}); to finish, revert run ${chain[chain.length - 2]?.id} again.`;
 }
 
 export async function revertRun(knex: Knex, rules: Rules, options: RevertOptions): Promise<RevertResult> {
@@ -208,8 +223,9 @@ export async function revertRun(knex: Knex, rules: Rules, options: RevertOptions
   await requireMigrated(knex, schema);
   const target = await getRun(knex, schema, options.runId);
   if (!target) throw new UsageError(`There is no run ${options.runId}; \`suspend runs\` lists them.`);
+  // A revert of this run that stopped part way is finished by reverting it again.
   const chain = await revertChain(knex, schema, target.id);
-  if (chain.length > 0) throw new UsageError(alreadyReverted(target.id, chain));
+  if (chain[0]?.finished) throw new UsageError(alreadyReverted(target.id, chain));
   const result: RevertResult = {
     target,
     run: null,

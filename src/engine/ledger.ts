@@ -179,8 +179,7 @@ export async function finishRun(
 
 /**
  * What each run's committed pages did, added up from its checkpoints (written in each page's own
- * transaction). The ledger row's counts are written every few seconds, so a run killed in between
- * is behind; runs without checkpoints are left out.
+ * transaction; a page without changes only every few seconds). Runs without checkpoints are left out.
  */
 export async function committedCounts(
   knex: Knex | Knex.Transaction,
@@ -203,6 +202,18 @@ export async function committedCounts(
 }
 
 /**
+ * The counts that went further: the ledger row's (written every few seconds while a run goes, in
+ * full when it closes) or its checkpoints' (with every page that changed something). A run killed
+ * between two heartbeats is further along in its checkpoints.
+ */
+export function furthestCounts(stored: Record<string, unknown>, committed: RunCounts | undefined) {
+  const scanned = typeof stored.scanned === 'number' ? stored.scanned : -1;
+  return committed && committed.scanned > scanned
+    ? (committed as unknown as Record<string, unknown>)
+    : stored;
+}
+
+/**
  * Runs whose process is gone (the caller holds the run lock) become interrupted, with the counts
  * of the pages they committed. `finished`: also stamp finished_at (a sweep is never resumed).
  */
@@ -214,7 +225,9 @@ export async function markInterrupted(
 ): Promise<void> {
   const counts = await committedCounts(knex, schema, ids);
   for (const id of ids) {
-    const committed = counts.get(id);
+    const row = (await knex.withSchema(schema).from('runs').where({ id }).first('counts')) as
+      { counts: Record<string, unknown> } | undefined;
+    const furthest = furthestCounts(row?.counts ?? {}, counts.get(id));
     await knex
       .withSchema(schema)
       .table('runs')
@@ -223,7 +236,7 @@ export async function markInterrupted(
         status: 'interrupted',
         heartbeat_at: knex.fn.now(),
         ...(options.finished ? { finished_at: knex.fn.now() } : {}),
-        ...(committed ? { counts: JSON.stringify(committed) } : {}),
+        counts: JSON.stringify(furthest),
       });
   }
 }
@@ -253,36 +266,53 @@ export async function getRun(
   return row ? toRecord(row) : null;
 }
 
+/** One revert in a chain of reverts: `finished` unless it stopped after writing some pages. */
+export interface RevertLink {
+  id: string;
+  finished: boolean;
+}
+
 /**
- * The finished reverts that follow run `id`: the one that reverted it, the one that reverted that
- * revert, and so on (the newest at each step). Odd length: the run's changes are undone; even and
- * not empty: the last one put them back, so reverting it is what undoes them again.
+ * The reverts that follow run `id`: the one that reverted it, the one that reverted that revert,
+ * and so on; at each step the newest that finished or wrote anything before it stopped (either
+ * way it changed accounts). Odd positions undo the run's changes, even ones put them back.
  */
 export async function revertChain(
   knex: Knex | Knex.Transaction,
   schema: string,
   id: string,
-): Promise<string[]> {
-  const chain: string[] = [];
+): Promise<RevertLink[]> {
+  const chain: RevertLink[] = [];
   for (let at = id; ;) {
     const next = (await knex
       .withSchema(schema)
-      .from('runs')
-      .where({ reverts_run_id: at, status: 'succeeded' })
-      .orderBy('id', 'desc')
-      .first(knex.raw('id::text as id'))) as { id: string } | undefined;
+      .from('runs as r')
+      .where('r.reverts_run_id', at)
+      .whereRaw("(r.status = 'succeeded' or exists (select 1 from ?? h where h.run_id = r.id))", [
+        `${schema}.history`,
+      ])
+      .orderBy('r.id', 'desc')
+      .first(knex.raw('r.id::text as id'), 'r.status')) as { id: string; status: string } | undefined;
     if (!next) return chain;
-    chain.push(next.id);
+    chain.push({ id: next.id, finished: next.status === 'succeeded' });
     at = next.id;
   }
 }
 
-/** What to revert to undo run `id`'s changes: the run itself, or the revert that put them back. */
-export function undoAdvice(id: string, chain: string[]): string {
+/** What to revert so that run `id`'s changes, (partly) in force after `chain`, are undone. */
+export function undoAdvice(id: string, chain: RevertLink[]): string {
   const last = chain[chain.length - 1];
-  return last !== undefined && chain.length % 2 === 0
-    ? `revert run ${last} (which put back run ${id}'s changes)`
-    : `revert run ${id}`;
+  if (!last) return `revert run ${id}`;
+  if (chain.length % 2 === 0) {
+    return last.finished
+      ? `revert run ${last.id} (which put back run ${id}'s changes)`
+      : `revert run ${last.id} (which put back some of run ${id}'s changes before it stopped)`;
+  }
+  // An undo that stopped part way: reverting its run again finishes it.
+  const target = chain[chain.length - 2]?.id ?? id;
+  return last.finished || target === id
+    ? `revert run ${target}`
+    : `revert run ${target} (run ${last.id} stopped before it had reverted it all)`;
 }
 
 export async function listRuns(

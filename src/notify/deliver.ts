@@ -214,7 +214,8 @@ export async function deliverPending(
           afterId,
           now,
         });
-        if (events.length === 0) break;
+        // Null: another process is claiming this group right now and delivers it.
+        if (events === null || events.length === 0) break;
         afterId = events[events.length - 1]?.id ?? afterId;
         result.claimed += events.length;
         await deliverGroup(d, group, events);

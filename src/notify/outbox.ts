@@ -4,7 +4,8 @@ import { RESTORE_TIMEOUTS, noTimeouts } from '../db/connection';
 
 /**
  * The outbox as `suspend notify` reads and settles it (`<schema>.outbox`). Events are claimed a
- * group at a time (FOR UPDATE) in one short statement and stamped with the claimer and a lease; delivery
+ * group (run and organization) at a time, in a short transaction that holds the group's lock, with
+ * FOR UPDATE SKIP LOCKED, and stamped with the claimer and a lease; delivery
  * happens outside any transaction; each channel that went out is recorded at once, and the event is
  * settled (sent, retry later, failed) in its own statement afterwards. A process killed in between
  * loses nothing: its session, and so its claim, ends with it, and the next process resends only the
@@ -32,6 +33,18 @@ export interface OutboxEvent {
 
 /** Advisory lock class held by a delivering session (run lock 0x5355, migrate 0x5356). */
 export const NOTIFY_LOCK_CLASS = 0x5357;
+
+/**
+ * Transaction lock class of a group being claimed: two claims of one group never overlap, so each
+ * (run, organization) digest goes out whole from one process. A claim that finds the group's lock
+ * taken skips the group instead of waiting: the other claim takes its due events.
+ */
+export const CLAIM_GROUP_LOCK_CLASS = 0x5358;
+
+/** The text whose hashtext() keys a group's claim lock. */
+export function claimGroupKey(group: { runId: string | null; orgId: string | null }): string {
+  return `${group.runId ?? ''}/${group.orgId ?? ''}`;
+}
 
 const NOW = 'coalesce(:now::timestamptz, now())';
 
@@ -119,7 +132,10 @@ interface EventRow {
   created_at: Date;
 }
 
-/** Claims up to `limit` due events of one group with ids above `afterId`, in id order. */
+/**
+ * Claims up to `limit` due events of one group with ids above `afterId`, in id order; null when
+ * another process is claiming the group at this moment (it takes them).
+ */
 export async function claimEvents(
   knex: Knex,
   schema: string,
@@ -131,8 +147,24 @@ export async function claimEvents(
     afterId: string;
     now: Date | null;
   },
-): Promise<OutboxEvent[]> {
-  const r = await knex.raw<{ rows: EventRow[] }>(
+): Promise<OutboxEvent[] | null> {
+  const r = await knex.transaction(async (trx) => {
+    const locked = await trx.raw<{ rows: { ok: boolean }[] }>(
+      'select pg_try_advisory_xact_lock(?, hashtext(?)) as ok',
+      [CLAIM_GROUP_LOCK_CLASS, claimGroupKey(options.group)],
+    );
+    if (locked.rows[0]?.ok !== true) return null;
+    return claimStatement(trx, schema, options);
+  });
+  return r === null ? null : toEvents(r.rows);
+}
+
+function claimStatement(
+  trx: Knex.Transaction,
+  schema: string,
+  options: Parameters<typeof claimEvents>[2],
+): Promise<{ rows: EventRow[] }> {
+  return trx.raw<{ rows: EventRow[] }>(
     `with ${LIVE_CLAIMERS},
      due as (
        select o.id, o.history_id from :outbox: o
@@ -141,10 +173,8 @@ export async function claimEvents(
           and o.id > :afterId::bigint
         order by o.id
         limit :limit
-        -- Not SKIP LOCKED: rows another process is claiming this instant would be skipped and
-        -- the group's digest split in two. Claims lock in id order and are short, so the wait is
-        -- too; afterwards those rows are the other's (re-checked) and this claim leaves them.
-        for update of o
+        -- No other claim of this group runs (the group's lock): what is locked is being settled.
+        for update of o skip locked
      )
      update :outbox: o
         set claimed_by = :owner, claimed_until = ${NOW} + :leaseMs * interval '1 millisecond'
@@ -169,7 +199,10 @@ export async function claimEvents(
       leaseMs: options.leaseMs,
     },
   );
-  return r.rows
+}
+
+function toEvents(rows: EventRow[]): OutboxEvent[] {
+  return rows
     .map((row) => ({
       id: row.id,
       runId: row.run_id,

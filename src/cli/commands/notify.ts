@@ -64,8 +64,9 @@ export function registerNotify(program: Command): void {
       .addHelpText(
         'after',
         `
-Mail goes through SMTP_URL or settings.smtp.url; without either, events that need mail stay pending.
-Webhooks are signed: Suspend-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body" with the secret>.
+Mail goes through SMTP_URL or settings.smtp.url (smtp:// or smtps://); without either, events that
+need mail stay pending. A webhook with a secret is signed: Suspend-Signature: t=<unix seconds>,
+v1=<hex HMAC-SHA256 of "t.body" with the secret>; one without is sent unsigned (notify says so).
 Exit code 1 when a delivery failed (it is retried with backoff by the next call).
 
 Examples:

@@ -3,7 +3,14 @@ import type { Knex } from 'knex';
 import { Option } from 'commander';
 import { runCommand, writeArtifact, type CommonOptions } from '../context';
 import { formatOption, parsePositiveInteger, withCommonOptions, type Format } from '../options';
-import { committedCounts, getRun, listRuns, runCheckpoints, type RunRecord } from '../../engine/ledger';
+import {
+  committedCounts,
+  furthestCounts,
+  getRun,
+  listRuns,
+  runCheckpoints,
+  type RunRecord,
+} from '../../engine/ledger';
 import { runLockHeld } from '../../engine/lock';
 import { requireMigrated } from '../../db/migrate';
 import { UsageError } from '../../errors';
@@ -16,17 +23,20 @@ type ShownRun = RunRecord & { processGone?: true };
 
 /**
  * The ledger rows with what is known beyond them: an unfinished run's counts from its checkpoints
- * (the row's are written every few seconds, so a killed run's are behind), and whether a run that
- * says running still has a process.
+ * when they went further (the row's are written every few seconds, so a killed run's are behind),
+ * and, when no session holds the run lock, that a run saying running has no process left. (While
+ * another run holds the lock, a dead run still shows as running.)
  */
 async function shown(knex: Knex, schema: string, records: RunRecord[]): Promise<ShownRun[]> {
   const unfinished = records.filter((r) => r.status !== 'succeeded').map((r) => r.id);
   const committed = await committedCounts(knex, schema, unfinished);
-  const alive = records.some((r) => r.status === 'running') ? await runLockHeld(knex, schema) : true;
+  // A shared --shard run waits for shards that may not have started: no process is expected.
+  const mayBeGone = (r: RunRecord) => r.status === 'running' && typeof r.options.shards !== 'number';
+  const held = records.some(mayBeGone) ? await runLockHeld(knex, schema) : true;
   return records.map((r) => ({
     ...r,
-    counts: (committed.get(r.id) as Record<string, unknown> | undefined) ?? r.counts,
-    ...(r.status === 'running' && !alive ? { processGone: true as const } : {}),
+    counts: r.status === 'succeeded' ? r.counts : furthestCounts(r.counts, committed.get(r.id)),
+    ...(mayBeGone(r) && !held ? { processGone: true as const } : {}),
   }));
 }
 
@@ -79,8 +89,14 @@ export function registerRuns(program: Command): void {
       .command('show <id>')
       .description('one run in full: options, counts per transition, error')
       .addOption(formatOption()),
-  ).action(async (id: string, opts: CommonOptions & { format: Format }) =>
-    runCommand({ ...runs.opts(), ...opts }, async (ctx) => {
+  ).action(async (id: string, own: CommonOptions & { format: Format }, show: Command) => {
+    // `runs` takes the same options, and commander gives it those written after `show` too: a
+    // value `show` only has by default must not hide the one given.
+    const merged: Record<string, unknown> = { ...runs.opts(), ...own };
+    for (const [key, value] of Object.entries(runs.opts()))
+      if (show.getOptionValueSource(key) === 'default') merged[key] = value;
+    const opts = merged as unknown as typeof own;
+    return runCommand(opts, async (ctx) => {
       const rules = await ctx.loadRules();
       const { knex } = await ctx.db();
       await requireMigrated(knex, rules.settings.schema);
@@ -106,6 +122,6 @@ export function registerRuns(program: Command): void {
       if (run.revertsRunId) lines.push(`reverts run ${run.revertsRunId}`);
       if (run.error) lines.push(`error: ${run.error}`);
       writeArtifact(lines.join('\n'));
-    }),
-  );
+    });
+  });
 }
