@@ -17,6 +17,7 @@ import {
   startRunKilledInPage,
 } from './helpers/reliability';
 import { runBatch, type BatchOptions } from '../src/engine/run';
+import { LOCK_CLASS } from '../src/engine/lock';
 import { loadRules } from '../src/rules/load';
 import { reinstateAccount } from '../src/customer/reinstate';
 import { revertRun } from '../src/customer/revert';
@@ -583,7 +584,15 @@ describe('crash and resume', () => {
     const changes = await written();
     expect(changes).toBeGreaterThan(0);
 
-    const listed = await cli(clean, ['runs', '--format', 'json']);
+    // Another run holding the lock (here a transaction taking it) does not make this one look alive.
+    const other = await clean.knex.transaction();
+    let listed;
+    try {
+      await other.raw('select pg_advisory_xact_lock(?, hashtext(?))', [LOCK_CLASS, 'suspend']);
+      listed = await cli(clean, ['runs', '--format', 'json']);
+    } finally {
+      await other.commit();
+    }
     expect(listed.code).toBe(0);
     const shown = (
       JSON.parse(listed.stdout) as {

@@ -241,6 +241,22 @@ export async function markInterrupted(
   }
 }
 
+/**
+ * Records the backend pid of the session that holds a run's lock (`options.lockSession`), so that
+ * `suspend runs` can tell this run's process from another run's. Set again when a run is resumed.
+ */
+export async function recordLockSession(
+  knex: Knex | Knex.Transaction,
+  schema: string,
+  id: string,
+  pid: number,
+): Promise<void> {
+  await knex.raw(
+    `update ?? set options = options || jsonb_build_object('lockSession', ?::int) where id = ?`,
+    [`${schema}.runs`, pid, id],
+  );
+}
+
 /** Keeps `heartbeat_at` fresh so `suspend runs` can tell a live run from a crashed one. */
 export async function heartbeat(
   knex: Knex | Knex.Transaction,

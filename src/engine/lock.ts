@@ -7,7 +7,7 @@ import { RESTORE_TIMEOUTS, noTimeouts } from '../db/connection';
  * connection held for the whole run, so it dies with the session: a crash leaves nothing to unlock.
  * The two-int form shows up in pg_locks as (classid, objid), which lets us name the holder.
  */
-const LOCK_CLASS = 0x5355; // "SU"
+export const LOCK_CLASS = 0x5355; // "SU"
 
 /** A timestamp as whole microseconds since 1970, as text: exact, whatever the session's DateStyle. */
 const MICROSECONDS = (column: string) => `(extract(epoch from ${column}) * 1000000)::bigint::text`;
@@ -162,16 +162,16 @@ export async function lockStillOurs(trx: Knex.Transaction, proof: LockProof): Pr
   return true;
 }
 
-/** Whether any session holds the schema's run lock: a run row that says "running" is alive. */
-export async function runLockHeld(knex: Knex, schema: string): Promise<boolean> {
-  const result = await knex.raw<{ rows: unknown[] }>(
-    `select 1 from pg_locks l
+/** The backend pids of the sessions that hold the schema's run lock (a shard run's share it). */
+export async function runLockHolders(knex: Knex, schema: string): Promise<Set<number>> {
+  const result = await knex.raw<{ rows: { pid: number }[] }>(
+    `select l.pid from pg_locks l
       where l.locktype = 'advisory' and l.granted
         and l.database = (select oid from pg_database where datname = current_database())
         and l.classid = ? and l.objid = hashtext(?)::oid and l.objsubid = 2`,
     [LOCK_CLASS, schema],
   );
-  return result.rows.length > 0;
+  return new Set(result.rows.map((r) => Number(r.pid)));
 }
 
 export async function describeHolder(knex: Knex, schema: string, cls = LOCK_CLASS): Promise<string> {

@@ -26,6 +26,7 @@ import {
   getRun,
   heartbeat,
   markInterrupted,
+  recordLockSession,
   revertChain,
   setRunStatus,
   startRun,
@@ -640,6 +641,8 @@ async function realRun(
     await checkConnectionRoom(knex, { workers: options.workers ?? 1, perWorker: PIPELINE_CONNECTIONS });
   }
   const opened = await openRun(knex, rules, options, total);
+  // A run the shards share has a session per shard: `runs` does not judge it.
+  if (!sharded(options.shard)) await recordLockSession(knex, rules.settings.schema, opened.run.id, lock.pid);
   return withPipelinePool(knex, opened.workers.length, (pool) =>
     walkRun(knex, pool, rules, options, { ...opened, total, lock }),
   );

@@ -11,7 +11,7 @@ import {
   runCheckpoints,
   type RunRecord,
 } from '../../engine/ledger';
-import { runLockHeld } from '../../engine/lock';
+import { runLockHolders } from '../../engine/lock';
 import { requireMigrated } from '../../db/migrate';
 import { UsageError } from '../../errors';
 import { renderCsv, renderMarkdown, renderTable, type Row } from '../../report/tables';
@@ -24,19 +24,24 @@ type ShownRun = RunRecord & { processGone?: true };
 /**
  * The ledger rows with what is known beyond them: an unfinished run's counts from its checkpoints
  * when they went further (the row's are written every few seconds, so a killed run's are behind),
- * and, when no session holds the run lock, that a run saying running has no process left. (While
- * another run holds the lock, a dead run still shows as running.)
+ * and that a run saying running has no process left: the session it recorded holds no run lock.
  */
 async function shown(knex: Knex, schema: string, records: RunRecord[]): Promise<ShownRun[]> {
   const unfinished = records.filter((r) => r.status !== 'succeeded').map((r) => r.id);
   const committed = await committedCounts(knex, schema, unfinished);
   // A shared --shard run waits for shards that may not have started: no process is expected.
   const mayBeGone = (r: RunRecord) => r.status === 'running' && typeof r.options.shards !== 'number';
-  const held = records.some(mayBeGone) ? await runLockHeld(knex, schema) : true;
+  const holders = records.some(mayBeGone) ? await runLockHolders(knex, schema) : new Set<number>();
+  // The session the run recorded holds the lock; a run without one (a revert, a reinstatement, an
+  // older row) is alive while anyone holds it.
+  const gone = (r: RunRecord) => {
+    const session = r.options.lockSession;
+    return typeof session === 'number' ? !holders.has(session) : holders.size === 0;
+  };
   return records.map((r) => ({
     ...r,
     counts: r.status === 'succeeded' ? r.counts : furthestCounts(r.counts, committed.get(r.id)),
-    ...(mayBeGone(r) && !held ? { processGone: true as const } : {}),
+    ...(mayBeGone(r) && gone(r) ? { processGone: true as const } : {}),
   }));
 }
 
