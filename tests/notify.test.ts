@@ -9,7 +9,7 @@ import { ROOT } from './helpers/server';
 import { checksumTables, ENGINE_RULES, writeRules } from './helpers/fixtures';
 import { startSmtp, type ReceivedMail } from './helpers/smtp';
 import { deliverPending } from '../src/notify/deliver';
-import { CLAIM_GROUP_LOCK_CLASS, claimGroupKey, NOTIFY_LOCK_CLASS } from '../src/notify/outbox';
+import { CLAIM_GROUP_LOCK_SEED, claimGroupKey, NOTIFY_LOCK_CLASS } from '../src/notify/outbox';
 import { loadRules } from '../src/rules/load';
 
 /**
@@ -609,9 +609,9 @@ describe('suspend notify', () => {
     // events of the run: it holds the group's claim lock and the rows it has locked so far.
     const other = await db.knex.transaction();
     try {
-      await other.raw('select pg_advisory_xact_lock(?, hashtext(?))', [
-        CLAIM_GROUP_LOCK_CLASS,
-        claimGroupKey({ runId: backfillRows[0]?.run_id ?? null, orgId: org }),
+      await other.raw('select pg_advisory_xact_lock(hashtextextended(?, ?))', [
+        claimGroupKey('suspend', { runId: backfillRows[0]?.run_id ?? null, orgId: org }),
+        CLAIM_GROUP_LOCK_SEED,
       ]);
       await other.raw('select id from suspend.outbox where id = ? for update', [middle]);
       const first = await notify(file);
@@ -634,6 +634,25 @@ describe('suspend notify', () => {
     for (const row of ofOrg)
       perStage.set(row.payload.to ?? 'cleared', (perStage.get(row.payload.to ?? 'cleared') ?? 0) + 1);
     for (const [stage, n] of perStage) expect(digests[0]?.subject).toContain(`${n} ${stage}`);
+  });
+
+  test('the claim lock is per schema: the same run and organization being claimed in another schema does not hold these back', async () => {
+    await resetOutbox();
+    const file = webhookOnlyRules(hook, false);
+    const other = await db.knex.transaction();
+    try {
+      // Run ids restart in each schema: another schema's run 1, organization 1, is another group.
+      for (const row of backfillRows) {
+        await other.raw('select pg_advisory_xact_lock(hashtextextended(?, ?))', [
+          claimGroupKey('suspend_other', { runId: row.run_id, orgId: row.org_id }),
+          CLAIM_GROUP_LOCK_SEED,
+        ]);
+      }
+      expect((await notify(file)).code).toBe(0);
+    } finally {
+      await other.commit();
+    }
+    expect((await outbox()).filter((x) => x.status !== 'sent')).toEqual([]);
   });
 
   test('a process killed in the middle of delivering loses nothing and sends each event at most once more', async () => {

@@ -203,25 +203,13 @@ export async function deliverPending(
   };
   const limit = options.claimLimit ?? 20_000;
   try {
+    // A group another process was claiming is tried once more after the others: by then that
+    // claim has committed and what it left (beyond its limit, or due since) is this call's.
+    const busy: EventGroup[] = [];
     for (const group of await dueGroups(knex, schema, now)) {
-      let afterId = '0';
-      for (;;) {
-        const events = await claimEvents(knex, schema, {
-          group,
-          owner: d.owner,
-          leaseMs: d.leaseMs,
-          limit,
-          afterId,
-          now,
-        });
-        // Null: another process is claiming this group right now and delivers it.
-        if (events === null || events.length === 0) break;
-        afterId = events[events.length - 1]?.id ?? afterId;
-        result.claimed += events.length;
-        await deliverGroup(d, group, events);
-        if (events.length < limit) break;
-      }
+      if (!(await deliverDue(d, group, limit))) busy.push(group);
     }
+    for (const group of busy) await deliverDue(d, group, limit);
   } finally {
     mailer?.close();
     await session.close();
@@ -233,6 +221,27 @@ export async function deliverPending(
   }
   result.outbox = await outboxCounts(knex, schema);
   return result;
+}
+
+/** Claims and delivers a group's due events, page by page; false when another process was claiming it. */
+async function deliverDue(d: Delivery, group: EventGroup, limit: number): Promise<boolean> {
+  let afterId = '0';
+  for (;;) {
+    const events = await claimEvents(d.knex, d.schema, {
+      group,
+      owner: d.owner,
+      leaseMs: d.leaseMs,
+      limit,
+      afterId,
+      now: d.now,
+    });
+    if (events === null) return afterId !== '0';
+    if (events.length === 0) return true;
+    afterId = events[events.length - 1]?.id ?? afterId;
+    d.result.claimed += events.length;
+    await deliverGroup(d, group, events);
+    if (events.length < limit) return true;
+  }
 }
 
 async function deliverGroup(d: Delivery, group: EventGroup, events: OutboxEvent[]): Promise<void> {

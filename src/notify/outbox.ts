@@ -35,15 +35,17 @@ export interface OutboxEvent {
 export const NOTIFY_LOCK_CLASS = 0x5357;
 
 /**
- * Transaction lock class of a group being claimed: two claims of one group never overlap, so each
+ * A group being claimed holds a transaction lock: two claims of one group never overlap, so each
  * (run, organization) digest goes out whole from one process. A claim that finds the group's lock
- * taken skips the group instead of waiting: the other claim takes its due events.
+ * taken skips the group instead of waiting (the caller tries it again after its other groups).
+ * The lock is one bigint, `hashtextextended(claimGroupKey(...), CLAIM_GROUP_LOCK_SEED)`: per schema
+ * (run ids restart in each), and apart from the two-int locks of runs and claimers.
  */
-export const CLAIM_GROUP_LOCK_CLASS = 0x5358;
+export const CLAIM_GROUP_LOCK_SEED = 0x5358;
 
-/** The text whose hashtext() keys a group's claim lock. */
-export function claimGroupKey(group: { runId: string | null; orgId: string | null }): string {
-  return `${group.runId ?? ''}/${group.orgId ?? ''}`;
+/** The text that keys a group's claim lock. */
+export function claimGroupKey(schema: string, group: { runId: string | null; orgId: string | null }): string {
+  return `${schema}/${group.runId ?? ''}/${group.orgId ?? ''}`;
 }
 
 const NOW = 'coalesce(:now::timestamptz, now())';
@@ -150,8 +152,8 @@ export async function claimEvents(
 ): Promise<OutboxEvent[] | null> {
   const r = await knex.transaction(async (trx) => {
     const locked = await trx.raw<{ rows: { ok: boolean }[] }>(
-      'select pg_try_advisory_xact_lock(?, hashtext(?)) as ok',
-      [CLAIM_GROUP_LOCK_CLASS, claimGroupKey(options.group)],
+      'select pg_try_advisory_xact_lock(hashtextextended(?, ?)) as ok',
+      [claimGroupKey(schema, options.group), CLAIM_GROUP_LOCK_SEED],
     );
     if (locked.rows[0]?.ok !== true) return null;
     return claimStatement(trx, schema, options);
