@@ -516,6 +516,30 @@ describe('the ledger of a run that stopped', () => {
   });
 });
 
+describe('the ledger of a killed run with two workers', () => {
+  test('runs shows the changes its pages committed, and abandoning it stores them', async () => {
+    const db = await seeded(3000, 5);
+    try {
+      const killed = startRunKilledInPage(db, { killAt: 8, batchSize: 10, workers: 2 });
+      expect((await killed.done).signal).toBe('SIGKILL');
+      const [run] = (await db.knex('suspend.runs').pluck('id')) as string[];
+      const committed = Number(
+        (await db.knex('suspend.history').where({ run_id: run }).count<{ n: string }[]>({ n: '*' }))[0]!.n,
+      );
+      expect(committed).toBeGreaterThan(0);
+      const listed = await cli(db, ['runs', '--format', 'json']);
+      expect(JSON.parse(listed.stdout)).toMatchObject([{ id: String(run), counts: { changes: committed } }]);
+      expect((await cli(db, ['backfill', '--abandon', String(run)])).code).toBe(0);
+      expect(await db.knex('suspend.runs').where({ id: run }).first('status', 'counts')).toMatchObject({
+        status: 'abandoned',
+        counts: { changes: committed },
+      });
+    } finally {
+      await db.drop();
+    }
+  });
+});
+
 describe('crash and resume', () => {
   let killed: TestDatabase;
   let clean: TestDatabase;

@@ -202,15 +202,20 @@ export async function committedCounts(
 }
 
 /**
- * The counts that went further: the ledger row's (written every few seconds while a run goes, in
- * full when it closes) or its checkpoints' (with every page that changed something). A run killed
- * between two heartbeats is further along in its checkpoints.
+ * What a run still marked running has done, as far as can be known: its changes from its
+ * checkpoints (every page that changed something writes its checkpoint in its own transaction; the
+ * row's counts are a heartbeat every few seconds, so a killed run's are behind), its scanned
+ * accounts and pages from whichever went further (a page that changed nothing is checkpointed only
+ * every few seconds, per worker). A run that closed itself keeps the counts it wrote.
  */
-export function furthestCounts(stored: Record<string, unknown>, committed: RunCounts | undefined) {
-  const scanned = typeof stored.scanned === 'number' ? stored.scanned : -1;
-  return committed && committed.scanned > scanned
-    ? (committed as unknown as Record<string, unknown>)
-    : stored;
+export function runningCounts(stored: Record<string, unknown>, committed: RunCounts | undefined) {
+  if (!committed) return stored;
+  const most = (key: 'scanned' | 'pages') =>
+    Math.max(committed[key], typeof stored[key] === 'number' ? stored[key] : 0);
+  return { ...committed, scanned: most('scanned'), pages: most('pages') } as unknown as Record<
+    string,
+    unknown
+  >;
 }
 
 /**
@@ -227,7 +232,7 @@ export async function markInterrupted(
   for (const id of ids) {
     const row = (await knex.withSchema(schema).from('runs').where({ id }).first('counts')) as
       { counts: Record<string, unknown> } | undefined;
-    const furthest = furthestCounts(row?.counts ?? {}, counts.get(id));
+    const furthest = runningCounts(row?.counts ?? {}, counts.get(id));
     await knex
       .withSchema(schema)
       .table('runs')

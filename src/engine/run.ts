@@ -973,6 +973,8 @@ export async function abandonBackfill(knex: Knex, rules: Rules, runId: string | 
         `There are ${unfinished.length} unfinished backfills (runs ${ids}); name the one to give up, e.g. \`suspend backfill --abandon ${run.id}\`.`,
       );
     }
+    // A backfill killed while running is dead (we hold the lock): its counts from what it committed.
+    if (run.status === 'running') await markInterrupted(knex, schema, [run.id], { finished: false });
     await finishRun(knex, schema, run.id, { status: 'abandoned', error: run.error });
     return run;
   } finally {

@@ -153,7 +153,13 @@ export function startCli(
  */
 export function startRunKilledInPage(
   db: TestDatabase,
-  options: { killAt: number; batchSize: number; kind?: 'backfill' | 'sweep'; asOf?: string },
+  options: {
+    killAt: number;
+    batchSize: number;
+    kind?: 'backfill' | 'sweep';
+    asOf?: string;
+    workers?: number;
+  },
 ): RunningCli {
   const dist = (m: string) => JSON.stringify(path.join(ROOT, 'dist', m));
   const script = `
@@ -165,7 +171,7 @@ export function startRunKilledInPage(
       const knex = createKnex(${JSON.stringify(db.url)}, { applicationName: 'suspend crash test' });
       let pages = 0;
       await runBatch(knex, rules, {
-        kind: ${JSON.stringify(options.kind ?? 'backfill')}, asOf: ${JSON.stringify(options.asOf ?? AS_OF)}, dryRun: false, batchSize: ${options.batchSize},
+        kind: ${JSON.stringify(options.kind ?? 'backfill')}, asOf: ${JSON.stringify(options.asOf ?? AS_OF)}, dryRun: false, batchSize: ${options.batchSize}, workers: ${options.workers ?? 1},
         orgs: null, shard: null, resume: false, wait: false, actor: ${JSON.stringify(ACTOR)},
         beforeWrite: async () => { if (++pages === ${options.killAt}) process.kill(process.pid, 'SIGKILL'); },
       });

@@ -5,7 +5,7 @@ import { runCommand, writeArtifact, type CommonOptions } from '../context';
 import { formatOption, parsePositiveInteger, withCommonOptions, type Format } from '../options';
 import {
   committedCounts,
-  furthestCounts,
+  runningCounts,
   getRun,
   listRuns,
   runCheckpoints,
@@ -22,12 +22,12 @@ const COLUMNS = ['id', 'kind', 'status', 'as_of', 'rules', 'started', 'finished'
 type ShownRun = RunRecord & { processGone?: true };
 
 /**
- * The ledger rows with what is known beyond them: an unfinished run's counts from its checkpoints
- * when they went further (the row's are written every few seconds, so a killed run's are behind),
+ * The ledger rows with what is known beyond them: a running (or killed) run's counts with its
+ * checkpoints' (see runningCounts),
  * and that a run saying running has no process left: the session it recorded holds no run lock.
  */
 async function shown(knex: Knex, schema: string, records: RunRecord[]): Promise<ShownRun[]> {
-  const unfinished = records.filter((r) => r.status !== 'succeeded').map((r) => r.id);
+  const unfinished = records.filter((r) => r.status === 'running').map((r) => r.id);
   const committed = await committedCounts(knex, schema, unfinished);
   // A shared --shard run waits for shards that may not have started: no process is expected.
   const mayBeGone = (r: RunRecord) => r.status === 'running' && typeof r.options.shards !== 'number';
@@ -40,7 +40,7 @@ async function shown(knex: Knex, schema: string, records: RunRecord[]): Promise<
   };
   return records.map((r) => ({
     ...r,
-    counts: r.status === 'succeeded' ? r.counts : furthestCounts(r.counts, committed.get(r.id)),
+    counts: r.status === 'running' ? runningCounts(r.counts, committed.get(r.id)) : r.counts,
     ...(mayBeGone(r) && gone(r) ? { processGone: true as const } : {}),
   }));
 }
