@@ -964,7 +964,7 @@ describe('host columns and tags across stages and episodes', () => {
         `revert run ${putBack} (which put back run ${swept}'s changes) if its day was wrong`,
       );
       await expect(revert(String(swept))).rejects.toThrow(
-        `Run ${swept}'s changes were reverted and then put back (run ${undone} reverted it, run ${putBack} reverted run ${undone}); to undo them again, revert run ${putBack}.`,
+        `Run ${swept}'s changes were reverted and then put back (run ${undone} reverted it, run ${putBack} reverted run ${undone}); to undo them again, revert run ${putBack} (which put back run ${swept}'s changes).`,
       );
       await revert(putBack);
       expect(await host()).toEqual({ status: 'active' });
@@ -1202,17 +1202,28 @@ describe('runs move forward in time', () => {
       [failed!.id, first.run!.id],
     );
     await expect(runBatch(db.knex, rules, at(AS_OF))).rejects.toThrow(refusal);
-    // The advice names the partial revert, and reverting the sweep again points at it too.
-    await expect(runBatch(db.knex, rules, at(AS_OF))).rejects.toThrow(
-      `revert run ${failed!.id} (which put back some of run ${swept.run!.id}'s changes before it stopped) if its day was wrong`,
-    );
+    // The advice: finish the stopped revert (by reverting what it reverts again), then revert it.
+    const S = swept.run!.id;
+    const F = first.run!.id;
+    const P = failed!.id;
+    const advice = `revert run ${F} to finish run ${P} (which was putting back run ${S}'s changes), then revert run ${P}`;
+    await expect(runBatch(db.knex, rules, at(AS_OF))).rejects.toThrow(`${advice} if its day was wrong`);
     await expect(revertRun(db.knex, rules, again)).rejects.toThrow(
-      `Run ${swept.run!.id}'s changes were reverted and then put back (run ${first.run!.id} reverted it, run ${failed!.id} reverted run ${first.run!.id} in part); to undo them again, revert run ${failed!.id}.`,
+      `Run ${S}'s changes were reverted and then partly put back (run ${F} reverted it, run ${P} reverted run ${F} in part); to undo them again, ${advice}.`,
     );
-    // A revert that stopped part way is finished by running it again: it is not refused.
-    await expect(revertRun(db.knex, rules, { ...again, runId: first.run!.id })).resolves.toMatchObject({
-      target: { id: first.run!.id },
-    });
+    // A revert that did not finish is not reverted (its target's changes would be split between runs).
+    await expect(revertRun(db.knex, rules, { ...again, runId: P })).rejects.toThrow(
+      `Run ${P} is a revert of run ${F} that did not finish; \`suspend revert ${F}\` finishes it, and then it can be reverted.`,
+    );
+    // Following the advice: reverting run F again continues run P (no new run), then P is reverted.
+    const continued = await revertRun(db.knex, rules, { ...again, runId: F });
+    expect(continued.run?.id).toBe(P);
+    expect(continued.run?.status).toBe('succeeded');
+    expect(await db.knex('suspend.runs').where({ reverts_run_id: F }).pluck('id')).toEqual([P]);
+    await revertRun(db.knex, rules, { ...again, runId: P });
+    await expect(revertRun(db.knex, rules, again)).rejects.toThrow(
+      `Run ${S}'s changes are already undone (run ${F} reverted it, run ${P} reverted run ${F}, `,
+    );
   });
 
   test('another shard of the same split covers other accounts: its later day does not count', async () => {

@@ -7,7 +7,9 @@ import {
   getRun,
   heartbeat,
   revertChain,
+  setRunStatus,
   startRun,
+  undoAdvice,
   type RevertLink,
   type RunRecord,
 } from '../engine/ledger';
@@ -55,6 +57,10 @@ export interface RevertResult {
   target: RunRecord;
   /** The revert's own run; null for a dry run. */
   run: RunRecord | null;
+  /** An earlier revert of the target that stopped part way, which this one continues (its id). */
+  continues: string | null;
+  /** Changes that stopped revert had made: the ledger row counts them with this call's. */
+  continuedChanges?: number;
   dryRun: boolean;
   restored: RevertItem[];
   leftAlone: LeftAlone[];
@@ -171,7 +177,11 @@ interface PagePlan {
   host: { key: string; column: string; value: string | null }[];
 }
 
-function planPage(rows: PlanRow[], exclusions: Map<string, { reason: string }>): PagePlan {
+function planPage(
+  rows: PlanRow[],
+  exclusions: Map<string, { reason: string }>,
+  continues: string | null,
+): PagePlan {
   const plan: PagePlan = { restore: [], leftAlone: [], host: [] };
   const hostBlocked = new Set(rows.filter((r) => r.key_touched_later).map((r) => r.key));
   const hostDone = new Set<string>();
@@ -179,6 +189,8 @@ function planPage(rows: PlanRow[], exclusions: Map<string, { reason: string }>):
     const state = restoredState(row.previous_state, row.current);
     const item = { key: row.key, policy: row.policy, from: row.current.stage, to: state.stage };
     const excluded = exclusions.get(row.key);
+    // Restored already, by the stopped revert this one continues.
+    if (continues !== null && row.latest_run === continues) continue;
     if (!row.latest_is_target) {
       plan.leftAlone.push({
         ...item,
@@ -200,7 +212,7 @@ function planPage(rows: PlanRow[], exclusions: Map<string, { reason: string }>):
   return plan;
 }
 
-/** Why run `id` cannot be reverted again, and which run to revert instead. */
+/** Why run `id` cannot be reverted again (its first revert finished), and what to run instead. */
 function alreadyReverted(id: string, chain: RevertLink[]): string {
   const last = chain[chain.length - 1] ?? { id, finished: true };
   if (chain.length === 1)
@@ -212,10 +224,10 @@ function alreadyReverted(id: string, chain: RevertLink[]): string {
     )
     .join(', ');
   if (chain.length % 2 === 0)
-    return `Run ${id}'s changes were reverted and then put back (${steps}); to undo them again, revert run ${last.id}.`;
+    return `Run ${id}'s changes were reverted and then ${last.finished ? '' : 'partly '}put back (${steps}); to undo them again, ${undoAdvice(id, chain)}.`;
   if (last.finished)
     return `Run ${id}'s changes are already undone (${steps}); to put them back, revert run ${last.id}.`;
-  return `Run ${id}'s changes are partly undone (${steps}); to finish, revert run ${chain[chain.length - 2]?.id} again.`;
+  return `Run ${id}'s changes are partly undone (${steps}); to finish, ${undoAdvice(id, chain)}.`;
 }
 
 export async function revertRun(knex: Knex, rules: Rules, options: RevertOptions): Promise<RevertResult> {
@@ -223,19 +235,30 @@ export async function revertRun(knex: Knex, rules: Rules, options: RevertOptions
   await requireMigrated(knex, schema);
   const target = await getRun(knex, schema, options.runId);
   if (!target) throw new UsageError(`There is no run ${options.runId}; \`suspend runs\` lists them.`);
-  // A revert of this run that stopped part way is finished by reverting it again.
-  const chain = await revertChain(knex, schema, target.id);
-  if (chain[0]?.finished) throw new UsageError(alreadyReverted(target.id, chain));
+  if (target.kind === 'revert' && target.status !== 'succeeded') {
+    // Reverting part of a revert would leave the target's changes split between runs.
+    throw new UsageError(
+      `Run ${target.id} is a revert of run ${target.revertsRunId ?? '?'} that did not finish; \`suspend revert ${target.revertsRunId ?? '?'}\` finishes it, and then it can be reverted.`,
+    );
+  }
   const result: RevertResult = {
     target,
     run: null,
+    continues: null,
     dryRun: options.dryRun,
     restored: [],
     leftAlone: [],
     hostRestored: 0,
   };
+  // What reverted this run so far; a revert of it that stopped part way is continued, not repeated.
+  const checkChain = async () => {
+    const chain = await revertChain(knex, schema, target.id);
+    if (chain[0]?.finished) throw new UsageError(alreadyReverted(target.id, chain));
+    result.continues = chain[0]?.id ?? null;
+  };
   let lock: HeldLock | null = null;
-  if (!options.dryRun) {
+  if (options.dryRun) await checkChain();
+  else {
     lock = await acquireRunLock(knex, schema, {
       wait: options.wait,
       description: `suspend revert ${target.id} by ${options.actor} (pid ${process.pid})`,
@@ -244,15 +267,25 @@ export async function revertRun(knex: Knex, rules: Rules, options: RevertOptions
   }
   try {
     if (!options.dryRun) {
-      result.run = await startRun(knex, schema, {
-        kind: 'revert',
-        asOf: options.asOf,
-        rulesHash: rules.hash,
-        rulesFile: rules.file,
-        options: { batchSize: options.batchSize },
-        startedBy: options.actor,
-        revertsRunId: target.id,
-      });
+      // Checked under the lock: a revert that waited for another one sees what it did.
+      await checkChain();
+      if (result.continues !== null) {
+        await setRunStatus(knex, schema, result.continues, 'running');
+        result.run = await getRun(knex, schema, result.continues);
+        const before = result.run?.counts.changes;
+        result.continuedChanges = typeof before === 'number' ? before : 0;
+        options.onLog?.(`continuing revert run ${result.continues}, which stopped part way`);
+      } else {
+        result.run = await startRun(knex, schema, {
+          kind: 'revert',
+          asOf: options.asOf,
+          rulesHash: rules.hash,
+          rulesFile: rules.file,
+          options: { batchSize: options.batchSize },
+          startedBy: options.actor,
+          revertsRunId: target.id,
+        });
+      }
     }
     try {
       await revertPages(knex, rules, options, result, lock?.proof ?? null);
@@ -277,9 +310,10 @@ export async function revertRun(knex: Knex, rules: Rules, options: RevertOptions
 }
 
 function countsOf(result: RevertResult): Record<string, unknown> {
+  const changes = result.restored.length + (result.continuedChanges ?? 0);
   return {
-    changes: result.restored.length,
-    transitions: { revert: result.restored.length },
+    changes,
+    transitions: { revert: changes },
     leftAlone: result.leftAlone.length,
     hostRestored: result.hostRestored,
   };
@@ -302,6 +336,7 @@ async function revertPages(
       const plan = planPage(
         await readPlan(knex, schema, result.target.id, keys, false),
         await activeExclusions(knex, schema, keys, options.asOf),
+        result.continues,
       );
       collect(result, plan);
     } else {
@@ -342,6 +377,7 @@ async function revertPage(
   const plan = planPage(
     await readPlan(trx, schema, result.target.id, keys, true),
     await activeExclusions(trx, schema, keys, options.asOf),
+    result.continues,
   );
   if (plan.restore.length === 0) return plan;
   const old = await restoreHostColumns(trx, rules.source, plan.host);

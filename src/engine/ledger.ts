@@ -324,16 +324,16 @@ export async function revertChain(
 export function undoAdvice(id: string, chain: RevertLink[]): string {
   const last = chain[chain.length - 1];
   if (!last) return `revert run ${id}`;
+  // The run a stopped revert was reverting: reverting it again continues that revert.
+  const before = chain[chain.length - 2]?.id ?? id;
   if (chain.length % 2 === 0) {
     return last.finished
       ? `revert run ${last.id} (which put back run ${id}'s changes)`
-      : `revert run ${last.id} (which put back some of run ${id}'s changes before it stopped)`;
+      : `revert run ${before} to finish run ${last.id} (which was putting back run ${id}'s changes), then revert run ${last.id}`;
   }
-  // An undo that stopped part way: reverting its run again finishes it.
-  const target = chain[chain.length - 2]?.id ?? id;
-  return last.finished || target === id
-    ? `revert run ${target}`
-    : `revert run ${target} (run ${last.id} stopped before it had reverted it all)`;
+  return last.finished
+    ? `revert run ${id}`
+    : `revert run ${before} (it continues run ${last.id}, which stopped part way)`;
 }
 
 export async function listRuns(
