@@ -837,6 +837,21 @@ describe('host columns and tags across stages and episodes', () => {
       ),
     );
   const rulesWith = (policies: string) => loadRules({ file: rulesFileWith(policies), cwd: ROOT });
+  /** Two ladders that set the status: a debt that locks the account, and inactivity. */
+  const DEBT_LOCKED = `  debt:
+    reinstate: auto
+    stages:
+      - name: locked
+        when: { past_due_for: 30 days }
+        actions: [suspend, { set: { status: locked } }]
+`;
+  const AWAY_IDLE = `  away:
+    reinstate: auto
+    stages:
+      - name: idle
+        when: { inactive_for: 12 months }
+        actions: [{ set: { status: idle } }]
+`;
 
   /** One customer (1) on an empty reference database, run by the rules of `policies` (or others). */
   async function oneCustomer(policies: string, customer: Record<string, unknown>) {
@@ -1054,15 +1069,52 @@ describe('host columns and tags across stages and episodes', () => {
     }
   });
 
+  test('a revert that stopped gives the status back when continued, after the later run that held it was reverted', async () => {
+    const { db, run, host, owes } = await oneCustomer(`${DEBT_LOCKED}${AWAY_IDLE}`, {
+      status: 'active',
+      created_at: '2020-01-01',
+    });
+    try {
+      await db.knex('customers').insert({ id: 2, name: 'Bo', status: 'active', created_at: '2020-01-01' });
+      await owes('2026-09-10');
+      await run('backfill', '2026-10-01'); // both idle
+      await run('sweep', '2026-10-15'); // customer 1 also locked, which now holds its status
+      expect(await host()).toEqual({ status: 'locked' });
+      const rules = await rulesWith(
+        '  debt:\n    stages:\n      - name: locked\n        when: { past_due_for: 30 days }\n',
+      );
+      const [backfill, sweep] = (await db.knex('suspend.runs').orderBy('id').pluck('id')) as string[];
+      const revert = (runId: string) =>
+        revertRun(db.knex, rules, {
+          runId: String(runId),
+          dryRun: false,
+          actor: 'test',
+          asOf: '2026-10-20',
+          wait: false,
+          batchSize: 1,
+        });
+      // The backfill's revert does customer 1 (its status held back: the sweep's stage holds it)
+      // and stops at customer 2.
+      await db.knex.raw(`create function suspend.stop_revert() returns trigger language plpgsql as $$
+        begin raise exception 'stopped for the test'; end $$`);
+      await db.knex.raw(`create trigger stop_revert before insert on suspend.history for each row
+        when (new.kind = 'revert' and new.customer_key = '2') execute function suspend.stop_revert()`);
+      await expect(revert(String(backfill))).rejects.toThrow('stopped for the test');
+      await db.knex.raw('drop trigger stop_revert on suspend.history');
+      expect(await host()).toEqual({ status: 'locked' });
+      await revert(String(sweep));
+      await revert(String(backfill));
+      expect(await db.knex('customers').orderBy('id').pluck('status')).toEqual(['active', 'active']);
+    } finally {
+      await db.drop();
+    }
+  });
+
   test("a policy taken out of the rules keeps its row's capture: reinstating it by hand gives the host's value back", async () => {
-    const debt = `  debt:
-    reinstate: auto
-    stages:
-      - name: locked
-        when: { past_due_for: 30 days }
-        actions: [suspend, { set: { status: locked } }]
-`;
-    const { db, run, host, owes } = await oneCustomer(debt, { status: 'active', created_at: '2020-01-01' });
+    const { db, run, host, owes } = await oneCustomer(DEBT_LOCKED, {
+      status: 'active',
+      created_at: '2020-01-01',
+    });
     try {
       await owes('2026-09-01');
       await run('backfill', '2026-10-05');
@@ -1092,6 +1144,61 @@ describe('host columns and tags across stages and episodes', () => {
         wait: false,
       });
       expect(await host()).toEqual({ status: 'active' });
+    } finally {
+      await db.drop();
+    }
+  });
+});
+
+describe('a revert that stopped part way', () => {
+  test('reverting its run again continues it; with a later run reverted in between, every account ends clear with its status back', async () => {
+    const db = await seeded(2000, 5);
+    try {
+      const rules = await loadRules({
+        file: writeRules(ENGINE_RULES.replace('settings:\n', 'settings:\n  max_changes: 100%\n')),
+        cwd: ROOT,
+      });
+      const batch = (kind: 'backfill' | 'sweep', asOf: string) =>
+        runBatch(db.knex, rules, { ...backfillOptions(100), kind, asOf });
+      const revert = (runId: string) =>
+        revertRun(db.knex, rules, {
+          runId,
+          dryRun: false,
+          actor: 'test',
+          asOf: '2027-01-05',
+          wait: false,
+          batchSize: 20,
+        });
+      const backfill = (await batch('backfill', AS_OF)).run!.id;
+      const sweep = (await batch('sweep', '2026-12-23')).run!.id;
+      // The first revert stops after 300 restored states, as a lost connection would stop it.
+      await db.knex.raw(`create function suspend.stop_revert() returns trigger language plpgsql as $$
+        begin
+          if (select count(*) from suspend.history where run_id = new.run_id) >= 300 then
+            raise exception 'stopped for the test';
+          end if;
+          return new;
+        end $$`);
+      await db.knex.raw(`create trigger stop_revert before insert on suspend.history
+        for each row when (new.kind = 'revert') execute function suspend.stop_revert()`);
+      await expect(revert(backfill)).rejects.toThrow('stopped for the test');
+      await db.knex.raw('drop trigger stop_revert on suspend.history');
+      const [stopped] = (await db
+        .knex('suspend.runs')
+        .where({ reverts_run_id: backfill })
+        .pluck('id')) as string[];
+
+      await revert(sweep);
+      const continued = await revert(backfill);
+      expect(continued.run).toMatchObject({ id: String(stopped), status: 'succeeded' });
+      const written = await db
+        .knex('suspend.history')
+        .where({ run_id: stopped })
+        .count<{ n: string }[]>({ n: '*' });
+      expect(continued.run?.counts).toMatchObject({ changes: Number(written[0]!.n) });
+      // Both runs undone: no account in a stage, and every status the host had before is back.
+      expect(await db.knex('suspend.account_states').whereNotNull('stage').pluck('customer_key')).toEqual([]);
+      expect(await db.knex('customers').whereNot({ status: 'active' }).pluck('id')).toEqual([]);
     } finally {
       await db.drop();
     }

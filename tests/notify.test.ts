@@ -728,7 +728,7 @@ describe('suspend notify', () => {
     expect(await claimers()).toEqual([{ idle: true }]);
     hook.held.shift()?.writeHead(200).end();
 
-    expect((await delivering).code).toBe(0);
+    expect(await delivering).toMatchObject({ code: 0 });
     const ids = hook.requests.flatMap((req) => eventsOf(req).map((e) => e.id));
     expect(ids.sort()).toEqual(backfillRows.map((x) => x.id).sort());
     expect((await outbox()).every((x) => x.status === 'sent')).toBe(true);

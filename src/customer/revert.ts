@@ -59,8 +59,9 @@ export interface RevertResult {
   run: RunRecord | null;
   /** An earlier revert of the target that stopped part way, which this one continues (its id). */
   continues: string | null;
-  /** Changes that stopped revert had made: the ledger row counts them with this call's. */
+  /** What that stopped revert had done (from its history rows): the ledger row counts it with this call's. */
   continuedChanges?: number;
+  continuedHostRestored?: number;
   dryRun: boolean;
   restored: RevertItem[];
   leftAlone: LeftAlone[];
@@ -76,8 +77,13 @@ interface PlanRow {
   latest_run: string | null;
   latest_kind: string | null;
   latest_is_target: boolean;
-  /** Some history row of this key (any policy) is later than the run's, from another run, not undone. */
+  /**
+   * Some history row of this key (any policy) that wrote host columns is later than the run's, from
+   * another run, not undone: the host values are that run's now.
+   */
   key_touched_later: boolean;
+  /** The stopped revert this one continues restored this account+policy already. */
+  done_before: boolean;
   current: StoredRow;
 }
 
@@ -109,7 +115,13 @@ select t.id::text as history_id, t.customer_key as key, t.policy, t.previous_sta
        l.run_id::text as latest_run, r.kind as latest_kind, l.id = t.id as latest_is_target,
        exists (select 1 from live h2
                 where h2.customer_key = t.customer_key and h2.id > t.id
-                  and h2.run_id is distinct from :runId) as key_touched_later,
+                  and h2.run_id is distinct from :runId
+                  and h2.run_id is distinct from :continues::bigint
+                  -- only a change that wrote host columns holds them
+                  and jsonb_typeof(h2.previous_state->'host') = 'object') as key_touched_later,
+       exists (select 1 from :history: h3
+                where h3.run_id = :continues::bigint and h3.customer_key = t.customer_key
+                  and h3.policy = t.policy and h3.id > t.id) as done_before,
        to_jsonb(s) as current
   from target t
   join latest l on l.customer_key = t.customer_key and l.policy = t.policy
@@ -141,14 +153,15 @@ async function readPlan(
   schema: string,
   runId: string,
   keys: string[],
-  lock: boolean,
+  options: { lock: boolean; continues: string | null },
 ): Promise<PlanRow[]> {
-  const result = await knex.raw<{ rows: PlanRow[] }>(PLAN_SQL + (lock ? ' for update of s' : ''), {
+  const result = await knex.raw<{ rows: PlanRow[] }>(PLAN_SQL + (options.lock ? ' for update of s' : ''), {
     history: `${schema}.history`,
     states: `${schema}.account_states`,
     runs: `${schema}.runs`,
     runId,
     keys,
+    continues: options.continues,
   });
   return result.rows;
 }
@@ -177,20 +190,28 @@ interface PagePlan {
   host: { key: string; column: string; value: string | null }[];
 }
 
-function planPage(
-  rows: PlanRow[],
-  exclusions: Map<string, { reason: string }>,
-  continues: string | null,
-): PagePlan {
+function planPage(rows: PlanRow[], exclusions: Map<string, { reason: string }>): PagePlan {
   const plan: PagePlan = { restore: [], leftAlone: [], host: [] };
   const hostBlocked = new Set(rows.filter((r) => r.key_touched_later).map((r) => r.key));
   const hostDone = new Set<string>();
+  const restoreHost = (row: PlanRow) => {
+    const host = row.previous_state?.host;
+    if (!host || hostBlocked.has(row.key) || hostDone.has(row.key)) return;
+    hostDone.add(row.key);
+    for (const [column, value] of Object.entries(host)) {
+      plan.host.push({ key: row.key, column, value: hostValueText(value) });
+    }
+  };
   for (const row of rows) {
     const state = restoredState(row.previous_state, row.current);
     const item = { key: row.key, policy: row.policy, from: row.current.stage, to: state.stage };
     const excluded = exclusions.get(row.key);
-    // Restored already, by the stopped revert this one continues.
-    if (continues !== null && row.latest_run === continues) continue;
+    if (row.done_before) {
+      // The stopped revert this one continues restored the state; the host values it may have had
+      // to hold back then (a later run, undone since, had touched the account) come back now.
+      restoreHost(row);
+      continue;
+    }
     if (!row.latest_is_target) {
       plan.leftAlone.push({
         ...item,
@@ -200,13 +221,7 @@ function planPage(
       plan.leftAlone.push({ ...item, why: `excluded: ${excluded.reason}` });
     } else {
       plan.restore.push({ row, state });
-      const host = row.previous_state?.host;
-      if (host && !hostBlocked.has(row.key) && !hostDone.has(row.key)) {
-        hostDone.add(row.key);
-        for (const [column, value] of Object.entries(host)) {
-          plan.host.push({ key: row.key, column, value: hostValueText(value) });
-        }
-      }
+      restoreHost(row);
     }
   }
   return plan;
@@ -230,12 +245,24 @@ function alreadyReverted(id: string, chain: RevertLink[]): string {
   return `Run ${id}'s changes are partly undone (${steps}); to finish, ${undoAdvice(id, chain)}.`;
 }
 
+async function wroteHistory(knex: Knex, schema: string, runId: string): Promise<boolean> {
+  const r = await knex.raw<{ rows: unknown[] }>('select 1 from ?? where run_id = ? limit 1', [
+    `${schema}.history`,
+    runId,
+  ]);
+  return r.rows.length > 0;
+}
+
 export async function revertRun(knex: Knex, rules: Rules, options: RevertOptions): Promise<RevertResult> {
   const schema = rules.settings.schema;
   await requireMigrated(knex, schema);
   const target = await getRun(knex, schema, options.runId);
   if (!target) throw new UsageError(`There is no run ${options.runId}; \`suspend runs\` lists them.`);
-  if (target.kind === 'revert' && target.status !== 'succeeded') {
+  if (
+    target.kind === 'revert' &&
+    target.status !== 'succeeded' &&
+    (await wroteHistory(knex, schema, target.id))
+  ) {
     // Reverting part of a revert would leave the target's changes split between runs.
     throw new UsageError(
       `Run ${target.id} is a revert of run ${target.revertsRunId ?? '?'} that did not finish; \`suspend revert ${target.revertsRunId ?? '?'}\` finishes it, and then it can be reverted.`,
@@ -272,8 +299,15 @@ export async function revertRun(knex: Knex, rules: Rules, options: RevertOptions
       if (result.continues !== null) {
         await setRunStatus(knex, schema, result.continues, 'running');
         result.run = await getRun(knex, schema, result.continues);
-        const before = result.run?.counts.changes;
-        result.continuedChanges = typeof before === 'number' ? before : 0;
+        // From its history rows, which commit with their page (its ledger row may be a page behind).
+        const done = await knex.raw<{ rows: { changes: string; host: string }[] }>(
+          `select count(*) as changes,
+                  count(distinct customer_key) filter (where jsonb_typeof(previous_state->'host') = 'object') as host
+             from ?? where run_id = ?`,
+          [`${schema}.history`, result.continues],
+        );
+        result.continuedChanges = Number(done.rows[0]?.changes ?? 0);
+        result.continuedHostRestored = Number(done.rows[0]?.host ?? 0);
         options.onLog?.(`continuing revert run ${result.continues}, which stopped part way`);
       } else {
         result.run = await startRun(knex, schema, {
@@ -315,7 +349,7 @@ function countsOf(result: RevertResult): Record<string, unknown> {
     changes,
     transitions: { revert: changes },
     leftAlone: result.leftAlone.length,
-    hostRestored: result.hostRestored,
+    hostRestored: result.hostRestored + (result.continuedHostRestored ?? 0),
   };
 }
 
@@ -334,9 +368,8 @@ async function revertPages(
     after = keys[keys.length - 1] as string;
     if (options.dryRun) {
       const plan = planPage(
-        await readPlan(knex, schema, result.target.id, keys, false),
+        await readPlan(knex, schema, result.target.id, keys, { lock: false, continues: result.continues }),
         await activeExclusions(knex, schema, keys, options.asOf),
-        result.continues,
       );
       collect(result, plan);
     } else {
@@ -375,11 +408,10 @@ async function revertPage(
   const schema = rules.settings.schema;
   const run = result.run as RunRecord;
   const plan = planPage(
-    await readPlan(trx, schema, result.target.id, keys, true),
+    await readPlan(trx, schema, result.target.id, keys, { lock: true, continues: result.continues }),
     await activeExclusions(trx, schema, keys, options.asOf),
-    result.continues,
   );
-  if (plan.restore.length === 0) return plan;
+  if (plan.restore.length === 0 && plan.host.length === 0) return plan;
   const old = await restoreHostColumns(trx, rules.source, plan.host);
   const contacts = await customerContacts(trx, rules.source, [
     ...new Set(plan.restore.map((r) => r.row.key)),
