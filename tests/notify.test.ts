@@ -728,7 +728,12 @@ describe('suspend notify', () => {
     expect(await claimers()).toEqual([{ idle: true }]);
     hook.held.shift()?.writeHead(200).end();
 
-    expect(await delivering).toMatchObject({ code: 0 });
+    const delivered = await delivering;
+    // On failure, say why (the command's own output).
+    expect({ code: delivered.code, stderr: delivered.code === 0 ? '' : delivered.stderr }).toEqual({
+      code: 0,
+      stderr: '',
+    });
     const ids = hook.requests.flatMap((req) => eventsOf(req).map((e) => e.id));
     expect(ids.sort()).toEqual(backfillRows.map((x) => x.id).sort());
     expect((await outbox()).every((x) => x.status === 'sent')).toBe(true);
