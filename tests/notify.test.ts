@@ -704,15 +704,17 @@ describe('suspend notify', () => {
     await resetOutbox();
     const file = webhookOnlyRules(hook, false);
     const stall = holdRequest(1);
-    // Every session of the process ends after a second idle (PGOPTIONS, read by node-postgres).
+    // Every session of the process ends after 3 s idle (PGOPTIONS, read by node-postgres). Not less:
+    // a pool connection left idle that long by a starved process (CI's two workers on two cores) can
+    // be ended just as it is used again, which is the timeout doing its job, not the claim failing.
     const delivering = runCli(['notify', '--rules', file, '--database-url', db.url], {
-      env: { SMTP_URL: smtp.url, PGOPTIONS: '-c idle_session_timeout=1000' },
+      env: { SMTP_URL: smtp.url, PGOPTIONS: '-c idle_session_timeout=3000' },
     });
     await stall;
     const claimers = async () =>
       (
         await db.knex.raw<{ rows: { idle: boolean }[] }>(
-          `select now() - a.state_change > interval '1.5 s' as idle
+          `select now() - a.state_change > interval '3.5 s' as idle
              from pg_locks l join pg_stat_activity a on a.pid = l.pid
             where l.locktype = 'advisory' and l.granted and l.classid = ?
               and l.database = (select oid from pg_database where datname = current_database())`,
