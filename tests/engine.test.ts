@@ -1069,6 +1069,41 @@ describe('host columns and tags across stages and episodes', () => {
     }
   });
 
+  test('reverting a run leaves the status to a later stage that sets the same value, though that stage wrote nothing', async () => {
+    const { db, run, host, owes } = await oneCustomer(
+      `${DEBT_LOCKED}  late:
+    reinstate: auto
+    stages:
+      - name: locked
+        when: { invoice_overdue_for: 40 days }
+        actions: [suspend, { set: { status: locked } }]
+`,
+      { status: 'active' },
+    );
+    try {
+      await owes('2026-09-10');
+      await run('backfill', '2026-10-15'); // debt locks the account
+      await run('sweep', '2026-10-25'); // late locks it too: the status is locked already
+      const rules = await rulesWith(DEBT_LOCKED);
+      const [backfill] = (await db.knex('suspend.runs').orderBy('id').pluck('id')) as string[];
+      await revertRun(db.knex, rules, {
+        runId: String(backfill),
+        dryRun: false,
+        actor: 'test',
+        asOf: '2026-10-26',
+        wait: false,
+        batchSize: 10,
+      });
+      expect(await db.knex('suspend.account_states').orderBy('policy').pluck('stage')).toEqual([
+        null,
+        'locked',
+      ]);
+      expect(await host()).toEqual({ status: 'locked' });
+    } finally {
+      await db.drop();
+    }
+  });
+
   test('a revert that stopped gives the status back when continued, after the later run that held it was reverted', async () => {
     const { db, run, host, owes } = await oneCustomer(`${DEBT_LOCKED}${AWAY_IDLE}`, {
       status: 'active',

@@ -78,8 +78,9 @@ interface PlanRow {
   latest_kind: string | null;
   latest_is_target: boolean;
   /**
-   * Some history row of this key (any policy) that wrote host columns is later than the run's, from
-   * another run, not undone: the host values are that run's now.
+   * Some history row of this key (any policy) is later than the run's, from another run, not undone,
+   * and may hold its host columns (it wrote some, or it entered a stage): the host values are that
+   * run's now.
    */
   key_touched_later: boolean;
   /** The stopped revert this one continues restored this account+policy already. */
@@ -117,8 +118,11 @@ select t.id::text as history_id, t.customer_key as key, t.policy, t.previous_sta
                 where h2.customer_key = t.customer_key and h2.id > t.id
                   and h2.run_id is distinct from :runId
                   and h2.run_id is distinct from :continues::bigint
-                  -- only a change that wrote host columns holds them
-                  and jsonb_typeof(h2.previous_state->'host') = 'object') as key_touched_later,
+                  -- a change to clear that wrote no host columns holds none (e.g. a stopped revert
+                  -- of an earlier run); one into a stage may hold them with the value they had
+                  and not (h2.to_stage is null
+                           and jsonb_typeof(h2.previous_state->'host') is distinct from 'object')
+               ) as key_touched_later,
        exists (select 1 from :history: h3
                 where h3.run_id = :continues::bigint and h3.customer_key = t.customer_key
                   and h3.policy = t.policy and h3.id > t.id) as done_before,
