@@ -287,7 +287,10 @@ export interface OutboxPayload {
   reasons: Reason[];
   /** Actions of the stage entered: `notify_customer` asks for a mail to the customer too. */
   actions: Action['type'][];
-  /** The names its `tag` actions add to the account's state for the episode; absent when none. */
+  /**
+   * The names its `tag` actions add to the account's state for the episode (a revert: the tags of the
+   * state it restores); absent when none.
+   */
   tags?: string[];
   actor: string;
 }

@@ -1035,6 +1035,21 @@ describe('host columns and tags across stages and episodes', () => {
       await pays('2026-11-06');
       await run('sweep', '2026-11-07');
       expect(await tags(db)).toEqual({ tags: [] });
+      // Reverting the sweep that cleared it restores the paused state, its tags, and says so.
+      const cleared = (await db.knex('suspend.runs').orderBy('id', 'desc').first('id')) as { id: string };
+      await revertRun(db.knex, await rulesWith(DUNNING), {
+        runId: String(cleared.id),
+        dryRun: false,
+        actor: 'test',
+        asOf: '2026-11-08',
+        wait: false,
+        batchSize: 10,
+      });
+      expect(await tags(db)).toEqual({ tags: ['reminded', 'paused_once'] });
+      const reverted = await db.knex('suspend.outbox').where({ event: 'revert' }).pluck('payload');
+      expect(reverted.map((p: { to: string; tags?: string[] }) => [p.to, p.tags])).toEqual([
+        ['paused', ['reminded', 'paused_once']],
+      ]);
     } finally {
       await db.drop();
     }

@@ -449,6 +449,8 @@ async function revertPage(
         message: state.message,
         reasons: state.reasons,
         actions: [],
+        // The tags the restored state carries for its episode, as an event into a stage does.
+        ...(state.tags.length > 0 ? { tags: state.tags } : {}),
         actor: options.actor,
       },
     };
