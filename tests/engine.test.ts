@@ -1253,6 +1253,72 @@ describe('a revert that stopped part way', () => {
       await db.drop();
     }
   });
+  test('a dry run beside an unfinished revert says whether it stopped or is still running', async () => {
+    const db = await seeded(300, 3);
+    try {
+      const file = writeRules(ENGINE_RULES.replace('settings:\n', 'settings:\n  max_changes: 100%\n'));
+      const rules = await loadRules({ file, cwd: ROOT });
+      const backfill = (await runBatch(db.knex, rules, { ...backfillOptions(100), asOf: AS_OF })).run!.id;
+      const revert = () =>
+        revertRun(db.knex, rules, {
+          runId: backfill,
+          dryRun: false,
+          actor: 'test',
+          asOf: '2027-01-05',
+          wait: false,
+          batchSize: 3,
+        });
+      const dryRun = () =>
+        runCli(['revert', backfill, '--dry-run', '--rules', file, '--database-url', db.url]);
+      // Past 20 restored states (its first pages of 3 accounts committed) the revert's next one
+      // raises (stopped), or waits for a lock the test holds (running).
+      const past20 = (then: string) =>
+        db.knex.raw(`create or replace function suspend.past_20() returns trigger language plpgsql as $$
+          begin
+            if (select count(*) from suspend.history where run_id = new.run_id) >= 20 then ${then}; end if;
+            return new;
+          end $$`);
+      await past20(`raise exception 'stopped for the test'`);
+      await db.knex.raw(`create trigger past_20 before insert on suspend.history
+        for each row when (new.kind = 'revert') execute function suspend.past_20()`);
+      await expect(revert()).rejects.toThrow('stopped for the test');
+      const [stopped] = (await db
+        .knex('suspend.runs')
+        .where({ reverts_run_id: backfill })
+        .pluck('id')) as string[];
+      const said = await dryRun();
+      expect(said.code).toBe(0);
+      expect(said.stdout).toContain(`(continuing revert run ${stopped}, which stopped part way)`);
+
+      await past20('perform pg_advisory_xact_lock(4242)');
+      const held = await db.knex.transaction();
+      try {
+        await held.raw('select pg_advisory_xact_lock(4242)');
+        const running = revert();
+        running.catch(() => undefined);
+        // Until the continued revert waits in its page.
+        for (let i = 0; i < 200; i++) {
+          const waiting = await db.knex.raw<{ rows: unknown[] }>(
+            `select 1 from pg_locks where locktype = 'advisory' and objid = 4242 and not granted`,
+          );
+          if (waiting.rows.length > 0) break;
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+        const live = await dryRun();
+        expect(live.code).toBe(0);
+        expect(live.stdout).toContain(
+          `(revert run ${stopped} is still running in another process; this is what it has yet to do)`,
+        );
+        await held.commit();
+        await db.knex.raw('drop trigger past_20 on suspend.history');
+        expect((await running).run).toMatchObject({ id: String(stopped), status: 'succeeded' });
+      } finally {
+        if (!held.isCompleted()) await held.rollback();
+      }
+    } finally {
+      await db.drop();
+    }
+  });
 });
 
 describe('runs move forward in time', () => {

@@ -1,11 +1,19 @@
 import type { Knex } from 'knex';
 import { requireMigrated } from '../db/migrate';
 import { UsageError, errorMessage } from '../errors';
-import { acquireRunLock, confirmLockHeld, type HeldLock, type LockProof } from '../engine/lock';
+import {
+  acquireRunLock,
+  confirmLockHeld,
+  runLockHolders,
+  type HeldLock,
+  type LockProof,
+} from '../engine/lock';
 import {
   finishRun,
   getRun,
   heartbeat,
+  processGone,
+  recordLockSession,
   revertChain,
   setRunStatus,
   startRun,
@@ -59,6 +67,8 @@ export interface RevertResult {
   run: RunRecord | null;
   /** An earlier revert of the target that stopped part way, which this one continues (its id). */
   continues: string | null;
+  /** A dry run's: that revert is not stopped but still running in another process. */
+  continuesRunning?: boolean;
   /** What that stopped revert had done (from its history rows): the ledger row counts it with this call's. */
   continuedChanges?: number;
   continuedHostRestored?: number;
@@ -288,8 +298,13 @@ export async function revertRun(knex: Knex, rules: Rules, options: RevertOptions
     result.continues = chain[0]?.id ?? null;
   };
   let lock: HeldLock | null = null;
-  if (options.dryRun) await checkChain();
-  else {
+  if (options.dryRun) {
+    await checkChain();
+    // A dry run takes no lock: the unfinished revert may be one another process is running now.
+    const unfinished = result.continues === null ? null : await getRun(knex, schema, result.continues);
+    if (unfinished?.status === 'running' && !processGone(unfinished, await runLockHolders(knex, schema)))
+      result.continuesRunning = true;
+  } else {
     lock = await acquireRunLock(knex, schema, {
       wait: options.wait,
       description: `suspend revert ${target.id} by ${options.actor} (pid ${process.pid})`,
@@ -324,6 +339,8 @@ export async function revertRun(knex: Knex, rules: Rules, options: RevertOptions
           revertsRunId: target.id,
         });
       }
+      // So that `suspend runs` and a dry run can tell this process from another run's.
+      if (lock) await recordLockSession(knex, schema, result.run!.id, lock.proof.pid);
     }
     try {
       await revertPages(knex, rules, options, result, lock?.proof ?? null);

@@ -262,6 +262,18 @@ export async function recordLockSession(
   );
 }
 
+/**
+ * Whether a run still marked running has no process left, given the sessions holding the run lock
+ * (runLockHolders): the session it recorded holds none; a run without one (an older row) is alive
+ * while anyone holds it. A shared --shard run waits for shards that may not have started: no process
+ * is expected, so it is never judged gone.
+ */
+export function processGone(run: RunRecord, holders: ReadonlySet<number>): boolean {
+  if (run.status !== 'running' || typeof run.options.shards === 'number') return false;
+  const session = run.options.lockSession;
+  return typeof session === 'number' ? !holders.has(session) : holders.size === 0;
+}
+
 /** Keeps `heartbeat_at` fresh so `suspend runs` can tell a live run from a crashed one. */
 export async function heartbeat(
   knex: Knex | Knex.Transaction,

@@ -14,13 +14,21 @@ interface RevertFlags extends CommonOptions {
   batchSize?: number;
 }
 
+/** A dry run's note on an unfinished revert of the same run: stopped part way, or running now. */
+function continuing(r: RevertResult): string {
+  if (r.continues === null) return '';
+  return r.continuesRunning
+    ? ` (revert run ${r.continues} is still running in another process; this is what it has yet to do)`
+    : ` (continuing revert run ${r.continues}, which stopped part way)`;
+}
+
 function render(r: RevertResult): string {
   const t = r.target;
   // Continuing a revert that stopped: what this call restored, and what the run has in all.
   const more = r.continues === null ? '' : ' more';
   const inAll = r.continuedChanges ? ` (${r.restored.length + r.continuedChanges} in all)` : '';
   const head = r.dryRun
-    ? `Dry run: reverting run ${t.id} (${t.kind} as of ${t.asOf}) would restore ${r.restored.length}${more} account state(s)${r.continues === null ? '' : ` (continuing revert run ${r.continues}, which stopped part way)`} and leave ${r.leftAlone.length} alone; nothing was written.`
+    ? `Dry run: reverting run ${t.id} (${t.kind} as of ${t.asOf}) would restore ${r.restored.length}${more} account state(s)${continuing(r)} and leave ${r.leftAlone.length} alone; nothing was written.`
     : `Run ${t.id} (${t.kind} as of ${t.asOf}) reverted by run ${r.run?.id ?? '?'}: ${r.restored.length}${more} account state(s) restored${inAll}, ${r.leftAlone.length} left alone.`;
   const lines = [head];
   if (r.restored.length > 0) {

@@ -10,6 +10,7 @@ import {
   listRuns,
   runCheckpoints,
   type RunRecord,
+  processGone,
 } from '../../engine/ledger';
 import { runLockHolders } from '../../engine/lock';
 import { requireMigrated } from '../../db/migrate';
@@ -29,19 +30,12 @@ type ShownRun = RunRecord & { processGone?: true };
 async function shown(knex: Knex, schema: string, records: RunRecord[]): Promise<ShownRun[]> {
   const unfinished = records.filter((r) => r.status === 'running').map((r) => r.id);
   const committed = await committedCounts(knex, schema, unfinished);
-  // A shared --shard run waits for shards that may not have started: no process is expected.
-  const mayBeGone = (r: RunRecord) => r.status === 'running' && typeof r.options.shards !== 'number';
+  const mayBeGone = (r: RunRecord) => r.status === 'running';
   const holders = records.some(mayBeGone) ? await runLockHolders(knex, schema) : new Set<number>();
-  // The session the run recorded holds the lock; a run without one (a revert, a reinstatement, an
-  // older row) is alive while anyone holds it.
-  const gone = (r: RunRecord) => {
-    const session = r.options.lockSession;
-    return typeof session === 'number' ? !holders.has(session) : holders.size === 0;
-  };
   return records.map((r) => ({
     ...r,
     counts: r.status === 'running' ? runningCounts(r.counts, committed.get(r.id)) : r.counts,
-    ...(mayBeGone(r) && gone(r) ? { processGone: true as const } : {}),
+    ...(processGone(r, holders) ? { processGone: true as const } : {}),
   }));
 }
 
