@@ -339,3 +339,21 @@ test('reinstate then revert of the reinstatement brings the suspension and its h
     /delinquency: revert clear -> suspended {2}by finn \(run \d+ revert\)\n[^\n]*\n {2}2026-11-23 {2}delinquency: reinstate suspended -> clear {2}by finn/,
   );
 });
+
+test('a database error nothing foresaw names its cause, not the first line of the statement', async () => {
+  await db.knex.raw(`create function suspend.no_runs() returns trigger language plpgsql as $$
+    begin raise exception 'no runs today (a test trigger)'; end $$`);
+  await db.knex.raw(
+    'create trigger no_runs before insert on suspend.runs for each row execute function suspend.no_runs()',
+  );
+  try {
+    const r = await cli(['revert', runB, '--as-of', '2026-11-23']);
+    expect(r).toMatchObject({
+      code: 1,
+      stderr:
+        'error: unexpected failure: no runs today (a test trigger)\nRun again with --debug for details.\n',
+    });
+  } finally {
+    await db.knex.raw('drop trigger no_runs on suspend.runs');
+  }
+});

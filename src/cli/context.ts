@@ -6,6 +6,7 @@ import {
   checkDatabaseName,
   connect,
   describeDatabaseError,
+  driverMessage,
   resolveDatabaseUrl,
   validateUrl,
   withDatabase,
@@ -13,6 +14,7 @@ import {
 } from '../db/connection';
 import { SuspendError, ExitCode, errorMessage, UsageError } from '../errors';
 import type { Rules } from '../types';
+import { sqlState } from '../db/sqlstate';
 
 /** Options every command accepts (see `withCommonOptions`). */
 export interface CommonOptions {
@@ -135,7 +137,9 @@ export function reportError(err: unknown, debug: boolean): number {
     if (debug) process.stderr.write(`${err.stack ?? ''}\n`);
     return err.exitCode;
   }
-  process.stderr.write(`${chalk.red('error:')} unexpected failure: ${errorMessage(err).split('\n')[0]}\n`);
+  // A database error's message starts with the statement: its first line said nothing of the cause.
+  const message = sqlState(err) ? driverMessage(errorMessage(err)) : errorMessage(err).split('\n')[0];
+  process.stderr.write(`${chalk.red('error:')} unexpected failure: ${message}\n`);
   if (debug) process.stderr.write(`${(err as Error)?.stack ?? String(err)}\n`);
   else process.stderr.write('Run again with --debug for details.\n');
   return ExitCode.failed;
