@@ -293,7 +293,6 @@ export async function serverAnswers(url: string): Promise<boolean> {
 }
 
 /** The driver's message without the statement knex puts in front of it ("select ... - permission denied"). */
-/** The server's own sentence in a knex error's message, which starts with the statement it ran. */
 export function driverMessage(message: string): string {
   const dash = message.lastIndexOf(' - ');
   const own = dash >= 0 ? message.slice(dash + 3) : message;
