@@ -30,8 +30,7 @@ type ShownRun = RunRecord & { processGone?: true };
 async function shown(knex: Knex, schema: string, records: RunRecord[]): Promise<ShownRun[]> {
   const unfinished = records.filter((r) => r.status === 'running').map((r) => r.id);
   const committed = await committedCounts(knex, schema, unfinished);
-  const mayBeGone = (r: RunRecord) => r.status === 'running';
-  const holders = records.some(mayBeGone) ? await runLockHolders(knex, schema) : new Set<number>();
+  const holders = unfinished.length > 0 ? await runLockHolders(knex, schema) : new Set<number>();
   return records.map((r) => ({
     ...r,
     counts: r.status === 'running' ? runningCounts(r.counts, committed.get(r.id)) : r.counts,
