@@ -92,11 +92,44 @@ export interface KnexOptions {
   preparedStatements?: boolean;
 }
 
+/** How long the pool keeps a session nobody uses (tarn's default, said here because IDLE_FLOOR_MS depends on it). */
+const POOL_IDLE_MS = 30_000;
+
+/**
+ * The least idle_session_timeout (Postgres 14+) a pooled session keeps: past the pool's own limit, so
+ * that the pool closes an idle session before the server does. A session the server ends while
+ * idle in the pool can be handed out in the moment its end is on the way, and the statement given
+ * to it fails the command. Sessions still do not idle for long: the pool closes them.
+ */
+const IDLE_FLOOR_MS = POOL_IDLE_MS + 10_000;
+
+/** A session's idle_session_timeout (`value`, in ms, 0 for none) raised to IDLE_FLOOR_MS if lower. */
+const idleFloor = (value: string) =>
+  `case when ${value}::bigint between 1 and ${IDLE_FLOOR_MS - 1} then '${IDLE_FLOOR_MS}' else ${value} end`;
+
+const RAISE_IDLE_TIMEOUT = `select set_config(name, ${idleFloor('setting')}, false) from pg_settings
+  where name = 'idle_session_timeout'`;
+
 export function createKnex(url: string, options: KnexOptions = {}): Knex {
+  const pooled = options.preparedStatements !== false;
   const knex = knexFactory({
     client: 'pg',
     connection: { connectionString: url, application_name: options.applicationName ?? 'suspend' },
-    pool: { min: 0, max: options.pool ?? 4 },
+    pool: {
+      min: 0,
+      max: options.pool ?? 4,
+      idleTimeoutMillis: POOL_IDLE_MS,
+      // Behind PgBouncer in transaction mode a session setting would land on a server connection
+      // others share, and the server's timeout ends PgBouncer's connections, not ours.
+      ...(pooled && {
+        afterCreate: (conn: pg.Client, done: (err: Error | null, conn: pg.Client) => void) => {
+          conn.query(RAISE_IDLE_TIMEOUT).then(
+            () => done(null, conn),
+            (err: Error) => done(err, conn),
+          );
+        },
+      }),
+    },
     // Large pages are read with explicit keyset queries; no ORM-style result wrapping.
     asyncStackTraces: false,
     // knex logs to the console (stdout); suspend's errors are reported by the CLI instead.
@@ -240,8 +273,13 @@ export function noTimeouts(local: boolean): string {
   return `(select count(set_config(name, '0', ${local})) from pg_settings where name in (${TIMEOUTS}))`;
 }
 
-/** The statement that gives a session back the timeouts noTimeouts(false) took, before the pool has it again. */
-export const RESTORE_TIMEOUTS = `select count(set_config(name, reset_val, false)) from pg_settings where name in (${TIMEOUTS})`;
+/**
+ * The statement that gives a session back the timeouts noTimeouts(false) took, before the pool has it
+ * again: as createKnex left them (the idle one no lower than IDLE_FLOOR_MS).
+ */
+export const RESTORE_TIMEOUTS = `select count(set_config(name,
+    case when name = 'idle_session_timeout' then ${idleFloor('reset_val')} else reset_val end, false))
+  from pg_settings where name in (${TIMEOUTS})`;
 
 /**
  * A knex on the same database as `knex`, with a pool of its own (its own sessions: for a lock held
