@@ -50,6 +50,29 @@ describe('suspend rules check', () => {
     expect(r.stdout).toContain('organizations with overrides: 2, 3');
   });
 
+  test('an exclusion until a day that no calendar has (month 13, day 32) is one line, exit 2', async () => {
+    const file = writeRules(`version: 1
+policies:
+  p:
+    stages:
+      - name: s
+        when: { past_due_for: 30 days }
+exclusions:
+  - { key: "11", reason: VIP, until: 2026-13-45 }
+  - { key: "12", reason: VIP, until: "2026-12-32" }
+`);
+    const r = await runCli(['rules', 'check', '--rules', file]);
+    const display = path.relative(ROOT, file);
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(r.stderr).not.toContain('unexpected failure');
+    expect(r.stderr).toContain(
+      `${display}:8 exclusions[0].until: "2026-13-45" is not a day written YYYY-MM-DD`,
+    );
+    expect(r.stderr).toContain(
+      `${display}:9 exclusions[1].until: "2026-12-32" is not a day written YYYY-MM-DD`,
+    );
+  });
+
   test('a webhook without a secret is valid, with a note giving its line and what to set', async () => {
     const file = writeRules(`version: 1
 policies:

@@ -166,5 +166,8 @@ export function todayUtc(now: Date = new Date()): IsoDate {
 }
 
 export function isIsoDate(value: string): boolean {
-  return /^\d{4}-\d{2}-\d{2}$/.test(value) && fromDayNumber(toDayNumber(value)) === value;
+  if (!/^\d{4}-\d{2}-\d{2}$/.test(value)) return false;
+  // A month or day out of range (2026-13-45) is no day at all (NaN), not one of another month.
+  const day = toDayNumber(value);
+  return Number.isFinite(day) && fromDayNumber(day) === value;
 }
