@@ -210,6 +210,8 @@ export interface Rules {
   defaults: EffectiveRules;
   /** Effective rules for organizations with overrides, by organization id (as text). */
   organizations: Record<string, EffectiveRules>;
+  /** `file:line yaml.path` of a place in the rules file, for messages about it (none without a file). */
+  locate?: (path: (string | number)[]) => string;
 }
 
 /** One reason a condition held, with the values that met the threshold. */

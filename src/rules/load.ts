@@ -39,6 +39,8 @@ export interface ValidatedRules {
   raw: RawRules;
   /** What is valid but likely not meant, each as `file:line yaml.path: what and what to do`. */
   notes?: string[];
+  /** `file:line yaml.path` of a place in the file (the closest enclosing one if it is not written). */
+  locate?: (path: YamlPath) => string;
 }
 
 export async function loadRules(options: LoadOptions): Promise<Rules> {
@@ -88,7 +90,7 @@ function validateRulesDocument(
   text: string,
   display: string,
   root: YamlPath,
-): { raw: RawRules; notes: string[] } {
+): { raw: RawRules; notes: string[]; locate: (path: YamlPath) => string } {
   const parsed = parseRulesYaml(text, root);
   if (!parsed.ok) {
     throw new ValidationErrors(
@@ -116,7 +118,11 @@ function validateRulesDocument(
     throw new ValidationErrors(located.sort((a, b) => a.line - b.line).map((p) => p.text));
   }
   const raw = withMoneyAsWritten(data as RawRules, document);
-  return { raw, notes: unsignedWebhooks(raw).map((p) => formatProblem(p, document, display)) };
+  return {
+    raw,
+    notes: unsignedWebhooks(raw).map((p) => formatProblem(p, document, display)),
+    locate: (path) => `${display}:${document.lineOf(path, true)} ${formatPath(path)}`,
+  };
 }
 
 /** Webhooks without a secret: valid (a receiver on a private network may not check), but unsigned. */
@@ -196,7 +202,7 @@ function policiesOf(raw: Record<string, RawPolicy> | undefined) {
 }
 
 /** A validated file → `Rules`: defaults plus one `EffectiveRules` per organization with overrides. */
-export function buildRules({ file, raw }: ValidatedRules): Rules {
+export function buildRules({ file, raw, locate }: ValidatedRules): Rules {
   const settings = convertSettings(raw.settings, DEFAULT_SETTINGS);
   const notifications = convertNotifications(raw.notifications, DEFAULT_NOTIFICATIONS);
   const exclusions: ExclusionRule[] = (raw.exclusions ?? []).map(convertExclusion);
@@ -228,6 +234,7 @@ export function buildRules({ file, raw }: ValidatedRules): Rules {
     source,
     defaults,
     organizations,
+    ...(locate && { locate }),
   };
 }
 

@@ -5,7 +5,7 @@ import { parse, stringify } from 'yaml';
 import { buildRules, validateRulesText } from '../../src/rules/load';
 import { UsageError } from '../../src/errors';
 import type { TestDatabase } from '../helpers/database';
-import { checksumTables, writeRules } from '../helpers/fixtures';
+import { checksumTables, ENGINE_RULES, writeRules } from '../helpers/fixtures';
 import { ROOT } from '../helpers/server';
 import { AS_OF, cli, seededDatabase, STACK_FRAME } from '../helpers/reliability';
 
@@ -324,5 +324,27 @@ describe('bad rules through the CLI', () => {
       }
     }
     expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
+  });
+
+  test('a mapped column the table lacks is refused before the run opens: its line, the columns there are; the corrected file runs', async () => {
+    const typo = ENGINE_RULES.replace(
+      '    consent: [marketing_opt_out]\n',
+      '    consent: [marketing_opt_out]\n  invoices:\n    table: invoices\n    amount: amount\n',
+    );
+    const file = writeRules(typo, 'typo.yaml');
+    const line = typo.split('\n').indexOf('    amount: amount') + 1;
+    const before = await checksumTables(db.knex, ['public', 'suspend']);
+    for (const command of [['backfill', '--no-notify'], ['sweep', '--no-notify'], ['report']]) {
+      const r = await cli(db, [...command, '--as-of', AS_OF], file);
+      expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+      expect(r.stderr).toBe(
+        `error: ${path.relative(ROOT, file)}:${line} source.invoices.amount: table "invoices" has no column "amount"; name one of its columns (id, customer_id, issued_on, due_on, amount_cents, paid_cents, paid_on).\n`,
+      );
+    }
+    // No ledger row either: a backfill left "interrupted" would refuse the corrected file.
+    expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
+    const fixed = writeRules(ENGINE_RULES, 'fixed.yaml');
+    const r = await cli(db, ['backfill', '--as-of', AS_OF, '--no-notify'], fixed);
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
   });
 });
