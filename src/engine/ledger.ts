@@ -263,6 +263,24 @@ export async function recordLockSession(
 }
 
 /**
+ * A resumed run whose rules changed since it started: its ledger row keeps the rules it started
+ * with and lists each later set (the history rows of its pages say which rules judged them).
+ */
+export async function recordRulesChange(
+  knex: Knex | Knex.Transaction,
+  schema: string,
+  id: string,
+  rules: { hash: string; file: string | null },
+): Promise<void> {
+  await knex.raw(
+    `update ?? set options = jsonb_set(options, '{rulesChanged}', coalesce(options->'rulesChanged', '[]'::jsonb)
+       || jsonb_build_array(jsonb_build_object('rulesHash', ?::text, 'rulesFile', ?::text, 'at', now())))
+      where id = ?`,
+    [`${schema}.runs`, rules.hash, rules.file, id],
+  );
+}
+
+/**
  * Whether a run still marked running has no process left, given the sessions holding the run lock
  * (runLockHolders): the session it recorded holds none; a run without one (an older row) is alive
  * while anyone holds it. A shared --shard run waits for shards that may not have started: no process

@@ -28,6 +28,7 @@ import {
   heartbeat,
   markInterrupted,
   recordLockSession,
+  recordRulesChange,
   revertChain,
   setRunStatus,
   startRun,
@@ -407,6 +408,19 @@ async function openRun(
   return { run, workers: freshWorkers(ranges, SHARD_ALL) };
 }
 
+/** The --org list a run was started with (null: every organization). */
+function orgsOfRun(run: RunRecord): string[] | null {
+  const listed = run.options.orgs;
+  if (Array.isArray(listed)) return listed.map(String);
+  return run.orgFilter === null ? null : run.orgFilter.split(',');
+}
+
+function sameOrgs(a: string[] | null, b: string[] | null): boolean {
+  if (a === null || b === null) return a === b;
+  const set = new Set(a);
+  return set.size === new Set(b).size && b.every((o) => set.has(o));
+}
+
 /** The ledger's `org_filter`: the --org list, or null for every organization. */
 function orgFilterOf(options: BatchOptions): string | null {
   return options.orgs?.join(',') ?? null;
@@ -540,7 +554,17 @@ async function resumeRun(
   shard: string,
 ): Promise<WorkerStart[]> {
   const schema = rules.settings.schema;
-  if (unfinished.rulesHash !== rules.hash) {
+  // The run goes on over the organizations it started with: an --org list that differs would end
+  // it as succeeded with the others' accounts never judged (and no run left to resume them).
+  const runOrgs = orgsOfRun(unfinished);
+  if (options.orgs && !sameOrgs(options.orgs, runOrgs)) {
+    throw new UsageError(
+      `Backfill run ${unfinished.id} covers ${runOrgs ? `organization(s) ${runOrgs.join(', ')}` : 'every organization'}, and --resume continues it as it started; leave out --org${runOrgs ? ` or give --org ${runOrgs.join(' ')}` : ''}, or abandon it (\`suspend backfill --abandon ${unfinished.id}\`) and start the backfill you want.`,
+    );
+  }
+  options.orgs = runOrgs;
+  const changedRules = unfinished.rulesHash !== rules.hash;
+  if (changedRules) {
     options.onLog?.(
       `note: the rules changed since run ${unfinished.id} started; the remaining pages use the current rules`,
     );
@@ -565,6 +589,8 @@ async function resumeRun(
       `note: run ${unfinished.id} continues with the ${ranges.length} worker(s) it started with`,
     );
   }
+  // Refused no more: the ledger says which rules the rest of the run is judged by.
+  if (changedRules) await recordRulesChange(knex, schema, unfinished.id, rules);
   const shards = unfinished.options.shards;
   if (typeof shards === 'number') await closeShard(knex, schema, unfinished.id, shards, shard, null);
   else await setRunStatus(knex, schema, unfinished.id, 'running');
@@ -643,10 +669,12 @@ async function realRun(
     await checkConnectionRoom(knex, { workers: options.workers ?? 1, perWorker: PIPELINE_CONNECTIONS });
   }
   const opened = await openRun(knex, rules, options, total);
+  // A resumed run goes on over its own organizations (see resumeRun), which --org may not have said.
+  const accounts = options.resume ? await countAccounts(knex, rules, options) : total;
   // A run the shards share has a session per shard: `runs` does not judge it.
   if (!sharded(options.shard)) await recordLockSession(knex, rules.settings.schema, opened.run.id, lock.pid);
   return withPipelinePool(knex, opened.workers.length, (pool) =>
-    walkRun(knex, pool, rules, options, { ...opened, total, lock }),
+    walkRun(knex, pool, rules, options, { ...opened, total: accounts, lock }),
   );
 }
 

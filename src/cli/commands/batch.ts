@@ -235,13 +235,17 @@ export function registerBatch(program: Command): void {
       .command('backfill')
       .description('one-time clean-up of the whole backlog, checkpointed page by page (resumable)')
       .addOption(
-        new Option('--resume', 'continue the unfinished backfill from its last committed page').conflicts(
+        // A dry run previews a new run: it neither continues one nor gives one up.
+        new Option('--resume', 'continue the unfinished backfill from its last committed page').conflicts([
           'abandon',
-        ),
+          'dryRun',
+        ]),
       )
-      .option(
-        '--abandon [run]',
-        'give up the unfinished backfill (or run RUN, when more than one did not finish) so a new one can start',
+      .addOption(
+        new Option(
+          '--abandon [run]',
+          'give up the unfinished backfill (or run RUN, when more than one did not finish) so a new one can start',
+        ).conflicts(['dryRun', 'org']),
       ),
     'backfill',
   ).action(action('backfill'));

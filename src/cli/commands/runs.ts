@@ -107,6 +107,10 @@ export function registerRuns(program: Command): void {
         render([run], opts.format),
         '',
         `rules file: ${run.rulesFile ?? '(none)'}   rules hash: ${run.rulesHash}`,
+        ...rulesChanges(run.options).map(
+          (c) =>
+            `resumed ${c.at} with other rules: file ${c.rulesFile ?? '(none)'}   rules hash: ${c.rulesHash}`,
+        ),
         `host: ${run.host ?? ''} pid ${run.pid ?? ''}   org filter: ${run.orgFilter ?? 'all'}`,
         `options: ${JSON.stringify(run.options)}`,
         `counts: ${JSON.stringify(run.counts, null, 2)}`,
@@ -122,4 +126,14 @@ export function registerRuns(program: Command): void {
       writeArtifact(lines.join('\n'));
     });
   });
+}
+
+/** The rules a resumed run went on with when they had changed since it started (recordRulesChange). */
+function rulesChanges(
+  options: Record<string, unknown>,
+): { rulesHash: string; rulesFile: string | null; at: string }[] {
+  const changes = options.rulesChanged;
+  return Array.isArray(changes)
+    ? (changes as { rulesHash: string; rulesFile: string | null; at: string }[])
+    : [];
 }
