@@ -26,12 +26,17 @@ function paidOn(i: Inv) {
   return i.paidAfter === null ? null : addDays(dueOn(i), i.paidAfter);
 }
 
-/** Overdue on day d: after the effective due day and before the day it was paid in full. */
+/** Whether it ever owed anything: not a credit note, a zero invoice or one paid in full without paid_on. */
+function owes(i: Inv): boolean {
+  return paidOn(i) === null ? i.amount - i.partial > 0 : i.amount > 0;
+}
+
+/** Overdue on day d: it owes something, after the effective due day and before the day it was paid in full. */
 function overdueOn(i: Inv, net: number, day: string): boolean {
   const dueEff = addDays(dueOn(i), net);
   const paid = paidOn(i);
   const paidByAsOf = paid !== null && paid <= AS_OF ? paid : null;
-  return day > dueEff && (paidByAsOf === null || day < paidByAsOf);
+  return owes(i) && day > dueEff && (paidByAsOf === null || day < paidByAsOf);
 }
 
 function oracle(invoices: Inv[], net: number) {
@@ -42,11 +47,11 @@ function oracle(invoices: Inv[], net: number) {
     while (covered(addDays(first, -1))) first = addDays(first, -1);
     since = addDays(first, -1); // the due day the streak started after
   }
+  const unpaidAmount = (i: Inv) => (paidOn(i) === null ? i.amount - i.partial : i.amount);
   const unpaid = invoices.filter((i) => {
     const p = paidOn(i);
-    return p === null || p > AS_OF;
+    return (p === null || p > AS_OF) && unpaidAmount(i) > 0;
   });
-  const unpaidAmount = (i: Inv) => (paidOn(i) === null ? i.amount - i.partial : i.amount);
   const overdue = unpaid.filter((i) => addDays(dueOn(i), net) < AS_OF);
   const oldest = overdue.length
     ? Math.max(...overdue.map((i) => daysBetween(addDays(dueOn(i), net), AS_OF)))
@@ -64,10 +69,17 @@ const invoiceArb = fc
   .record({
     dueOffset: fc.integer({ min: -120, max: 20 }),
     paidAfter: fc.option(fc.integer({ min: -10, max: 150 }), { nil: null }),
-    amount: fc.integer({ min: 100, max: 50_000 }),
-    partial: fc.integer({ min: 0, max: 99 }),
+    // Some owe nothing: a credit note, a zero invoice, one paid in full but never marked paid_on (-1).
+    amount: fc.oneof(
+      { arbitrary: fc.integer({ min: 100, max: 50_000 }), weight: 6 },
+      { arbitrary: fc.constantFrom(0, -500), weight: 1 },
+    ),
+    partial: fc.oneof(
+      { arbitrary: fc.integer({ min: 0, max: 99 }), weight: 6 },
+      { arbitrary: fc.constant(-1), weight: 1 },
+    ),
   })
-  .map((i) => ({ ...i, partial: i.paidAfter === null ? i.partial : 0 }));
+  .map((i) => ({ ...i, partial: i.paidAfter !== null ? 0 : i.partial === -1 ? i.amount : i.partial }));
 
 const caseArb = fc.record({
   net: fc.constantFrom(0, 0, 15, 30),
@@ -145,6 +157,7 @@ test('a full payment ends the streak, a partial payment does not, and net terms 
     { id: 1, org_id: 1, created_at: '2024-01-01', net_terms_days: 0 },
     { id: 2, org_id: 1, created_at: '2024-01-01', net_terms_days: 0 },
     { id: 3, org_id: 1, created_at: '2024-01-01', net_terms_days: 30 },
+    { id: 4, org_id: 1, created_at: '2024-01-01', net_terms_days: 0 },
   ]);
   await db.knex('invoices').insert([
     // 1: A overdue from Sep 2, paid in full Oct 1 (so Oct 1 is not past due); B, due Oct 1, overdue
@@ -177,6 +190,14 @@ test('a full payment ends the streak, a partial payment does not, and net terms 
       paid_cents: 4000,
       paid_on: null,
     },
+    // 4: nothing it owes: a credit note, a zero invoice, and one paid in full that nobody marked
+    //    paid_on. None is overdue, so no streak starts (it once did: "$0.00 is 59 days past due").
+    ...[
+      { id: 40, amount_cents: -5000, paid_cents: 0 },
+      { id: 41, amount_cents: 0, paid_cents: 0 },
+      { id: 42, amount_cents: 1000, paid_cents: 1000 },
+      { id: 43, amount_cents: 1000, paid_cents: 5000 },
+    ].map((i) => ({ ...i, customer_id: 4, issued_on: '2026-08-01', due_on: '2026-09-01', paid_on: null })),
     // 3: due Oct 1 with 30 days of net terms: effectively due Oct 31, overdue from Nov 1.
     {
       id: 30,
@@ -188,8 +209,9 @@ test('a full payment ends the streak, a partial payment does not, and net terms 
       paid_on: null,
     },
   ]);
-  const { signals } = await readAccounts(db.knex, DEFAULT_MAPPING, AS_OF, { from: '1', to: '3' });
-  const [one, two, three] = signals;
+  const { signals } = await readAccounts(db.knex, DEFAULT_MAPPING, AS_OF, { from: '1', to: '4' });
+  const [one, two, three, four] = signals;
+  expect(four).toMatchObject({ pastDueSince: null, overdueBalance: 0, unpaidInvoiceCount: 0 });
   expect(one).toMatchObject({ pastDueSince: '2026-10-01', overdueBalance: 2000, oldestOverdueDays: 53 });
   expect(two).toMatchObject({ pastDueSince: '2026-09-01', overdueBalance: 1000, oldestOverdueDays: 83 });
   expect(three).toMatchObject({

@@ -7,14 +7,15 @@
 const SIGNALS = `
   act as (select customer_id, max(created_at)::date as last_on from reservations
            where created_at < :asOf::date + 1 group by customer_id),
-  inv as (select i.customer_id as k, i.due_on + c.net_terms_days as due_eff, i.paid_on,
+  inv as (select i.customer_id as k, i.due_on + c.net_terms_days as due_eff, i.paid_on, i.amount_cents, i.paid_cents,
                  case when i.paid_on is null then i.amount_cents - i.paid_cents
                       when i.paid_on > :asOf::date then i.amount_cents else 0 end as unpaid
             from invoices i join customers c on c.id = i.customer_id
            where i.issued_on is null or i.issued_on <= :asOf::date),
   bal as (select k, sum(unpaid) filter (where unpaid > 0 and due_eff < :asOf::date) as overdue from inv group by k),
   iv as (select k, due_eff + 1 as s, least(coalesce(paid_on - 1, :asOf::date), :asOf::date) as e from inv
-          where due_eff + 1 <= :asOf::date and (paid_on is null or paid_on > due_eff + 1)),
+          where due_eff + 1 <= :asOf::date
+            and (paid_on is null and amount_cents - paid_cents > 0 or paid_on > due_eff + 1 and amount_cents > 0)),
   streak as (select k, max(s) filter (where prev_end is null or s > prev_end + 1) - 1 as since
                from (select k, s, e, max(e) over (partition by k order by s, e rows between unbounded preceding and 1 preceding) as prev_end
                        from iv where k in (select k from iv where e = :asOf::date)) x

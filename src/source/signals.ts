@@ -11,6 +11,7 @@ import type { IsoDate, Rules, Signals, SourceMapping } from '../types';
  * Signal definitions (the contract, see README "Signals"):
  * - an invoice's effective due day is `due_on + net_terms_days`; it is overdue on every day after it
  *   until the day it is fully paid (`paid_on`), exclusive: paid on day D means not overdue on day D;
+ * - an invoice that owes nothing (amount not above what was paid, or not above zero) is never overdue;
  * - the account is past due on a day when at least one invoice is overdue that day; the streak is the
  *   unbroken run of past-due days that includes as-of (a day with nothing overdue ends it; a partial
  *   payment does not). `past_due_since` is the effective due day just before the streak's first
@@ -372,7 +373,9 @@ export function signalsQuery(
     const i = invoices;
     const paidOn = `${id(`i.${i.paidOn}`)}`;
     // Each invoice: what is unpaid on as-of (never paid in full, or paid in full only after as-of),
-    // and the days it was overdue, [due_eff + 1, paid_on - 1] clipped to as-of (iv: it has some).
+    // and the days it was overdue, [due_eff + 1, paid_on - 1] clipped to as-of (iv: it has some, and
+    // it owed something: a credit note, a zero invoice or one paid in full but not marked paid_on
+    // starts no streak).
     // Gaps and islands in one window pass: an island starts where an interval begins after every
     // earlier one has ended (+1 day); the streak is the island that reaches as-of.
     parts.push(`inv as (
@@ -384,7 +387,9 @@ export function signalsQuery(
                           when ${paidOn} > ${asOfDate()} then ${id(`i.${i.amount}`)}
                           else 0 end as unpaid,
                      ${id(`i.${i.dueOn}`)} + p.net_terms_days + 1 <= ${asOfDate()}
-                       and (${paidOn} is null or ${paidOn} > ${id(`i.${i.dueOn}`)} + p.net_terms_days + 1) as iv,
+                       and coalesce(case when ${paidOn} is null then ${id(`i.${i.amount}`)} - coalesce(${id(`i.${i.paid}`)}, 0) > 0
+                                         else ${paidOn} > ${id(`i.${i.dueOn}`)} + p.net_terms_days + 1 and ${id(`i.${i.amount}`)} > 0 end,
+                                    false) as iv,
                      ${id(`i.${i.dueOn}`)} + p.net_terms_days + 1 as s,
                      least(coalesce(${paidOn} - 1, ${asOfDate()}), ${asOfDate()}) as e
                 from ${id(qualified(mapping, i.table))} as i
