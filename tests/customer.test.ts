@@ -201,6 +201,14 @@ describe('suspend status', () => {
     );
   });
 
+  test('a key written otherwise (001, " 1") names the same customer of an integer key column', async () => {
+    for (const key of ['001', ' 1']) {
+      const r = await cli(['status', key]);
+      expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
+      expect(r.stdout).toContain('customer 1: suspended (policy delinquency since 2026-11-01)');
+    }
+  });
+
   test('--json carries the same facts', async () => {
     const r = await cli(['status', '2', '--json']);
     expect(r.code).toBe(0);
@@ -396,6 +404,12 @@ describe('suspend reinstate', () => {
     const nothing = await cli(['reinstate', '4', '--reason', 'x']);
     expect(nothing.code).toBe(0);
     expect(nothing.stdout).toContain('Nothing to reinstate');
+    // 002 is customer 2 (paused): the policy check below sees its stage, as for '2'.
+    const padded = await cli(['reinstate', '002', '--reason', 'x', '--policy', 'delinquency']);
+    expect(padded.code).toBe(2);
+    expect(padded.stderr).toContain(
+      'account 2 is not in a stage of policy delinquency; its current stages: overdue_pause (paused)',
+    );
     const unknown = await cli(['reinstate', '999', '--reason', 'x']);
     expect(unknown.code).toBe(2);
     expect(unknown.stderr).toContain('There is no customer 999 in table customers.');
@@ -504,7 +518,13 @@ describe('exclusions', () => {
     expect([...live]).toEqual([['5', { reason: 'key account', until: '2030-01-31' }]]);
     expect((await activeExclusions(db.knex, 'suspend', ['5'], '2030-02-01')).size).toBe(0);
 
-    const removed = await cli(['exclusions', 'remove', '5', '--by', 'dan']);
+    // Written with a leading zero: the same customer, refused as already excluded (not a second row
+    // under "05" that no run would ever match).
+    const padded = await cli(['exclude', '05', '--reason', 'again']);
+    expect(padded.code).toBe(2);
+    expect(padded.stderr).toContain('Account 5 is already excluded');
+
+    const removed = await cli(['exclusions', 'remove', '05', '--by', 'dan']);
     expect(removed.code).toBe(0);
     expect((await activeExclusions(db.knex, 'suspend', ['5'], AS_OF)).size).toBe(0);
     const rows = await db.knex('suspend.exclusions').where({ customer_key: '5' });

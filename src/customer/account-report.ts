@@ -2,7 +2,7 @@ import type { Knex } from 'knex';
 import { UsageError } from '../errors';
 import { accountStatus, type AccountStatus } from './status';
 import { currentExclusion, type Exclusion } from './exclusions';
-import { customerExists, customerTable, hostTableExists } from './host';
+import { accountKey, customerTable } from './host';
 import type { IsoDate, Reason, SourceMapping } from '../types';
 
 /**
@@ -56,8 +56,9 @@ export async function accountReport(
   knex: Knex,
   schema: string,
   mapping: SourceMapping,
-  key: string,
+  given: string,
 ): Promise<AccountReport> {
+  const { key, found: inHostTable } = await accountKey(knex, mapping, given);
   const states = (await knex
     .withSchema(schema)
     .from('account_states')
@@ -128,9 +129,8 @@ export async function accountReport(
     reasons: Reason[];
   }[];
   const exclusion = await currentExclusion(knex, schema, key);
-  const inHostTable = (await hostTableExists(knex, mapping)) && (await customerExists(knex, mapping, key));
   if (!inHostTable && states.length === 0 && history.length === 0 && !exclusion) {
-    throw new UsageError(`There is no customer ${key} in table ${customerTable(mapping)}.`);
+    throw new UsageError(`There is no customer ${given} in table ${customerTable(mapping)}.`);
   }
   return {
     key,

@@ -37,24 +37,42 @@ export async function hostTableExists(
   return tableExists(knex, customerTable(mapping));
 }
 
-/** True when the host's customer table has this key; false for a key its type cannot hold. */
-export async function customerExists(
+/**
+ * The key as the customer table writes it (its key column as text, which is what suspend stores and
+ * matches), or null when no customer has it (or its type cannot hold it). `088` or ` 88` name
+ * customer 88 of an integer key column: without this they would match none of its stored rows.
+ */
+export async function storedCustomerKey(
   knex: Knex | Knex.Transaction,
   mapping: SourceMapping,
   key: string,
-): Promise<boolean> {
+): Promise<string | null> {
+  const column = accountList(mapping).key;
   try {
     // The parameter takes the key column's type, so the primary key index answers.
-    const r = await knex.raw<{ rows: unknown[] }>('select 1 from ?? where ?? = ? limit 1', [
-      customerTable(mapping),
-      accountList(mapping).key,
-      key,
-    ]);
-    return r.rows.length > 0;
+    const r = await knex.raw<{ rows: { key: string }[] }>(
+      'select ??::text as key from ?? where ?? = ? limit 1',
+      [column, customerTable(mapping), column, key],
+    );
+    return r.rows[0]?.key ?? null;
   } catch (err) {
-    if (NOT_A_KEY_VALUE.has((err as { code?: string }).code ?? '')) return false;
+    if (NOT_A_KEY_VALUE.has((err as { code?: string }).code ?? '')) return null;
     throw err;
   }
+}
+
+/**
+ * A key a customer-side command was given, as suspend stores it: the customer table's own writing
+ * when the table is there and has the customer, else as given (a customer since deleted may still
+ * have states). `found` says whether the table has it.
+ */
+export async function accountKey(
+  knex: Knex | Knex.Transaction,
+  mapping: SourceMapping,
+  key: string,
+): Promise<{ key: string; found: boolean }> {
+  const stored = (await hostTableExists(knex, mapping)) ? await storedCustomerKey(knex, mapping, key) : null;
+  return stored === null ? { key, found: false } : { key: stored, found: true };
 }
 
 export interface CustomerContact {

@@ -4,7 +4,7 @@ import { UsageError, errorMessage } from '../errors';
 import { acquireRunLock, confirmLockHeld } from '../engine/lock';
 import { finishRun, startRun, type RunRecord } from '../engine/ledger';
 import { rulesForOrg } from '../engine/plan';
-import { customerContacts, customerExists, customerTable, restoreHostColumns } from './host';
+import { accountKey, customerContacts, customerTable, restoreHostColumns } from './host';
 import { reinstateHostValues } from './host-plan';
 import { currentExclusion, type Exclusion } from './exclusions';
 import { readStoredRows, rewriteStates, valuesOf, type StateRewrite, type StoredRow } from './write';
@@ -79,6 +79,9 @@ export async function reinstateAccount(
   const schema = rules.settings.schema;
   if (options.reason.trim() === '') throw new UsageError('--reason: say why the account is reinstated.');
   await requireMigrated(knex, schema);
+  const given = options.key;
+  const account = await accountKey(knex, rules.source, given);
+  options = { ...options, key: account.key };
   const lock = await acquireRunLock(knex, schema, {
     wait: options.wait,
     description: `suspend reinstate ${options.key} by ${options.actor} (pid ${process.pid})`,
@@ -87,8 +90,8 @@ export async function reinstateAccount(
   try {
     const rows = await readStoredRows(knex, schema, [options.key]);
     const exclusion = await currentExclusion(knex, schema, options.key);
-    if (rows.length === 0 && !(await customerExists(knex, rules.source, options.key))) {
-      throw new UsageError(`There is no customer ${options.key} in table ${customerTable(rules.source)}.`);
+    if (rows.length === 0 && !account.found) {
+      throw new UsageError(`There is no customer ${given} in table ${customerTable(rules.source)}.`);
     }
     if (chooseRows(rows, options).length === 0) {
       return { key: options.key, run: null, reinstated: [], hostRestored: {}, exclusion };

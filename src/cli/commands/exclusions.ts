@@ -7,7 +7,7 @@ import { defaultActor } from '../../engine/ledger';
 import { todayUtc } from '../../rules/dates';
 import { renderTable } from '../../report/tables';
 import { addExclusion, listExclusions, removeExclusion, type Exclusion } from '../../customer/exclusions';
-import { customerExists, customerTable, hostTableExists } from '../../customer/host';
+import { accountKey, customerTable, hostTableExists } from '../../customer/host';
 
 const day = (d: Date | null) => (d ? d.toISOString().slice(0, 10) : '');
 
@@ -47,11 +47,13 @@ export function registerExclusions(program: Command): void {
       const { knex } = await ctx.db();
       const schema = rules.settings.schema;
       await requireMigrated(knex, schema);
-      if ((await hostTableExists(knex, rules.source)) && !(await customerExists(knex, rules.source, key))) {
+      const hostTable = await hostTableExists(knex, rules.source);
+      const account = await accountKey(knex, rules.source, key);
+      if (hostTable && !account.found) {
         throw new UsageError(`There is no customer ${key} in table ${customerTable(rules.source)}.`);
       }
       const x = await addExclusion(knex, schema, {
-        key,
+        key: account.key,
         reason: flags.reason,
         until: flags.until ?? null,
         by: flags.by ?? defaultActor(),
@@ -89,7 +91,11 @@ export function registerExclusions(program: Command): void {
       const rules = await ctx.loadRules();
       const { knex } = await ctx.db();
       await requireMigrated(knex, rules.settings.schema);
-      const x = await removeExclusion(knex, rules.settings.schema, { key, by: flags.by ?? defaultActor() });
+      const { key: stored } = await accountKey(knex, rules.source, key);
+      const x = await removeExclusion(knex, rules.settings.schema, {
+        key: stored,
+        by: flags.by ?? defaultActor(),
+      });
       writeArtifact(`Customer ${x.key} is no longer excluded (removed by ${x.removedBy ?? ''}).`);
     }),
   );
