@@ -5,39 +5,57 @@ import type { Rules, SourceMapping } from '../types';
 import { qualified, regclassText } from './signals';
 
 /**
- * The mapped tables' columns, checked before a run opens: a name the table does not have is one
+ * The mapped tables' columns, checked before a run opens: a name the table does not have, or a column
+ * of a type the signal SQL cannot use as the mapping says (a text column as created_at), is one
  * sentence with its place in the rules file (exit 2), not a SQL error from the first page after the
  * run was recorded (a backfill left `interrupted` that a corrected file could not start again).
  */
+
+/** What the signal SQL does with a column, as Postgres type categories (pg_type.typcategory). */
+const KINDS = {
+  day: { categories: ['D'], says: 'a date or timestamp column' },
+  number: { categories: ['N'], says: 'a numeric column (integer, numeric)' },
+  flag: { categories: ['B'], says: 'a boolean column' },
+} as const;
+type Kind = keyof typeof KINDS;
 
 interface MappedColumn {
   table: string;
   column: string;
   /** Where the rules file names it: `source.invoices.amount` (a default when not written). */
   path: (string | number)[];
+  /** The type it must have; none: any (compared as text, or a key). */
+  kind?: Kind;
+  /** A customer column it is joined to: the two must compare (both numbers, or both text). */
+  joins?: 'customer key';
 }
 
 /** Every column a run reads through the mapping; none for a signal view (its columns are fixed). */
 export function mappedColumns(m: SourceMapping): MappedColumn[] {
   if (m.view) return [];
   const c = m.customers;
-  const of = (table: string, section: string, columns: [string, string | null][]): MappedColumn[] =>
-    columns.flatMap(([key, column]) =>
-      column === null ? [] : [{ table, column, path: ['source', section, key] }],
+  const of = (
+    table: string,
+    section: string,
+    columns: [string, string | null, Pick<MappedColumn, 'kind' | 'joins'>?][],
+  ): MappedColumn[] =>
+    columns.flatMap(([key, column, use]) =>
+      column === null ? [] : [{ table, column, path: ['source', section, key], ...use }],
     );
   return [
     ...of(c.table, 'customers', [
       ['key', c.key],
       ['org', c.org],
-      ['created_at', c.createdAt],
+      ['created_at', c.createdAt, { kind: 'day' }],
       ['email', c.email],
       ['name', c.name],
-      ['net_terms_days', c.netTermsDays],
+      ['net_terms_days', c.netTermsDays, { kind: 'number' }],
     ]),
     ...Object.entries(c.flags).map(([flag, column]) => ({
       table: c.table,
       column,
       path: ['source', 'customers', 'flags', flag],
+      kind: 'flag' as const,
     })),
     ...c.consent.map((column, i) => ({
       table: c.table,
@@ -46,24 +64,24 @@ export function mappedColumns(m: SourceMapping): MappedColumn[] {
     })),
     ...(m.activity
       ? of(m.activity.table, 'activity', [
-          ['customer', m.activity.customer],
-          ['at', m.activity.at],
+          ['customer', m.activity.customer, { joins: 'customer key' }],
+          ['at', m.activity.at, { kind: 'day' }],
         ])
       : []),
     ...(m.invoices
       ? of(m.invoices.table, 'invoices', [
           ['key', m.invoices.key],
-          ['customer', m.invoices.customer],
-          ['issued_on', m.invoices.issuedOn],
-          ['due_on', m.invoices.dueOn],
-          ['amount', m.invoices.amount],
-          ['paid', m.invoices.paid],
-          ['paid_on', m.invoices.paidOn],
+          ['customer', m.invoices.customer, { joins: 'customer key' }],
+          ['issued_on', m.invoices.issuedOn, { kind: 'day' }],
+          ['due_on', m.invoices.dueOn, { kind: 'day' }],
+          ['amount', m.invoices.amount, { kind: 'number' }],
+          ['paid', m.invoices.paid, { kind: 'number' }],
+          ['paid_on', m.invoices.paidOn, { kind: 'day' }],
         ])
       : []),
     ...(m.subscriptions
       ? of(m.subscriptions.table, 'subscriptions', [
-          ['customer', m.subscriptions.customer],
+          ['customer', m.subscriptions.customer, { joins: 'customer key' }],
           ['status', m.subscriptions.status],
         ])
       : []),
@@ -71,31 +89,58 @@ export function mappedColumns(m: SourceMapping): MappedColumn[] {
 }
 
 /**
- * Refuses a mapping that names a column its table lacks. Tables that are not there are left to the
- * table check. The organizations table is not among them: only notify reads it, and says so when
- * it cannot (the addresses in the rules file still get digests).
+ * Refuses a mapping that names a column its table lacks, or one of a type its use needs not. Tables
+ * that are not there are left to the table check. The organizations table is not among them: only
+ * notify reads it, and says so when it cannot (the addresses in the rules file still get digests).
  */
 export async function checkMappedColumns(knex: Knex, rules: Rules): Promise<void> {
   const wanted = mappedColumns(rules.source);
   const tables = [...new Set(wanted.map((w) => w.table))];
   if (tables.length === 0) return;
-  const { rows } = await knex.raw<{ rows: { t: string; columns: string[] | null }[] }>(
-    `select t, (select array_agg(attname::text order by attnum) from pg_attribute
-                 where attrelid = to_regclass(r) and attnum > 0 and not attisdropped) as columns
+  const { rows } = await knex.raw<{ rows: { t: string; columns: ColumnType[] | null }[] }>(
+    `select t, (select json_agg(json_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
+                                                   'category', ty.typcategory) order by a.attnum)
+                  from pg_attribute a join pg_type ty on ty.oid = a.atttypid
+                 where a.attrelid = to_regclass(r) and a.attnum > 0 and not a.attisdropped) as columns
        from unnest(?::text[], ?::text[]) as x(t, r)`,
     [tables, tables.map((t) => regclassText(qualified(rules.source, t)))],
   );
   const columnsOf = new Map(rows.map((r) => [r.t, r.columns]));
-  const missing = wanted.filter((w) => {
-    const columns = columnsOf.get(w.table);
-    return columns != null && !columns.includes(w.column);
-  });
+  const typeOf = (table: string, column: string) => columnsOf.get(table)?.find((c) => c.name === column);
+  const where = (w: MappedColumn) => rules.locate?.(w.path) ?? `${formatPath(w.path)} (the default mapping)`;
+  const table = (w: MappedColumn) => `table "${qualified(rules.source, w.table)}"`;
+
+  const missing = wanted.filter((w) => columnsOf.get(w.table) != null && !typeOf(w.table, w.column));
   const first = missing[0];
-  if (!first) return;
-  const where = rules.locate?.(first.path) ?? `${formatPath(first.path)} (the default mapping)`;
-  const has = columnsOf.get(first.table) ?? [];
-  const more = missing.length > 1 ? ` (and ${missing.length - 1} more mapped column(s) it lacks)` : '';
-  throw new UsageError(
-    `${where}: table "${qualified(rules.source, first.table)}" has no column "${first.column}"${more}; name one of its columns (${has.join(', ')}).`,
-  );
+  if (first) {
+    const has = (columnsOf.get(first.table) ?? []).map((c) => c.name);
+    const more = missing.length > 1 ? ` (and ${missing.length - 1} more mapped column(s) it lacks)` : '';
+    throw new UsageError(
+      `${where(first)}: ${table(first)} has no column "${first.column}"${more}; name one of its columns (${has.join(', ')}).`,
+    );
+  }
+  const c = rules.source.customers;
+  const key = typeOf(c.table, c.key);
+  for (const w of wanted) {
+    const type = typeOf(w.table, w.column);
+    if (!type) continue;
+    if (w.kind && !(KINDS[w.kind].categories as readonly string[]).includes(type.category)) {
+      throw new UsageError(
+        `${where(w)}: column "${w.column}" of ${table(w)} is ${type.type}, and this needs ${KINDS[w.kind].says}; name such a column.`,
+      );
+    }
+    // Numbers compare with numbers and text with text: a text customer column against a bigint key
+    // has no operator ("text = bigint"), nor has uuid against text.
+    if (w.joins && key && type.category !== key.category) {
+      throw new UsageError(
+        `${where(w)}: column "${w.column}" of ${table(w)} is ${type.type}, and it must match the customers' key (source.customers.key: "${c.key}", ${key.type}); name the column that holds the customer's key.`,
+      );
+    }
+  }
+}
+
+interface ColumnType {
+  name: string;
+  type: string;
+  category: string;
 }

@@ -326,7 +326,7 @@ describe('bad rules through the CLI', () => {
     expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
   });
 
-  test('a mapped column the table lacks is refused before the run opens: its line, the columns there are; the corrected file runs', async () => {
+  test('a mapped column the table lacks, or of a type its use cannot take, is refused before the run opens with its line; the corrected file runs', async () => {
     const typo = ENGINE_RULES.replace(
       '    consent: [marketing_opt_out]\n',
       '    consent: [marketing_opt_out]\n  invoices:\n    table: invoices\n    amount: amount\n',
@@ -342,6 +342,32 @@ describe('bad rules through the CLI', () => {
       );
     }
     // No ledger row either: a backfill left "interrupted" would refuse the corrected file.
+    expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
+    // A column of a type its use cannot take: the same, with the type there and what is needed.
+    const wrongType: [string, string, string][] = [
+      [
+        '    created_at: created_at\n',
+        '    created_at: email\n',
+        'source.customers.created_at: column "email" of table "customers" is text, and this needs a date or timestamp column; name such a column.',
+      ],
+      [
+        '    flags: { vip: vip }',
+        '    flags: { vip: email }',
+        'source.customers.flags.vip: column "email" of table "customers" is text, and this needs a boolean column; name such a column.',
+      ],
+      [
+        '    key: id\n',
+        '    key: email\n',
+        'source.activity.customer: column "customer_id" of table "reservations" is bigint, and it must match the customers\' key (source.customers.key: "email", text); name the column that holds the customer\'s key.',
+      ],
+    ];
+    for (const [from, to, message] of wrongType) {
+      const variant = ENGINE_RULES.replace(from, to);
+      const r = await cli(db, ['sweep', '--as-of', AS_OF, '--no-notify'], writeRules(variant, 'types.yaml'));
+      expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+      expect(r.stderr).toMatch(new RegExp(`^error: \\S+types\\.yaml:\\d+ `));
+      expect(r.stderr).toContain(message);
+    }
     expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
     const fixed = writeRules(ENGINE_RULES, 'fixed.yaml');
     const r = await cli(db, ['backfill', '--as-of', AS_OF, '--no-notify'], fixed);
