@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import { qualified, regclassText } from '../source/signals';
 import { UsageError, errorMessage } from '../errors';
+import { driverMessage } from '../db/connection';
 import type { Rules, SourceMapping } from '../types';
 import type { HostColumnChange } from '../engine/plan';
 import { groupBy } from '../collections';
@@ -36,27 +37,62 @@ export async function columnTypes(
 
 /**
  * Refuses, before a run starts, `set` actions that name a column the customers table lacks (or one
- * of a type suspend cannot write): one sentence naming the policy and stage, exit 2.
+ * of a type suspend cannot write), or give a value the column cannot take (`suspended` for a boolean,
+ * null for a NOT NULL column): one sentence naming the policy and stage, exit 2. Found only when a
+ * page was written, the run would stop part way.
  */
 export async function checkSetColumns(knex: Knex, rules: Rules): Promise<void> {
   const named = new Map<string, string>();
+  const values: { column: string; value: string | null; where: string }[] = [];
   for (const effective of [rules.defaults, ...Object.values(rules.organizations)]) {
     for (const policy of effective.policies)
       for (const stage of policy.stages)
         for (const action of stage.actions)
           if (action.type === 'set')
-            for (const column of Object.keys(action.columns))
-              if (!named.has(column)) named.set(column, `policy ${policy.name}, stage ${stage.name}`);
+            for (const [column, value] of Object.entries(action.columns)) {
+              const where = `policy ${policy.name}, stage ${stage.name}${effective.orgId === null ? '' : ` of organization ${effective.orgId}`}`;
+              if (!named.has(column)) named.set(column, where);
+              // As the page writes it (see hostColumnChange).
+              values.push({ column, value: value === null ? null : String(value), where });
+            }
   }
   if (named.size === 0) return;
+  let types: Map<string, string>;
   try {
-    await columnTypes(knex, rules.source, [...named.keys()]);
+    types = await columnTypes(knex, rules.source, [...named.keys()]);
   } catch (err) {
     const column = /column "((?:[^"]|"")*)"/.exec(errorMessage(err))?.[1];
     const where = column === undefined ? '' : ` (${named.get(column)})`;
     throw new UsageError(
       `A set action${where} cannot be applied: ${errorMessage(err)}; name a column of that table in the rules file (${rules.file ?? 'rules'}).`,
     );
+  }
+  const table = qualified(rules.source, rules.source.customers.table);
+  const notNull = new Set(
+    (
+      await knex.raw<{ rows: { name: string }[] }>(
+        `select attname as name from pg_attribute
+          where attrelid = to_regclass(?) and attnum > 0 and not attisdropped and attnotnull and attname = any(?::text[])`,
+        [regclassText(table), [...named.keys()]],
+      )
+    ).rows.map((r) => r.name),
+  );
+  for (const { column, value, where } of values) {
+    const type = types.get(column) as string;
+    const refuse = (why: string) =>
+      new UsageError(
+        `A set action (${where}) cannot be applied: column "${column}" of ${table} is ${type}, and ${why}; give a value it can take in the rules file (${rules.file ?? 'rules'}).`,
+      );
+    if (value === null) {
+      if (notNull.has(column)) throw refuse('it is NOT NULL, so null cannot be written');
+      continue;
+    }
+    try {
+      // The same cast the page's UPDATE makes (the type is the catalog's, checked by columnTypes).
+      await knex.raw(`select ?::text::${type}`, [value]);
+    } catch (err) {
+      throw refuse(`${JSON.stringify(value)} is not one of its values (${driverMessage(errorMessage(err))})`);
+    }
   }
 }
 

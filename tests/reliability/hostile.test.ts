@@ -113,6 +113,34 @@ describe('SQL injection through the mapping', () => {
 
   test('a set action on a column that is not there: refused with one sentence, exit 2', async () =>
     refusedAndNothingHappens(SET_COLUMN));
+
+  test.each([
+    [
+      '{ vip: suspended }',
+      'column "vip" of customers is boolean, and "suspended" is not one of its values (invalid input syntax for type boolean: "suspended")',
+    ],
+    [
+      '{ status: null }',
+      'column "status" of customers is text, and it is NOT NULL, so null cannot be written',
+    ],
+  ])(
+    'a set value the column cannot take (%s): refused before the run with one sentence, exit 2',
+    async (set, why) => {
+      const rules = mapped(
+        '{ set: { status: suspended } }]\n        message: "We',
+        `{ set: ${set} }]\n        message: "We`,
+      );
+      const runs = () => db.knex('suspend.runs').count<{ n: string }[]>({ n: '*' });
+      const runsBefore = await runs();
+      await refusedAndNothingHappens(rules);
+      const r = await cli(db, ['sweep', '--as-of', AS_OF, '--no-notify', '--by', ACTOR], writeRules(rules));
+      expect(r.stderr).toContain(
+        `error: A set action (policy inactivity, stage suspended) cannot be applied: ${why}; give a value it can take in the rules file`,
+      );
+      // Refused before the run opened: not even a ledger row.
+      expect(await runs()).toEqual(runsBefore);
+    },
+  );
 });
 
 // ---------------------------------------------------------------------------------------------
