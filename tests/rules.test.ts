@@ -73,6 +73,31 @@ exclusions:
     );
   });
 
+  test('URLs: a scheme their use cannot take, and placeholders pay_url and support_url do not fill, are one line each, exit 2', async () => {
+    const file = writeRules(`version: 1
+settings:
+  pay_url: https://pay.example.com/{customer}
+  support_url: https://help.example.com/{key}
+  smtp: { url: http://mail.example.com }
+notifications:
+  webhook: { url: 'ftp://x/hook', secret: s }
+policies:
+  p:
+    stages:
+      - name: s
+        when: { past_due_for: 30 days }
+`);
+    const r = await runCli(['rules', 'check', '--rules', file]);
+    const display = path.relative(ROOT, file);
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(r.stderr.trim().split('\n')).toEqual([
+      `error: ${display}:3 settings.pay_url: {customer} is not filled in here; the only placeholder it takes is {key} (the customer's key)`,
+      `error: ${display}:4 settings.support_url: {key} is not filled in here; it takes no placeholder`,
+      `error: ${display}:5 settings.smtp.url: "http://mail.example.com" is not an SMTP URL: smtp:// or smtps:// (e.g. smtp://localhost:2525)`,
+      `error: ${display}:7 notifications.webhook.url: "ftp://x/hook" is not an http(s) URL (e.g. https://hooks.example.com/suspend)`,
+    ]);
+  });
+
   test('a webhook without a secret is valid, with a note giving its line and what to set', async () => {
     const file = writeRules(`version: 1
 policies:

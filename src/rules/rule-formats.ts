@@ -27,11 +27,16 @@ export const RULE_FORMATS: Record<string, Format> = {
   date: { type: 'string', validate: (s: string) => FORMATS.date.test(s) && isIsoDate(s) },
   email: FORMATS.email,
   mailbox: FORMATS.mailbox,
-  url: { type: 'string', validate: isUrl },
+  url: { type: 'string', validate: (s: string) => isUrl(s) },
+  // What is sent to, or shown to a customer: a scheme the sender speaks (`ftp://` was accepted, then
+  // retried by every notify for ever).
+  'web-url': { type: 'string', validate: (s: string) => isUrl(s, ['http', 'https']) },
+  'smtp-url': { type: 'string', validate: (s: string) => isUrl(s, ['smtp', 'smtps']) },
 };
 
-function isUrl(s: string): boolean {
-  if (!/^[a-z][a-z0-9+.-]*:\/\/\S+$/i.test(s)) return false;
+function isUrl(s: string, schemes?: string[]): boolean {
+  const scheme = /^([a-z][a-z0-9+.-]*):\/\/\S+$/i.exec(s)?.[1]?.toLowerCase();
+  if (!scheme || (schemes && !schemes.includes(scheme))) return false;
   try {
     new URL(s);
     return true;

@@ -29,6 +29,9 @@ const Name = (what: string) => Type.String({ pattern: NAME_PATTERN, title: `${wh
 const Column = () => Type.String({ minLength: 1, title: 'a column name' });
 const NullableColumn = () => nullable(Column(), 'a column name, or null when the host has none');
 const Url = (title = 'a URL (e.g. https://help.example.com)') => Type.String({ format: 'url', title });
+/** An http(s) URL: a customer opens it, or a webhook is posted to it. */
+const WebUrl = (title = 'an http(s) URL (e.g. https://help.example.com)') =>
+  Type.String({ format: 'web-url', title });
 const Email = () => Type.String({ format: 'email', title: 'an email address (e.g. billing@example.com)' });
 const Bool = () => Type.Boolean({ title: 'true or false' });
 const Enum = <T extends string>(values: readonly T[]) =>
@@ -188,7 +191,7 @@ const Exclusions = Type.Array(Exclusion, { title: 'a list of exclusions' });
 
 const Webhook = obj(
   {
-    url: Url('a URL (e.g. https://hooks.example.com/suspend)'),
+    url: WebUrl('an http(s) URL (e.g. https://hooks.example.com/suspend)'),
     secret: Type.Optional(Text('a secret text')),
     batch: Type.Optional(Bool()),
   },
@@ -212,8 +215,11 @@ export type RawNotifications = Static<typeof Notifications>;
 
 /** Settings an organization may override: those that only shape what its customers are told. */
 const OrgSettingFields = {
-  support_url: nullable(Url(), 'a URL (e.g. https://help.example.com), or null'),
-  pay_url: nullable(Url('a URL, may contain {key} (e.g. https://pay.example.com/{key})'), 'a URL, or null'),
+  support_url: nullable(WebUrl(), 'an http(s) URL (e.g. https://help.example.com), or null'),
+  pay_url: nullable(
+    WebUrl('an http(s) URL, may contain {key} (e.g. https://pay.example.com/{key})'),
+    'an http(s) URL, or null',
+  ),
   currency: Type.String({ pattern: '^[A-Z]{3}$', title: 'a 3-letter currency code (e.g. USD, EUR)' }),
 };
 
@@ -251,7 +257,13 @@ const Settings = obj(
       obj(
         {
           url: Type.Optional(
-            nullable(Url('an SMTP URL (e.g. smtp://localhost:2525)'), 'an SMTP URL, or null'),
+            nullable(
+              Type.String({
+                format: 'smtp-url',
+                title: 'an SMTP URL: smtp:// or smtps:// (e.g. smtp://localhost:2525)',
+              }),
+              'an SMTP URL, or null',
+            ),
           ),
           from: Type.Optional(
             Type.String({ format: 'mailbox', title: 'a sender (e.g. "Billing <billing@example.com>")' }),

@@ -63,9 +63,11 @@ export function semanticProblems(data: unknown): Problem[] {
     });
   }
   list(root.exclusions).forEach((e, i) => checkExclusion(dict(e), ['exclusions', i], facts, problems));
+  checkUrlPlaceholders(dict(root.settings), ['settings'], problems);
 
   for (const [orgId, org] of Object.entries(dict(root.organizations))) {
     const o = dict(org);
+    checkUrlPlaceholders(dict(o.settings), ['organizations', orgId, 'settings'], problems);
     for (const [name, override] of Object.entries(dict(o.policies))) {
       const path: YamlPath = ['organizations', orgId, 'policies', name];
       const policy = policies[name];
@@ -109,6 +111,25 @@ export function semanticProblems(data: unknown): Problem[] {
     );
   }
   return problems;
+}
+
+/**
+ * The settings' URLs are filled in before a customer sees them: pay_url takes {key}, support_url
+ * nothing. Any other {name} would reach the customer as written.
+ */
+function checkUrlPlaceholders(settings: Dict, path: YamlPath, problems: Problem[]): void {
+  const allowed: Record<string, string[]> = { pay_url: ['key'], support_url: [] };
+  for (const [setting, names] of Object.entries(allowed)) {
+    const url = settings[setting];
+    if (typeof url !== 'string') continue;
+    for (const name of templatePlaceholders(url)) {
+      if (names.includes(name)) continue;
+      problems.push({
+        path: [...path, setting],
+        message: `{${name}} is not filled in here; ${names.length > 0 ? `the only placeholder it takes is ${names.map((n) => `{${n}}`).join(', ')} (the customer's key)` : 'it takes no placeholder'}`,
+      });
+    }
+  }
 }
 
 function checkStage(stage: Dict, path: YamlPath, facts: MappingFacts, problems: Problem[]): void {
