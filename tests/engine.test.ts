@@ -148,6 +148,27 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
     }
   });
 
+  test('an empty --by or --database-url is one sentence, exit 2, nothing written (not taken for "not given")', async () => {
+    const before = await checksumTables(db.knex, ['public', 'suspend']);
+    for (const by of ['', '   ']) {
+      const r = await cli(db, ['sweep', '--as-of', AS_OF, '--no-notify', '--by', by]);
+      expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+      expect(r.stderr).toMatch(
+        /^error: option '--by <name>' argument ' ?' is invalid\. It is empty; give a name for the ledger, or leave the flag out\. See `suspend sweep --help`\.\n$/,
+      );
+    }
+    // DATABASE_URL names the database: an empty flag used to fall back to it and run.
+    const r = await runCli(
+      ['sweep', '--as-of', AS_OF, '--no-notify', '--rules', rulesFile, '--database-url', ''],
+      {
+        env: { DATABASE_URL: db.url },
+      },
+    );
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(r.stderr).toContain(`argument '' is invalid. It is empty; give a Postgres URL`);
+    expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
+  });
+
   test('--output checked before the run: a missing folder, a folder, or a file as a folder is one sentence, exit 2, nothing written; a file that cannot be created is one sentence', async () => {
     const before = await checksumTables(db.knex, ['public', 'suspend']);
     const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'suspend-output-'));

@@ -9,9 +9,11 @@ export function withCommonOptions(cmd: Command): Command {
       '--rules <file>',
       'rules file (default: found by cosmiconfig: suspend.config.yaml, .suspendrc.yaml, package.json "suspend")',
     )
-    .option(
-      '--database-url <url>',
-      'Postgres URL (default: $DATABASE_URL, then database.url in the rules, then the embedded server in .suspend/)',
+    .addOption(
+      new Option(
+        '--database-url <url>',
+        'Postgres URL (default: $DATABASE_URL, then database.url in the rules, then the embedded server in .suspend/)',
+      ).argParser(notBlank('a Postgres URL (postgres://user@host:5432/db), or leave the flag out')),
     )
     .option(
       '--database <name>',
@@ -23,6 +25,21 @@ export function withCommonOptions(cmd: Command): Command {
     )
     .option('--debug', 'print stack traces and SQL timings')
     .option('--quiet', 'print nothing but the artifact and errors');
+}
+
+/** A flag's value that must say something: "" or spaces are refused, never taken for "not given". */
+export function notBlank(what: string): (value: string) => string {
+  return (value) => {
+    if (value.trim() === '') throw new InvalidArgumentError(`It is empty; give ${what}.`);
+    return value;
+  };
+}
+
+/** `--by NAME`: who acts, for the ledger and history (default: $SUSPEND_ACTOR or the OS user). */
+export function byOption(who: string): Option {
+  return new Option('--by <name>', `${who} (default: $SUSPEND_ACTOR or the OS user)`).argParser(
+    notBlank('a name for the ledger, or leave the flag out'),
+  );
 }
 
 export function asOfOption(): Option {

@@ -251,6 +251,12 @@ export async function describeDatabaseError(err: unknown, url: string | null): P
       { exitCode: ExitCode.failed, cause: err },
     );
   }
+  if (code === SqlState.readOnlySqlTransaction) {
+    return new SuspendError(
+      `Postgres${where} is read-only for this session (a standby, or default_transaction_read_only): ${driverMessage(errorMessage(err))}; point the database URL at the primary (a report --dry-run reads only and runs anywhere).`,
+      { exitCode: ExitCode.usage, cause: err },
+    );
+  }
   if (code === SqlState.insufficientPrivilege) {
     return new SuspendError(
       `Postgres${where} refused: ${driverMessage(errorMessage(err))}; the role in the database URL needs the grants listed in docs/least-privilege.sql.`,

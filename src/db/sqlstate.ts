@@ -8,6 +8,8 @@ export const SqlState = {
   undefinedFunction: '42883',
   invalidSchemaName: '3F000',
   insufficientPrivilege: '42501',
+  /** A write on a read-only server (a standby) or session (default_transaction_read_only). */
+  readOnlySqlTransaction: '25006',
   adminShutdown: '57P01',
   crashShutdown: '57P02',
   cannotConnectNow: '57P03',

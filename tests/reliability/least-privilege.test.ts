@@ -96,3 +96,21 @@ test('a grant taken away: one sentence naming the table and docs/least-privilege
   expect(r.code).toBe(1);
   expect((await ledger(db.knex)).map((x) => x.status)).toEqual(['succeeded', 'interrupted']);
 });
+
+test('a read-only server or role (a standby, default_transaction_read_only): one sentence, exit 2, nothing written', async () => {
+  const before = await ledger(db.knex);
+  await db.knex.raw('alter role ?? set default_transaction_read_only = on', [role]);
+  try {
+    const r = await sweep('2027-01-23');
+    expect(r.stderr).not.toMatch(STACK_FRAME);
+    expect(r.stderr.trim().split('\n')).toEqual([
+      expect.stringMatching(
+        /^error: Postgres at (?:socket )?\S+\/suspend_test_\w+ is read-only for this session \(a standby, or default_transaction_read_only\): cannot execute INSERT in a read-only transaction; point the database URL at the primary \(a report --dry-run reads only and runs anywhere\)\.$/,
+      ),
+    ]);
+    expect(r.code).toBe(2);
+    expect(await ledger(db.knex)).toEqual(before);
+  } finally {
+    await db.knex.raw('alter role ?? reset default_transaction_read_only', [role]);
+  }
+});

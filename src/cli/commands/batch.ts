@@ -8,6 +8,7 @@ import {
 } from '../context';
 import {
   asOfOption,
+  byOption,
   formatOption,
   parseOutputFile,
   parsePositiveInteger,
@@ -102,7 +103,7 @@ function batchOptions(cmd: Command, kind: BatchKind | 'report'): Command {
           'safety limit for this run: a count (500), a percentage (5%) or none (default: settings.max_changes)',
         ).argParser(parseMaxChangesFlag),
       )
-      .option('--by <name>', 'who runs it, for the ledger (default: $SUSPEND_ACTOR or the OS user)');
+      .addOption(byOption('who runs it, for the ledger'));
   } else {
     cmd.option('--dry-run', 'accepted for clarity: a report never writes');
   }

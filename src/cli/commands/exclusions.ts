@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { runCommand, writeArtifact, type CommonOptions } from '../context';
-import { parseIsoDate, withCommonOptions } from '../options';
+import { byOption, parseIsoDate, withCommonOptions } from '../options';
 import { requireMigrated } from '../../db/migrate';
 import { UsageError } from '../../errors';
 import { defaultActor } from '../../engine/ledger';
@@ -40,7 +40,7 @@ export function registerExclusions(program: Command): void {
         'last day the exclusion applies (YYYY-MM-DD; default: no expiry)',
         parseIsoDate,
       )
-      .option('--by <name>', 'who excludes it (default: $SUSPEND_ACTOR or the OS user)'),
+      .addOption(byOption('who excludes it')),
   ).action(async (key: string, flags: CommonOptions & { reason: string; until?: string; by?: string }) =>
     runCommand(flags, async (ctx) => {
       const rules = await ctx.loadRules();
@@ -85,7 +85,7 @@ export function registerExclusions(program: Command): void {
     exclusions
       .command('remove <key>')
       .description('end the exclusion of an account (the record stays, with who removed it)')
-      .option('--by <name>', 'who removes it (default: $SUSPEND_ACTOR or the OS user)'),
+      .addOption(byOption('who removes it')),
   ).action(async (key: string, flags: CommonOptions & { by?: string }) =>
     runCommand(flags, async (ctx) => {
       const rules = await ctx.loadRules();

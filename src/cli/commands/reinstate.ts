@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
 import { runCommand, writeArtifact, type CommonOptions } from '../context';
-import { asOfOption, withCommonOptions } from '../options';
+import { asOfOption, byOption, withCommonOptions } from '../options';
 import { defaultActor } from '../../engine/ledger';
 import { todayUtc } from '../../rules/dates';
 import { reinstateAccount, type ReinstateResult } from '../../customer/reinstate';
@@ -36,7 +36,7 @@ export function registerReinstate(program: Command): void {
         "clear an account's stage(s) by hand: restarts the policy's clocks, puts back host columns, writes history and an event",
       )
       .requiredOption('--reason <text>', 'why (kept in history and the event)')
-      .option('--by <name>', 'who reinstates (default: $SUSPEND_ACTOR or the OS user)')
+      .addOption(byOption('who reinstates'))
       .option('--policy <name...>', 'only these policies (default: every policy the account is in)')
       .addOption(asOfOption())
       .option('--wait', 'wait for a running sweep instead of exiting with code 3')

@@ -1,6 +1,6 @@
 import { Option, type Command } from 'commander';
 import { runCommand, writeArtifact, type CommonOptions } from '../context';
-import { asOfOption, parsePositiveInteger, withCommonOptions } from '../options';
+import { asOfOption, byOption, parsePositiveInteger, withCommonOptions } from '../options';
 import { defaultActor } from '../../engine/ledger';
 import { todayUtc } from '../../rules/dates';
 import { revertRun, type RevertResult } from '../../customer/revert';
@@ -51,7 +51,7 @@ export function registerRevert(program: Command): void {
         'undo what one run changed: restore each account state it wrote, unless the account changed again since',
       )
       .option('--dry-run', 'list what would be restored and what left alone; write nothing')
-      .option('--by <name>', 'who reverts (default: $SUSPEND_ACTOR or the OS user)')
+      .addOption(byOption('who reverts'))
       .addOption(asOfOption())
       .option('--wait', 'wait for a running sweep instead of exiting with code 3')
       .addOption(
