@@ -122,11 +122,12 @@ export function createKnex(url: string, options: KnexOptions = {}): Knex {
       // Behind PgBouncer in transaction mode a session setting would land on a server connection
       // others share, and the server's timeout ends PgBouncer's connections, not ours.
       ...(pooled && {
+        // Best effort: a session it fails on (a 1 ms statement_timeout) is used as it is, and a lost
+        // one fails its first statement as usual. A failed afterCreate would leave its connection
+        // open, and the process waiting on it after it has said why it stops.
         afterCreate: (conn: pg.Client, done: (err: Error | null, conn: pg.Client) => void) => {
-          conn.query(RAISE_IDLE_TIMEOUT).then(
-            () => done(null, conn),
-            (err: Error) => done(err, conn),
-          );
+          const go = () => done(null, conn);
+          conn.query(RAISE_IDLE_TIMEOUT).then(go, go);
         },
       }),
     },

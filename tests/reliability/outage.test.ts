@@ -3,7 +3,7 @@ import { createKnex, onLiveConnection } from '../../src/db/connection';
 import { acquireRunLock, confirmLockHeld } from '../../src/engine/lock';
 import { openClaimSession } from '../../src/notify/outbox';
 import type { TestDatabase } from '../helpers/database';
-import type { CliResult } from '../helpers/cli';
+import { runCli, type CliResult } from '../helpers/cli';
 import { ENGINE_RULES, writeRules } from '../helpers/fixtures';
 import {
   ACTOR,
@@ -15,6 +15,7 @@ import {
   finalState,
   ledger,
   runLockHolders,
+  RULES_FILE,
   seededDatabase,
   startCli,
   STACK_FRAME,
@@ -178,6 +179,21 @@ test('the run lock’s session is not ended for idling (idle_session_timeout) wh
   await gate.remove();
   await endsAsReference(db, run.done);
 });
+
+test('a statement_timeout shorter than any statement (1 ms): the command ends, with one sentence if it fails; never waits for ever', async () => {
+  const db = await ownDatabase();
+  // The pool's set-up statement of a new session was cancelled too, and the session left open kept
+  // the process alive after it had printed why it stopped.
+  for (const args of [['runs'], ['report', '--as-of', AS_OF, '--quiet']]) {
+    const r = await runCli([...args, '--rules', RULES_FILE, '--database-url', db.url], {
+      env: { PGOPTIONS: '-c statement_timeout=1' },
+      timeoutMs: 20_000,
+    });
+    expect(r.code).not.toBe(128); // killed after 20 s: it hung
+    expect(r.stderr).not.toMatch(STACK_FRAME);
+    if (r.code !== 0) expect(r.stderr).toMatch(/^error: [^\n]+\n$/);
+  }
+}, 60_000);
 
 test('a statement cancelled mid-run (statement_timeout, pg_cancel_backend): one sentence, exit 1, resume completes', async () => {
   const db = await ownDatabase();
