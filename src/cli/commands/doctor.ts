@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { ExitCode } from '../../errors';
 import { runCommand, writeArtifact, type CommonOptions } from '../context';
 import { withCommonOptions } from '../options';
 import { checkIndexes } from '../../source/doctor';
@@ -9,7 +10,7 @@ export function registerDoctor(program: Command): void {
     program
       .command('doctor')
       .description(
-        'check the indexes the mapped tables need for fast pages and print the DDL for missing ones',
+        'check the indexes the mapped tables need for fast pages and print the DDL for missing ones (exit 1 if any is)',
       ),
   ).action(async (opts: CommonOptions) =>
     runCommand(opts, async (ctx) => {
@@ -25,6 +26,8 @@ export function registerDoctor(program: Command): void {
       if (missing.length > 0) lines.push('', '-- create the missing indexes:', ...missing.map((c) => c.ddl));
       else lines.push('', 'All indexes the signal queries need are present.');
       writeArtifact(lines.join('\n'));
+      // So a deploy script or CI job can fail on it.
+      return missing.length > 0 ? ExitCode.failed : ExitCode.ok;
     }),
   );
 }
