@@ -542,6 +542,9 @@ describe('suspend notify', () => {
     expect(lines[0]).toMatch(/^id +created +org +run +customer +event +policy +stage +attempts +error$/);
     expect(lines).toHaveLength(backfillRows.length + 4);
     expect(lines[2]).toContain(`webhook ${hook.url}: HTTP 503`);
+    // Oldest first, by number (as text, 10 came before 9).
+    const listedIds = lines.slice(2, 2 + backfillRows.length).map((l) => Number(l.split(/\s+/)[0]));
+    expect(listedIds).toEqual(backfillRows.map((x) => Number(x.id)).sort((a, b) => a - b));
     expect(lines[lines.length - 1]).toBe(
       `${backfillRows.length} failed; send them again with \`suspend notify --retry-failed\`.`,
     );

@@ -277,7 +277,7 @@ async function deliverGroup(d: Delivery, group: EventGroup, events: OutboxEvent[
   if (retrying > 0) d.log(`${where}: ${retrying} event(s) will be tried again later (${errors.join('; ')}).`);
   if (failed > 0) {
     d.log(
-      `${where}: ${failed} event(s) failed after ${d.backoff.maxAttempts} attempts (${errors.join('; ')}); see \`suspend notify --failed\`.`,
+      `${where}: ${failed} event(s) failed for good, at the limit of ${d.backoff.maxAttempts} attempt(s) (${errors.join('; ')}); see \`suspend notify --failed\` for each one's attempts.`,
     );
   }
 }

@@ -340,7 +340,8 @@ export async function listFailed(knex: Db, schema: string): Promise<FailedEvent[
     .withSchema(schema)
     .from('outbox')
     .where({ status: 'failed' })
-    .orderBy('id')
+    // The table's id, not the text of it the select names id too (10 before 9).
+    .orderBy('outbox.id')
     .select(
       knex.raw('id::text as id'),
       'created_at',
