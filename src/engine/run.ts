@@ -8,6 +8,7 @@ import { countAccountsQuery, qualified, regclassText, stateTables } from '../sou
 import type { StateChange, WriteContext } from '../write/apply';
 import { checkSetColumns } from '../write/host-columns';
 import { checkMappedColumns } from '../source/columns';
+import { staleStageNotes } from '../source/stale-stages';
 import { acquireRunLock, confirmLockHeld, lockStillOurs, type HeldLock, type LockProof } from './lock';
 import { checkConnectionRoom } from './connections';
 import {
@@ -143,6 +144,7 @@ export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions):
     throw new UsageError(`--workers ${workers}: give a number of page pipelines from 1 to 64.`);
   }
   await checkSource(knex, rules);
+  for (const note of await staleStageNotes(knex, rules)) options.onLog?.(note);
   if (options.dryRun) {
     if (workers > 1) await checkConnectionRoom(knex, { workers, perWorker: PIPELINE_CONNECTIONS });
     return withPipelinePool(knex, workers, (pool) => dryRun(knex, pool, rules, options));
