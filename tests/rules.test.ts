@@ -98,6 +98,26 @@ policies:
     ]);
   });
 
+  test('an organization written twice, as 2 and as "2", is one line, exit 2 (the second no longer replaces the first)', async () => {
+    const file = writeRules(`version: 1
+policies:
+  p:
+    stages:
+      - name: s
+        when: { past_due_for: 30 days }
+organizations:
+  2:
+    settings: { support_url: https://a.example }
+  '2':
+    settings: { support_url: https://b.example }
+`);
+    const r = await runCli(['rules', 'check', '--rules', file]);
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(r.stderr).toBe(
+      `error: ${path.relative(ROOT, file)}:10 YAML syntax error: Map keys must be unique\n`,
+    );
+  });
+
   test('a webhook without a secret is valid, with a note giving its line and what to set', async () => {
     const file = writeRules(`version: 1
 policies:

@@ -9,6 +9,7 @@ import {
   visit,
   type Document,
   type Node,
+  type ParsedNode,
 } from 'yaml';
 import type { YamlPath } from './problems';
 
@@ -34,7 +35,9 @@ export type ParsedYaml =
  */
 export function parseRulesYaml(text: string, root: YamlPath = []): ParsedYaml {
   const lineCounter = new LineCounter();
-  const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: true });
+  // Keys are compared as the data has them, text: `2:` and `'2':` name the same organization, and
+  // the second would silently replace the first.
+  const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: sameKey });
   if (doc.errors.length > 0) {
     return {
       ok: false,
@@ -198,4 +201,11 @@ function find(doc: Document, path: YamlPath): Found {
 
 function keyText(key: unknown): string {
   return isScalar(key) ? String(key.value) : String(key);
+}
+
+/** Two map keys that become the same key of the parsed data (scalars by their text). */
+function sameKey(a: ParsedNode, b: ParsedNode): boolean {
+  if (a === b) return true;
+  if (isScalar(a) && isScalar(b)) return String(a.value) === String(b.value);
+  return false;
 }
