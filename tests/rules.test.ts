@@ -38,6 +38,15 @@ function tempDir(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'suspend-rules-test-'));
 }
 
+/** The smallest valid rules: one policy of one stage (six lines), for tests to add to. */
+const ONE_POLICY = `version: 1
+policies:
+  p:
+    stages:
+      - name: s
+        when: { past_due_for: 30 days }
+`;
+
 describe('suspend rules check', () => {
   test('the example file is valid and lists its four ladders and two organizations', async () => {
     const r = await runCli(['rules', 'check', '--rules', EXAMPLE]);
@@ -51,13 +60,7 @@ describe('suspend rules check', () => {
   });
 
   test('an exclusion until a day that no calendar has (month 13, day 32) is one line, exit 2', async () => {
-    const file = writeRules(`version: 1
-policies:
-  p:
-    stages:
-      - name: s
-        when: { past_due_for: 30 days }
-exclusions:
+    const file = writeRules(`${ONE_POLICY}exclusions:
   - { key: "11", reason: VIP, until: 2026-13-45 }
   - { key: "12", reason: VIP, until: "2026-12-32" }
 `);
@@ -99,13 +102,7 @@ policies:
   });
 
   test('an organization written twice, as 2 and as "2", is one line, exit 2 (the second no longer replaces the first)', async () => {
-    const file = writeRules(`version: 1
-policies:
-  p:
-    stages:
-      - name: s
-        when: { past_due_for: 30 days }
-organizations:
+    const file = writeRules(`${ONE_POLICY}organizations:
   2:
     settings: { support_url: https://a.example }
   '2':
@@ -119,13 +116,7 @@ organizations:
   });
 
   test('a webhook without a secret is valid, with a note giving its line and what to set', async () => {
-    const file = writeRules(`version: 1
-policies:
-  p:
-    stages:
-      - name: s
-        when: { past_due_for: 30 days }
-notifications:
+    const file = writeRules(`${ONE_POLICY}notifications:
   webhook: { url: "https://hooks.example.com/suspend" }
 organizations:
   "7":
