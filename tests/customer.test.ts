@@ -418,6 +418,19 @@ describe('suspend reinstate', () => {
     expect(policy.stderr).toContain(
       'account 2 is not in a stage of policy delinquency; its current stages: overdue_pause (paused)',
     );
+    // Dated before the stage was entered (the next sweep would suspend again at once), or in the
+    // future (shielded until then): refused, nothing written (the ledger count below).
+    const early = await cli(['reinstate', '2', '--reason', 'x', '--as-of', '2026-11-01']);
+    expect({ code: early.code, stderr: early.stderr }).toEqual({
+      code: 2,
+      stderr:
+        'error: --as-of 2026-11-01: account 2 entered overdue_pause (paused) on 2026-11-10; a reinstatement cannot be dated before that (leave --as-of out for today).\n',
+    });
+    const late = await cli(['reinstate', '2', '--reason', 'x', '--as-of', '2100-01-01']);
+    expect(late.code).toBe(2);
+    expect(late.stderr).toMatch(
+      /^error: --as-of 2100-01-01: a reinstatement cannot be dated after tomorrow \(\d{4}-\d{2}-\d{2}\); its clocks would not start until then/,
+    );
     const noReason = await cli(['reinstate', '2']);
     expect(noReason.code).toBe(2);
     expect(

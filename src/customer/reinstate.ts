@@ -9,6 +9,7 @@ import { reinstateHostValues } from './host-plan';
 import { currentExclusion, type Exclusion } from './exclusions';
 import { readStoredRows, rewriteStates, valuesOf, type StateRewrite, type StoredRow } from './write';
 import type { IsoDate, Reason, Rules } from '../types';
+import { addDays, todayUtc } from '../rules/dates';
 
 /**
  * `suspend reinstate KEY`: a person clears an account's stage(s) by hand. The stage is cleared,
@@ -71,6 +72,28 @@ function chooseRows(rows: StoredRow[], options: ReinstateOptions): StoredRow[] {
   return current.filter((r) => options.policies?.includes(r.policy));
 }
 
+/**
+ * The as-of a reinstatement is dated: the policy's clocks restart there. Before the stage was entered
+ * the next sweep suspends again at once; after tomorrow (UTC, so any time zone's today passes) the
+ * account is shielded until a day that has not come.
+ */
+function refuseAsOf(options: ReinstateOptions, rows: StoredRow[]): void {
+  const entered = rows
+    .filter((r) => r.entered_on !== null && r.entered_on > options.asOf)
+    .map((r) => `${r.policy} (${r.stage}) on ${r.entered_on}`);
+  if (entered.length > 0) {
+    throw new UsageError(
+      `--as-of ${options.asOf}: account ${options.key} entered ${entered.join(', ')}; a reinstatement cannot be dated before that (leave --as-of out for today).`,
+    );
+  }
+  const tomorrow = addDays(todayUtc(), 1);
+  if (options.asOf > tomorrow) {
+    throw new UsageError(
+      `--as-of ${options.asOf}: a reinstatement cannot be dated after tomorrow (${tomorrow}); its clocks would not start until then (leave --as-of out for today).`,
+    );
+  }
+}
+
 export async function reinstateAccount(
   knex: Knex,
   rules: Rules,
@@ -93,9 +116,11 @@ export async function reinstateAccount(
     if (rows.length === 0 && !account.found) {
       throw new UsageError(`There is no customer ${given} in table ${customerTable(rules.source)}.`);
     }
-    if (chooseRows(rows, options).length === 0) {
+    const chosen = chooseRows(rows, options);
+    if (chosen.length === 0) {
       return { key: options.key, run: null, reinstated: [], hostRestored: {}, exclusion };
     }
+    refuseAsOf(options, chosen);
     const run = await startRun(knex, schema, {
       kind: 'reinstate',
       asOf: options.asOf,
