@@ -61,7 +61,8 @@ export async function checkSetColumns(knex: Knex, rules: Rules): Promise<void> {
   try {
     types = await columnTypes(knex, rules.source, [...named.keys()]);
   } catch (err) {
-    const column = /column "((?:[^"]|"")*)"/.exec(errorMessage(err))?.[1];
+    // The column as columnTypes names it, quotes and all (a name may hold one).
+    const column = [...named.keys()].find((c) => errorMessage(err).startsWith(`column "${c}" of`));
     const where = column === undefined ? '' : ` (${named.get(column)})`;
     throw new UsageError(
       `A set action${where} cannot be applied: ${errorMessage(err)}; name a column of that table in the rules file (${rules.file ?? 'rules'}).`,

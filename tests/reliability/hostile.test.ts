@@ -114,6 +114,18 @@ describe('SQL injection through the mapping', () => {
   test('a set action on a column that is not there: refused with one sentence, exit 2', async () =>
     refusedAndNothingHappens(SET_COLUMN));
 
+  test('a set column whose name holds a double quote: the sentence names its policy and stage', async () => {
+    const rules = mapped(
+      '{ set: { status: suspended } }',
+      `{ set: { ${yamlString('st"atus')}: suspended } }`,
+    );
+    await refusedAndNothingHappens(rules);
+    const r = await cli(db, ['sweep', '--as-of', AS_OF, '--no-notify', '--by', ACTOR], writeRules(rules));
+    expect(r.stderr).toContain(
+      'error: A set action (policy inactivity, stage suspended) cannot be applied: column "st"atus" of table customers does not exist;',
+    );
+  });
+
   test.each([
     [
       '{ vip: suspended }',
