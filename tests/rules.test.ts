@@ -115,6 +115,29 @@ policies:
     );
   });
 
+  test('exclusions: one whose day has passed is valid with a note; a key excluded twice in one list is one line, exit 2', async () => {
+    const expired = writeRules(`${ONE_POLICY}exclusions:
+  - { key: "11", reason: VIP, until: 2020-12-31 }
+  - { key: "12", reason: VIP }
+`);
+    const ok = await runCli(['rules', 'check', '--rules', expired]);
+    expect({ code: ok.code, stderr: ok.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(ok.stdout).toMatch(
+      new RegExp(
+        `note: ${path.relative(ROOT, expired).replace(/[.]/g, '\\.')}:8 exclusions\\[0\\]\\.until: 2020-12-31 has passed, so this exclusion spares nobody; remove it, or give a day from \\d{4}-\\d{2}-\\d{2} on\n`,
+      ),
+    );
+    const twice = writeRules(`${ONE_POLICY}exclusions:
+  - { key: "12", reason: VIP }
+  - { key: 12, reason: promise to pay, until: 2030-01-01 }
+`);
+    const r = await runCli(['rules', 'check', '--rules', twice]);
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(r.stderr).toBe(
+      `error: ${path.relative(ROOT, twice)}:9 exclusions[1].key: key "12" is excluded already by exclusions[0]; keep one entry (which of two reasons and expiries applies would be a guess)\n`,
+    );
+  });
+
   test('a webhook without a secret is valid, with a note giving its line and what to set', async () => {
     const file = writeRules(`${ONE_POLICY}notifications:
   webhook: { url: "https://hooks.example.com/suspend" }
@@ -311,7 +334,7 @@ describe('effective rules per organization', () => {
     });
     expect(rules.organizations['3']?.exclusions.map((e) => e.reason)).toEqual([
       'VIP accounts are handled by their account manager',
-      'promise to pay by the end of the year',
+      'promise to pay by the end of June',
       'pilot customer',
     ]);
     // A YAML number is read from its digits: 19.99 is 1999 cents, never 1998.9999.

@@ -2,7 +2,8 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ValidationErrors, UsageError } from '../errors';
-import type { EffectiveRules, ExclusionRule, Rules } from '../types';
+import type { EffectiveRules, ExclusionRule, IsoDate, Rules } from '../types';
+import { todayUtc } from './dates';
 import {
   convertExclusion,
   convertNotifications,
@@ -120,9 +121,34 @@ function validateRulesDocument(
   const raw = withMoneyAsWritten(data as RawRules, document);
   return {
     raw,
-    notes: unsignedWebhooks(raw).map((p) => formatProblem(p, document, display)),
+    notes: [...unsignedWebhooks(raw), ...expiredExclusions(raw, todayUtc())].map((p) =>
+      formatProblem(p, document, display),
+    ),
     locate: (path) => `${display}:${document.lineOf(path, true)} ${formatPath(path)}`,
   };
+}
+
+/** Exclusions whose last day has passed: valid (a record of what was), but they spare nobody. */
+function expiredExclusions(raw: RawRules, today: IsoDate): Problem[] {
+  const lists: [YamlPath, RawRules['exclusions']][] = [
+    [['exclusions'], raw.exclusions],
+    ...Object.entries(raw.organizations ?? {}).map(([id, org]): [YamlPath, RawRules['exclusions']] => [
+      ['organizations', id, 'exclusions'],
+      org.exclusions,
+    ]),
+  ];
+  return lists.flatMap(([at, exclusions]) =>
+    (exclusions ?? []).flatMap((e, i) =>
+      'until' in e && typeof e.until === 'string' && e.until < today
+        ? [
+            {
+              path: [...at, i, 'until'],
+              message: `${e.until} has passed, so this exclusion spares nobody; remove it, or give a day from ${today} on`,
+            },
+          ]
+        : [],
+    ),
+  );
 }
 
 /** Webhooks without a secret: valid (a receiver on a private network may not check), but unsigned. */

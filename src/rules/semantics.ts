@@ -1,7 +1,7 @@
 import { PLACEHOLDERS } from '../evaluate/placeholders';
 import { isPlaceholder, templatePlaceholders } from '../evaluate/message';
 import { DEFAULT_MAPPING } from './defaults';
-import { closest, type Problem, type YamlPath } from './problems';
+import { closest, formatPath, type Problem, type YamlPath } from './problems';
 
 /**
  * The checks a schema cannot express, because they relate one part of the file to another: stage
@@ -62,7 +62,7 @@ export function semanticProblems(data: unknown): Problem[] {
       checkStage(s, path, facts, problems);
     });
   }
-  list(root.exclusions).forEach((e, i) => checkExclusion(dict(e), ['exclusions', i], facts, problems));
+  checkExclusionList(list(root.exclusions), ['exclusions'], facts, problems);
   checkUrlPlaceholders(dict(root.settings), ['settings'], problems);
 
   for (const [orgId, org] of Object.entries(dict(root.organizations))) {
@@ -106,9 +106,7 @@ export function semanticProblems(data: unknown): Problem[] {
         checkStage(s, stagePath, facts, problems);
       });
     }
-    list(o.exclusions).forEach((e, i) =>
-      checkExclusion(dict(e), ['organizations', orgId, 'exclusions', i], facts, problems),
-    );
+    checkExclusionList(list(o.exclusions), ['organizations', orgId, 'exclusions'], facts, problems);
   }
   return problems;
 }
@@ -182,8 +180,29 @@ function checkCondition(condition: unknown, path: YamlPath, facts: MappingFacts,
   if (typeof c.flag === 'string') checkFlag(c.flag, [...path, 'flag'], facts, problems);
 }
 
-function checkExclusion(exclusion: Dict, path: YamlPath, facts: MappingFacts, problems: Problem[]): void {
-  if (typeof exclusion.flag === 'string') checkFlag(exclusion.flag, [...path, 'flag'], facts, problems);
+/** Each exclusion's flag is declared, and no key or flag is excluded twice in one list. */
+function checkExclusionList(
+  exclusions: unknown[],
+  path: YamlPath,
+  facts: MappingFacts,
+  problems: Problem[],
+): void {
+  const seen = new Map<string, number>();
+  exclusions.forEach((e, i) => {
+    const exclusion = dict(e);
+    if (typeof exclusion.flag === 'string') checkFlag(exclusion.flag, [...path, i, 'flag'], facts, problems);
+    const field = typeof exclusion.key === 'string' || typeof exclusion.key === 'number' ? 'key' : 'flag';
+    const value = exclusion[field];
+    if (typeof value !== 'string' && typeof value !== 'number') return;
+    const id = `${field}\u0000${String(value)}`;
+    const first = seen.get(id);
+    if (first === undefined) seen.set(id, i);
+    else
+      problems.push({
+        path: [...path, i, field],
+        message: `${field} ${JSON.stringify(String(value))} is excluded already by ${formatPath([...path, first])}; keep one entry (which of two reasons and expiries applies would be a guess)`,
+      });
+  });
 }
 
 function checkFlag(flag: string, path: YamlPath, facts: MappingFacts, problems: Problem[]): void {
