@@ -128,16 +128,23 @@ function validateRulesDocument(
   };
 }
 
-/** Exclusions whose last day has passed: valid (a record of what was), but they spare nobody. */
-function expiredExclusions(raw: RawRules, today: IsoDate): Problem[] {
-  const lists: [YamlPath, RawRules['exclusions']][] = [
-    [['exclusions'], raw.exclusions],
-    ...Object.entries(raw.organizations ?? {}).map(([id, org]): [YamlPath, RawRules['exclusions']] => [
-      ['organizations', id, 'exclusions'],
-      org.exclusions,
+/** A section of the rules at the top level and in each organization's override, with its path. */
+function everyLevel<K extends 'exclusions' | 'notifications'>(
+  raw: RawRules,
+  key: K,
+): [YamlPath, RawRules[K]][] {
+  return [
+    [[key], raw[key]],
+    ...Object.entries(raw.organizations ?? {}).map(([id, org]): [YamlPath, RawRules[K]] => [
+      ['organizations', id, key],
+      (org as Pick<RawRules, K>)[key],
     ]),
   ];
-  return lists.flatMap(([at, exclusions]) =>
+}
+
+/** Exclusions whose last day has passed: valid (a record of what was), but they spare nobody. */
+function expiredExclusions(raw: RawRules, today: IsoDate): Problem[] {
+  return everyLevel(raw, 'exclusions').flatMap(([at, exclusions]) =>
     (exclusions ?? []).flatMap((e, i) =>
       'until' in e && typeof e.until === 'string' && e.until < today
         ? [
@@ -153,14 +160,7 @@ function expiredExclusions(raw: RawRules, today: IsoDate): Problem[] {
 
 /** Webhooks without a secret: valid (a receiver on a private network may not check), but unsigned. */
 function unsignedWebhooks(raw: RawRules): Problem[] {
-  const places: [YamlPath, RawRules['notifications']][] = [
-    [['notifications'], raw.notifications],
-    ...Object.entries(raw.organizations ?? {}).map(([id, org]): [YamlPath, RawRules['notifications']] => [
-      ['organizations', id, 'notifications'],
-      org.notifications,
-    ]),
-  ];
-  return places.flatMap(([at, notifications]) =>
+  return everyLevel(raw, 'notifications').flatMap(([at, notifications]) =>
     notifications?.webhook && !notifications.webhook.secret
       ? [
           {
