@@ -7,7 +7,7 @@ import { policiesReadingInvoices, signalsUsed } from '../source/candidates';
 import { countAccountsQuery, qualified, regclassText, stateTables } from '../source/signals';
 import type { StateChange, WriteContext } from '../write/apply';
 import { checkSetColumns } from '../write/host-columns';
-import { checkMappedColumns } from '../source/columns';
+import { checkMappedColumns, checkUniqueKey } from '../source/columns';
 import { staleStageNotes } from '../source/stale-stages';
 import { acquireRunLock, confirmLockHeld, lockStillOurs, type HeldLock, type LockProof } from './lock';
 import { checkConnectionRoom } from './connections';
@@ -220,6 +220,7 @@ export async function checkSource(knex: Knex, rules: Rules): Promise<void> {
     }
   }
   await checkMappedColumns(knex, rules);
+  await checkUniqueKey(knex, rules);
   await checkSetColumns(knex, rules);
 }
 

@@ -144,3 +144,36 @@ interface ColumnType {
   type: string;
   category: string;
 }
+
+/**
+ * The customers' key must name one account: with two rows of one key (a key column without a unique
+ * index), the page that holds both fails its write ("ON CONFLICT DO UPDATE command cannot affect
+ * row a second time") after the pages before it committed. Looked for (a scan of the key column)
+ * only when no unique index covers the key alone; refused before the run opens.
+ */
+export async function checkUniqueKey(knex: Knex, rules: Rules): Promise<void> {
+  const m = rules.source;
+  if (m.view) return;
+  const table = qualified(m, m.customers.table);
+  const unique = await knex.raw<{ rows: unknown[] }>(
+    `select 1 from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0]
+      where i.indrelid = to_regclass(?) and i.indisunique and i.indnkeyatts = 1 and i.indpred is null
+        and a.attname = ?`,
+    [regclassText(table), m.customers.key],
+  );
+  if (unique.rows.length > 0) return;
+  const { rows } = await knex.raw<{ rows: { key: string }[] }>(
+    'select ??::text as key from ?? group by 1 having count(*) > 1 order by 1 limit 3',
+    [m.customers.key, table],
+  );
+  if (rows.length === 0) return;
+  const where =
+    rules.locate?.(['source', 'customers', 'key']) ?? 'source.customers.key (the default mapping)';
+  throw new UsageError(
+    `${where}: column "${m.customers.key}" of table "${table}" names more than one row for ${rows
+      .map((r) => JSON.stringify(r.key))
+      .join(
+        ', ',
+      )}${rows.length === 3 ? ' (and maybe more)' : ''}; map a column that is unique for each customer (a primary key), or remove the duplicates.`,
+  );
+}

@@ -280,3 +280,33 @@ describe.each(types)('%s keys, values nothing can compute with', (type) => {
     expect(await states(db, keys.delinquent!)).toEqual(['delinquency:suspended']);
   });
 });
+
+describe('a key column that is not unique', () => {
+  test('two rows of one key: refused before the run opens, naming the key; unique again, the run goes', async () => {
+    const { db, keys } = await setUp('text');
+    await db.knex.raw('alter table app.members drop constraint members_pkey cascade');
+    const row = await db.knex('app.members').where('Member Key', keys.delinquent!).first();
+    await db.knex('app.members').insert(row);
+    const r = await backfill(db);
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(r.stderr).toMatch(
+      new RegExp(
+        `^error: \\S+:\\d+ source\\.customers\\.key: column "Member Key" of table "app\\.members" names more than one row for "${keys.delinquent}"; map a column that is unique for each customer \\(a primary key\\), or remove the duplicates\\.\\n$`,
+      ),
+    );
+    // Refused before anything: suspend's schema is not even created by it.
+    expect(
+      await db
+        .knex('suspend.runs')
+        .count<{ n: string }[]>({ n: '*' })
+        .catch(() => [{ n: '0' }]),
+    ).toEqual([{ n: '0' }]);
+    // Without the duplicate (and still no unique index), the backfill runs.
+    await db.knex.raw(
+      `delete from app.members where ctid = (select max(ctid) from app.members where "Member Key" = ?)`,
+      [keys.delinquent!],
+    );
+    const again = await backfill(db);
+    expect({ code: again.code, stderr: again.stderr }).toEqual({ code: 0, stderr: '' });
+  });
+});
