@@ -104,6 +104,17 @@ test('a rules file that is a folder, and an unreachable database.url of the rule
     expect(unreachable.stderr).toBe(
       'error: Cannot reach Postgres: connection refused at 127.0.0.1:1/nowhere; check database.url in the rules file or start the server (on Debian: pg_ctlcluster 15 main start).\n',
     );
+    // A host name nobody knows is not a server to start.
+    const unknownHost = await runCli([
+      'runs',
+      '--database-url',
+      'postgres://postgres@nosuchhost.invalid:5432/x',
+    ]);
+    expect({ code: unknownHost.code, stderr: unknownHost.stderr }).toEqual({
+      code: 2,
+      stderr:
+        'error: Cannot reach Postgres: host not found for nosuchhost.invalid:5432/x; check the host name in --database-url (no address is known for it here).\n',
+    });
   } finally {
     fs.rmSync(folder, { recursive: true, force: true });
   }

@@ -188,7 +188,10 @@ export function connectionError(err: unknown, url: string, source: UrlSource): S
     what = `authentication failed at ${where}`;
     hint = `check the user and password in ${named}`;
   } else if (sysCode === 'ECONNREFUSED') what = `connection refused at ${where}`;
-  else if (sysCode === 'ENOTFOUND' || sysCode === 'EAI_AGAIN') what = `host not found for ${where}`;
+  else if (sysCode === 'ENOTFOUND' || sysCode === 'EAI_AGAIN') {
+    what = `host not found for ${where}`;
+    hint = `check the host name in ${named} (no address is known for it here)`;
+  }
   else if (sysCode === 'ETIMEDOUT') what = `connection timed out at ${where}`;
   else if (sysCode === 'ENOENT') what = `nothing listens at ${where}`;
   else if (/does not support SSL/i.test(errorMessage(err))) {
