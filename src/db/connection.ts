@@ -191,8 +191,7 @@ export function connectionError(err: unknown, url: string, source: UrlSource): S
   else if (sysCode === 'ENOTFOUND' || sysCode === 'EAI_AGAIN') {
     what = `host not found for ${where}`;
     hint = `check the host name in ${named} (no address is known for it here)`;
-  }
-  else if (sysCode === 'ETIMEDOUT') what = `connection timed out at ${where}`;
+  } else if (sysCode === 'ETIMEDOUT') what = `connection timed out at ${where}`;
   else if (sysCode === 'ENOENT') what = `nothing listens at ${where}`;
   else if (/does not support SSL/i.test(errorMessage(err))) {
     what = `the server at ${where} does not accept SSL connections`;
