@@ -158,6 +158,6 @@ test('a role that does not exist is told to check the user and password, not to 
   const r = await runCli(['runs', '--database-url', u.toString()]);
   expect(r.code).toBe(2);
   expect(r.stderr).toBe(
-    `error: Cannot reach Postgres: authentication failed at ${describeUrl(u.toString())}; check the user and password in --database-url.\n`,
+    `error: Cannot reach Postgres: authentication failed at ${describeUrl(u.toString())} (role "suspend_no_such_role" does not exist); check the user and password in --database-url.\n`,
   );
 });

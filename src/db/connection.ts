@@ -185,7 +185,9 @@ export function connectionError(err: unknown, url: string, source: UrlSource): S
     what = `database does not exist at ${where}`;
     hint = 'name a database that exists (--database, or the path of the URL) or create it';
   } else if (code === SqlState.invalidPassword || code === SqlState.invalidAuthorization) {
-    what = `authentication failed at ${where}`;
+    // 28000 says which: a role that does not exist, or no pg_hba.conf entry for this host and user.
+    const why = code === SqlState.invalidAuthorization ? ` (${driverMessage(errorMessage(err))})` : '';
+    what = `authentication failed at ${where}${why}`;
     hint = `check the user and password in ${named}`;
   } else if (sysCode === 'ECONNREFUSED') what = `connection refused at ${where}`;
   else if (sysCode === 'ENOTFOUND' || sysCode === 'EAI_AGAIN') {
