@@ -1,5 +1,6 @@
 import type { Knex } from 'knex';
-import { UsageError } from '../errors';
+import { UsageError, errorMessage } from '../errors';
+import { driverMessage } from '../db/connection';
 import { formatPath } from '../rules/problems';
 import type { Rules, SourceMapping } from '../types';
 import { qualified, regclassText } from './signals';
@@ -11,13 +12,27 @@ import { qualified, regclassText } from './signals';
  * run was recorded (a backfill left `interrupted` that a corrected file could not start again).
  */
 
-/** What the signal SQL does with a column, as Postgres type categories (pg_type.typcategory). */
-const KINDS = {
-  day: { categories: ['D'], says: 'a date or timestamp column' },
-  number: { categories: ['N'], says: 'a numeric column (integer, numeric)' },
-  flag: { categories: ['B'], says: 'a boolean column' },
-} as const;
-type Kind = keyof typeof KINDS;
+/**
+ * What the signal SQL does with a column: by Postgres type category (pg_type.typcategory) or, where
+ * it does day arithmetic on it (`due_on + net terms`, `paid_on - 1`), by base type (domains count
+ * as theirs). A column it casts to a day (`created_at::date`, `max(at)::date`) may be any timestamp,
+ * or text of ISO days.
+ */
+const isTimeOfDay = (t: ColumnType) => /^time(tz| with| without|$)/.test(t.base);
+const KINDS: Record<Kind, { fits: (t: ColumnType) => boolean; says: string }> = {
+  day: {
+    fits: (t) => (t.category === 'D' && !isTimeOfDay(t)) || t.category === 'S',
+    says: 'a date or timestamp column (or text holding YYYY-MM-DD days)',
+  },
+  instant: {
+    fits: (t) => t.category === 'D' && !isTimeOfDay(t),
+    says: 'a date or timestamp column',
+  },
+  date: { fits: (t) => t.base === 'date', says: 'a date column (day arithmetic: a timestamp will not do)' },
+  number: { fits: (t) => t.category === 'N', says: 'a numeric column (integer, numeric)' },
+  flag: { fits: (t) => t.category === 'B', says: 'a boolean column' },
+};
+type Kind = 'day' | 'instant' | 'date' | 'number' | 'flag';
 
 interface MappedColumn {
   table: string;
@@ -65,18 +80,18 @@ export function mappedColumns(m: SourceMapping): MappedColumn[] {
     ...(m.activity
       ? of(m.activity.table, 'activity', [
           ['customer', m.activity.customer, { joins: 'customer key' }],
-          ['at', m.activity.at, { kind: 'day' }],
+          ['at', m.activity.at, { kind: 'instant' }],
         ])
       : []),
     ...(m.invoices
       ? of(m.invoices.table, 'invoices', [
           ['key', m.invoices.key],
           ['customer', m.invoices.customer, { joins: 'customer key' }],
-          ['issued_on', m.invoices.issuedOn, { kind: 'day' }],
-          ['due_on', m.invoices.dueOn, { kind: 'day' }],
+          ['issued_on', m.invoices.issuedOn, { kind: 'instant' }],
+          ['due_on', m.invoices.dueOn, { kind: 'date' }],
           ['amount', m.invoices.amount, { kind: 'number' }],
           ['paid', m.invoices.paid, { kind: 'number' }],
-          ['paid_on', m.invoices.paidOn, { kind: 'day' }],
+          ['paid_on', m.invoices.paidOn, { kind: 'date' }],
         ])
       : []),
     ...(m.subscriptions
@@ -99,6 +114,7 @@ export async function checkMappedColumns(knex: Knex, rules: Rules): Promise<void
   if (tables.length === 0) return;
   const { rows } = await knex.raw<{ rows: { t: string; columns: ColumnType[] | null }[] }>(
     `select t, (select json_agg(json_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
+                                                   'base', format_type(coalesce(nullif(ty.typbasetype, 0), a.atttypid), null),
                                                    'category', ty.typcategory) order by a.attnum)
                   from pg_attribute a join pg_type ty on ty.oid = a.atttypid
                  where a.attrelid = to_regclass(r) and a.attnum > 0 and not a.attisdropped) as columns
@@ -124,10 +140,24 @@ export async function checkMappedColumns(knex: Knex, rules: Rules): Promise<void
   for (const w of wanted) {
     const type = typeOf(w.table, w.column);
     if (!type) continue;
-    if (w.kind && !(KINDS[w.kind].categories as readonly string[]).includes(type.category)) {
+    if (w.kind && !KINDS[w.kind].fits(type)) {
       throw new UsageError(
         `${where(w)}: column "${w.column}" of ${table(w)} is ${type.type}, and this needs ${KINDS[w.kind].says}; name such a column.`,
       );
+    }
+    // Text cast to a day: its first values are tried (the whole column would be a scan per run).
+    if (w.kind === 'day' && type.category === 'S') {
+      try {
+        await knex.raw('select ??::date from ?? where ?? is not null limit 1000', [
+          w.column,
+          qualified(rules.source, w.table),
+          w.column,
+        ]);
+      } catch (err) {
+        throw new UsageError(
+          `${where(w)}: column "${w.column}" of ${table(w)} is ${type.type} and holds values that are not days (${driverMessage(errorMessage(err))}); name a date or timestamp column, or one of YYYY-MM-DD text.`,
+        );
+      }
     }
     // Numbers compare with numbers and text with text: a text customer column against a bigint key
     // has no operator ("text = bigint"), nor has uuid against text.
@@ -142,6 +172,8 @@ export async function checkMappedColumns(knex: Knex, rules: Rules): Promise<void
 interface ColumnType {
   name: string;
   type: string;
+  /** The type a domain is over (the type itself for any other). */
+  base: string;
   category: string;
 }
 
