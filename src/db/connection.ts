@@ -110,6 +110,16 @@ const idleFloor = (value: string) =>
 const RAISE_IDLE_TIMEOUT = `select set_config(name, ${idleFloor('setting')}, false) from pg_settings
   where name = 'idle_session_timeout'`;
 
+/**
+ * Raises a new session's idle_session_timeout to IDLE_FLOOR_MS if lower, for a pool's afterCreate.
+ * Best effort, never rejects: a session it fails on (a 1 ms statement_timeout) is used as it is, and
+ * a lost one fails its first statement as usual (a failed afterCreate would leave its connection
+ * open, and the process waiting on it after it has said why it stops).
+ */
+export async function raiseIdleTimeout(conn: Pick<pg.Client, 'query'>): Promise<void> {
+  await conn.query(RAISE_IDLE_TIMEOUT).catch(() => undefined);
+}
+
 export function createKnex(url: string, options: KnexOptions = {}): Knex {
   const pooled = options.preparedStatements !== false;
   const knex = knexFactory({
@@ -122,12 +132,8 @@ export function createKnex(url: string, options: KnexOptions = {}): Knex {
       // Behind PgBouncer in transaction mode a session setting would land on a server connection
       // others share, and the server's timeout ends PgBouncer's connections, not ours.
       ...(pooled && {
-        // Best effort: a session it fails on (a 1 ms statement_timeout) is used as it is, and a lost
-        // one fails its first statement as usual. A failed afterCreate would leave its connection
-        // open, and the process waiting on it after it has said why it stops.
         afterCreate: (conn: pg.Client, done: (err: Error | null, conn: pg.Client) => void) => {
-          const go = () => done(null, conn);
-          conn.query(RAISE_IDLE_TIMEOUT).then(go, go);
+          void raiseIdleTimeout(conn).then(() => done(null, conn));
         },
       }),
     },

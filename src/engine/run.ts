@@ -1,7 +1,8 @@
 import type { Knex } from 'knex';
 import { ExitCode, UsageError, errorMessage } from '../errors';
 import { migrationStatus, requireMigrated } from '../db/migrate';
-import { knexWithPool, onLiveConnection } from '../db/connection';
+import type pg from 'pg';
+import { knexWithPool, onLiveConnection, raiseIdleTimeout } from '../db/connection';
 import { namesStatements } from '../db/prepared';
 import { policiesReadingInvoices, signalsUsed } from '../source/candidates';
 import { countAccountsQuery, qualified, regclassText, stateTables } from '../source/signals';
@@ -186,12 +187,15 @@ async function withPipelinePool<T>(knex: Knex, workers: number, fn: (pool: Knex)
   const pool = knexWithPool(knex, {
     min: 0,
     max: PIPELINE_CONNECTIONS * workers,
-    afterCreate: (
-      conn: { query: (sql: string, cb: (err: Error | null) => void) => void },
-      done: (err: Error | null, conn: unknown) => void,
-    ) => {
+    afterCreate: (conn: pg.Client, done: (err: Error | null, conn: unknown) => void) => {
       if (!ownSessions) return done(null, conn);
-      conn.query(SESSION_SETUP, (err) => done(err, conn));
+      // Settings that only make pages faster: a session they fail on is used as it is (see
+      // raiseIdleTimeout, which the page sessions get too: they idle between pages).
+      void conn
+        .query(SESSION_SETUP)
+        .catch(() => undefined)
+        .then(() => raiseIdleTimeout(conn))
+        .then(() => done(null, conn));
     },
   });
   try {

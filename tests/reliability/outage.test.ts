@@ -180,6 +180,22 @@ test('the run lock’s session is not ended for idling (idle_session_timeout) wh
   await endsAsReference(db, run.done);
 });
 
+test('a short idle_session_timeout is raised past the pool’s idle limit in the page sessions too', async () => {
+  const db = await ownDatabase();
+  await db.knex.raw(`create table public.seen (v text);
+    create function public.note_idle() returns trigger language plpgsql as
+      $$ begin insert into public.seen values (current_setting('idle_session_timeout')); return new; end $$;`);
+  // The checkpoint is written by the page's own session, in its transaction.
+  expect((await cli(db, ['migrate'])).code).toBe(0);
+  await db.knex.raw(
+    'create trigger note_idle before insert or update on suspend.checkpoints for each row execute function public.note_idle()',
+  );
+  const r = await cli(db, [...BACKFILL, '--quiet'], undefined, { PGOPTIONS: '-c idle_session_timeout=2000' });
+  expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
+  const seen = (await db.knex('public.seen').distinct('v').pluck('v')) as string[];
+  expect(seen).toEqual(['40s']);
+});
+
 test('a statement_timeout shorter than any statement (1 ms): the command ends, with one sentence if it fails; never waits for ever', async () => {
   const db = await ownDatabase();
   // The pool's set-up statement of a new session was cancelled too, and the session left open kept
