@@ -16,12 +16,20 @@ describe('states the rules no longer describe', () => {
   });
   afterAll(async () => db.drop());
 
-  const count = async (policy: string, stage: string) =>
-    Number(
-      (
-        await db.knex('suspend.account_states').where({ policy, stage }).count<{ n: string }[]>({ n: '*' })
-      )[0]!.n,
-    );
+  /** The accounts in a stage as the notes name them: "N account(s) of organization(s) 1, 2 (N with booking blocked)". */
+  const accounts = async (policy: string, stage: string, org?: string) => {
+    const q = db.knex('suspend.account_states').where({ policy, stage });
+    if (org) q.where({ org_id: org });
+    const rows = (await q.select('org_id', 'blocks_booking')) as {
+      org_id: string;
+      blocks_booking: boolean;
+    }[];
+    const orgs = [...new Set(rows.map((r) => r.org_id))].sort();
+    const blocking = rows.filter((r) => r.blocks_booking).length;
+    const of = orgs.length <= 5 ? `organization(s) ${orgs.join(', ')}` : `${orgs.length} organizations`;
+    expect(rows.length).toBeGreaterThan(0);
+    return `${rows.length} account(s) of ${of} (${blocking} with booking blocked)`;
+  };
 
   test('the rules as they were: no note', async () => {
     const r = await cli(db, ['report', '--as-of', AS_OF]);
@@ -30,8 +38,7 @@ describe('states the rules no longer describe', () => {
   });
 
   test('a stage renamed: every run names it, with its accounts and what to do', async () => {
-    const paused = await count('overdue_pause', 'paused');
-    expect(paused).toBeGreaterThan(0);
+    const paused = await accounts('overdue_pause', 'paused');
     const renamed = ENGINE_RULES.replace(
       '      - name: paused\n        when: { invoice_overdue_for: 10 days }',
       '      - name: on_hold\n        when: { invoice_overdue_for: 10 days }',
@@ -42,21 +49,41 @@ describe('states the rules no longer describe', () => {
       const r = await cli(db, [...args, '--as-of', AS_OF], file);
       expect(r.code).toBe(0);
       expect(r.stderr).toContain(
-        `note: ${paused} account(s) of policy overdue_pause are in stage paused (${paused} with booking blocked), which the rules no longer have at its place in the ladder (there now: on_hold); runs judge them by that place and keep the stored stage while it applies. Name the stage paused again, or reinstate them.\n`,
+        `note: ${paused} are in stage paused of policy overdue_pause, which the rules no longer have at its place in the ladder (there now: on_hold); runs judge them by that place and keep the stored stage while it applies. Name the stage paused again, or reinstate them.\n`,
       );
     }
+    // That sweep succeeded with these rules and said it: the next sweep with them does not read every
+    // state again to say it once more; a report still does.
+    const next = await cli(db, ['sweep', '--no-notify', '--as-of', AS_OF], file);
+    expect({ code: next.code, notes: next.stderr.includes('note:') }).toEqual({ code: 0, notes: false });
+    expect((await cli(db, ['report', '--as-of', AS_OF], file)).stderr).toContain(
+      'are in stage paused of policy',
+    );
   });
 
   test('a policy removed: the same, and how to reinstate them', async () => {
-    const suspended = await count('inactivity', 'suspended');
-    expect(suspended).toBeGreaterThan(0);
+    const suspended = await accounts('inactivity', 'suspended');
     const removed =
       ENGINE_RULES.slice(0, ENGINE_RULES.indexOf('  inactivity:')) +
       ENGINE_RULES.slice(ENGINE_RULES.indexOf('  delinquency:'));
     const r = await cli(db, ['report', '--as-of', AS_OF], writeRules(removed));
     expect(r.code).toBe(0);
     expect(r.stderr).toContain(
-      `note: ${suspended} account(s) are in stage suspended of policy inactivity (${suspended} with booking blocked), a policy the rules no longer have: no run moves them; reinstate them (\`suspend reinstate KEY --policy inactivity\`) or put the policy back.\n`,
+      `note: ${suspended} are in stage suspended of policy inactivity, a policy the rules no longer have: no run moves them; reinstate them (\`suspend reinstate KEY --policy inactivity\`) or put the policy back.\n`,
+    );
+  });
+
+  test('a policy turned off for one organization: its accounts there are named, with the organization', async () => {
+    const there = await accounts('inactivity', 'suspended', '2');
+    const off = ENGINE_RULES.replace(
+      'policies:\n',
+      'organizations:\n  "2":\n    policies:\n      inactivity: { enabled: false }\npolicies:\n',
+    );
+    expect(off).not.toBe(ENGINE_RULES);
+    const r = await cli(db, ['report', '--as-of', AS_OF], writeRules(off));
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain(
+      `note: ${there} are in stage suspended of policy inactivity, which the rules of their organization no longer apply (turned off or removed there): no run moves them; reinstate them (\`suspend reinstate KEY --policy inactivity\`) or apply the policy again.\n`,
     );
   });
 });

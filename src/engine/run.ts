@@ -145,7 +145,7 @@ export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions):
     throw new UsageError(`--workers ${workers}: give a number of page pipelines from 1 to 64.`);
   }
   await checkSource(knex, rules);
-  for (const note of await staleStageNotes(knex, rules)) options.onLog?.(note);
+  for (const note of await staleStageNotes(knex, rules, options)) options.onLog?.(note);
   if (options.dryRun) {
     if (workers > 1) await checkConnectionRoom(knex, { workers, perWorker: PIPELINE_CONNECTIONS });
     return withPipelinePool(knex, workers, (pool) => dryRun(knex, pool, rules, options));

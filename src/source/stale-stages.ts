@@ -1,45 +1,89 @@
 import type { Knex } from 'knex';
+import { rulesForOrg } from '../engine/plan';
 import type { Rules } from '../types';
 import { regclassText } from './signals';
 
 /**
- * Stored states the rules no longer describe: a policy removed from the file, or a stage renamed,
- * removed or moved in its ladder. Runs match a stored state to its ladder by position, so such an
- * account keeps the stored stage (its name, message and flags: maybe booking blocked) while the
- * stage now at that position applies, and no run says why. Each group is one note for the run's log.
+ * Stored states the rules no longer describe: a policy removed from the file or turned off for the
+ * account's organization, or a stage renamed, removed or moved in its ladder. Runs match a stored
+ * state to its ladder by position and judge only the policies an organization applies, so such an
+ * account keeps the stored stage (its name, message and flags: maybe booking blocked) and no run
+ * says why. Each kind of case is one note for the run's log.
+ *
+ * It reads every stored state (about 0.3 s per million): a real run skips it when the rules are those
+ * of the last run that succeeded, which said it already; a dry run always says it.
  */
-export async function staleStageNotes(knex: Knex, rules: Rules): Promise<string[]> {
-  const table = `${rules.settings.schema}.account_states`;
+export async function staleStageNotes(
+  knex: Knex,
+  rules: Rules,
+  options: { dryRun: boolean },
+): Promise<string[]> {
+  const schema = rules.settings.schema;
   const exists = await knex.raw<{ rows: { t: string | null }[] }>('select to_regclass(?) as t', [
-    regclassText(table),
+    regclassText(`${schema}.account_states`),
   ]);
   if (!exists.rows[0]?.t) return [];
+  if (!options.dryRun) {
+    const last = await knex.raw<{ rows: { rules_hash: string }[] }>(
+      `select rules_hash from ?? where kind in ('backfill', 'sweep') and status = 'succeeded' order by id desc limit 1`,
+      [`${schema}.runs`],
+    );
+    if (last.rows[0]?.rules_hash === rules.hash) return [];
+  }
   const { rows } = await knex.raw<{
-    rows: { policy: string; stage: string; stage_index: number; n: number; blocking: number }[];
+    rows: {
+      org_id: string | null;
+      policy: string;
+      stage: string;
+      stage_index: number;
+      n: number;
+      blocking: number;
+    }[];
   }>(
-    `select policy, stage, stage_index, count(*)::int as n, count(*) filter (where blocks_booking)::int as blocking
-       from ?? where stage is not null group by 1, 2, 3 order by 1, 3, 2`,
-    [table],
+    `select org_id, policy, stage, stage_index, count(*)::int as n,
+            count(*) filter (where blocks_booking)::int as blocking
+       from ?? where stage is not null group by 1, 2, 3, 4 order by 2, 4, 3, 1`,
+    [`${schema}.account_states`],
   );
-  // Organization overrides change a stage's conditions and actions, never its name or place.
-  const ladders = new Map(rules.defaults.policies.map((p) => [p.name, p.stages]));
-  for (const org of Object.values(rules.organizations))
-    for (const p of org.policies) if (!ladders.has(p.name)) ladders.set(p.name, p.stages);
-  const notes: string[] = [];
+  const anywhere = new Set(
+    [rules.defaults, ...Object.values(rules.organizations)].flatMap((r) => r.policies.map((p) => p.name)),
+  );
+  // One note per policy, stage and case, over the organizations it concerns.
+  const cases = new Map<
+    string,
+    { n: number; blocking: number; orgs: Set<string>; text: (n: string) => string }
+  >();
+  const add = (id: string, r: (typeof rows)[number], text: (n: string) => string) => {
+    const c = cases.get(id) ?? { n: 0, blocking: 0, orgs: new Set<string>(), text };
+    c.n += r.n;
+    c.blocking += r.blocking;
+    c.orgs.add(r.org_id ?? '(none)');
+    cases.set(id, c);
+  };
   for (const r of rows) {
-    const ladder = ladders.get(r.policy);
-    const blocking = r.blocking > 0 ? ` (${r.blocking} with booking blocked)` : '';
-    if (!ladder) {
-      notes.push(
-        `note: ${r.n} account(s) are in stage ${r.stage} of policy ${r.policy}${blocking}, a policy the rules no longer have: no run moves them; reinstate them (\`suspend reinstate KEY --policy ${r.policy}\`) or put the policy back.`,
+    const policy = rulesForOrg(rules, r.org_id).policies.find((p) => p.name === r.policy);
+    if (!policy) {
+      const gone = !anywhere.has(r.policy);
+      add(`${r.policy}\u0000${r.stage}\u0000${gone}`, r, (accounts) =>
+        gone
+          ? `note: ${accounts} are in stage ${r.stage} of policy ${r.policy}, a policy the rules no longer have: no run moves them; reinstate them (\`suspend reinstate KEY --policy ${r.policy}\`) or put the policy back.`
+          : `note: ${accounts} are in stage ${r.stage} of policy ${r.policy}, which the rules of their organization no longer apply (turned off or removed there): no run moves them; reinstate them (\`suspend reinstate KEY --policy ${r.policy}\`) or apply the policy again.`,
       );
       continue;
     }
-    const there = ladder.find((s) => s.index === r.stage_index);
+    const there = policy.stages.find((s) => s.index === r.stage_index);
     if (there?.name === r.stage) continue;
-    notes.push(
-      `note: ${r.n} account(s) of policy ${r.policy} are in stage ${r.stage}${blocking}, which the rules no longer have at its place in the ladder (there now: ${there ? there.name : 'none'}); runs judge them by that place and keep the stored stage while it applies. Name the stage ${r.stage} again, or reinstate them.`,
+    add(
+      `${r.policy}\u0000${r.stage}\u0000${there?.name ?? ''}`,
+      r,
+      (accounts) =>
+        `note: ${accounts} are in stage ${r.stage} of policy ${r.policy}, which the rules no longer have at its place in the ladder (there now: ${there ? there.name : 'none'}); runs judge them by that place and keep the stored stage while it applies. Name the stage ${r.stage} again, or reinstate them.`,
     );
   }
-  return notes;
+  return [...cases.values()].map((c) => {
+    const blocking = c.blocking > 0 ? ` (${c.blocking} with booking blocked)` : '';
+    const orgs = [...c.orgs];
+    const of = orgs.length <= 5 ? `organization(s) ${orgs.join(', ')}` : `${orgs.length} organizations`;
+    return c.text(`${c.n} account(s) of ${of}${blocking}`);
+  });
 }
