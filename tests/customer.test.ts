@@ -6,6 +6,7 @@ import { activeExclusions } from '../src/customer/exclusions';
 import { reinstateAccount } from '../src/customer/reinstate';
 import { acquireRunLock } from '../src/engine/lock';
 import { loadRules } from '../src/rules/load';
+import { addDays } from '../src/rules/dates';
 import type { Policy, Rules } from '../src/types';
 
 /**
@@ -424,12 +425,12 @@ describe('suspend reinstate', () => {
     expect({ code: early.code, stderr: early.stderr }).toEqual({
       code: 2,
       stderr:
-        'error: --as-of 2026-11-01: account 2 entered overdue_pause (paused) on 2026-11-10; a reinstatement cannot be dated before that (leave --as-of out for today).\n',
+        'error: --as-of 2026-11-01: account 2 entered overdue_pause (paused) on 2026-11-10; a reinstatement cannot be dated before that (leave --as-of out for the first day it can be).\n',
     });
     const late = await cli(['reinstate', '2', '--reason', 'x', '--as-of', '2100-01-01']);
     expect(late.code).toBe(2);
     expect(late.stderr).toMatch(
-      /^error: --as-of 2100-01-01: a reinstatement cannot be dated after tomorrow \(\d{4}-\d{2}-\d{2}\); its clocks would not start until then/,
+      /^error: --as-of 2100-01-01: a reinstatement cannot be dated after \d{4}-\d{2}-\d{2}; its clocks would not start until then/,
     );
     const noReason = await cli(['reinstate', '2']);
     expect(noReason.code).toBe(2);
@@ -494,6 +495,38 @@ describe('suspend reinstate', () => {
     // Only customers.status of customer 6 moved: consent and every other column are byte-identical.
     const after = await hostRows();
     expect(after).toEqual(before.map((r) => (r.id === '6' ? { ...r, status: 'active' } : r)));
+  });
+
+  test('a stage entered on a day still ahead (an organization whose day is ahead of UTC): without --as-of it is dated that day', async () => {
+    const ahead = addDays(new Date().toISOString().slice(0, 10), 2);
+    await insertState({
+      customer_key: '4',
+      policy: 'overdue_pause',
+      stage: 'paused',
+      blocks_booking: true,
+      message: PAUSED_MESSAGE,
+      entered_on: ahead,
+      episode_started_on: ahead,
+      run_id: sweepRun,
+    });
+    const today = await cli([
+      'reinstate',
+      '4',
+      '--reason',
+      'x',
+      '--as-of',
+      new Date().toISOString().slice(0, 10),
+    ]);
+    expect(today.code).toBe(2);
+    expect(today.stderr).toContain(
+      `entered overdue_pause (paused) on ${ahead}; a reinstatement cannot be dated before that`,
+    );
+    const r = await cli(['reinstate', '4', '--reason', 'x', '--json']);
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(JSON.parse(r.stdout)).toMatchObject({
+      run: { asOf: ahead },
+      reinstated: [{ policy: 'overdue_pause' }],
+    });
   });
 });
 

@@ -27,6 +27,8 @@ export interface ReinstateOptions {
   /** Only these policies; null: every policy the account is in. */
   policies: string[] | null;
   asOf: IsoDate;
+  /** --as-of was given: the day is the user's, refused when it cannot be (else it may move later). */
+  asOfGiven?: boolean;
   /** Wait for a running sweep instead of failing with exit code 3. */
   wait: boolean;
   onLog?: (message: string) => void;
@@ -73,25 +75,32 @@ function chooseRows(rows: StoredRow[], options: ReinstateOptions): StoredRow[] {
 }
 
 /**
- * The as-of a reinstatement is dated: the policy's clocks restart there. Before the stage was entered
- * the next sweep suspends again at once; after tomorrow (UTC, so any time zone's today passes) the
- * account is shielded until a day that has not come.
+ * The day a reinstatement is dated: the policy's clocks restart there. Not before a stage it clears
+ * was entered (the next sweep would suspend again at once), nor after tomorrow (UTC, so any time
+ * zone's today passes) unless a stage was entered later still, by a run of an organization whose
+ * day is ahead (the account would be shielded until a day that has not come). Without --as-of:
+ * today, or that stage's day.
  */
-function refuseAsOf(options: ReinstateOptions, rows: StoredRow[]): void {
-  const entered = rows
+function reinstatementDay(options: ReinstateOptions, rows: StoredRow[]): IsoDate {
+  const entered = rows.flatMap((r) => (r.entered_on === null ? [] : [r.entered_on])).sort();
+  const latest = entered[entered.length - 1] ?? null;
+  if (!options.asOfGiven) return latest !== null && latest > options.asOf ? latest : options.asOf;
+  const later = rows
     .filter((r) => r.entered_on !== null && r.entered_on > options.asOf)
     .map((r) => `${r.policy} (${r.stage}) on ${r.entered_on}`);
-  if (entered.length > 0) {
+  if (later.length > 0) {
     throw new UsageError(
-      `--as-of ${options.asOf}: account ${options.key} entered ${entered.join(', ')}; a reinstatement cannot be dated before that (leave --as-of out for today).`,
+      `--as-of ${options.asOf}: account ${options.key} entered ${later.join(', ')}; a reinstatement cannot be dated before that (leave --as-of out for the first day it can be).`,
     );
   }
   const tomorrow = addDays(todayUtc(), 1);
-  if (options.asOf > tomorrow) {
+  const last = latest !== null && latest > tomorrow ? latest : tomorrow;
+  if (options.asOf > last) {
     throw new UsageError(
-      `--as-of ${options.asOf}: a reinstatement cannot be dated after tomorrow (${tomorrow}); its clocks would not start until then (leave --as-of out for today).`,
+      `--as-of ${options.asOf}: a reinstatement cannot be dated after ${last}; its clocks would not start until then (leave --as-of out for today).`,
     );
   }
+  return options.asOf;
 }
 
 export async function reinstateAccount(
@@ -120,7 +129,7 @@ export async function reinstateAccount(
     if (chosen.length === 0) {
       return { key: options.key, run: null, reinstated: [], hostRestored: {}, exclusion };
     }
-    refuseAsOf(options, chosen);
+    options = { ...options, asOf: reinstatementDay(options, chosen) };
     const run = await startRun(knex, schema, {
       kind: 'reinstate',
       asOf: options.asOf,

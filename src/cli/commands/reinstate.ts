@@ -51,6 +51,7 @@ export function registerReinstate(program: Command): void {
         actor: flags.by ?? defaultActor(),
         policies: flags.policy ?? null,
         asOf: flags.asOf ?? todayUtc(),
+        asOfGiven: flags.asOf !== undefined,
         wait: Boolean(flags.wait),
         onLog: (m) => ctx.log(m),
       });
