@@ -580,6 +580,15 @@ describe('exclusions', () => {
     expect((await cli(['exclusions'])).stdout).toContain('No account is excluded.');
     expect((await cli(['exclusions', 'list', '--all'])).stdout).toMatch(/^5\s+key account.*dan$/m);
     expect((await cli(['exclusions', 'remove', '5'])).code).toBe(2);
+
+    // One recorded under the key as typed ("004") before keys were stored as the table writes them:
+    // still removable by that key.
+    await db.knex('suspend.exclusions').insert({ customer_key: '004', reason: 'old', created_by: 'erin' });
+    const old = await cli(['exclusions', 'remove', '004', '--by', 'dan']);
+    expect({ code: old.code, stderr: old.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(
+      await db.knex('suspend.exclusions').where({ customer_key: '004' }).whereNull('removed_at'),
+    ).toEqual([]);
   });
 
   test('an excluded account still shows its exclusion in suspend status', async () => {

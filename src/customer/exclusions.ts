@@ -126,12 +126,14 @@ export async function listExclusions(
 export async function removeExclusion(
   knex: Knex,
   schema: string,
-  input: { key: string; by: string },
+  /** `keys`: the key as stored, then as the user wrote it (an exclusion recorded under "088" before
+   * keys were stored as the customer table writes them). */
+  input: { key: string; by: string; keys?: string[] },
 ): Promise<Exclusion> {
   const rows = (await knex
     .withSchema(schema)
     .table('exclusions')
-    .where({ customer_key: input.key })
+    .whereIn('customer_key', input.keys ?? [input.key])
     .whereNull('removed_at')
     .update({ removed_at: knex.fn.now(), removed_by: input.by })
     .returning('id')) as { id: string }[];

@@ -570,7 +570,14 @@ async function resumeRun(
     );
   }
   options.orgs = runOrgs;
-  const changedRules = unfinished.rulesHash !== rules.hash;
+  // Against the rules the run went on with last (a resume with the same edited file again adds
+  // nothing; going back to the first rules is a change too).
+  const changes = unfinished.options.rulesChanged;
+  const lastHash =
+    Array.isArray(changes) && changes.length > 0
+      ? (changes[changes.length - 1] as { rulesHash: string }).rulesHash
+      : unfinished.rulesHash;
+  const changedRules = lastHash !== rules.hash;
   if (changedRules) {
     options.onLog?.(
       `note: the rules changed since run ${unfinished.id} started; the remaining pages use the current rules`,
@@ -669,14 +676,14 @@ async function realRun(
       shard: options.shard,
       run: null,
     });
-  const total = await countAccounts(knex, rules, options);
+  // A resumed run is counted once it is open: it goes on over its own organizations (see resumeRun).
+  const total = options.resume ? 0 : await countAccounts(knex, rules, options);
   // Before the run is opened, so a refused run leaves nothing behind; a resumed run is checked for
   // the split it started with (see resumeRun).
   if (!options.resume && (options.workers ?? 1) > 1) {
     await checkConnectionRoom(knex, { workers: options.workers ?? 1, perWorker: PIPELINE_CONNECTIONS });
   }
   const opened = await openRun(knex, rules, options, total);
-  // A resumed run goes on over its own organizations (see resumeRun), which --org may not have said.
   const accounts = options.resume ? await countAccounts(knex, rules, options) : total;
   // A run the shards share has a session per shard: `runs` does not judge it.
   if (!sharded(options.shard)) await recordLockSession(knex, rules.settings.schema, opened.run.id, lock.pid);

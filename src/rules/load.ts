@@ -124,7 +124,9 @@ function validateRulesDocument(
     notes: [...unsignedWebhooks(raw), ...expiredExclusions(raw, todayUtc())].map((p) =>
       formatProblem(p, document, display),
     ),
-    locate: (path) => `${display}:${document.lineOf(path, true)} ${formatPath(path)}`,
+    // A place the file does not write (a default) is said so: its line is that of the section.
+    locate: (path) =>
+      `${display}:${document.lineOf(path, true)} ${formatPath(path)}${document.sourceOf(path) === null ? ' (not written: the default)' : ''}`,
   };
 }
 

@@ -358,7 +358,7 @@ describe('bad rules through the CLI', () => {
       [
         '    key: id\n',
         '    key: email\n',
-        'source.activity.customer: column "customer_id" of table "reservations" is bigint, and it must match the customers\' key (source.customers.key: "email", text); name the column that holds the customer\'s key.',
+        'source.activity.customer (not written: the default): column "customer_id" of table "reservations" is bigint, and it must match the customers\' key (source.customers.key: "email", text); name the column that holds the customer\'s key.',
       ],
       [
         '    consent: [marketing_opt_out]\n',
@@ -383,5 +383,17 @@ describe('bad rules through the CLI', () => {
     const textDays = ENGINE_RULES.replace('    created_at: created_at\n', '    created_at: created_txt\n');
     const report = await cli(db, ['report', '--as-of', AS_OF], writeRules(textDays, 'text-days.yaml'));
     expect({ code: report.code, stderr: report.stderr }).toEqual({ code: 0, stderr: '' });
+    // A column of the default mapping the table lacks: said to be the default, not written where the
+    // line points (the source section).
+    await db.knex.raw('alter table invoices rename column paid_on to paid_date');
+    try {
+      const gone = await cli(db, ['report', '--as-of', AS_OF], fixed);
+      expect(gone.code).toBe(2);
+      expect(gone.stderr).toContain(
+        ' source.invoices.paid_on (not written: the default): table "invoices" has no column "paid_on"; name one of its columns',
+      );
+    } finally {
+      await db.knex.raw('alter table invoices rename column paid_date to paid_on');
+    }
   });
 });

@@ -94,6 +94,7 @@ export function registerExclusions(program: Command): void {
       const { key: stored } = await accountKey(knex, rules.source, key);
       const x = await removeExclusion(knex, rules.settings.schema, {
         key: stored,
+        keys: [...new Set([stored, key])],
         by: flags.by ?? defaultActor(),
       });
       writeArtifact(`Customer ${x.key} is no longer excluded (removed by ${x.removedBy ?? ''}).`);
