@@ -78,23 +78,50 @@ export async function checkSetColumns(knex: Knex, rules: Rules): Promise<void> {
       )
     ).rows.map((r) => r.name),
   );
-  for (const { column, value, where } of values) {
-    const type = types.get(column) as string;
-    const refuse = (why: string) =>
-      new UsageError(
-        `A set action (${where}) cannot be applied: column "${column}" of ${table} is ${type}, and ${why}; give a value it can take in the rules file (${rules.file ?? 'rules'}).`,
-      );
-    if (value === null) {
-      if (notNull.has(column)) throw refuse('it is NOT NULL, so null cannot be written');
-      continue;
+  // Each distinct value once; usually one statement for them all.
+  const seen = new Set<string>();
+  const distinct = values.filter((v) => {
+    const id = `${v.column}\u0000${v.value ?? '\u0001'}`;
+    return seen.has(id) ? false : (seen.add(id), true);
+  });
+  const refuse = ({ column, where }: (typeof values)[number], why: string) =>
+    new UsageError(
+      `A set action (${where}) cannot be applied: column "${column}" of ${table} is ${types.get(column)}, and ${why}; give a value it can take in the rules file (${rules.file ?? 'rules'}).`,
+    );
+  const nullInto = distinct.find((v) => v.value === null && notNull.has(v.column));
+  if (nullInto) throw refuse(nullInto, 'it is NOT NULL, so null cannot be written');
+  const given = distinct.filter((v) => v.value !== null);
+  if (given.length === 0) return;
+  // The casts the page's UPDATE makes (types are the catalog's, checked by columnTypes), back to
+  // text: a character type of a set length cuts a longer value short where the others refuse it.
+  const cast = (v: (typeof values)[number], i: number) => `?::text::${types.get(v.column)}::text as v${i}`;
+  let back: Record<string, string>;
+  try {
+    back = (
+      await knex.raw<{ rows: Record<string, string>[] }>(
+        `select ${given.map(cast).join(', ')}`,
+        given.map((v) => v.value),
+      )
+    ).rows[0]!;
+  } catch {
+    // Which one: each alone.
+    for (const v of given) {
+      try {
+        await knex.raw(`select ${cast(v, 0)}`, [v.value]);
+      } catch (err) {
+        throw refuse(
+          v,
+          `${JSON.stringify(v.value)} is not one of its values (${driverMessage(errorMessage(err))})`,
+        );
+      }
     }
-    try {
-      // The same cast the page's UPDATE makes (the type is the catalog's, checked by columnTypes).
-      await knex.raw(`select ?::text::${type}`, [value]);
-    } catch (err) {
-      throw refuse(`${JSON.stringify(value)} is not one of its values (${driverMessage(errorMessage(err))})`);
-    }
+    throw new Error('a set value failed its cast, then passed it alone');
   }
+  given.forEach((v, i) => {
+    const stored = back[`v${i}`];
+    if (/^(character|char|varchar|bpchar)/.test(types.get(v.column) ?? '') && stored !== v.value)
+      throw refuse(v, `${JSON.stringify(v.value)} would be stored cut short, as ${JSON.stringify(stored)}`);
+  });
 }
 
 export async function writeHostColumns(

@@ -114,6 +114,16 @@ describe('SQL injection through the mapping', () => {
   test('a set action on a column that is not there: refused with one sentence, exit 2', async () =>
     refusedAndNothingHappens(SET_COLUMN));
 
+  test('a set value longer than its varchar column: refused, not written cut short', async () => {
+    await db.knex.raw('alter table customers add column if not exists tier varchar(4)');
+    const rules = mapped('{ set: { status: suspended } }', '{ set: { tier: suspended } }');
+    await refusedAndNothingHappens(rules);
+    const r = await cli(db, ['sweep', '--as-of', AS_OF, '--no-notify', '--by', ACTOR], writeRules(rules));
+    expect(r.stderr).toContain(
+      'error: A set action (policy inactivity, stage suspended) cannot be applied: column "tier" of customers is character varying(4), and "suspended" would be stored cut short, as "susp";',
+    );
+  });
+
   test('a set column whose name holds a double quote: the sentence names its policy and stage', async () => {
     const rules = mapped(
       '{ set: { status: suspended } }',
