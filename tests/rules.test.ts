@@ -138,6 +138,14 @@ policies:
     );
   });
 
+  test('a file with no policy is valid, with a note that the runs refuse it', async () => {
+    const r = await runCli(['rules', 'check', '--rules', writeRules('version: 1\n')]);
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(r.stdout).toContain(
+      '  note: no policy is written (or all are turned off), so backfill, sweep and report refuse to run; write them (see rules.example.yaml)\n',
+    );
+  });
+
   test('a webhook without a secret is valid, with a note giving its line and what to set', async () => {
     const file = writeRules(`${ONE_POLICY}notifications:
   webhook: { url: "https://hooks.example.com/suspend" }

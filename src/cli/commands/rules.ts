@@ -36,6 +36,13 @@ export function registerRules(program: Command): void {
           `  exclusions: ${loaded.defaults.exclusions.length}`,
           `  hash: ${loaded.hash.slice(0, 12)}`,
           ...(validated.notes ?? []).map((note) => `  note: ${note}`),
+          // As the runs judge it: no policy anywhere is nothing to apply, and they refuse it.
+          ...(policies.length === 0 &&
+          Object.values(loaded.organizations).every((o) => o.policies.length === 0)
+            ? [
+                '  note: no policy is written (or all are turned off), so backfill, sweep and report refuse to run; write them (see rules.example.yaml)',
+              ]
+            : []),
         ].join('\n'),
       );
     }),
