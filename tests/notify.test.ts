@@ -786,6 +786,13 @@ describe('suspend notify', () => {
     expect(r.stderr).toBe(
       "error: option '--failed' cannot be used with option '--retry-failed'; see `suspend notify --help`.\n",
     );
+    // A listing sends nothing: a limit of attempts with it is refused, not ignored.
+    const listing = await runCli(['notify', '--failed', '--max-attempts', '3', '--database-url', db.url]);
+    expect(listing).toMatchObject({
+      code: 2,
+      stderr:
+        "error: option '--failed' cannot be used with option '--max-attempts <n>'; see `suspend notify --help`.\n",
+    });
     // Commander's suggestion joins the same line.
     const typo = await runCli(['notify', '--max-attempt', '3', '--database-url', db.url]);
     expect(typo).toMatchObject({

@@ -51,6 +51,18 @@ describe('resuming a stopped backfill', () => {
     expect(oneOrg.stderr).toBe(
       `error: Backfill run ${run!.id} covers every organization, and --resume continues it as it started; leave out --org, or abandon it (\`suspend backfill --abandon ${run!.id}\`) and start the backfill you want.\n`,
     );
+    // Another day than the run's: refused, not taken quietly for the run's own.
+    const otherDay = await cli(db, ['backfill', '--resume', '--as-of', '2026-12-24', '--no-notify']);
+    expect({ code: otherDay.code, stdout: otherDay.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(otherDay.stderr).toBe(
+      `error: --as-of 2026-12-24: backfill run ${run!.id} judges every page as of 2026-11-23, and --resume continues it so; leave --as-of out, or abandon it (\`suspend backfill --abandon ${run!.id}\`) and start one as of 2026-12-24.\n`,
+    );
+    // A limit no count can reach is refused, not taken for a number it is not.
+    const huge = await cli(db, ['backfill', '--resume', '--max-changes', '99999999999999999999']);
+    expect(huge.code).toBe(2);
+    expect(huge.stderr).toContain(
+      'is more than a count can be here (at most 9007199254740991); write none for no limit.',
+    );
     // A dry run neither continues nor gives up a run: refused, not run as something else.
     for (const flag of ['--resume', '--abandon']) {
       const dry = await cli(db, ['backfill', flag, '--dry-run']);

@@ -67,6 +67,8 @@ export type BatchKind = 'backfill' | 'sweep';
 export interface BatchOptions {
   kind: BatchKind;
   asOf: IsoDate;
+  /** --as-of was given (else asOf is today's): a resume refuses a day other than its run's. */
+  asOfGiven?: boolean;
   dryRun: boolean;
   batchSize: number;
   orgs: string[] | null;
@@ -601,6 +603,13 @@ async function resumeRun(
   if ((options.workers ?? 1) !== ranges.length) {
     options.onLog?.(
       `note: run ${unfinished.id} continues with the ${ranges.length} worker(s) it started with`,
+    );
+  }
+  // Every page of one backfill is judged on the same day: a day asked for that is not the run's
+  // would not be the one used.
+  if (options.asOfGiven && options.asOf !== unfinished.asOf) {
+    throw new UsageError(
+      `--as-of ${options.asOf}: backfill run ${unfinished.id} judges every page as of ${unfinished.asOf}, and --resume continues it so; leave --as-of out, or abandon it (\`suspend backfill --abandon ${unfinished.id}\`) and start one as of ${options.asOf}.`,
     );
   }
   // Refused no more: the ledger says which rules the rest of the run is judged by.

@@ -48,7 +48,13 @@ interface BatchFlags extends CommonOptions {
 /** `500`, `5%` or `none`: the run's safety limit instead of settings.max_changes. */
 function parseMaxChangesFlag(value: string): Settings['maxChanges'] | 'none' {
   if (value === 'none') return 'none';
-  if (/^\d+$/.test(value)) return { count: Number(value) };
+  if (/^\d+$/.test(value)) {
+    if (!Number.isSafeInteger(Number(value)))
+      throw new InvalidArgumentError(
+        `"${value}" is more than a count can be here (at most ${Number.MAX_SAFE_INTEGER}); write none for no limit.`,
+      );
+    return { count: Number(value) };
+  }
   const m = /^(\d+(?:\.\d+)?)%$/.exec(value);
   if (m && Number(m[1]) > 0 && Number(m[1]) <= 100) return { fraction: Number(m[1]) / 100 };
   throw new InvalidArgumentError(
@@ -148,6 +154,7 @@ async function execute(ctx: CommandContext, kind: BatchKind | 'report', flags: B
     const result = await runBatch(knex, rules, {
       kind: kind === 'report' ? 'sweep' : kind,
       asOf,
+      asOfGiven: flags.asOf !== undefined,
       dryRun,
       batchSize: flags.batchSize ?? rules.settings.batchSize,
       orgs: flags.org ?? null,

@@ -52,7 +52,11 @@ export function registerNotify(program: Command): void {
         'deliver pending notifications: a digest per organization and run by email, customer notices, signed webhooks',
       )
       .addOption(
-        new Option('--failed', 'list the notifications that failed for good').conflicts('retryFailed'),
+        // A listing sends nothing: a limit of attempts would be taken for one it applied.
+        new Option('--failed', 'list the notifications that failed for good').conflicts([
+          'retryFailed',
+          'maxAttempts',
+        ]),
       )
       .option('--retry-failed', 'put failed notifications back and send them again')
       .addOption(
