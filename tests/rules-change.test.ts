@@ -86,4 +86,20 @@ describe('states the rules no longer describe', () => {
       `note: ${there} are in stage suspended of policy inactivity, which the rules of their organization no longer apply (turned off or removed there): no run moves them; reinstate them (\`suspend reinstate KEY --policy inactivity\`) or apply the policy again.\n`,
     );
   });
+
+  test('a rules exclusion by a key written otherwise ("007") or that no customer has: a note each', async () => {
+    const keyed = ENGINE_RULES.replace(
+      'exclusions:\n',
+      'exclusions:\n  - { key: "007", reason: padded }\n  - { key: "99999999", reason: gone }\n',
+    );
+    expect(keyed).not.toBe(ENGINE_RULES);
+    const r = await cli(db, ['report', '--as-of', AS_OF], writeRules(keyed));
+    expect(r.code).toBe(0);
+    expect(r.stderr).toContain(
+      'note: the rules exclude key "007", but the customer table writes it "7", and runs match keys as written there: write "7", or it spares nobody.\n',
+    );
+    expect(r.stderr).toContain(
+      'note: the rules exclude key "99999999", which no customer has; it spares nobody.\n',
+    );
+  });
 });
