@@ -146,6 +146,26 @@ policies:
     );
   });
 
+  test('a set action on a column the runs read as a signal (org, a flag) is one line each, exit 2', async () => {
+    const file = writeRules(`version: 1
+source:
+  customers: { flags: { vip: vip } }
+policies:
+  p:
+    stages:
+      - name: s
+        when: { past_due_for: 30 days }
+        actions: [{ set: { org_id: '0', vip: true, status: suspended } }]
+`);
+    const r = await runCli(['rules', 'check', '--rules', file]);
+    const display = path.relative(ROOT, file);
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(r.stderr.trim().split('\n')).toEqual([
+      `error: ${display}:9 policies.p.stages[0].actions[0].set.org_id: org_id is read by every run as source.customers.org: setting it would change what the next run judges; set another column`,
+      `error: ${display}:9 policies.p.stages[0].actions[0].set.vip: vip is read by every run as source.customers.flags.vip: setting it would change what the next run judges; set another column`,
+    ]);
+  });
+
   test('a webhook without a secret is valid, with a note giving its line and what to set', async () => {
     const file = writeRules(`${ONE_POLICY}notifications:
   webhook: { url: "https://hooks.example.com/suspend" }

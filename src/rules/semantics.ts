@@ -21,6 +21,8 @@ const list = (v: unknown): unknown[] => (Array.isArray(v) ? v : []);
 interface MappingFacts {
   key: string;
   consent: string[];
+  /** Customer columns the runs read as signals, with their place in the mapping (none with a view). */
+  signals: Map<string, string>;
   /** Declared flag names; null when a signal view supplies the flags (any name may be used). */
   flags: string[] | null;
 }
@@ -34,7 +36,20 @@ function mappingFacts(data: Dict): MappingFacts {
     : DEFAULT_MAPPING.customers.consent;
   const flags =
     typeof source.view === 'string' ? null : Object.keys(isDict(customers.flags) ? customers.flags : {});
-  return { key, consent, flags };
+  const signals = new Map<string, string>();
+  if (typeof source.view !== 'string') {
+    const d = DEFAULT_MAPPING.customers;
+    const mapped = (field: string, fallback: string | null) => {
+      const column = field in customers ? customers[field] : fallback;
+      if (typeof column === 'string') signals.set(column, `source.customers.${field}`);
+    };
+    mapped('org', d.org);
+    mapped('created_at', d.createdAt);
+    mapped('net_terms_days', d.netTermsDays);
+    for (const [flag, column] of Object.entries(isDict(customers.flags) ? customers.flags : d.flags))
+      if (typeof column === 'string') signals.set(column, `source.customers.flags.${flag}`);
+  }
+  return { key, consent, signals, flags };
 }
 
 export function semanticProblems(data: unknown): Problem[] {
@@ -165,6 +180,12 @@ function checkStage(stage: Dict, path: YamlPath, facts: MappingFacts, problems: 
           path: at,
           atKey: true,
           message: `${column} is the customers' key column (source.customers.key) and cannot be set; set another column`,
+        });
+      } else if (facts.signals.has(column)) {
+        problems.push({
+          path: at,
+          atKey: true,
+          message: `${column} is read by every run as ${facts.signals.get(column)}: setting it would change what the next run judges; set another column`,
         });
       }
     }

@@ -138,8 +138,8 @@ describe('SQL injection through the mapping', () => {
 
   test.each([
     [
-      '{ vip: suspended }',
-      'column "vip" of customers is boolean, and "suspended" is not one of its values (invalid input syntax for type boolean: "suspended")',
+      '{ on_hold: suspended }',
+      'column "on_hold" of customers is boolean, and "suspended" is not one of its values (invalid input syntax for type boolean: "suspended")',
     ],
     [
       '{ status: null }',
@@ -152,6 +152,7 @@ describe('SQL injection through the mapping', () => {
         '{ set: { status: suspended } }]\n        message: "We',
         `{ set: ${set} }]\n        message: "We`,
       );
+      await db.knex.raw('alter table customers add column if not exists on_hold boolean');
       const runs = () => db.knex('suspend.runs').count<{ n: string }[]>({ n: '*' });
       const runsBefore = await runs();
       await refusedAndNothingHappens(rules);
