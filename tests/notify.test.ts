@@ -713,42 +713,34 @@ describe('suspend notify', () => {
       env: { SMTP_URL: smtp.url, PGOPTIONS: '-c idle_session_timeout=3000' },
     });
     await stall;
-    const claimers = async () =>
+    /** Sessions (`where` over pg_stat_activity a), each idle past the 3 s timeout or not. */
+    const sessions = (where: string) => async () =>
       (
         await db.knex.raw<{ rows: { idle: boolean }[] }>(
-          `select now() - a.state_change > interval '3.5 s' as idle
-             from pg_locks l join pg_stat_activity a on a.pid = l.pid
-            where l.locktype = 'advisory' and l.granted and l.classid = ?
-              and l.database = (select oid from pg_database where datname = current_database())`,
+          `select now() - a.state_change > interval '3.5 s' as idle from pg_stat_activity a where ${where}`,
           [NOTIFY_LOCK_CLASS],
         )
       ).rows;
-    // Until the claiming session has idled past the timeout, or is gone.
-    for (let i = 0; i < 200; i++) {
-      const now = await claimers();
-      if (now.length === 0 || now.every((c) => c.idle)) break;
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
+    /** Until every one of them has idled past the timeout, or none is left. */
+    const untilIdleOrGone = async (of: () => Promise<{ idle: boolean }[]>) => {
+      for (let i = 0; i < 200; i++) {
+        const now = await of();
+        if (now.length === 0 || now.every((c) => c.idle)) return;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    };
+    const holdsClaim = `exists (select 1 from pg_locks l where l.pid = a.pid and l.locktype = 'advisory'
+                                   and l.granted and l.classid = ? and l.database = (select oid from pg_database where datname = current_database()))`;
+    const claimers = sessions(holdsClaim);
+    await untilIdleOrGone(claimers);
     expect(await claimers()).toEqual([{ idle: true }]);
     // The process's other sessions idled past the timeout too, but it keeps them: the server's
     // timeout is raised past the pool's own idle limit for them (ended under the pool, one could be
     // reused in the moment its end is on the way, and fail the delivery).
-    const others = async () =>
-      (
-        await db.knex.raw<{ rows: { idle: boolean }[] }>(
-          `select now() - a.state_change > interval '3.5 s' as idle from pg_stat_activity a
-            where a.datname = current_database() and a.application_name = 'suspend'
-              and not exists (select 1 from pg_locks l where l.pid = a.pid and l.locktype = 'advisory'
-                                and l.granted and l.classid = ?)`,
-          [NOTIFY_LOCK_CLASS],
-        )
-      ).rows;
-    // Until they have idled past the timeout, or are gone.
-    for (let i = 0; i < 200; i++) {
-      const now = await others();
-      if (now.length === 0 || now.every((c) => c.idle)) break;
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
+    const others = sessions(
+      `a.datname = current_database() and a.application_name = 'suspend' and not ${holdsClaim}`,
+    );
+    await untilIdleOrGone(others);
     expect((await others()).length).toBeGreaterThan(0);
     hook.held.shift()?.writeHead(200).end();
 
