@@ -31,6 +31,18 @@ describe('states the rules no longer describe', () => {
     return `${rows.length} account(s) of ${of} (${blocking} with booking blocked)`;
   };
 
+  /** ENGINE_RULES with `from` replaced (it must be there). */
+  const edited = (from: string, to: string) => {
+    expect(ENGINE_RULES).toContain(from);
+    return ENGINE_RULES.replace(from, to);
+  };
+  /** What a report with these rules says on stderr (it must succeed). */
+  const reportSays = async (rules: string) => {
+    const r = await cli(db, ['report', '--as-of', AS_OF], writeRules(rules));
+    expect(r.code).toBe(0);
+    return r.stderr;
+  };
+
   test('the rules as they were: no note', async () => {
     const r = await cli(db, ['report', '--as-of', AS_OF]);
     expect(r.code).toBe(0);
@@ -66,39 +78,33 @@ describe('states the rules no longer describe', () => {
     const removed =
       ENGINE_RULES.slice(0, ENGINE_RULES.indexOf('  inactivity:')) +
       ENGINE_RULES.slice(ENGINE_RULES.indexOf('  delinquency:'));
-    const r = await cli(db, ['report', '--as-of', AS_OF], writeRules(removed));
-    expect(r.code).toBe(0);
-    expect(r.stderr).toContain(
+    expect(await reportSays(removed)).toContain(
       `note: ${suspended} are in stage suspended of policy inactivity, a policy the rules no longer have: no run moves them; reinstate them (\`suspend reinstate KEY --policy inactivity\`) or put the policy back.\n`,
     );
   });
 
   test('a policy turned off for one organization: its accounts there are named, with the organization', async () => {
     const there = await accounts('inactivity', 'suspended', '2');
-    const off = ENGINE_RULES.replace(
+    const off = edited(
       'policies:\n',
       'organizations:\n  "2":\n    policies:\n      inactivity: { enabled: false }\npolicies:\n',
     );
-    expect(off).not.toBe(ENGINE_RULES);
-    const r = await cli(db, ['report', '--as-of', AS_OF], writeRules(off));
-    expect(r.code).toBe(0);
-    expect(r.stderr).toContain(
+    expect(await reportSays(off)).toContain(
       `note: ${there} are in stage suspended of policy inactivity, which the rules of their organization no longer apply (turned off or removed there): no run moves them; reinstate them (\`suspend reinstate KEY --policy inactivity\`) or apply the policy again.\n`,
     );
   });
 
   test('a rules exclusion by a key written otherwise ("007") or that no customer has: a note each', async () => {
-    const keyed = ENGINE_RULES.replace(
-      'exclusions:\n',
-      'exclusions:\n  - { key: "007", reason: padded }\n  - { key: "99999999", reason: gone }\n',
+    const said = await reportSays(
+      edited(
+        'exclusions:\n',
+        'exclusions:\n  - { key: "007", reason: padded }\n  - { key: "99999999", reason: gone }\n',
+      ),
     );
-    expect(keyed).not.toBe(ENGINE_RULES);
-    const r = await cli(db, ['report', '--as-of', AS_OF], writeRules(keyed));
-    expect(r.code).toBe(0);
-    expect(r.stderr).toContain(
+    expect(said).toContain(
       'note: the rules exclude key "007", but the customer table writes it "7", and runs match keys as written there: write "7", or it spares nobody.\n',
     );
-    expect(r.stderr).toContain(
+    expect(said).toContain(
       'note: the rules exclude key "99999999", which no customer has; it spares nobody.\n',
     );
   });

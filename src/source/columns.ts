@@ -104,7 +104,7 @@ export function mappedColumns(m: SourceMapping): MappedColumn[] {
 }
 
 /**
- * Refuses a mapping that names a column its table lacks, or one of a type its use needs not. Tables
+ * Refuses a mapping that names a column its table lacks, or one of a type its use cannot take. Tables
  * that are not there are left to the table check. The organizations table is not among them: only
  * notify reads it, and says so when it cannot (the addresses in the rules file still get digests).
  */
