@@ -1536,6 +1536,10 @@ describe('payment race', () => {
     };
   }
   /** What a dry run of the one page plans, per account: "policy kind" for each change. */
+  /** An account's state rows, by policy. */
+  function statesOf(db: TestDatabase, key: string, ...columns: string[]) {
+    return db.knex('suspend.account_states').where({ customer_key: key }).orderBy('policy').select(columns);
+  }
   async function plannedChanges(db: TestDatabase, rules: Rules) {
     const planned = new Map<string, string[]>();
     await runBatch(db.knex, rules, {
@@ -1692,13 +1696,7 @@ describe('payment race', () => {
       const result = await runBatch(racing.knex, rules, onePageBackfill(false));
       expect(result.status).toBe('succeeded');
       expect(result.counts.changedSinceRead).toBe(1);
-      expect(
-        await racing
-          .knex('suspend.account_states')
-          .where({ customer_key: target })
-          .orderBy('policy')
-          .select('policy', 'stage'),
-      ).toEqual([
+      expect(await statesOf(racing, target, 'policy', 'stage')).toEqual([
         { policy: 'delinquency', stage: null },
         { policy: 'overdue_pause', stage: null },
       ]);
@@ -1728,6 +1726,54 @@ describe('payment race', () => {
       expect(await racing.knex('customers').where({ id: target }).pluck('status')).toEqual([before]);
       expect(before).not.toBe('suspended');
     } finally {
+      await racing.drop();
+    }
+  });
+
+  test('a new state another session adds while the page writes: the page is written again and leaves that row alone', async () => {
+    const racing = await seeded(2000, 5);
+    const other = knexFactory({ client: 'pg', connection: racing.url, pool: { min: 0, max: 1 } });
+    try {
+      const rules = await loadRules({ file: rulesFile, cwd: ROOT });
+      const [target, planned] = [...(await plannedChanges(racing, rules))].find(
+        ([, p]) => p.join() === 'inactivity enter',
+      )!;
+      expect(planned).toEqual(['inactivity enter']);
+      let committed: Promise<void> | null = null;
+      const result = await runBatch(racing.knex, rules, {
+        ...onePageBackfill(false),
+        beforeWrite: async () => {
+          if (committed) return;
+          // Uncommitted when the page's re-check reads: its insert of the state waits for this
+          // session, then finds the key taken.
+          const trx = await other.transaction();
+          await trx('suspend.account_states').insert({
+            customer_key: target,
+            policy: 'inactivity',
+            stage: null,
+            version: 3,
+          });
+          committed = new Promise((resolve) => setTimeout(resolve, 400)).then(async () => {
+            await trx.commit();
+          });
+        },
+      });
+      await committed;
+      expect(result.status).toBe('succeeded');
+      expect(result.counts.changedSinceRead).toBe(1);
+      expect(await statesOf(racing, target, 'stage', 'version')).toEqual([{ stage: null, version: 3 }]);
+      expect(await racing.knex('suspend.history').where({ customer_key: target }).count({ n: '*' })).toEqual([
+        { n: '0' },
+      ]);
+      // Every other change of the page is written once.
+      const written = await racing
+        .knex('suspend.history')
+        .where({ run_id: result.run!.id })
+        .count({ n: '*' });
+      expect(Number(written[0]!.n)).toBe(result.counts.changes);
+      expect(result.counts.changes).toBeGreaterThan(100);
+    } finally {
+      await other.destroy();
       await racing.drop();
     }
   });

@@ -1,7 +1,7 @@
 import type { Knex } from 'knex';
 import { qualified, readAccounts, type SignalNeeds } from '../source/signals';
 import type { PageState } from '../source/states';
-import { writeStateChanges, type StateChange, type WriteContext } from '../write/apply';
+import { isNewStateConflict, writeStateChanges, type StateChange, type WriteContext } from '../write/apply';
 import { writeHostColumns } from '../write/host-columns';
 import { countChanges, mergeCounts, pageCounts, type RunCounts } from './counts';
 import {
@@ -69,6 +69,23 @@ export async function commitPage(
    */
   countsBefore: () => Promise<RunCounts>,
 ): Promise<Committed> {
+  try {
+    return await writePage(knex, target, page, countsBefore, true);
+  } catch (err) {
+    // A new state's row was added by another writer after the re-check read (rare): the page's
+    // transaction rolled back, and is run again with upserts, which leave that row alone.
+    if (!isNewStateConflict(err)) throw err;
+    return writePage(knex, target, page, countsBefore, false);
+  }
+}
+
+async function writePage(
+  knex: Knex,
+  target: CommitTarget,
+  page: PageToCommit,
+  countsBefore: () => Promise<RunCounts>,
+  insertNew: boolean,
+): Promise<Committed> {
   const { rules, ctx } = target;
   const counted = pageCounts(page.total, page.plan.tally);
   return knex.transaction(async (trx) => {
@@ -99,7 +116,7 @@ export async function commitPage(
       if (captured.length > 0)
         c.hostBefore = Object.fromEntries(captured.map((col) => [col, before[col] ?? null]));
     }
-    const applied = await writeStateChanges(trx, ctx, changes);
+    const applied = await writeStateChanges(trx, ctx, changes, insertNew);
     const pair = (key: string, policy: string) => `${key}\u0000${policy}`;
     const appliedSet = new Set(applied.map((a) => pair(a.key, a.policy)));
     const written = changes.filter((c) => appliedSet.has(pair(c.key, c.policy)));
