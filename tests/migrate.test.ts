@@ -40,6 +40,12 @@ test('four migrates started together all succeed and apply each migration once',
   }
   const applied = await db.knex('suspend.knex_migrations').select('name').orderBy('name');
   expect(applied.map((r: { name: string }) => r.name)).toEqual([...migrations].sort());
+  // Each index on account_states costs every state a run writes: only those something reads through.
+  const indexes = await db
+    .knex('pg_indexes')
+    .where({ schemaname: 'suspend', tablename: 'account_states' })
+    .pluck('indexname');
+  expect(indexes.sort()).toEqual(['account_states_key_number', 'account_states_pkey']);
 });
 
 test('--database names another database on the server the URL reaches; a missing or unusable name is one sentence, exit 2', async () => {
