@@ -23,6 +23,8 @@ export interface RunCounts {
   /** Accounts skipped for bad data, by reason. */
   skipped: number;
   skippedByReason: Record<string, number>;
+  /** The first keys skipped for each reason (at most SKIPPED_KEYS each): which accounts to fix. */
+  skippedKeys: Record<string, string[]>;
   /** "org|policy|kind|from|to" → count. */
   transitions: Record<string, number>;
 }
@@ -40,9 +42,13 @@ export function emptyCounts(): RunCounts {
     beingPaid: 0,
     skipped: 0,
     skippedByReason: {},
+    skippedKeys: {},
     transitions: {},
   };
 }
+
+/** Skipped keys kept per reason: enough to find the bad rows, never a list as long as the table. */
+export const SKIPPED_KEYS = 10;
 
 /** Counts from an older ledger row may lack newer fields. */
 export function restoreCounts(stored: Partial<RunCounts> | null | undefined): RunCounts {
@@ -95,9 +101,29 @@ export function countChanges(counts: RunCounts, changes: StateChange[]): void {
   counts.accountsChanged += accounts.size;
 }
 
-export function countSkipped(counts: RunCounts, skipped: { reason: string }[]): void {
+export function countSkipped(counts: RunCounts, skipped: { key: string; reason: string }[]): void {
   counts.skipped += skipped.length;
   for (const s of skipped) bump(counts.skippedByReason, s.reason);
+  counts.skippedKeys = firstKeys(counts.skippedKeys, groupKeys(skipped));
+}
+
+function groupKeys(skipped: { key: string; reason: string }[]): Record<string, string[]> {
+  const out: Record<string, string[]> = {};
+  for (const s of skipped) (out[s.reason] ??= []).push(s.key);
+  return out;
+}
+
+/** Each reason's keys of `a` then `b`, at most SKIPPED_KEYS (counts of older runs have none). */
+function firstKeys(
+  a: Record<string, string[]> | undefined,
+  b: Record<string, string[]> | undefined,
+): Record<string, string[]> {
+  const out: Record<string, string[]> = { ...(a ?? {}) };
+  for (const [reason, keys] of Object.entries(b ?? {})) {
+    const kept = out[reason] ?? [];
+    if (kept.length < SKIPPED_KEYS) out[reason] = [...kept, ...keys].slice(0, SKIPPED_KEYS);
+  }
+  return out;
 }
 
 /** What one page counts before anything is written: all its accounts, the evaluated ones' exclusions and holds. */
@@ -128,6 +154,7 @@ export function mergeCounts(a: RunCounts, b: RunCounts): RunCounts {
     beingPaid: a.beingPaid + b.beingPaid,
     skipped: a.skipped + b.skipped,
     skippedByReason: sum(a.skippedByReason, b.skippedByReason),
+    skippedKeys: firstKeys(a.skippedKeys, b.skippedKeys),
     transitions: sum(a.transitions, b.transitions),
   };
 }

@@ -152,6 +152,7 @@ export async function writeBatchReport(
           beingPaid: c.beingPaid,
           skipped: c.skipped,
           skippedByReason: c.skippedByReason,
+          skippedKeys: c.skippedKeys,
         },
         limit: result.limit,
         ...(meta.dryRun ? { wouldStopAtLimit: result.wouldStopAtLimit ?? null } : {}),
@@ -213,7 +214,7 @@ export async function writeBatchReport(
   if (c.skipped > 0) {
     notes.push(
       `skipped for bad data: ${Object.entries(c.skippedByReason)
-        .map(([reason, n]) => `${formatCount(n)} (${reason})`)
+        .map(([reason, n]) => `${formatCount(n)} (${reason}${skippedKeysNote(n, c.skippedKeys[reason])})`)
         .join(', ')}`,
     );
   }
@@ -239,4 +240,11 @@ export async function writeBatchReport(
     lines.push(table(ACCOUNT_COLUMNS, collector.sample.map(accountRow)));
   }
   return out(`${lines.join('\n')}\n`);
+}
+
+/** ": accounts 17, 42" or ": accounts 17, 42... (the first 10 of 12)": where to look for the bad rows. */
+function skippedKeysNote(count: number, keys: string[] | undefined): string {
+  if (!keys || keys.length === 0) return '';
+  const more = count > keys.length ? ` (the first ${keys.length} of ${formatCount(count)})` : '';
+  return `: account${keys.length === 1 ? '' : 's'} ${keys.join(', ')}${more}`;
 }

@@ -1,5 +1,6 @@
 import { createTestDatabase, type TestDatabase } from '../helpers/database';
 import { writeRules } from '../helpers/fixtures';
+import { SKIP_REASONS } from '../../src/source/signals';
 import { ACTOR, AS_OF, cli, STACK_FRAME } from '../helpers/reliability';
 
 /**
@@ -148,7 +149,13 @@ policies:
 
 interface Report {
   status: string;
-  counts: { scanned: number; changes: number; skipped: number; skippedByReason: Record<string, number> };
+  counts: {
+    scanned: number;
+    changes: number;
+    skipped: number;
+    skippedByReason: Record<string, number>;
+    skippedKeys: Record<string, string[]>;
+  };
   accounts: { key: string; policy: string; to: string }[];
 }
 
@@ -276,7 +283,18 @@ describe.each(types)('%s keys, values nothing can compute with', (type) => {
     expect(report.counts.scanned + report.counts.skipped).toBe(ROLES.length + UNCOMPUTABLE.length);
     expect(report.counts.skipped).toBe(UNCOMPUTABLE.length);
     expect(Object.keys(report.counts.skippedByReason).length).toBeGreaterThanOrEqual(1);
+    // Which accounts, by reason: where to look for the bad rows.
+    expect(report.counts.skippedKeys).toEqual({
+      [SKIP_REASONS.netTerms]: [keys.hugeTerms],
+      [SKIP_REASONS.balance]: [keys.hugeAmounts],
+    });
     for (const role of UNCOMPUTABLE) expect(await states(db, keys[role]!)).toEqual([]);
+    // The text report names them in its note.
+    const text = await cli(db, ['report', '--dry-run', '--as-of', AS_OF, '--batch-size', '4'], rulesFile);
+    expect(text.code).toBe(0);
+    const note = text.stdout.split('\n').find((l) => l.startsWith('- skipped for bad data: '));
+    expect(note).toContain(`1 (${SKIP_REASONS.netTerms}: account ${keys.hugeTerms})`);
+    expect(note).toContain(`1 (${SKIP_REASONS.balance}: account ${keys.hugeAmounts})`);
     expect(await states(db, keys.delinquent!)).toEqual(['delinquency:suspended']);
   });
 });
