@@ -57,6 +57,53 @@ describe('suspend rules check', () => {
       'policies: inactivity (suspended), delinquency (suspended), overdue_pause (paused), escalation (day_14 → day_30)',
     );
     expect(r.stdout).toContain('organizations with overrides: 2, 3');
+    expect(r.stdout).not.toContain('note:');
+  });
+
+  test('a ladder written upside down is valid, with a note naming the stage no account is ever in, by line', async () => {
+    const file = writeRules(`version: 1
+policies:
+  escalation:
+    stages:
+      - name: day_30
+        when: { past_due_for: 30 days, has_active_subscription: true }
+      - name: day_14
+        when: { all: [{ past_due_for: 14 days }, { has_active_subscription: true }] }
+  # Not shadowed: the later stage asks for something the earlier does not, or a month may be 28 days.
+  mixed:
+    stages:
+      - name: first
+        when: { past_due_for: 30 days }
+      - name: second
+        when: { past_due_for: 14 days, overdue_balance_over: 5 }
+      - name: third
+        when: { inactive_for: 1 month }
+      - name: fourth
+        when: { inactive_for: 30 days }
+organizations:
+  7:
+    policies:
+      mixed:
+        stages:
+          - name: second
+            when: { overdue_balance_over: 0 }
+          - name: first
+            when: { overdue_balance_over: 10 }
+`);
+    const r = await runCli(['rules', 'check', '--rules', file]);
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
+    const notes = r.stdout
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l.startsWith('note: '));
+    const shown = path.relative(ROOT, file);
+    const never = (stage: string, later: string) =>
+      `stage "${stage}" is never entered: an account that meets this also meets the when of the later stage "${later}", and each account is put in the most severe stage it meets; order the ladder from the mildest stage to the most severe, or make "${later}" ask more`;
+    expect(notes).toEqual([
+      `note: ${shown}:6 policies.escalation.stages[0].when: ${never('day_30', 'day_14')}`,
+      // Organization 7's "first" now asks for more than its "second": 30 days and over $10.
+      `note: ${shown}:28 organizations.7.policies.mixed.stages[1].when: for organization 7, ${never('first', 'second')}`,
+    ]);
   });
 
   test('an exclusion until a day that no calendar has (month 13, day 32) is one line, exit 2', async () => {

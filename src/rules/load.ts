@@ -18,6 +18,7 @@ import { mergePolicies, mergeSettings } from './merge';
 import { formatPath, type Problem, type YamlPath } from './problems';
 import type { RawOrganization, RawPolicy, RawRules } from './schema';
 import { semanticProblems } from './semantics';
+import { shadowedStages } from './ladders';
 import { parseMoney } from './values';
 import { schemaProblems } from './validate';
 
@@ -121,8 +122,8 @@ function validateRulesDocument(
   const raw = withMoneyAsWritten(data as RawRules, document);
   return {
     raw,
-    notes: [...unsignedWebhooks(raw), ...expiredExclusions(raw, todayUtc())].map((p) =>
-      formatProblem(p, document, display),
+    notes: [...unsignedWebhooks(raw), ...expiredExclusions(raw, todayUtc()), ...shadowedStages(raw)].map(
+      (p) => formatProblem(p, document, display),
     ),
     // A place the file does not write (a default) is said so: its line is that of the section.
     locate: (path) =>
