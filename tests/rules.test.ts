@@ -89,6 +89,10 @@ organizations:
             when: { overdue_balance_over: 0 }
           - name: first
             when: { overdue_balance_over: 10 }
+      # Its own escalation asks more of day_14, so its accounts do enter day_30.
+      escalation:
+        stages:
+          - { name: day_14, when: { past_due_for: 60 days } }
 `);
     const r = await runCli(['rules', 'check', '--rules', file]);
     expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
@@ -97,10 +101,10 @@ organizations:
       .map((l) => l.trim())
       .filter((l) => l.startsWith('note: '));
     const shown = path.relative(ROOT, file);
-    const never = (stage: string, later: string) =>
-      `stage "${stage}" is never entered: an account that meets this also meets the when of the later stage "${later}", and each account is put in the most severe stage it meets; order the ladder from the mildest stage to the most severe, or make "${later}" ask more`;
+    const never = (stage: string, later: string, except = '') =>
+      `stage "${stage}" is never entered${except}: an account that meets this also meets the when of the later stage "${later}", and each account is put in the most severe stage it meets; order the ladder from the mildest stage to the most severe, or make "${later}" ask more`;
     expect(notes).toEqual([
-      `note: ${shown}:6 policies.escalation.stages[0].when: ${never('day_30', 'day_14')}`,
+      `note: ${shown}:6 policies.escalation.stages[0].when: ${never('day_30', 'day_14', ' (except for organization 7, whose override changes this ladder)')}`,
       // Organization 7's "first" now asks for more than its "second": 30 days and over $10.
       `note: ${shown}:28 organizations.7.policies.mixed.stages[1].when: for organization 7, ${never('first', 'second')}`,
     ]);

@@ -16,34 +16,43 @@ import { parseDuration, parseMoney } from './values';
 export function shadowedStages(raw: RawRules): Problem[] {
   const problems: Problem[] = [];
   const defaults = raw.policies ?? {};
-  for (const [name, policy] of Object.entries(defaults))
-    for (const [i, j] of shadowedPairs(policy.stages))
+  const organizations = Object.entries(raw.organizations ?? {});
+  for (const [name, policy] of Object.entries(defaults)) {
+    // Each organization's ladder: the defaults', with the `when`s its override changes.
+    const ladders = organizations.map(([orgId, org]) => {
+      const override = org.policies?.[name];
+      const stages = mergePolicy(policy, override).stages;
+      return { orgId, override, stages, shadowed: new Map(shadowedPairs(stages)) };
+    });
+    const shadowed = new Map(shadowedPairs(policy.stages));
+    for (const [i, j] of shadowed) {
+      // Said of the defaults only for the organizations whose ladder passes it over too.
+      const enter = ladders.filter((l) => !l.shadowed.has(i)).map((l) => l.orgId);
+      const except =
+        enter.length === 0
+          ? ''
+          : ` (except for organization${enter.length === 1 ? '' : 's'} ${enter.join(', ')}, whose override changes this ladder)`;
       problems.push({
         path: ['policies', name, 'stages', i, 'when'],
-        message: shadowMessage(policy.stages, i, j),
+        message: shadowMessage(policy.stages, i, j, except),
       });
-  // An organization's ladder differs from the defaults' only where its override changes a `when`.
-  for (const [orgId, org] of Object.entries(raw.organizations ?? {}))
-    for (const [name, override] of Object.entries(org.policies ?? {})) {
-      const base = defaults[name];
-      if (!base || !override.stages?.some((s) => s.when)) continue;
-      const said = new Set(shadowedPairs(base.stages).map((p) => p.join()));
-      const stages = mergePolicy(base, override).stages;
-      for (const [i, j] of shadowedPairs(stages)) {
-        if (said.has([i, j].join())) continue;
+    }
+    for (const { orgId, override, stages, shadowed: own } of ladders)
+      for (const [i, j] of own) {
+        if (shadowed.has(i) || !override?.stages) continue;
         const at = override.stages.findIndex((s) => s.name === stages[i]!.name && s.when);
         const path: YamlPath =
           at >= 0
             ? ['organizations', orgId, 'policies', name, 'stages', at, 'when']
             : ['organizations', orgId, 'policies', name];
-        problems.push({ path, message: `for organization ${orgId}, ${shadowMessage(stages, i, j)}` });
+        problems.push({ path, message: `for organization ${orgId}, ${shadowMessage(stages, i, j, '')}` });
       }
-    }
+  }
   return problems;
 }
 
-function shadowMessage(stages: RawStage[], i: number, j: number): string {
-  return `stage "${stages[i]!.name}" is never entered: an account that meets this also meets the when of the later stage "${stages[j]!.name}", and each account is put in the most severe stage it meets; order the ladder from the mildest stage to the most severe, or make "${stages[j]!.name}" ask more`;
+function shadowMessage(stages: RawStage[], i: number, j: number, except: string): string {
+  return `stage "${stages[i]!.name}" is never entered${except}: an account that meets this also meets the when of the later stage "${stages[j]!.name}", and each account is put in the most severe stage it meets; order the ladder from the mildest stage to the most severe, or make "${stages[j]!.name}" ask more`;
 }
 
 /** [earlier, later] stage indexes where the earlier is never the stage decided (the first later one). */
