@@ -23,7 +23,7 @@ export interface RunCounts {
   /** Accounts skipped for bad data, by reason. */
   skipped: number;
   skippedByReason: Record<string, number>;
-  /** The first keys skipped for each reason (at most SKIPPED_KEYS each): which accounts to fix. */
+  /** Keys skipped for each reason, at most SKIPPED_KEYS each (those of the pages committed first): which accounts to fix. */
   skippedKeys: Record<string, string[]>;
   /** "org|policy|kind|from|to" → count. */
   transitions: Record<string, number>;

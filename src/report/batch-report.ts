@@ -242,9 +242,13 @@ export async function writeBatchReport(
   return out(`${lines.join('\n')}\n`);
 }
 
-/** ": accounts 17, 42" or ": accounts 17, 42... (the first 10 of 12)": where to look for the bad rows. */
+/**
+ * ": accounts 17, 42", or ": accounts 17, 42, ... (10 of 25)": where to look for the bad rows. A key
+ * that is not a plain word is shown as a JSON string, so a comma, quote or newline in it stays visible.
+ */
 function skippedKeysNote(count: number, keys: string[] | undefined): string {
   if (!keys || keys.length === 0) return '';
-  const more = count > keys.length ? ` (the first ${keys.length} of ${formatCount(count)})` : '';
-  return `: account${keys.length === 1 ? '' : 's'} ${keys.join(', ')}${more}`;
+  const shown = keys.map((k) => (/^[\w.@:+-]+$/.test(k) ? k : JSON.stringify(k)));
+  const more = count > keys.length ? ` (${keys.length} of ${formatCount(count)})` : '';
+  return `: account${keys.length === 1 ? '' : 's'} ${shown.join(', ')}${more}`;
 }
