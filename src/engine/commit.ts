@@ -74,7 +74,7 @@ export async function commitPage(
   } catch (err) {
     // A new state's row was added by another writer after the re-check read (rare): the page's
     // transaction rolled back, and is run again with upserts, which leave that row alone.
-    if (!isNewStateConflict(err)) throw err;
+    if (!isNewStateConflict(err, target.ctx.schema)) throw err;
     return writePage(knex, target, page, countsBefore, false);
   }
 }

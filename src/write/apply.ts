@@ -191,10 +191,11 @@ select customer_key as key, policy, id::text as history_id, (select count(*) fro
   from history_rows`;
 
 /** The error of a plain insert of a new state whose row another writer added since the page was read. */
-export function isNewStateConflict(err: unknown): boolean {
-  const e = err as { code?: unknown; table?: unknown; constraint?: unknown } | null;
+export function isNewStateConflict(err: unknown, schema: string): boolean {
+  const e = err as { code?: unknown; schema?: unknown; table?: unknown; constraint?: unknown } | null;
   return (
     e?.code === SqlState.uniqueViolation &&
+    e.schema === schema &&
     e.table === 'account_states' &&
     e.constraint === 'account_states_pkey'
   );
