@@ -171,7 +171,7 @@ describe('the SQL pre-filter', () => {
 });
 
 describe('--shard I/N processes share one run', () => {
-  const copies = seededCopies(6);
+  const copies = seededCopies(7);
   const runs = (db: TestDatabase) =>
     db.knex('suspend.runs').orderBy('id').select('id', 'kind', 'status', 'counts');
   const historyRunIds = async (db: TestDatabase) =>
@@ -214,6 +214,14 @@ describe('--shard I/N processes share one run', () => {
       const sameShard = await cli(sharded, ['backfill', '--shard', '0/2', '--no-notify', ...PAGES]);
       expect(sameShard.code).toBe(3);
       expect(sameShard.stderr).toContain('holds shard 0/2');
+      // Shards of another count share accounts with 0/2 (a sixth of them): refused, naming 0/2's run.
+      for (const kind of ['backfill', 'sweep']) {
+        const otherSplit = await cli(sharded, [kind, '--shard', '1/3', '--no-notify', ...PAGES]);
+        expect({ code: otherSplit.code, stdout: otherSplit.stdout }).toEqual({ code: 3, stdout: '' });
+        expect(otherSplit.stderr).toMatch(
+          /^error: Another suspend run splits the accounts another way: "suspend backfill --shard 0\/2 by [^"]+" \(backend pid \d+\) runs a shard of another count than --shard 1\/3, and shards of different counts share accounts; give every shard the same count, or wait for it to finish or pass --wait\.\n$/,
+        );
+      }
     } finally {
       await gate.remove();
     }
@@ -318,6 +326,30 @@ describe('--shard I/N processes share one run', () => {
       '1/2',
     ]);
   });
+  test('shards given --org in another order share one run; a shard with other rules joins it with a note, and runs show lists them', async () => {
+    const db = copies[6]!;
+    const first = await cli(db, ['backfill', '--no-notify', ...PAGES, '--shard', '0/2', '--org', '2', '1']);
+    expect(first.code).toBe(0);
+    const [open] = await runs(db);
+    expect(open).toMatchObject({ kind: 'backfill', status: 'running' });
+    const edited = writeRules(ENGINE_RULES.replace('inactive_for: 12 months', 'inactive_for: 13 months'));
+    const second = await runEngineCli(
+      db,
+      ['backfill', '--no-notify', '--as-of', AS_OF, ...PAGES, '--shard', '1/2', '--org', '1', '2'],
+      edited,
+    );
+    expect(second.code).toBe(0);
+    expect(second.stderr).toContain(
+      `note: shard 1/2 joins backfill run ${open.id}, which went on with other rules so far; this shard's pages use the current rules (\`suspend runs show ${open.id}\` lists each)`,
+    );
+    const ledger = await runs(db);
+    expect(ledger.map((r: { id: string; status: string }) => [String(r.id), r.status])).toEqual([
+      [String(open.id), 'succeeded'],
+    ]);
+    const shown = await runEngineCli(db, ['runs', 'show', String(open.id)], rulesFile);
+    expect(shown.stdout).toContain(`with other rules: file ${edited}`);
+  });
+
   test("one shard's stop stays on the run while another joins it; a run whose shards are all done but was never closed is closed by the next run; --abandon names the run when more than one did not finish", async () => {
     const [, , , , stopped, two] = copies as TestDatabase[] as TestDatabase[] as [
       TestDatabase,

@@ -16,6 +16,16 @@ const MICROSECONDS = (column: string) => `(extract(epoch from ${column}) * 10000
  * every account waits for them all) and their own shard's lock exclusively.
  */
 const SHARD_LOCK_CLASS = 0x5353; // "SS"
+/**
+ * The split a shard run belongs to (`--shard I/N` holds `N` shared): shards of one split share no
+ * account, but `0/2` and `0/3` share a sixth of theirs, and two such runs writing at once can each
+ * wait for a row the other locked while Node waits on a page of its own, which Postgres cannot see
+ * as a deadlock. So a split is taken only while no other split is held, checked under a gate.
+ */
+const SPLIT_LOCK_CLASS = 0x5358; // "SX"
+
+/** How often a `--wait` run looks again for another split to end. */
+const SPLIT_POLL_MS = 500;
 
 export interface HeldLock {
   release(): Promise<void>;
@@ -88,7 +98,19 @@ export async function acquireRunLock(
     // Name this session so a second run can say who holds the lock, and keep it from being ended
     // for idling or its --wait cut short by a timeout set for the role (see noTimeouts).
     const named = await conn.query(SESSION_SETUP, [options.description.slice(0, 63)]);
+    if (shard) {
+      const split = {
+        cls: SPLIT_LOCK_CLASS,
+        key: `${schema}/split/${shard.split('/')[1]}`,
+        shared: true,
+        what: `the split of shard ${shard}`,
+      };
+      await takeSplit(conn, schema, split.key, shard, options);
+      held.push(split);
+      locks.push(split);
+    }
     for (const l of locks) {
+      if (held.includes(l)) continue;
       const kind = l.shared ? '_shared' : '';
       const tried = await conn.query(`select pg_try_advisory_lock${kind}($1, hashtext($2)) as ok`, [
         l.cls,
@@ -115,6 +137,52 @@ export async function acquireRunLock(
   } catch (err) {
     await release();
     throw err;
+  }
+}
+
+/**
+ * Takes the split `key` (shared) once no session holds another split of this schema: under a gate
+ * lock, so two runs of different splits starting together cannot both find the other absent.
+ */
+async function takeSplit(
+  conn: PgConnection,
+  schema: string,
+  key: string,
+  shard: string,
+  options: { wait: boolean; onWait?: (holder: string) => void },
+): Promise<void> {
+  const gate = `${schema}/split`;
+  let waited = false;
+  for (;;) {
+    await conn.query('select pg_advisory_lock($1, hashtext($2))', [SPLIT_LOCK_CLASS, gate]);
+    let other: { application_name: string; pid: number } | undefined;
+    try {
+      const r = await conn.query(
+        `select a.application_name, a.pid from pg_locks l join pg_stat_activity a on a.pid = l.pid
+          where l.locktype = 'advisory' and l.granted and l.objsubid = 2
+            and l.database = (select oid from pg_database where datname = current_database())
+            and l.classid = $1 and l.objid not in (hashtext($2)::oid, hashtext($3)::oid)
+            and l.pid <> pg_backend_pid()
+          limit 1`,
+        [SPLIT_LOCK_CLASS, gate, key],
+      );
+      other = r.rows[0] as typeof other;
+      if (!other)
+        await conn.query('select pg_advisory_lock_shared($1, hashtext($2))', [SPLIT_LOCK_CLASS, key]);
+    } finally {
+      await conn.query('select pg_advisory_unlock($1, hashtext($2))', [SPLIT_LOCK_CLASS, gate]);
+    }
+    if (!other) return;
+    const holder = `"${other.application_name}" (backend pid ${other.pid})`;
+    if (!options.wait) {
+      throw new SuspendError(
+        `Another suspend run splits the accounts another way: ${holder} runs a shard of another count than --shard ${shard}, and shards of different counts share accounts; give every shard the same count, or wait for it to finish or pass --wait.`,
+        { exitCode: ExitCode.lockHeld },
+      );
+    }
+    if (!waited) options.onWait?.(holder);
+    waited = true;
+    await new Promise((resolve) => setTimeout(resolve, SPLIT_POLL_MS));
   }
 }
 

@@ -136,7 +136,9 @@ function filterOf(options: BatchOptions): AccountFilter {
   return { orgs: options.orgs, shard: options.shard };
 }
 
-export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions): Promise<BatchResult> {
+export async function runBatch(knex: Knex, rules: Rules, given: BatchOptions): Promise<BatchResult> {
+  // One order for a set of organizations: shards given `--org 1 2` and `--org 2 1` share one run.
+  const options = given.orgs ? { ...given, orgs: [...new Set(given.orgs)].sort() } : given;
   const schema = rules.settings.schema;
   if (rules.defaults.policies.length === 0 && Object.keys(rules.organizations).length === 0) {
     throw new UsageError(
@@ -159,7 +161,7 @@ export async function runBatch(knex: Knex, rules: Rules, options: BatchOptions):
   const lock = await acquireRunLock(knex, schema, {
     wait: options.wait,
     shard: sharded(options.shard) ? shardName(options.shard) : null,
-    description: `suspend ${options.kind} by ${options.actor} (pid ${process.pid})`,
+    description: `suspend ${options.kind}${sharded(options.shard) ? ` --shard ${shardName(options.shard)}` : ''} by ${options.actor} (pid ${process.pid})`,
     onWait: (holder) => options.onLog?.(`waiting for the lock held by ${holder}`),
   });
   try {
@@ -419,6 +421,14 @@ async function openRun(
   return { run, workers: freshWorkers(ranges, SHARD_ALL) };
 }
 
+/** The rules a run went on with last: those it started with, or the last a resume or shard changed to. */
+function lastRulesHash(run: RunRecord): string {
+  const changes = run.options.rulesChanged;
+  return Array.isArray(changes) && changes.length > 0
+    ? (changes[changes.length - 1] as { rulesHash: string }).rulesHash
+    : run.rulesHash;
+}
+
 /** The --org list a run was started with (null: every organization). */
 function orgsOfRun(run: RunRecord): string[] | null {
   const listed = run.options.orgs;
@@ -531,6 +541,13 @@ async function openShardRun(
     if (joined)
       await refuseEarlierAsOf(trx, schema, { asOf: joined.asOf, orgs: options.orgs, shard, run: joined });
     const run = joined ?? (await startRun(trx, schema, newRun(rules, options, { shards: shard.count })));
+    // Another shard may have opened the run with other rules: the ledger says which judge this part.
+    if (joined && lastRulesHash(joined) !== rules.hash) {
+      options.onLog?.(
+        `note: shard ${name} joins backfill run ${joined.id}, which went on with other rules so far; this shard's pages use the current rules (\`suspend runs show ${joined.id}\` lists each)`,
+      );
+      await recordRulesChange(trx, schema, joined.id, rules);
+    }
     if (joined && joined.asOf !== options.asOf) {
       options.onLog?.(
         `note: shard ${name} joins backfill run ${joined.id} and judges as of its day, ${joined.asOf}`,
@@ -576,12 +593,7 @@ async function resumeRun(
   options.orgs = runOrgs;
   // Against the rules the run went on with last (a resume with the same edited file again adds
   // nothing; going back to the first rules is a change too).
-  const changes = unfinished.options.rulesChanged;
-  const lastHash =
-    Array.isArray(changes) && changes.length > 0
-      ? (changes[changes.length - 1] as { rulesHash: string }).rulesHash
-      : unfinished.rulesHash;
-  const changedRules = lastHash !== rules.hash;
+  const changedRules = lastRulesHash(unfinished) !== rules.hash;
   if (changedRules) {
     options.onLog?.(
       `note: the rules changed since run ${unfinished.id} started; the remaining pages use the current rules`,
