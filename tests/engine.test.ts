@@ -169,6 +169,27 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
     expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
   });
 
+  test('a --shard that is not I/N with 0 <= I < N <= 100,000 is one sentence, exit 2, nothing written', async () => {
+    const before = await checksumTables(db.knex, ['public', 'suspend']);
+    for (const [shard, says] of [
+      ['5/99999999999', 'at most 100,000 shards; write I/N with N up to that.'],
+      ['2/2', 'is not a shard; write I/N with 0 <= I < N, e.g. 0/4.'],
+      ['a/2', 'is not a shard; write I/N with 0 <= I < N, e.g. 0/4.'],
+    ]) {
+      for (const args of [
+        ['backfill', '--no-notify'],
+        ['report', '--dry-run'],
+      ]) {
+        const r = await cli(db, [...args, '--as-of', AS_OF, '--shard', shard!]);
+        expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+        expect(r.stderr).toContain(
+          `argument '${shard}' is invalid. "${shard}"${says!.startsWith('is') ? ' ' : ': '}${says}`,
+        );
+      }
+    }
+    expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
+  });
+
   test('--output checked before the run: a missing folder, a folder, or a file as a folder is one sentence, exit 2, nothing written; a file that cannot be created is one sentence', async () => {
     const before = await checksumTables(db.knex, ['public', 'suspend']);
     const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'suspend-output-'));

@@ -63,6 +63,14 @@ export async function orgsWithoutAccounts(
   return r.rows.map((row) => row.org);
 }
 
+/**
+ * The number `--shard I/N` takes modulo N: the key's text hash, made positive. As a bigint, since
+ * abs() of the one int hash -2^31 has no int (every shard run would fail on such a key).
+ */
+function shardOf(key: string): string {
+  return `abs(hashtext(${key}::text)::bigint)`;
+}
+
 function filterAccounts(
   q: Knex.QueryBuilder,
   column: { key: string; org: string },
@@ -71,7 +79,7 @@ function filterAccounts(
   if (filter.orgs && filter.orgs.length > 0)
     q.whereRaw('??::text = any(?::text[])', [column.org, filter.orgs]);
   if (filter.shard && filter.shard.count > 1) {
-    q.whereRaw('abs(hashtext(??::text)) % ? = ?', [column.key, filter.shard.count, filter.shard.index]);
+    q.whereRaw(`${shardOf('??')} % ? = ?`, [column.key, filter.shard.count, filter.shard.index]);
   }
   return q;
 }
@@ -332,7 +340,7 @@ export function signalsQuery(
       if (scope.after !== null) where.push(`${key} > ${b(scope.after)}`);
       if (scope.until !== null) where.push(`${key} <= ${b(scope.until)}`);
       if (scope.shard && scope.shard.count > 1)
-        where.push(`abs(hashtext(${key}::text)) % ${b(scope.shard.count)} = ${b(scope.shard.index)}`);
+        where.push(`${shardOf(key)} % ${b(scope.shard.count)} = ${b(scope.shard.index)}`);
     }
     if (scope.orgs && scope.orgs.length > 0)
       where.push(`${id(`c.${c.org}`)}::text = any(${b(scope.orgs)}::text[])`);
@@ -604,7 +612,7 @@ function viewSignalsQuery(knex: Knex, mapping: SourceMapping, asOf: IsoDate, sco
     if (scope.after !== null) where.push(`v.key > ${b(scope.after)}`);
     if (scope.until !== null) where.push(`v.key <= ${b(scope.until)}`);
     if (scope.shard && scope.shard.count > 1)
-      where.push(`abs(hashtext(v.key::text)) % ${b(scope.shard.count)} = ${b(scope.shard.index)}`);
+      where.push(`${shardOf('v.key')} % ${b(scope.shard.count)} = ${b(scope.shard.index)}`);
   }
   if (!('keys' in scope) && scope.orgs && scope.orgs.length > 0)
     where.push(`v.org_id::text = any(${b(scope.orgs)}::text[])`);

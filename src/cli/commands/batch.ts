@@ -62,12 +62,20 @@ function parseMaxChangesFlag(value: string): Settings['maxChanges'] | 'none' {
   );
 }
 
+/** More processes than any deployment runs, and far inside the key hash's range. */
+const MAX_SHARDS = 100_000;
+
 function parseShard(value: string): { index: number; count: number } {
   const m = /^(\d+)\/(\d+)$/.exec(value);
   const index = Number(m?.[1]);
   const count = Number(m?.[2]);
   if (!m || count < 1 || index >= count) {
     throw new InvalidArgumentError(`"${value}" is not a shard; write I/N with 0 <= I < N, e.g. 0/4.`);
+  }
+  if (count > MAX_SHARDS) {
+    throw new InvalidArgumentError(
+      `"${value}": at most ${MAX_SHARDS.toLocaleString('en-US')} shards; write I/N with N up to that.`,
+    );
   }
   return { index, count };
 }
