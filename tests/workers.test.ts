@@ -207,7 +207,12 @@ describe('--shard I/N processes share one run', () => {
       // The run shard 0/2 opened, joined by 1/2: still running, since 0/2 has not finished.
       const [open] = await runs(sharded);
       expect(open).toMatchObject({ kind: 'backfill', status: 'running' });
-      expect(JSON.parse(other.stdout)).toMatchObject({ runId: String(open.id) });
+      // Its part succeeded; the run it shares goes on, and the report says so.
+      expect(JSON.parse(other.stdout)).toMatchObject({
+        runId: String(open.id),
+        status: 'succeeded',
+        shard: { name: '1/2', runStatus: 'running', waitingFor: ['0/2'] },
+      });
       const everyAccount = await cli(sharded, ['sweep', '--no-notify', ...PAGES]);
       expect(everyAccount.code).toBe(3);
       expect(everyAccount.stderr).toContain('holds the lock on schema "suspend"');
@@ -374,6 +379,11 @@ describe('--shard I/N processes share one run', () => {
       `shard 1/2 finished; run ${run.id} stays stopped: shard 0/2 did not finish (see \`suspend runs show ${run.id}\`)`,
     );
     expect(run).toMatchObject({ status: 'stopped' });
+    // Its JSON says the same: the shard succeeded, the run it shares stays stopped.
+    expect(JSON.parse(joined.stdout)).toMatchObject({
+      status: 'succeeded',
+      shard: { name: '1/2', runStatus: 'stopped', waitingFor: ['0/2'] },
+    });
     expect(run.error).toMatch(/^shard 0\/2: safety limit: max_changes 10 would be crossed/);
     const again = await shard(stopped, ['--shard', '0/2']);
     expect(again.code).toBe(2);

@@ -119,6 +119,11 @@ export interface BatchResult {
   wouldStopAtLimit?: { max: number; changes: number } | null;
   error: string | null;
   exitCode: number;
+  /**
+   * A `--shard` run's part ended, and the run it shares has this status now: `running` until its
+   * other shards finish, `stopped` or `interrupted` while one of them waits for its resume.
+   */
+  shard?: { name: string; runStatus: string; waitingFor: string[] };
 }
 
 const SHARD_ALL = '0/1';
@@ -820,6 +825,7 @@ async function walkRun(
   let analyzed = await analyzeStatesOnce(knex, schema);
   let analyzing: Promise<boolean> | null = null;
   const active = workers.filter((w) => !w.done);
+  let shardOutcome: BatchResult['shard'];
   const result = (status: BatchStatus, exitCode: number, runRecord: RunRecord | null = run): BatchResult => ({
     run: runRecord,
     status,
@@ -828,6 +834,7 @@ async function walkRun(
     limit,
     error: null,
     exitCode,
+    ...(shardOutcome ? { shard: shardOutcome } : {}),
   });
   const shards = sharded(options.shard) ? options.shard : null;
   /** Closes the run, or this shard's part of a shared run (the run closes with its last shard). */
@@ -848,6 +855,7 @@ async function walkRun(
     }
     const name = shardName(shards);
     const progress = await closeShard(db, schema, run.id, shards.count, name, stopped);
+    shardOutcome = { name, runStatus: progress.status, waitingFor: progress.waiting };
     if (!stopped && progress.status !== 'running' && progress.waiting.length > 0) {
       options.onLog?.(
         `shard ${name} finished; run ${run.id} stays ${progress.status}: shard${progress.waiting.length > 1 ? 's' : ''} ${progress.waiting.join(', ')} did not finish (see \`suspend runs show ${run.id}\`)`,

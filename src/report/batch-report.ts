@@ -115,7 +115,7 @@ function headline(meta: ReportMeta, result: BatchResult): string {
     : `${meta.kind} run ${result.run?.id ?? ''}`.trim();
   const c = result.counts;
   const verb = meta.dryRun ? 'would change' : 'changed';
-  return `suspend ${what} as of ${meta.asOf}: ${formatCount(c.scanned)} accounts scanned, ${formatCount(c.accountsChanged)} ${verb} (${formatCount(c.changes)} state changes), ${formatCount(c.excluded)} spared by exclusions, status ${result.status}`;
+  return `suspend ${what} as of ${meta.asOf}: ${formatCount(c.scanned)} accounts scanned, ${formatCount(c.accountsChanged)} ${verb} (${formatCount(c.changes)} state changes), ${formatCount(c.excluded)} spared by exclusions, status ${result.status}${shardStatus(result)}`;
 }
 
 /** Writes the report of a run in the chosen format; the account list is streamed, never held whole. */
@@ -137,6 +137,7 @@ export async function writeBatchReport(
         dryRun: meta.dryRun,
         runId: result.run?.id ?? null,
         status: result.status,
+        ...(result.shard ? { shard: result.shard } : {}),
         asOf: meta.asOf,
         rulesHash: meta.rulesHash,
         rulesFile: meta.rulesFile,
@@ -251,4 +252,15 @@ function skippedKeysNote(count: number, keys: string[] | undefined): string {
   const shown = keys.map((k) => (/^[\w.@:+-]+$/.test(k) ? k : JSON.stringify(k)));
   const more = count > keys.length ? ` (${keys.length} of ${formatCount(count)})` : '';
   return `: account${keys.length === 1 ? '' : 's'} ${shown.join(', ')}${more}`;
+}
+
+/** A shard's part can succeed while the run it shares goes on, or stays stopped: said beside it. */
+function shardStatus(result: BatchResult): string {
+  const shard = result.shard;
+  if (!shard || shard.runStatus === result.status) return '';
+  const waiting =
+    shard.waitingFor.length > 0
+      ? ` (waiting for shard${shard.waitingFor.length > 1 ? 's' : ''} ${shard.waitingFor.join(', ')})`
+      : '';
+  return ` for shard ${shard.name}; the run is ${shard.runStatus}${waiting}`;
 }
