@@ -6,10 +6,12 @@ import {
   seededDatabase,
   startCli,
   waitForSessionsGone,
+  waitUntil,
 } from './helpers/reliability';
 import { ROOT } from './helpers/server';
 import { checksumTables, ENGINE_RULES, writeRules } from './helpers/fixtures';
 import { runBatch, type BatchOptions } from '../src/engine/run';
+import { LOCK_CLASS } from '../src/engine/lock';
 import { loadRules } from '../src/rules/load';
 import type { StateChange } from '../src/write/apply';
 
@@ -171,7 +173,7 @@ describe('the SQL pre-filter', () => {
 });
 
 describe('--shard I/N processes share one run', () => {
-  const copies = seededCopies(7);
+  const copies = seededCopies(8);
   const runs = (db: TestDatabase) =>
     db.knex('suspend.runs').orderBy('id').select('id', 'kind', 'status', 'counts');
   const historyRunIds = async (db: TestDatabase) =>
@@ -353,6 +355,35 @@ describe('--shard I/N processes share one run', () => {
     ]);
     const shown = await runEngineCli(db, ['runs', 'show', String(open.id)], rulesFile);
     expect(shown.stdout).toContain(`with other rules: file ${edited}`);
+  });
+
+  test('a shard refused because a run waiting for the whole lock goes first is told so, naming that run', async () => {
+    const db = copies[7]!;
+    const { gate, parked } = await parkShard0(db, 0);
+    const queued = startCli(db, ['sweep', '--wait', '--no-notify', '--quiet', '--as-of', AS_OF], rulesFile);
+    try {
+      await waitUntil(
+        async () =>
+          (
+            await db.knex.raw<{ rows: unknown[] }>(
+              "select 1 from pg_locks where locktype = 'advisory' and not granted and mode = 'ExclusiveLock' and classid = ?",
+              [LOCK_CLASS],
+            )
+          ).rows.length > 0,
+        'the sweep waits for the lock',
+        queued,
+      );
+      const sibling = await cli(db, ['backfill', '--shard', '1/2', '--no-notify', ...PAGES]);
+      expect({ code: sibling.code, stdout: sibling.stdout }).toEqual({ code: 3, stdout: '' });
+      expect(sibling.stderr).toMatch(
+        /^error: Another suspend run waits for the lock on schema "suspend" \("suspend sweep by [^"]+" \(backend pid \d+[^)]*\) since \S+\) and goes first, so this run cannot start beside the ones that hold it; pass --wait to run after it\.\n$/,
+      );
+    } finally {
+      await gate.remove();
+    }
+    expect((await parked.done).code).toBe(0);
+    // The sweep ran after shard 0/2; the backfill it left waits for shard 1/2 (a sweep does not judge it).
+    expect((await queued.done).code).toBe(0);
   });
 
   test("one shard's stop stays on the run while another joins it; a run whose shards are all done but was never closed is closed by the next run; --abandon names the run when more than one did not finish", async () => {

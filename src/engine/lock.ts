@@ -117,10 +117,14 @@ export async function acquireRunLock(
         l.key,
       ]);
       if (tried.rows[0]?.ok !== true) {
-        const holder = await describeHolder(knex, l.key, l.cls);
+        // A shared lock is also refused while a run waits for the exclusive one: that run is ahead.
+        const queued = l.shared && !(await heldExclusively(knex, l.key, l.cls));
+        const holder = await describeHolder(knex, l.key, l.cls, queued ? 'waiting' : 'holding');
         if (!options.wait) {
           throw new SuspendError(
-            `Another suspend run holds ${l.what}: ${holder}; wait for it to finish or pass --wait.`,
+            queued
+              ? `Another suspend run waits for ${l.what} (${holder}) and goes first, so this run cannot start beside the ones that hold it; pass --wait to run after it.`
+              : `Another suspend run holds ${l.what}: ${holder}; wait for it to finish or pass --wait.`,
             { exitCode: ExitCode.lockHeld },
           );
         }
@@ -242,14 +246,33 @@ export async function runLockHolders(knex: Knex, schema: string): Promise<Set<nu
   return new Set(result.rows.map((r) => Number(r.pid)));
 }
 
-export async function describeHolder(knex: Knex, schema: string, cls = LOCK_CLASS): Promise<string> {
+/** Whether a session holds the lock `key` exclusively (not only shared, nor only waiting for it). */
+async function heldExclusively(knex: Knex, key: string, cls: number): Promise<boolean> {
+  const r = await knex.raw<{ rows: { held: boolean }[] }>(
+    `select exists (select 1 from pg_locks l
+                     where l.locktype = 'advisory' and l.granted and l.mode = 'ExclusiveLock'
+                       and l.database = (select oid from pg_database where datname = current_database())
+                       and l.classid = ? and l.objid = hashtext(?)::oid and l.objsubid = 2) as held`,
+    [cls, key],
+  );
+  return r.rows[0]?.held === true;
+}
+
+export async function describeHolder(
+  knex: Knex,
+  schema: string,
+  cls = LOCK_CLASS,
+  /** The session holding the lock, or one waiting for it (exclusively: the one ahead of shared requests). */
+  which: 'holding' | 'waiting' = 'holding',
+): Promise<string> {
   const result = await knex.raw<{ rows: Holder[] }>(
     `select a.application_name, a.backend_start, a.client_addr::text as client_addr, a.pid
        from pg_locks l join pg_stat_activity a on a.pid = l.pid
-      where l.locktype = 'advisory' and l.granted
+      where l.locktype = 'advisory' and l.granted = ?
+        and (l.granted or l.mode = 'ExclusiveLock')
         and l.database = (select oid from pg_database where datname = current_database())
         and l.classid = ? and l.objid = hashtext(?)::oid and l.objsubid = 2`,
-    [cls, schema],
+    [which === 'holding', cls, schema],
   );
   const h = result.rows[0];
   if (!h) return 'a session that has just finished';
