@@ -173,7 +173,7 @@ describe('the SQL pre-filter', () => {
 });
 
 describe('--shard I/N processes share one run', () => {
-  const copies = seededCopies(8);
+  const copies = seededCopies(9);
   const runs = (db: TestDatabase) =>
     db.knex('suspend.runs').orderBy('id').select('id', 'kind', 'status', 'counts');
   const historyRunIds = async (db: TestDatabase) =>
@@ -384,6 +384,33 @@ describe('--shard I/N processes share one run', () => {
     expect((await parked.done).code).toBe(0);
     // The sweep ran after shard 0/2; the backfill it left waits for shard 1/2 (a sweep does not judge it).
     expect((await queued.done).code).toBe(0);
+  });
+
+  test('a killed sweep shard run again on its day goes on with its part of that sweep, which then succeeds', async () => {
+    const db = copies[8]!;
+    expect(await cli(db, ['backfill', '--no-notify', ...PAGES])).toMatchObject({ code: 0 });
+    const later = ['sweep', '--no-notify', '--as-of', '2026-12-23', '--quiet', ...PAGES];
+    // Shard 0/2 of the sweep killed in its second page; 1/2 joins and finishes.
+    const gate = await Gate.install(db, 'suspend.checkpoints', `new.shard = '0/2' and new.pages > 1`);
+    const parked = startCli(db, [...later, '--shard', '0/2'], rulesFile);
+    try {
+      await gate.blocked(parked);
+      parked.child.kill('SIGKILL');
+      expect((await parked.done).signal).toBe('SIGKILL');
+    } finally {
+      await gate.remove();
+    }
+    await waitForSessionsGone(db);
+    expect(await runEngineCli(db, [...later, '--shard', '1/2'], rulesFile)).toMatchObject({ code: 0 });
+    const again = await runEngineCli(db, [...later, '--shard', '0/2'], rulesFile);
+    expect(again).toMatchObject({ code: 0, stderr: '' });
+    const sweeps = (await runs(db)).filter((r: { kind: string }) => r.kind === 'sweep');
+    expect(sweeps.map((r: { status: string }) => r.status)).toEqual(['succeeded']);
+    expect(JSON.parse(again.stdout)).toMatchObject({
+      runId: String(sweeps[0].id),
+      status: 'succeeded',
+      shard: { name: '0/2', runStatus: 'succeeded', waitingFor: [] },
+    });
   });
 
   test("one shard's stop stays on the run while another joins it; a run whose shards are all done but was never closed is closed by the next run; --abandon names the run when more than one did not finish", async () => {

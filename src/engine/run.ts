@@ -520,6 +520,15 @@ async function openShardRun(
   // We hold this shard's lock: a part of it still marked unfinished belongs to a dead process.
   const mine = await unfinishedShardRun(knex, schema, options.kind, shard);
   const recorded = (mine?.options.parts as Record<string, { stop?: unknown }> | undefined)?.[name]?.stop;
+  // A sweep shard run again on its day with the same rules and organizations goes on with its part
+  // of that sweep: a new run would wait for its other shards, which finished in the first.
+  const sameSweep =
+    mine !== null &&
+    options.kind === 'sweep' &&
+    mine.asOf === options.asOf &&
+    lastRulesHash(mine) === rules.hash &&
+    sameOrgs(options.orgs ?? null, orgsOfRun(mine));
+  if (mine && sameSweep) return { run: mine, workers: await resumeRun(knex, rules, options, mine, name) };
   if (mine && !recorded && !(options.kind === 'backfill' && options.resume)) {
     const progress = await closeShard(knex, schema, mine.id, shard.count, name, {
       status: 'interrupted',
@@ -657,7 +666,7 @@ async function resumeRun(
     };
   });
   options.onLog?.(
-    `resuming backfill run ${unfinished.id} as of ${unfinished.asOf} after key ${workers
+    `resuming ${unfinished.kind} run ${unfinished.id} as of ${unfinished.asOf} after key ${workers
       .map((w) => w.range.after ?? '(start)')
       .join(', ')}`,
   );
