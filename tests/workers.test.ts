@@ -11,7 +11,7 @@ import {
 import { ROOT } from './helpers/server';
 import { checksumTables, ENGINE_RULES, writeRules } from './helpers/fixtures';
 import { runBatch, type BatchOptions } from '../src/engine/run';
-import { LOCK_CLASS } from '../src/engine/lock';
+import { acquireRunLock, LOCK_CLASS } from '../src/engine/lock';
 import { loadRules } from '../src/rules/load';
 import type { StateChange } from '../src/write/apply';
 
@@ -173,7 +173,7 @@ describe('the SQL pre-filter', () => {
 });
 
 describe('--shard I/N processes share one run', () => {
-  const copies = seededCopies(9);
+  const copies = seededCopies(10);
   const runs = (db: TestDatabase) =>
     db.knex('suspend.runs').orderBy('id').select('id', 'kind', 'status', 'counts');
   const historyRunIds = async (db: TestDatabase) =>
@@ -333,28 +333,61 @@ describe('--shard I/N processes share one run', () => {
       '1/2',
     ]);
   });
-  test('shards given --org in another order share one run; a shard with other rules joins it with a note, and runs show lists them', async () => {
+  test('shards given --org in another order share one run; a shard with other rules joins it with a note; each shard resumes against its own rules', async () => {
     const db = copies[6]!;
-    const first = await cli(db, ['backfill', '--no-notify', ...PAGES, '--shard', '0/2', '--org', '2', '1']);
-    expect(first.code).toBe(0);
+    const stopAt = ['--max-changes', '10'];
+    const first = await cli(db, [
+      'backfill',
+      '--no-notify',
+      ...PAGES,
+      ...stopAt,
+      '--shard',
+      '0/2',
+      '--org',
+      '2',
+      '1',
+    ]);
+    expect(first.code).toBe(4);
     const [open] = await runs(db);
-    expect(open).toMatchObject({ kind: 'backfill', status: 'running' });
+    expect(open).toMatchObject({ kind: 'backfill', status: 'stopped' });
+    // As a version before lists were sorted stored it: in the order given.
+    await db
+      .knex('suspend.runs')
+      .where({ id: open.id })
+      .update({ org_filter: '2,1', options: db.knex.raw(`jsonb_set(options, '{orgs}', '["2","1"]')`) });
     const edited = writeRules(ENGINE_RULES.replace('inactive_for: 12 months', 'inactive_for: 13 months'));
-    const second = await runEngineCli(
-      db,
-      ['backfill', '--no-notify', '--as-of', AS_OF, ...PAGES, '--shard', '1/2', '--org', '1', '2'],
-      edited,
-    );
-    expect(second.code).toBe(0);
+    const shard = (name: string, rules: string, ...args: string[]) =>
+      runEngineCli(
+        db,
+        ['backfill', '--no-notify', '--as-of', AS_OF, ...PAGES, '--shard', name, ...args],
+        rules,
+      );
+    const second = await shard('1/2', edited, ...stopAt, '--org', '1', '2');
+    expect(second.code).toBe(4);
     expect(second.stderr).toContain(
       `note: shard 1/2 joins backfill run ${open.id}, which went on with other rules so far; this shard's pages use the current rules (\`suspend runs show ${open.id}\` lists each)`,
     );
-    const ledger = await runs(db);
-    expect(ledger.map((r: { id: string; status: string }) => [String(r.id), r.status])).toEqual([
-      [String(open.id), 'succeeded'],
-    ]);
+    expect((await runs(db)).map((r: { id: string }) => String(r.id))).toEqual([String(open.id)]);
+    // Each shard is compared with its own rules: 0/2 goes on with the ones it started with, 1/2 changes.
+    const changed = `note: the rules changed since run ${open.id} started; the remaining pages use the current rules`;
+    const resumed0 = await shard('0/2', rulesFile, '--resume', '--max-changes', 'none');
+    expect(resumed0.code).toBe(0);
+    expect(resumed0.stderr).not.toContain(changed);
+    const resumed1 = await shard('1/2', rulesFile, '--resume', '--max-changes', 'none');
+    expect(resumed1.code).toBe(0);
+    expect(resumed1.stderr).toContain(changed);
+    expect((await runs(db)).map((r: { status: string }) => r.status)).toEqual(['succeeded']);
     const shown = await runEngineCli(db, ['runs', 'show', String(open.id)], rulesFile);
-    expect(shown.stdout).toContain(`with other rules: file ${edited}`);
+    expect(shown.stdout).toMatch(
+      new RegExp(
+        `\\njoined \\S+ by shard 1/2 with other rules: file ${edited.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} `,
+      ),
+    );
+    expect(shown.stdout).toMatch(
+      new RegExp(
+        `\\nresumed \\S+ by shard 1/2 with other rules: file ${rulesFile.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} `,
+      ),
+    );
   });
 
   test('a shard refused because a run waiting for the whole lock goes first is told so, naming that run', async () => {
@@ -411,6 +444,24 @@ describe('--shard I/N processes share one run', () => {
       status: 'succeeded',
       shard: { name: '0/2', runStatus: 'succeeded', waitingFor: [] },
     });
+  });
+
+  test('splits are per suspend schema: another schema takes a shard of another count beside a parked one', async () => {
+    const db = copies[9]!;
+    const { gate, parked } = await parkShard0(db, 0);
+    try {
+      const take = (schema: string) =>
+        acquireRunLock(db.knex, schema, { wait: false, description: 'a test run', shard: '1/3' });
+      // Another schema (its own tables, its own runs): the split 0/2 holds in "suspend" is not its.
+      const beside = await take('suspend_other');
+      await beside.release();
+      await expect(take('suspend')).rejects.toThrow(
+        /^Another suspend run splits the accounts another way: "suspend backfill --shard 0\/2 by /,
+      );
+    } finally {
+      await gate.remove();
+    }
+    expect((await parked.done).code).toBe(0);
   });
 
   test("one shard's stop stays on the run while another joins it; a run whose shards are all done but was never closed is closed by the next run; --abandon names the run when more than one did not finish", async () => {

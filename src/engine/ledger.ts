@@ -271,13 +271,28 @@ export async function recordRulesChange(
   schema: string,
   id: string,
   rules: { hash: string; file: string | null },
+  /** How the rules came in: a resume, or a shard joining; and the shard, for a `--shard` run. */
+  how: { joined: boolean; shard: string | null } = { joined: false, shard: null },
 ): Promise<void> {
+  const entry = {
+    rulesHash: rules.hash,
+    rulesFile: rules.file,
+    ...(how.joined ? { joined: true } : {}),
+    ...(how.shard ? { shard: how.shard } : {}),
+  };
   await knex.raw(
     `update ?? set options = jsonb_set(options, '{rulesChanged}', coalesce(options->'rulesChanged', '[]'::jsonb)
-       || jsonb_build_array(jsonb_build_object('rulesHash', ?::text, 'rulesFile', ?::text, 'at', now())))
+       || jsonb_build_array(?::jsonb || jsonb_build_object('at', now())))
       where id = ?`,
-    [`${schema}.runs`, rules.hash, rules.file, id],
+    [`${schema}.runs`, JSON.stringify(entry), id],
   );
+  // A shard's own rules: what its resume compares with (shards of one run may go on with others).
+  if (how.shard)
+    await knex.raw(
+      `update ?? set options = jsonb_set(options, array['parts', ?::text, 'rulesHash'], to_jsonb(?::text))
+        where id = ? and options->'parts'->? is not null`,
+      [`${schema}.runs`, how.shard, rules.hash, id, how.shard],
+    );
 }
 
 /**

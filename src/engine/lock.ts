@@ -20,9 +20,11 @@ const SHARD_LOCK_CLASS = 0x5353; // "SS"
  * The split a shard run belongs to (`--shard I/N` holds `N` shared): shards of one split share no
  * account, but `0/2` and `0/3` share a sixth of theirs, and two such runs writing at once can each
  * wait for a row the other locked while Node waits on a page of its own, which Postgres cannot see
- * as a deadlock. So a split is taken only while no other split is held, checked under a gate.
+ * as a deadlock. So a split is taken only while no other split of the schema is held, checked under
+ * a gate. The lock is one bigint: the schema's hash above, N below (0 for the gate), so pg_locks
+ * shows the schema as classid and N as objid (objsubid 1), and splits never collide.
  */
-const SPLIT_LOCK_CLASS = 0x5358; // "SX"
+const SPLIT_KEY = '((hashtext($1)::bigint << 32) | $2::bigint)';
 
 /** How often a `--wait` run looks again for another split to end. */
 const SPLIT_POLL_MS = 500;
@@ -78,6 +80,8 @@ export async function acquireRunLock(
       ]
     : [{ cls: LOCK_CLASS, key: schema, shared: false, what: `the lock on schema "${schema}"` }];
   const held: typeof locks = [];
+  /** The split (N) this shard run holds, released last. */
+  let splitHeld: number | null = null;
   const release = async () => {
     try {
       for (const l of held.reverse()) {
@@ -86,6 +90,8 @@ export async function acquireRunLock(
           l.key,
         ]);
       }
+      if (splitHeld !== null)
+        await conn.query(`select pg_advisory_unlock_shared(${SPLIT_KEY})`, [`${schema}/split`, splitHeld]);
       await conn.query(RESTORE_TIMEOUTS);
     } catch {
       // The session is gone (connection cut, server stopped): the lock died with it, and the error
@@ -99,18 +105,10 @@ export async function acquireRunLock(
     // for idling or its --wait cut short by a timeout set for the role (see noTimeouts).
     const named = await conn.query(SESSION_SETUP, [options.description.slice(0, 63)]);
     if (shard) {
-      const split = {
-        cls: SPLIT_LOCK_CLASS,
-        key: `${schema}/split/${shard.split('/')[1]}`,
-        shared: true,
-        what: `the split of shard ${shard}`,
-      };
-      await takeSplit(conn, schema, split.key, shard, options);
-      held.push(split);
-      locks.push(split);
+      await takeSplit(conn, `${schema}/split`, Number(shard.split('/')[1]), shard, options);
+      splitHeld = Number(shard.split('/')[1]);
     }
     for (const l of locks) {
-      if (held.includes(l)) continue;
       const kind = l.shared ? '_shared' : '';
       const tried = await conn.query(`select pg_try_advisory_lock${kind}($1, hashtext($2)) as ok`, [
         l.cls,
@@ -145,36 +143,34 @@ export async function acquireRunLock(
 }
 
 /**
- * Takes the split `key` (shared) once no session holds another split of this schema: under a gate
- * lock, so two runs of different splits starting together cannot both find the other absent.
+ * Takes split `count` of `splits` (shared) once no session holds another split of it: under the
+ * gate (split 0, exclusive), so two runs of different splits starting together cannot both find the
+ * other absent.
  */
 async function takeSplit(
   conn: PgConnection,
-  schema: string,
-  key: string,
+  splits: string,
+  count: number,
   shard: string,
   options: { wait: boolean; onWait?: (holder: string) => void },
 ): Promise<void> {
-  const gate = `${schema}/split`;
   let waited = false;
   for (;;) {
-    await conn.query('select pg_advisory_lock($1, hashtext($2))', [SPLIT_LOCK_CLASS, gate]);
+    await conn.query(`select pg_advisory_lock(${SPLIT_KEY})`, [splits, 0]);
     let other: { application_name: string; pid: number } | undefined;
     try {
       const r = await conn.query(
         `select a.application_name, a.pid from pg_locks l join pg_stat_activity a on a.pid = l.pid
-          where l.locktype = 'advisory' and l.granted and l.objsubid = 2
+          where l.locktype = 'advisory' and l.granted and l.objsubid = 1
             and l.database = (select oid from pg_database where datname = current_database())
-            and l.classid = $1 and l.objid not in (hashtext($2)::oid, hashtext($3)::oid)
-            and l.pid <> pg_backend_pid()
+            and l.classid = hashtext($1)::oid and l.objid not in (0, $2::int::oid)
           limit 1`,
-        [SPLIT_LOCK_CLASS, gate, key],
+        [splits, count],
       );
       other = r.rows[0] as typeof other;
-      if (!other)
-        await conn.query('select pg_advisory_lock_shared($1, hashtext($2))', [SPLIT_LOCK_CLASS, key]);
+      if (!other) await conn.query(`select pg_advisory_lock_shared(${SPLIT_KEY})`, [splits, count]);
     } finally {
-      await conn.query('select pg_advisory_unlock($1, hashtext($2))', [SPLIT_LOCK_CLASS, gate]);
+      await conn.query(`select pg_advisory_unlock(${SPLIT_KEY})`, [splits, 0]);
     }
     if (!other) return;
     const holder = `"${other.application_name}" (backend pid ${other.pid})`;

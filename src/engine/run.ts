@@ -426,6 +426,15 @@ async function openRun(
   return { run, workers: freshWorkers(ranges, SHARD_ALL) };
 }
 
+/**
+ * The rules `shard` of a run went on with last: its part's own (a shard's rules are its own; other
+ * shards may have joined or resumed with others), else the run's.
+ */
+function rulesHashOf(run: RunRecord, shard: string): string {
+  const part = (run.options.parts as Record<string, { rulesHash?: unknown }> | undefined)?.[shard];
+  return typeof part?.rulesHash === 'string' ? part.rulesHash : lastRulesHash(run);
+}
+
 /** The rules a run went on with last: those it started with, or the last a resume or shard changed to. */
 function lastRulesHash(run: RunRecord): string {
   const changes = run.options.rulesChanged;
@@ -526,7 +535,7 @@ async function openShardRun(
     mine !== null &&
     options.kind === 'sweep' &&
     mine.asOf === options.asOf &&
-    lastRulesHash(mine) === rules.hash &&
+    rulesHashOf(mine, name) === rules.hash &&
     sameOrgs(options.orgs ?? null, orgsOfRun(mine));
   if (mine && sameSweep) return { run: mine, workers: await resumeRun(knex, rules, options, mine, name) };
   if (mine && !recorded && !(options.kind === 'backfill' && options.resume)) {
@@ -560,7 +569,7 @@ async function openShardRun(
       options.onLog?.(
         `note: shard ${name} joins backfill run ${joined.id}, which went on with other rules so far; this shard's pages use the current rules (\`suspend runs show ${joined.id}\` lists each)`,
       );
-      await recordRulesChange(trx, schema, joined.id, rules);
+      await recordRulesChange(trx, schema, joined.id, rules, { joined: true, shard: name });
     }
     if (joined && joined.asOf !== options.asOf) {
       options.onLog?.(
@@ -575,7 +584,7 @@ async function openShardRun(
       .update({
         // Each shard's own split, for its resume.
         options: trx.raw("jsonb_set(options, '{parts}', coalesce(options->'parts', '{}') || ?::jsonb)", [
-          JSON.stringify({ [name]: rangeOptions(ranges) }),
+          JSON.stringify({ [name]: { ...rangeOptions(ranges), rulesHash: rules.hash } }),
         ]),
       });
     for (const w of workers) {
@@ -607,7 +616,7 @@ async function resumeRun(
   options.orgs = runOrgs;
   // Against the rules the run went on with last (a resume with the same edited file again adds
   // nothing; going back to the first rules is a change too).
-  const changedRules = lastRulesHash(unfinished) !== rules.hash;
+  const changedRules = rulesHashOf(unfinished, shard) !== rules.hash;
   if (changedRules) {
     options.onLog?.(
       `note: the rules changed since run ${unfinished.id} started; the remaining pages use the current rules`,
@@ -641,7 +650,11 @@ async function resumeRun(
     );
   }
   // Refused no more: the ledger says which rules the rest of the run is judged by.
-  if (changedRules) await recordRulesChange(knex, schema, unfinished.id, rules);
+  if (changedRules)
+    await recordRulesChange(knex, schema, unfinished.id, rules, {
+      joined: false,
+      shard: typeof unfinished.options.shards === 'number' ? shard : null,
+    });
   const shards = unfinished.options.shards;
   if (typeof shards === 'number') await closeShard(knex, schema, unfinished.id, shards, shard, null);
   else await setRunStatus(knex, schema, unfinished.id, 'running');

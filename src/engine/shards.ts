@@ -102,7 +102,11 @@ export async function runToJoin(
     .where((w) =>
       orgs === null
         ? w.whereNull('org_filter')
-        : w.where('org_filter', orgs.join(',')).whereRaw(`${RUN_ORGS} = ?::jsonb`, [JSON.stringify(orgs)]),
+        : // The same set in any order (runs opened before lists were sorted keep theirs).
+          w.whereRaw(`${RUN_ORGS} @> ?::jsonb and ${RUN_ORGS} <@ ?::jsonb`, [
+            JSON.stringify(orgs),
+            JSON.stringify(orgs),
+          ]),
     )
     .whereNotExists(
       trx

@@ -109,7 +109,7 @@ export function registerRuns(program: Command): void {
         `rules file: ${run.rulesFile ?? '(none)'}   rules hash: ${run.rulesHash}`,
         ...rulesChanges(run.options).map(
           (c) =>
-            `resumed ${c.at} with other rules: file ${c.rulesFile ?? '(none)'}   rules hash: ${c.rulesHash}`,
+            `${c.joined ? 'joined' : 'resumed'} ${c.at}${c.shard ? ` by shard ${c.shard}` : ''} with other rules: file ${c.rulesFile ?? '(none)'}   rules hash: ${c.rulesHash}`,
         ),
         `host: ${run.host ?? ''} pid ${run.pid ?? ''}   org filter: ${run.orgFilter ?? 'all'}`,
         `options: ${JSON.stringify(run.options)}`,
@@ -128,12 +128,18 @@ export function registerRuns(program: Command): void {
   });
 }
 
-/** The rules a resumed run went on with when they had changed since it started (recordRulesChange). */
+/** The rules a run went on with when a resume or a joining shard brought others (recordRulesChange). */
 function rulesChanges(
   options: Record<string, unknown>,
-): { rulesHash: string; rulesFile: string | null; at: string }[] {
+): { rulesHash: string; rulesFile: string | null; at: string; joined?: boolean; shard?: string }[] {
   const changes = options.rulesChanged;
   return Array.isArray(changes)
-    ? (changes as { rulesHash: string; rulesFile: string | null; at: string }[])
+    ? (changes as {
+        rulesHash: string;
+        rulesFile: string | null;
+        at: string;
+        joined?: boolean;
+        shard?: string;
+      }[])
     : [];
 }
