@@ -544,7 +544,7 @@ describe('exclusions', () => {
     ]);
     expect(r.code).toBe(0);
     expect(r.stdout).toContain(
-      'Customer 5 is excluded from every run until 2030-01-31: key account (by carol).',
+      'Customer 5 is excluded from every run until 2030-01-31: key account (by carol). No run pauses, suspends or escalates it meanwhile.',
     );
     const twice = await cli(['exclude', '5', '--reason', 'again']);
     expect(twice.code).toBe(2);

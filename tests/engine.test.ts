@@ -1919,3 +1919,75 @@ describe('payment race', () => {
     }
   });
 });
+
+describe('exclusions', () => {
+  test('an account excluded while suspended for debt stays suspended while it owes, and gets access back once it pays', async () => {
+    const db = await seeded(2000, 5);
+    try {
+      expect((await cli(db, ['backfill', '--no-notify', '--quiet', '--as-of', AS_OF])).code).toBe(0);
+      // Suspended for debt, not for inactivity: no other stage sets its status.
+      const [debtor] = (
+        await db.knex.raw<{ rows: { key: string }[] }>(
+          `select customer_key as key from suspend.account_states
+          group by customer_key
+         having bool_or(policy = 'delinquency' and stage = 'suspended')
+            and not bool_or(policy = 'inactivity' and stage is not null)
+         order by customer_key::bigint limit 1`,
+        )
+      ).rows;
+      expect(debtor).toBeDefined();
+      const key = debtor!.key;
+      const staged = (await db
+        .knex('suspend.account_states')
+        .where({ customer_key: key })
+        .whereNotNull('stage')
+        .orderBy('policy')
+        .pluck('policy')) as string[];
+      const excluded = await cli(db, ['exclude', key, '--reason', 'payment plan']);
+      expect(excluded.code).toBe(0);
+      expect(excluded.stdout).toMatch(
+        new RegExp(
+          `\\nIt stays (.+, )?suspended under delinquency(, .+)? until (the reason clears|their reasons clear) \\(a run then gives access back\\) or \`suspend reinstate ${key}\` lifts (it|them)\\.\\n$`,
+        ),
+      );
+      const [before] = (await db
+        .knex('suspend.account_states')
+        .where({ customer_key: key, policy: 'delinquency' })
+        .pluck('host_before')) as { status: string }[];
+
+      // Still owing a day later: it stays in its stages, not escalated, its status unchanged.
+      const sweepOn = (day: string) =>
+        cli(db, ['sweep', '--no-notify', '--quiet', '--format', 'json', '--as-of', day]);
+      const owing = await sweepOn('2026-11-24');
+      expect(owing.code).toBe(0);
+      expect(await db.knex('customers').where({ id: key }).pluck('status')).toEqual(['suspended']);
+
+      // Paid in full: the next sweep clears it and gives the status back, exclusion or not.
+      await db
+        .knex('invoices')
+        .where({ customer_id: key })
+        .update({ paid_cents: db.knex.ref('amount_cents'), paid_on: '2026-11-24' });
+      const paid = await sweepOn('2026-11-25');
+      expect(paid.code).toBe(0);
+      expect(JSON.parse(paid.stdout).counts.excludedByReason).toMatchObject({ 'payment plan': 1 });
+      // Every stage it was in clears (their reasons were the debt).
+      expect(
+        await db
+          .knex('suspend.account_states')
+          .where({ customer_key: key })
+          .whereNotNull('stage')
+          .pluck('policy'),
+      ).toEqual([]);
+      expect(await db.knex('customers').where({ id: key }).pluck('status')).toEqual([before!.status]);
+      expect(
+        await db
+          .knex('suspend.history')
+          .where({ customer_key: key, kind: 'clear' })
+          .orderBy('policy')
+          .pluck('policy'),
+      ).toEqual(staged);
+    } finally {
+      await db.drop();
+    }
+  });
+});

@@ -415,7 +415,7 @@ describe('evaluator properties', () => {
     );
   });
 
-  test('a live exclusion always wins: decisions are computed, no transition at all', () => {
+  test('a live exclusion always wins against entering or escalating: decisions are computed, transitions only go down', () => {
     const exclusionArb = fc.oneof(
       fc.record({
         kind: fc.constant('key' as const),
@@ -448,7 +448,12 @@ describe('evaluator properties', () => {
           exclusion: table,
         });
         expect(e.excluded).not.toBeNull();
-        expect(e.transitions).toEqual([]);
+        // Down only: each to a milder stage (or clear) than the account is in, the way it would go unexcluded.
+        const unexcluded = evaluateAccount({ signals: s, rules, asOf: AS_OF, states, exclusion: null });
+        expect(e.transitions).toEqual(
+          unexcluded.transitions.filter((t) => t.kind !== 'enter' && t.kind !== 'escalate'),
+        );
+        for (const t of e.transitions) expect(t.toIndex).toBeLessThan(states[t.policy]?.stageIndex ?? -1);
         expect(e.decisions).toHaveLength(rules.policies.length);
       }),
       RUNS,

@@ -571,13 +571,25 @@ describe('exclusions beat every rule', () => {
     }
   });
 
-  test('an excluded account that is suspended is not cleared either', () => {
+  test('an excluded account whose suspension no longer holds (it paid) is cleared: an exclusion never keeps access away', () => {
     const e = evaluate(signals(), {
-      rules: withExclusions([{ key: 'c1', reason: 'frozen' }]),
+      rules: withExclusions([{ key: 'c1', reason: 'payment plan' }]),
       states: { delinquency: state(delinquency, 'suspended') },
     });
-    expect(e.excluded).toEqual({ reason: 'frozen', until: null, by: 'rules' });
+    expect(e.excluded).toEqual({ reason: 'payment plan', until: null, by: 'rules' });
     expect(e.decisions[0]?.stage).toBeNull();
+    expect(e.transitions.map((t) => `${t.policy} ${t.kind} ${t.from}`)).toEqual([
+      'delinquency clear suspended',
+    ]);
+  });
+
+  test('an excluded account still owing stays in its stage and does not escalate', () => {
+    const e = evaluate(due, {
+      rules: withExclusions([{ key: 'c7', reason: 'payment plan' }]),
+      states: { escalation: state(escalation, 'day_14') },
+    });
+    expect(e.excluded).toMatchObject({ reason: 'payment plan' });
+    expect(e.decisions.map((d) => d.stage?.name ?? 'clear')).toEqual(['suspended', 'day_30']);
     expect(e.transitions).toEqual([]);
   });
 });

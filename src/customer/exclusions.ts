@@ -3,7 +3,8 @@ import { SuspendError, ExitCode, UsageError } from '../errors';
 import type { IsoDate } from '../types';
 
 /**
- * Operator exclusions (`<schema>.exclusions`): an excluded account is never changed by a run. One
+ * Operator exclusions (`<schema>.exclusions`): no run pauses, suspends or escalates an excluded
+ * account (a stage it is in still clears when its reason does, see evaluate.ts). One
  * live exclusion per account (a partial unique index); removing one sets removed_at and removed_by,
  * nothing is deleted, so the table is also the record of who spared whom and why.
  */

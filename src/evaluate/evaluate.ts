@@ -20,9 +20,11 @@
  *   actions (and the skipped stages' too when the policy says `fire_skipped_stages`); down = `clear`/
  *   `deescalate` without actions when the policy reinstates automatically, or an informational `hold`
  *   when only a person may reinstate; same = nothing. Re-evaluating with the new state changes nothing.
- * - Exclusions beat every rule. An account excluded on as-of (by the rules' key or flag, or by the
- *   exclusions table; `until` inclusive, expired ones ignored) still gets its decisions, for the
- *   report, but never a transition.
+ * - Exclusions beat every rule that would act against an account. An account excluded on as-of (by
+ *   the rules' key or flag, or by the exclusions table; `until` inclusive, expired ones ignored)
+ *   still gets its decisions, for the report, but never enters or escalates a stage. It still goes
+ *   down: a stage whose reason cleared is cleared (or held, when only a person may reinstate), so a
+ *   customer spared while paying gets access back once paid, as the stage's message promises.
  */
 import { conditionHolds, evaluateCondition } from './conditions';
 import { findExclusion } from './exclusions';
@@ -93,9 +95,15 @@ export function explainDecision(decision: PolicyDecision): string {
   return `${decision.policy}: ${decision.stage ? decision.stage.name : 'clear'}${because}`;
 }
 
+/** An enter or escalation: what an exclusion keeps from happening. */
+function goesUp(kind: Transition['kind']): boolean {
+  return kind === 'enter' || kind === 'escalate';
+}
+
 /**
  * Evaluates every policy of the account's effective rules. `states` holds the account's current
- * state per policy name (missing: clear). An excluded account gets its decisions and no transitions.
+ * state per policy name (missing: clear). An excluded account gets its decisions, and transitions
+ * only down (a clear, a de-escalation, a hold).
  */
 export function evaluateAccount(input: {
   signals: Signals;
@@ -112,9 +120,8 @@ export function evaluateAccount(input: {
     const state = stateOf(states, policy);
     const decision = evaluatePolicy(signals, policy, asOf, state, rules.settings);
     decisions.push(decision);
-    if (excluded) continue;
     const transition = planTransition({ signals, policy, state, decision, asOf, settings: rules.settings });
-    if (transition) transitions.push(transition);
+    if (transition && !(excluded && goesUp(transition.kind))) transitions.push(transition);
   }
   return { key: signals.key, orgId: signals.orgId, excluded, decisions, transitions };
 }
@@ -134,30 +141,30 @@ export function accountTransitions(
   const { signals, rules, asOf, states } = input;
   const excluded = findExclusion(signals, rules.exclusions, input.exclusion, asOf);
   const transitions: PlannedTransition[] = [];
-  if (!excluded) {
-    for (const policy of rules.policies) {
-      const state = stateOf(states, policy);
-      const ctx = { asOf, reinstatedOn: state.reinstatedOn, currency: rules.settings.currency };
-      const decided = ladderOf(policy).find((stage) => conditionHolds(stage.when, signals, ctx));
-      // planTransition returns nothing when the decided stage is the current one.
-      if ((decided?.index ?? -1) === state.stageIndex) continue;
-      if (explain === 'now') {
-        const decision = evaluatePolicy(signals, policy, asOf, state, rules.settings);
-        const planned = planTransition({ signals, policy, state, decision, asOf, settings: rules.settings });
-        if (planned) transitions.push(explained(planned));
-        continue;
-      }
-      const transition = lazyTransition({
-        signals,
-        policy,
-        state,
-        target: decided ?? null,
-        decide: () => evaluatePolicy(signals, policy, asOf, state, rules.settings),
-        asOf,
-        settings: rules.settings,
-      });
-      if (transition) transitions.push(transition);
+  for (const policy of rules.policies) {
+    const state = stateOf(states, policy);
+    const ctx = { asOf, reinstatedOn: state.reinstatedOn, currency: rules.settings.currency };
+    const decided = ladderOf(policy).find((stage) => conditionHolds(stage.when, signals, ctx));
+    // planTransition returns nothing when the decided stage is the current one; an excluded
+    // account only goes down (see evaluateAccount).
+    if ((decided?.index ?? -1) === state.stageIndex) continue;
+    if (excluded && (decided?.index ?? -1) > state.stageIndex) continue;
+    if (explain === 'now') {
+      const decision = evaluatePolicy(signals, policy, asOf, state, rules.settings);
+      const planned = planTransition({ signals, policy, state, decision, asOf, settings: rules.settings });
+      if (planned) transitions.push(explained(planned));
+      continue;
     }
+    const transition = lazyTransition({
+      signals,
+      policy,
+      state,
+      target: decided ?? null,
+      decide: () => evaluatePolicy(signals, policy, asOf, state, rules.settings),
+      asOf,
+      settings: rules.settings,
+    });
+    if (transition) transitions.push(transition);
   }
   return { key: signals.key, orgId: signals.orgId, excluded, transitions };
 }

@@ -33,7 +33,9 @@ export function registerExclusions(program: Command): void {
   withCommonOptions(
     program
       .command('exclude <key>')
-      .description('spare an account from every run, with a reason and an optional last day')
+      .description(
+        'spare an account from every run (no pause, suspension or escalation), with a reason and an optional last day',
+      )
       .requiredOption('--reason <text>', 'why the account is spared')
       .option(
         '--until <date>',
@@ -59,8 +61,23 @@ export function registerExclusions(program: Command): void {
         by: flags.by ?? defaultActor(),
         today: todayUtc(),
       });
+      // Spared from now on; what it is in already stays until its reason clears or a person lifts it.
+      const staged = (await knex
+        .withSchema(schema)
+        .from('account_states')
+        .where({ customer_key: x.key })
+        .whereNotNull('stage')
+        .orderBy('policy')
+        .select('policy', 'stage')) as { policy: string; stage: string }[];
       writeArtifact(
-        `Customer ${x.key} is excluded from every run${x.until ? ` until ${x.until}` : ''}: ${x.reason} (by ${x.createdBy}).`,
+        [
+          `Customer ${x.key} is excluded from every run${x.until ? ` until ${x.until}` : ''}: ${x.reason} (by ${x.createdBy}). No run pauses, suspends or escalates it meanwhile.`,
+          ...(staged.length > 0
+            ? [
+                `It stays ${staged.map((s) => `${s.stage} under ${s.policy}`).join(', ')} until ${staged.length > 1 ? 'their reasons clear' : 'the reason clears'} (a run then gives access back) or \`suspend reinstate ${x.key}\` lifts ${staged.length > 1 ? 'them' : 'it'}.`,
+              ]
+            : []),
+        ].join('\n'),
       );
     }),
   );
