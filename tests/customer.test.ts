@@ -591,6 +591,31 @@ describe('exclusions', () => {
     ).toEqual([]);
   });
 
+  test('an exclusion whose last day has passed is over: not listed, not in status, and a new one replaces it', async () => {
+    expect(
+      (await cli(['exclude', '3', '--reason', 'short', '--until', '2030-01-31', '--by', 'carol'])).code,
+    ).toBe(0);
+    // As the days passing do it.
+    await db.knex('suspend.exclusions').where({ customer_key: '3' }).update({ until: '2026-11-30' });
+    expect((await cli(['exclusions'])).stdout).not.toMatch(/^3\s/m);
+    expect((await cli(['exclusions', 'list', '--all'])).stdout).toMatch(/^3\s+short\s+2026-11-30\s+carol/m);
+    expect((await cli(['status', '3'])).stdout).not.toContain('excluded:');
+    const again = await cli(['exclude', '3', '--reason', 'again', '--until', '2030-06-30', '--by', 'dan']);
+    expect({ code: again.code, stderr: again.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(again.stdout).toContain('(Its exclusion that ended on 2026-11-30 (short) is closed.)');
+    expect(
+      await db
+        .knex('suspend.exclusions')
+        .where({ customer_key: '3' })
+        .orderBy('id')
+        .select('reason', 'removed_by', db.knex.raw("to_char(until, 'YYYY-MM-DD') as until")),
+    ).toEqual([
+      { reason: 'short', removed_by: 'dan', until: '2026-11-30' },
+      { reason: 'again', removed_by: null, until: '2030-06-30' },
+    ]);
+    expect((await cli(['status', '3'])).stdout).toContain('excluded: again');
+  });
+
   test('an excluded account still shows its exclusion in suspend status', async () => {
     expect((await cli(['exclude', '2', '--reason', 'billing dispute'])).code).toBe(0);
     const r = await cli(['status', '2']);

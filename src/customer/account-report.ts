@@ -2,6 +2,7 @@ import type { Knex } from 'knex';
 import { UsageError } from '../errors';
 import { accountStatus, type AccountStatus } from './status';
 import { currentExclusion, type Exclusion } from './exclusions';
+import { todayUtc } from '../rules/dates';
 import { accountKey, customerTable } from './host';
 import type { IsoDate, Reason, SourceMapping } from '../types';
 
@@ -128,7 +129,7 @@ export async function accountReport(
     at: Date;
     reasons: Reason[];
   }[];
-  const exclusion = await currentExclusion(knex, schema, key);
+  const exclusion = await currentExclusion(knex, schema, key, todayUtc());
   if (!inHostTable && states.length === 0 && history.length === 0 && !exclusion) {
     throw new UsageError(`There is no customer ${given} in table ${customerTable(mapping)}.`);
   }

@@ -71,24 +71,29 @@ export async function activeExclusions(
   return new Map(rows.map((r) => [r.customer_key, { reason: r.reason, until: r.until }]));
 }
 
-/** The live exclusion of one account (whatever its `until`), or null. */
+/**
+ * The exclusion of one account not removed, or null; with `today`, only while it applies (an
+ * exclusion whose `until` has passed spares nobody, though its row is not removed).
+ */
 export async function currentExclusion(
   knex: Knex | Knex.Transaction,
   schema: string,
   key: string,
+  today?: IsoDate,
 ): Promise<Exclusion | null> {
   const row = (await exclusionQuery(knex, schema)
     .where({ customer_key: key })
     .whereNull('removed_at')
     .first()) as ExclusionRow | undefined;
-  return row ? toExclusion(row) : null;
+  if (!row || (today !== undefined && row.until !== null && row.until < today)) return null;
+  return toExclusion(row);
 }
 
 export async function addExclusion(
   knex: Knex,
   schema: string,
   input: { key: string; reason: string; until: IsoDate | null; by: string; today: IsoDate },
-): Promise<Exclusion> {
+): Promise<Exclusion & { replaced?: Exclusion }> {
   if (input.reason.trim() === '') throw new UsageError('--reason: say why the account is excluded.');
   if (input.until !== null && input.until < input.today) {
     throw new UsageError(
@@ -97,7 +102,16 @@ export async function addExclusion(
   }
   return knex.transaction(async (trx) => {
     const existing = await currentExclusion(trx, schema, input.key);
-    if (existing) {
+    // One whose last day has passed is over: it ends now, and the new one takes its place.
+    let replaced: Exclusion | undefined;
+    if (existing?.until && existing.until < input.today) {
+      await trx
+        .withSchema(schema)
+        .table('exclusions')
+        .where({ id: existing.id })
+        .update({ removed_at: trx.fn.now(), removed_by: input.by });
+      replaced = existing;
+    } else if (existing) {
       throw new SuspendError(
         `Account ${input.key} is already excluded (${existing.reason}, by ${existing.createdBy}${existing.until ? `, until ${existing.until}` : ''}); remove it first with \`suspend exclusions remove ${input.key}\`.`,
         { exitCode: ExitCode.usage },
@@ -109,17 +123,19 @@ export async function addExclusion(
       .into('exclusions')
       .returning('id')) as { id: string }[];
     const created = await exclusionQuery(trx, schema).where({ id: row?.id }).first();
-    return toExclusion(created as ExclusionRow);
+    return { ...toExclusion(created as ExclusionRow), ...(replaced ? { replaced } : {}) };
   });
 }
 
 export async function listExclusions(
   knex: Knex,
   schema: string,
-  options: { all?: boolean } = {},
+  /** `all`: every exclusion ever made; else those that apply on `today`. */
+  options: { all?: boolean; today: IsoDate },
 ): Promise<Exclusion[]> {
   const q = exclusionQuery(knex, schema).orderBy([{ column: 'customer_key' }, { column: 'id' }]);
-  if (!options.all) q.whereNull('removed_at');
+  if (!options.all)
+    q.whereNull('removed_at').where((w) => w.whereNull('until').orWhere('until', '>=', options.today));
   return ((await q) as ExclusionRow[]).map(toExclusion);
 }
 

@@ -121,7 +121,7 @@ export async function reinstateAccount(
   });
   try {
     const rows = await readStoredRows(knex, schema, [options.key]);
-    const exclusion = await currentExclusion(knex, schema, options.key);
+    const exclusion = await currentExclusion(knex, schema, options.key, todayUtc());
     if (rows.length === 0 && !account.found) {
       throw new UsageError(`There is no customer ${given} in table ${customerTable(rules.source)}.`);
     }

@@ -72,6 +72,9 @@ export function registerExclusions(program: Command): void {
       writeArtifact(
         [
           `Customer ${x.key} is excluded from every run${x.until ? ` until ${x.until}` : ''}: ${x.reason} (by ${x.createdBy}). No run pauses, suspends or escalates it meanwhile.`,
+          ...(x.replaced
+            ? [`(Its exclusion that ended on ${x.replaced.until} (${x.replaced.reason}) is closed.)`]
+            : []),
           ...(staged.length > 0
             ? [
                 `It stays ${staged.map((s) => `${s.stage} under ${s.policy}`).join(', ')} until ${staged.length > 1 ? 'their reasons clear' : 'the reason clears'} (a run then gives access back) or \`suspend reinstate ${x.key}\` lifts ${staged.length > 1 ? 'them' : 'it'}.`,
@@ -94,7 +97,10 @@ export function registerExclusions(program: Command): void {
       const rules = await ctx.loadRules();
       const { knex } = await ctx.db();
       await requireMigrated(knex, rules.settings.schema);
-      const list = await listExclusions(knex, rules.settings.schema, { all: Boolean(flags.all) });
+      const list = await listExclusions(knex, rules.settings.schema, {
+        all: Boolean(flags.all),
+        today: todayUtc(),
+      });
       writeArtifact(flags.json ? JSON.stringify(list, null, 2) : renderList(list, Boolean(flags.all)));
     }),
   );
