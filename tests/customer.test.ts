@@ -297,7 +297,7 @@ describe('the booking guard', () => {
     expect(isBookingBlocked(err)).toBe(true);
     expect(err!.message).toContain(SUSPENDED_MESSAGE);
     expect(err!.hint).toBe('Pay at https://pay.example.com/1 and book again.');
-    expect(err!.detail).toContain('customer 1 is suspended under policy delinquency');
+    expect(err!.detail).toContain('customer 1 is in stage suspended of policy delinquency');
 
     const paused = await book(2, 2).then(
       () => null,
@@ -307,6 +307,36 @@ describe('the booking guard', () => {
 
     await book(3, 4);
     expect(await db.knex('reservations').pluck('customer_id')).toEqual(['4']);
+
+    // A name with full stops in the message does not end its first sentence: the next step is the
+    // sentence after the account's situation, not the rest of the name.
+    const messages = [
+      [
+        'Hello Dr. J. Smith & Co, your account is on hold (last booking: 2025-01-01). Contact us at https://help.example.com and we will reopen it.',
+        'Contact us at https://help.example.com and we will reopen it.',
+      ],
+      [
+        'Mrs. Ann Lee of St. Louis owes $42.50. Pay at https://pay.example.com/1.',
+        'Pay at https://pay.example.com/1.',
+      ],
+      [
+        'Your account is paused. 2 invoices are open: pay them at https://pay.example.com/1.',
+        '2 invoices are open: pay them at https://pay.example.com/1.',
+      ],
+      ['Hello Dr. J. Smith, your account is on hold.', 'Contact support to book again.'],
+    ];
+    for (const [i, [message, hint]] of messages.entries()) {
+      await db.knex('suspend.account_states').where({ customer_key: '1' }).update({ message });
+      const named = await book(10 + i, 1).then(
+        () => null,
+        (e: unknown) => e as { hint: string },
+      );
+      expect(named).toMatchObject({ hint });
+    }
+    await db
+      .knex('suspend.account_states')
+      .where({ customer_key: '1' })
+      .update({ message: SUSPENDED_MESSAGE });
   });
 
   test('after `suspend reinstate` the same INSERT succeeds', async () => {
