@@ -1991,3 +1991,50 @@ describe('exclusions', () => {
     }
   });
 });
+
+describe('host values written meanwhile', () => {
+  test('a clear or a reinstatement gives a column back only over the value a stage set: a status the host wrote since stays', async () => {
+    const db = await seeded(2000, 5);
+    try {
+      expect((await cli(db, ['backfill', '--no-notify', '--quiet', '--as-of', AS_OF])).code).toBe(0);
+      const inStage = async (policy: string, other: string) =>
+        (
+          await db.knex.raw<{ rows: { key: string }[] }>(
+            `select customer_key as key from suspend.account_states group by customer_key
+              having bool_or(policy = ? and stage = 'suspended') and not bool_or(policy = ? and stage is not null)
+              order by customer_key::bigint limit 1`,
+            [policy, other],
+          )
+        ).rows[0]!.key;
+      const debtor = await inStage('delinquency', 'inactivity');
+      const idle = await inStage('inactivity', 'delinquency');
+      // The host closes both accounts while suspend holds them suspended.
+      await db.knex('customers').whereIn('id', [debtor, idle]).update({ status: 'closed' });
+
+      // The debtor pays: its stages clear, and its status stays the host's.
+      await db
+        .knex('invoices')
+        .where({ customer_id: debtor })
+        .update({ paid_cents: db.knex.ref('amount_cents'), paid_on: '2026-11-24' });
+      const sweep = await cli(db, ['sweep', '--no-notify', '--quiet', '--as-of', '2026-11-25']);
+      expect(sweep.code).toBe(0);
+      expect(
+        await db
+          .knex('suspend.account_states')
+          .where({ customer_key: debtor })
+          .whereNotNull('stage')
+          .pluck('policy'),
+      ).toEqual([]);
+      // Reinstated by hand: the same.
+      const reinstated = await cli(db, ['reinstate', idle, '--reason', 'asked nicely']);
+      expect(reinstated.code).toBe(0);
+      expect(reinstated.stdout).not.toContain('status = ');
+      expect(await db.knex('customers').whereIn('id', [debtor, idle]).orderBy('id').pluck('status')).toEqual([
+        'closed',
+        'closed',
+      ]);
+    } finally {
+      await db.drop();
+    }
+  });
+});

@@ -18,6 +18,8 @@ export interface HostValue {
   key: string;
   column: string;
   value: string | null;
+  /** Written only while the column holds this (the value a stage set; see HostColumnChange). */
+  expected?: string | null;
 }
 
 export function reinstateHostValues(
@@ -35,20 +37,23 @@ export function reinstateHostValues(
   // The policy first by name wins, as in the engine.
   const hostBefore = capturedHostValues(rows.map((r) => [r.policy, r.host_before] as const));
 
-  const out = new Map<string, string | null>();
+  const out = new Map<string, { value: string | null; expected?: string | null }>();
+  // Over a value a stage set, only while the column still holds it (a host's later value stays).
+  const over = (p: { value: unknown } | undefined) => (p ? { expected: hostValueText(p.value) } : {});
   for (const column of new Set([...pre.keys(), ...post.keys()])) {
     const p = pre.get(column);
     const q = post.get(column);
-    if (q && (!p || p.value !== q.value)) out.set(column, hostValueText(q.value));
-    else if (!q && p && Object.hasOwn(hostBefore, column)) out.set(column, hostValueText(hostBefore[column]));
+    if (q && (!p || p.value !== q.value)) out.set(column, { value: hostValueText(q.value), ...over(p) });
+    else if (!q && p && Object.hasOwn(hostBefore, column))
+      out.set(column, { value: hostValueText(hostBefore[column]), ...over(p) });
   }
   if (remaining.length === 0) {
     for (const row of current) {
       if (!clearing.has(row.policy) || stageOf(row) !== null) continue;
       for (const [column, value] of Object.entries(row.host_before ?? {})) {
-        if (!out.has(column) && !pre.has(column)) out.set(column, hostValueText(value));
+        if (!out.has(column) && !pre.has(column)) out.set(column, { value: hostValueText(value) });
       }
     }
   }
-  return [...out].map(([column, value]) => ({ key, column, value }));
+  return [...out].map(([column, v]) => ({ key, column, ...v }));
 }

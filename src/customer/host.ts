@@ -107,12 +107,12 @@ export async function customerContacts(
 export async function restoreHostColumns(
   trx: Knex.Transaction,
   mapping: SourceMapping,
-  values: { key: string; column: string; value: string | null }[],
+  values: { key: string; column: string; value: string | null; expected?: string | null }[],
 ): Promise<Map<string, Record<string, string | null>>> {
   const forbidden = new Set([...mapping.customers.consent, mapping.customers.key]);
   const changes: HostColumnChange[] = values
     .filter((v) => !forbidden.has(v.column))
-    .map((v) => ({ key: v.key, column: v.column, value: v.value, capture: false }));
+    .map((v) => ({ ...v, capture: false }));
   if (changes.length === 0) return new Map();
   return writeHostColumns(trx, mapping, changes);
 }

@@ -30,6 +30,11 @@ export interface HostColumnChange {
   value: string | null;
   /** True when suspend sets the column for the first time in an episode: keep the host's value first. */
   capture: boolean;
+  /**
+   * Written only while the column holds this value (as text; null: NULL), the one suspend's stages
+   * set: a value the host wrote since is left alone. Absent: written whatever it holds.
+   */
+  expected?: string | null;
 }
 
 export function rulesForOrg(rules: Rules, orgId: string | null): EffectiveRules {
@@ -126,10 +131,12 @@ export function planHostColumns(
   for (const column of new Set([...pre.keys(), ...post.keys()])) {
     const p = pre.get(column);
     const q = post.get(column);
-    if (q && (!p || p.value !== q.value)) out.push(hostColumnChange(key, column, q.value, !p));
+    // Over a value a stage set, only while the column still holds it.
+    if (q && (!p || p.value !== q.value))
+      out.push(hostColumnChange(key, column, q.value, !p, p ? p.value : undefined));
     // Nothing captured (e.g. the rules changed since): leave the column as it is.
     else if (!q && p && Object.hasOwn(hostBefore, column))
-      out.push(hostColumnChange(key, column, hostBefore[column], false));
+      out.push(hostColumnChange(key, column, hostBefore[column], false, p.value));
   }
   return out;
 }
@@ -217,6 +224,19 @@ function stageOf(policies: Policy[], policy: string, name: string | null): Stage
   return policies.find((p) => p.name === policy)?.stages.find((st) => st.name === name) ?? null;
 }
 
-function hostColumnChange(key: string, column: string, value: unknown, capture: boolean): HostColumnChange {
-  return { key, column, value: value === null || value === undefined ? null : String(value), capture };
+function hostColumnChange(
+  key: string,
+  column: string,
+  value: unknown,
+  capture: boolean,
+  expected?: unknown,
+): HostColumnChange {
+  const text = (v: unknown) => (v === null || v === undefined ? null : String(v));
+  return {
+    key,
+    column,
+    value: text(value),
+    capture,
+    ...(expected !== undefined ? { expected: text(expected) } : {}),
+  };
 }

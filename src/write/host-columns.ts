@@ -10,6 +10,8 @@ import { groupBy } from '../collections';
  * Writes the mapped host columns the rules name in `set` actions (e.g. customers.status), one
  * statement per column for the whole page, and returns the values they held before (as text), so
  * history can record them and a clear can restore them. Consent columns are refused at load time.
+ * A change with `expected` is written only while the column still holds that value (the one suspend
+ * set): a value the host wrote since (an account closed meanwhile) is the host's, and stays.
  */
 
 const SAFE_TYPE = /^[a-z][a-z0-9_ ]*(\(\d+(,\d+)?\))?(\[\])?$/i;
@@ -145,16 +147,25 @@ export async function writeHostColumns(
     // The key list also goes in as an array the planner cannot count, so it looks the rows up by
     // key instead of hashing the whole table (which a list of a thousand keys otherwise gets).
     const keyType = types.get(c.key) as string;
+    // Rows with an expected value also carry it (a backfill's captures carry none: no third array).
+    const guarded = rows.some((r) => r.expected !== undefined);
     const result = await trx.raw<{ rows: { key: string; old: string | null }[] }>(
-      `with x as materialized (select * from unnest(?::text[], ?::text[]) as x(k, v))
+      `with x as materialized (select * from unnest(?::text[], ?::text[]${guarded ? ', ?::text[], ?::boolean[]' : ''}) as x(k, v${guarded ? ', e, g' : ''}))
        update ?? as t set ?? = x.v::${types.get(column)}
          from x, ?? as before
         where t.?? = x.k::${keyType} and before.?? = t.??
           and t.?? = any(array(select k::${keyType} from x))
+          ${guarded ? `and (not x.g or before.?? is not distinct from x.e::${types.get(column)})` : ''}
         returning t.??::text as key, before.??::text as old`,
       [
         rows.map((r) => r.key),
         rows.map((r) => r.value) as Knex.Value,
+        ...(guarded
+          ? [
+              rows.map((r) => r.expected ?? null) as Knex.Value,
+              rows.map((r) => r.expected !== undefined) as Knex.Value,
+            ]
+          : []),
         table,
         column,
         table,
@@ -162,6 +173,7 @@ export async function writeHostColumns(
         c.key,
         c.key,
         c.key,
+        ...(guarded ? [column] : []),
         c.key,
         column,
       ],
