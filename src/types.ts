@@ -295,4 +295,18 @@ export interface OutboxPayload {
    */
   tags?: string[];
   actor: string;
+  /**
+   * The account across its policies after this event, present only when another policy still holds
+   * it so that booking or sign-in is not what `blocksBooking` and `allowsLogin` (this policy's) say:
+   * a clear of one policy while another still suspends the account.
+   */
+  account?: AccountHold;
+}
+
+/** An account still held by other policies' stages (see OutboxPayload.account). */
+export interface AccountHold {
+  blocksBooking: boolean;
+  allowsLogin: boolean;
+  /** The stages that still hold it: "suspended under inactivity". */
+  heldBy: string[];
 }

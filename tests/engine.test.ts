@@ -21,7 +21,8 @@ import { LOCK_CLASS } from '../src/engine/lock';
 import { loadRules } from '../src/rules/load';
 import { reinstateAccount } from '../src/customer/reinstate';
 import { revertRun } from '../src/customer/revert';
-import type { Rules } from '../src/types';
+import type { OutboxPayload, Rules } from '../src/types';
+import { digestCsv, stageCounts } from '../src/notify/digest';
 
 /** The batch engine as a user runs it: report, backfill, sweep, runs, locks, limits, resume, races. */
 
@@ -2033,6 +2034,74 @@ describe('host values written meanwhile', () => {
         'closed',
         'closed',
       ]);
+    } finally {
+      await db.drop();
+    }
+  });
+});
+
+describe('events of an account another policy still holds', () => {
+  test('a clear or a reinstatement of one policy tells, in its event, what still holds the account', async () => {
+    const db = await seeded(2000, 5);
+    try {
+      expect((await cli(db, ['backfill', '--no-notify', '--quiet', '--as-of', AS_OF])).code).toBe(0);
+      const [both, paused] = (await Promise.all(
+        [
+          `having bool_or(policy = 'delinquency' and stage = 'suspended') and bool_or(policy = 'inactivity' and stage = 'suspended')`,
+          `having bool_or(policy = 'delinquency' and stage = 'suspended') and bool_or(policy = 'overdue_pause' and stage = 'paused')
+              and not bool_or(policy = 'inactivity' and stage is not null)`,
+        ].map(
+          async (having) =>
+            (
+              await db.knex.raw<{ rows: { key: string }[] }>(
+                `select customer_key as key from suspend.account_states group by customer_key ${having}
+                  order by customer_key::bigint limit 1`,
+              )
+            ).rows[0]!.key,
+        ),
+      )) as [string, string];
+      // Paid: its debt stages clear, and inactivity still suspends it.
+      await db
+        .knex('invoices')
+        .where({ customer_id: both })
+        .update({ paid_cents: db.knex.ref('amount_cents'), paid_on: '2026-11-24' });
+      expect((await cli(db, ['sweep', '--no-notify', '--quiet', '--as-of', '2026-11-25'])).code).toBe(0);
+      // Reinstated for its overdue invoice alone: still suspended for debt.
+      expect(
+        (await cli(db, ['reinstate', paused, '--policy', 'overdue_pause', '--reason', 'promised'])).code,
+      ).toBe(0);
+      const events = (await db
+        .knex('suspend.outbox')
+        .whereIn('customer_key', [both, paused])
+        .whereIn('event', ['clear', 'reinstate'])
+        .orderBy('id')
+        .select('customer_key', 'event', 'payload')) as {
+        customer_key: string;
+        event: string;
+        payload: { policy: string; blocksBooking: boolean; account?: unknown };
+      }[];
+      const delinquencyCleared = events.find(
+        (e) => e.customer_key === both && e.payload.policy === 'delinquency',
+      );
+      expect(delinquencyCleared?.payload).toMatchObject({
+        blocksBooking: false,
+        account: { blocksBooking: true, allowsLogin: false, heldBy: ['suspended under inactivity'] },
+      });
+      const reinstated = events.find((e) => e.customer_key === paused && e.event === 'reinstate');
+      expect(reinstated?.payload).toMatchObject({
+        policy: 'overdue_pause',
+        account: { blocksBooking: true, allowsLogin: false },
+      });
+      expect((reinstated?.payload.account as { heldBy: string[] }).heldBy).toContain(
+        'suspended under delinquency',
+      );
+      // The organization's digest says so too: not "active".
+      // (A claim adds the reasons back from the history row: none needed here.)
+      const cleared = [
+        { id: '1', payload: { ...delinquencyCleared!.payload, reasons: [] } as unknown as OutboxPayload },
+      ];
+      expect(stageCounts(cleared).map((c) => c.stage)).toEqual(['still suspended under inactivity']);
+      expect(digestCsv(cleared)).toMatch(/,delinquency,clear,suspended,,true,false,/);
     } finally {
       await db.drop();
     }

@@ -3,12 +3,12 @@ import { requireMigrated } from '../db/migrate';
 import { UsageError, errorMessage } from '../errors';
 import { acquireRunLock, confirmLockHeld } from '../engine/lock';
 import { finishRun, startRun, type RunRecord } from '../engine/ledger';
-import { rulesForOrg } from '../engine/plan';
+import { markHolds, rulesForOrg } from '../engine/plan';
 import { accountKey, customerContacts, customerTable, restoreHostColumns } from './host';
 import { reinstateHostValues } from './host-plan';
 import { currentExclusion, type Exclusion } from './exclusions';
 import { readStoredRows, rewriteStates, valuesOf, type StateRewrite, type StoredRow } from './write';
-import type { IsoDate, Reason, Rules } from '../types';
+import type { AccountHold, IsoDate, Reason, Rules } from '../types';
 import { addDays, todayUtc } from '../rules/dates';
 
 /**
@@ -180,7 +180,16 @@ async function writeReinstatement(
   const hostOld = old.get(options.key) ?? null;
   const contact = (await customerContacts(trx, rules.source, [options.key])).get(options.key);
   const reason = reinstateReason(options);
-  const rewrites: StateRewrite[] = chosen.map((row) => ({
+  // Each reinstated policy's event says what still holds the account under the others.
+  const holds = chosen.map((row) => ({
+    policy: row.policy,
+    to: null,
+    blocksBooking: false,
+    allowsLogin: true,
+    account: undefined as AccountHold | undefined,
+  }));
+  markHolds(policies, new Map(rows.map((r) => [r.policy, { stage: r.stage }])), holds);
+  const rewrites: StateRewrite[] = chosen.map((row, i) => ({
     key: options.key,
     policy: row.policy,
     kind: 'reinstate',
@@ -216,6 +225,7 @@ async function writeReinstatement(
       reasons: [reason],
       actions: [],
       actor: options.actor,
+      ...(holds[i]!.account ? { account: holds[i]!.account } : {}),
     },
   }));
   const written = await rewriteStates(

@@ -99,6 +99,7 @@ export function planPage(
       // Explained already in a real run; in a dry run, once the report shows the change.
       explain: t.explain,
     }));
+    if (stored.size > 0) markHolds(effective.policies, stored, accountChanges);
     hostColumns.push(...planHostColumns(s.key, effective.policies, stored, accountChanges));
     changes.push(...accountChanges);
   }
@@ -139,6 +140,34 @@ export function planHostColumns(
       out.push(hostColumnChange(key, column, hostBefore[column], false, p.value));
   }
   return out;
+}
+
+/**
+ * Marks each change after which other policies' stages still hold the account so that booking or
+ * sign-in is not what the change's own stage says (a clear of one policy while another suspends it):
+ * its event then tells the account's state, not only the policy's (see OutboxPayload.account).
+ */
+export function markHolds(
+  policies: Policy[],
+  stored: ReadonlyMap<string, { stage: string | null }>,
+  changes: Pick<StateChange, 'policy' | 'to' | 'blocksBooking' | 'allowsLogin' | 'account'>[],
+): void {
+  const after = new Map<string, string | null>();
+  for (const [policy, state] of stored) after.set(policy, state.stage);
+  for (const c of changes) after.set(c.policy, c.to);
+  for (const c of changes) {
+    const others = [...after].flatMap(([policy, name]) => {
+      const stage = policy === c.policy ? null : stageOf(policies, policy, name);
+      return stage ? [{ policy, stage }] : [];
+    });
+    const blocksBooking = c.blocksBooking || others.some((o) => o.stage.blocksBooking);
+    const allowsLogin = c.allowsLogin && others.every((o) => o.stage.allowsLogin);
+    if (blocksBooking === c.blocksBooking && allowsLogin === c.allowsLogin) continue;
+    const heldBy = others
+      .filter((o) => o.stage.blocksBooking || !o.stage.allowsLogin)
+      .map((o) => `${o.stage.name} under ${o.policy}`);
+    c.account = { blocksBooking, allowsLogin, heldBy };
+  }
 }
 
 /** An account's policy and stage, as stored, with the host values its row captured. */

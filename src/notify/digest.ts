@@ -62,9 +62,12 @@ export function changeLabel(p: OutboxPayload): string {
   }
 }
 
-/** The state a change leads to: the stage, or "active" when it clears the policy. */
+/**
+ * The state a change leads to: the stage; when it clears the policy, "active", or what still holds
+ * the account under other policies ("still suspended under inactivity").
+ */
 function outcome(p: OutboxPayload): string {
-  return p.to ?? 'active';
+  return p.to ?? (p.account ? `still ${p.account.heldBy.join(', ')}` : 'active');
 }
 
 function organizationName(orgId: string | null): string {
@@ -165,8 +168,9 @@ export function digestCsv(events: DigestEvent[]): string {
       p.event,
       p.from,
       p.to,
-      String(p.blocksBooking),
-      String(p.allowsLogin),
+      // The account's, when other policies still hold it (see OutboxPayload.account).
+      String(p.account?.blocksBooking ?? p.blocksBooking),
+      String(p.account?.allowsLogin ?? p.allowsLogin),
       safeText(reasonTexts(p.reasons)),
       p.asOf,
       p.actor,

@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import type { Explanation } from '../evaluate/transition';
-import type { Action, IsoDate, OutboxPayload, TransitionKind } from '../types';
+import type { AccountHold, Action, IsoDate, OutboxPayload, TransitionKind } from '../types';
 import { SqlState } from '../db/sqlstate';
 
 /**
@@ -45,6 +45,8 @@ export interface StateChange {
   hostBefore: Record<string, unknown> | null;
   /** Old values of host columns this change overwrote, recorded in history for revert. */
   hostOld: Record<string, unknown> | null;
+  /** The account across its policies after the page, when other stages still hold it (see OutboxPayload). */
+  account?: AccountHold;
 }
 
 export interface AppliedChange {
@@ -72,6 +74,7 @@ export function payloadFor(change: StateChange, ctx: WriteContext): OutboxPayloa
     actions: change.actions.map((a) => a.type),
     ...tagsOf(change.actions),
     actor: ctx.actor,
+    ...(change.account ? { account: change.account } : {}),
   };
 }
 
