@@ -2107,3 +2107,50 @@ describe('events of an account another policy still holds', () => {
     }
   });
 });
+
+describe('revert of a run that is not the newest', () => {
+  test("every account's status is what its stages give after the revert, also where a later run changed the account", async () => {
+    const rules = writeRules(
+      ENGINE_RULES.replace('settings:\n', 'settings:\n  max_changes: 100%\n').replace(
+        'actions: [notify, pause]\n        message: "Invoice',
+        'actions: [notify, pause, { set: { status: paused } }]\n        message: "Invoice',
+      ),
+    );
+    expect(rules).toBeTruthy();
+    const db = await seeded(2000, 5);
+    try {
+      const original = new Map(
+        ((await db.knex('customers').select('id', 'status')) as { id: string; status: string }[]).map((c) => [
+          String(c.id),
+          c.status,
+        ]),
+      );
+      const run = (args: string[]) => engineCli(db, [...args, '--no-notify', '--quiet'], rules);
+      expect((await run(['backfill', '--as-of', AS_OF])).code).toBe(0);
+      expect((await run(['sweep', '--as-of', '2026-12-01'])).code).toBe(0);
+      const touched = await db
+        .knex('suspend.history')
+        .where({ run_id: 2 })
+        .countDistinct({ n: 'customer_key' });
+      expect(Number(touched[0]!.n)).toBeGreaterThan(0);
+      const reverted = await engineCli(db, ['revert', '1', '--quiet'], rules);
+      expect(reverted.code).toBe(0);
+      // The status each account's current stages give: a suspension over a pause, else the host's own.
+      const stages = (await db
+        .knex('suspend.account_states')
+        .whereNotNull('stage')
+        .select('customer_key', 'policy')) as { customer_key: string; policy: string }[];
+      const want = new Map(original);
+      for (const s of stages) {
+        if (s.policy === 'overdue_pause' && want.get(s.customer_key) !== 'suspended')
+          want.set(s.customer_key, 'paused');
+        if (s.policy === 'inactivity' || s.policy === 'delinquency') want.set(s.customer_key, 'suspended');
+      }
+      const now = (await db.knex('customers').select('id', 'status')) as { id: string; status: string }[];
+      const wrong = now.filter((c) => want.get(String(c.id)) !== c.status);
+      expect(wrong).toEqual([]);
+    } finally {
+      await db.drop();
+    }
+  });
+});

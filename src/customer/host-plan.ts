@@ -28,32 +28,67 @@ export function reinstateHostValues(
   rows: StoredRow[],
   clearing: ReadonlySet<string>,
 ): HostValue[] {
-  const stageOf = (row: StoredRow): Stage | null =>
-    policies.find((p) => p.name === row.policy)?.stages.find((s) => s.name === row.stage) ?? null;
+  const out = new Map(
+    // As reinstatements always did: what a known stage set comes back, whatever else stays.
+    hostValuesAfter(key, policies, rows, new Map([...clearing].map((p) => [p, null])), false).map((v) => [
+      v.column,
+      v,
+    ]),
+  );
   const current = rows.filter((r) => r.stage !== null);
   const remaining = current.filter((r) => !clearing.has(r.policy));
-  const pre = winningHostValues(current.map(stageOf));
-  const post = winningHostValues(remaining.map(stageOf));
-  // The policy first by name wins, as in the engine.
-  const hostBefore = capturedHostValues(rows.map((r) => [r.policy, r.host_before] as const));
-
-  const out = new Map<string, { value: string | null; expected?: string | null }>();
-  // Over a value a stage set, only while the column still holds it (a host's later value stays).
-  const over = (p: { value: unknown } | undefined) => (p ? { expected: hostValueText(p.value) } : {});
-  for (const column of new Set([...pre.keys(), ...post.keys()])) {
-    const p = pre.get(column);
-    const q = post.get(column);
-    if (q && (!p || p.value !== q.value)) out.set(column, { value: hostValueText(q.value), ...over(p) });
-    else if (!q && p && Object.hasOwn(hostBefore, column))
-      out.set(column, { value: hostValueText(hostBefore[column]), ...over(p) });
-  }
+  const pre = winningHostValues(current.map((r) => stageOfRow(policies, r)));
   if (remaining.length === 0) {
     for (const row of current) {
-      if (!clearing.has(row.policy) || stageOf(row) !== null) continue;
+      if (!clearing.has(row.policy) || stageOfRow(policies, row) !== null) continue;
       for (const [column, value] of Object.entries(row.host_before ?? {})) {
-        if (!out.has(column) && !pre.has(column)) out.set(column, { value: hostValueText(value) });
+        if (!out.has(column) && !pre.has(column))
+          out.set(column, { key, column, value: hostValueText(value) });
       }
     }
   }
-  return [...out].map(([column, v]) => ({ key, column, ...v }));
+  return [...out.values()];
+}
+
+function stageOfRow(policies: Policy[], row: Pick<StoredRow, 'policy' | 'stage'>): Stage | null {
+  return policies.find((p) => p.name === row.policy)?.stages.find((s) => s.name === row.stage) ?? null;
+}
+
+/**
+ * The host columns of an account whose policies in `after` move to those stages (null: clear), the
+ * others staying as `rows` store them: each column the value of the most severe stage that then sets
+ * it, else (a stage set it before, and no stage the rules no longer describe stays) the value
+ * captured before suspend first set it. Each is written
+ * only over the value a stage set (`expected`), so a value the host wrote since stays.
+ */
+export function hostValuesAfter(
+  key: string,
+  policies: Policy[],
+  rows: StoredRow[],
+  after: ReadonlyMap<string, string | null>,
+  /** Give nothing back while a stage the rules no longer describe stays (it may set the column). */
+  holdUnderUnknown = true,
+): HostValue[] {
+  const current = rows.filter((r) => r.stage !== null);
+  const next = rows.map((r) => ({
+    policy: r.policy,
+    stage: after.has(r.policy) ? after.get(r.policy)! : r.stage,
+  }));
+  const pre = winningHostValues(current.map((r) => stageOfRow(policies, r)));
+  const staying = next.filter((r) => r.stage !== null);
+  const post = winningHostValues(staying.map((r) => stageOfRow(policies, r)));
+  // A stage the rules no longer describe may set the column: nothing is given back under it.
+  const unknown = holdUnderUnknown && staying.some((r) => stageOfRow(policies, r) === null);
+  // The policy first by name wins, as in the engine.
+  const hostBefore = capturedHostValues(rows.map((r) => [r.policy, r.host_before] as const));
+  const out: HostValue[] = [];
+  for (const column of new Set([...pre.keys(), ...post.keys()])) {
+    const p = pre.get(column);
+    const q = post.get(column);
+    const over = p ? { expected: hostValueText(p.value) } : {};
+    if (q && (!p || p.value !== q.value)) out.push({ key, column, value: hostValueText(q.value), ...over });
+    else if (!q && p && !unknown && Object.hasOwn(hostBefore, column))
+      out.push({ key, column, value: hostValueText(hostBefore[column]), ...over });
+  }
+  return out;
 }

@@ -23,7 +23,17 @@ import {
 } from '../engine/ledger';
 import { activeExclusions } from './exclusions';
 import { customerContacts, hostValueText, restoreHostColumns } from './host';
-import { rewriteStates, valuesOf, type StateRewrite, type StateValues, type StoredRow } from './write';
+import {
+  readStoredRows,
+  rewriteStates,
+  valuesOf,
+  type StateRewrite,
+  type StateValues,
+  type StoredRow,
+} from './write';
+import { hostValuesAfter, type HostValue } from './host-plan';
+import { rulesForOrg } from '../engine/plan';
+import { groupBy } from '../collections';
 import type { IsoDate, Reason, Rules } from '../types';
 
 /**
@@ -419,6 +429,29 @@ function collect(result: RevertResult, plan: PagePlan): void {
   result.hostRestored += new Set(plan.host.map((h) => h.key)).size;
 }
 
+/**
+ * Host columns of accounts a later run touched too: the values the target run overwrote may not be
+ * theirs to get back (planPage holds them back), so each column takes what the account's stages
+ * give once the target's are restored, by the engine's rule (see hostValuesAfter): a stage the later
+ * run left that sets it, else the value captured before suspend first set it.
+ */
+async function settleTouchedLater(trx: Knex.Transaction, rules: Rules, plan: PagePlan): Promise<HostValue[]> {
+  const touched = plan.restore.filter((r) => r.row.key_touched_later);
+  if (touched.length === 0) return [];
+  const rows = groupBy(
+    await readStoredRows(trx, rules.settings.schema, [...new Set(touched.map((r) => r.row.key))]),
+    (r) => r.customer_key,
+  );
+  return [...groupBy(touched, (r) => r.row.key)].flatMap(([key, restored]) =>
+    hostValuesAfter(
+      key,
+      rulesForOrg(rules, restored[0]!.row.current.org_id).policies,
+      rows.get(key) ?? [],
+      new Map(restored.map((r) => [r.row.policy, r.state.stage])),
+    ),
+  );
+}
+
 async function revertPage(
   trx: Knex.Transaction,
   rules: Rules,
@@ -433,6 +466,7 @@ async function revertPage(
     await activeExclusions(trx, schema, keys, options.asOf),
   );
   if (plan.restore.length === 0 && plan.host.length === 0) return plan;
+  plan.host.push(...(await settleTouchedLater(trx, rules, plan)));
   const old = await restoreHostColumns(trx, rules.source, plan.host);
   const contacts = await customerContacts(trx, rules.source, [
     ...new Set(plan.restore.map((r) => r.row.key)),
