@@ -2149,6 +2149,26 @@ describe('revert of a run that is not the newest', () => {
       const now = (await db.knex('customers').select('id', 'status')) as { id: string; status: string }[];
       const wrong = now.filter((c) => want.get(String(c.id)) !== c.status);
       expect(wrong).toEqual([]);
+      // The undone changes' events had not gone out (--no-notify): withdrawn, one per restored state.
+      const restoredRows = await db
+        .knex('suspend.history')
+        .where({ run_id: 3, kind: 'revert' })
+        .count({ n: '*' });
+      const withdrawn = await db
+        .knex('suspend.outbox')
+        .where({ run_id: 1, status: 'withdrawn' })
+        .count({ n: '*' });
+      expect(Number(withdrawn[0]!.n)).toBe(Number(restoredRows[0]!.n));
+      expect(Number(withdrawn[0]!.n)).toBeGreaterThan(0);
+      // The revert's own events say why first.
+      const [revertEvent] = (await db
+        .knex('suspend.outbox')
+        .where({ run_id: 3 })
+        .limit(1)
+        .pluck('payload')) as {
+        reasons: { condition: string }[];
+      }[];
+      expect(revertEvent!.reasons[0]!.condition).toBe('revert');
     } finally {
       await db.drop();
     }

@@ -498,7 +498,8 @@ async function revertPage(
         blocksBooking: state.blocksBooking,
         allowsLogin: state.allowsLogin,
         message: state.message,
-        reasons: state.reasons,
+        // Why first (the revert), then what the restored stage says: a digest row is never blank.
+        reasons: [reason, ...state.reasons],
         actions: [],
         // The tags the restored state carries for its episode, as an event into a stage does.
         ...(state.tags.length > 0 ? { tags: state.tags } : {}),
@@ -510,6 +511,18 @@ async function revertPage(
     trx,
     { schema, runId: run.id, asOf: options.asOf, rulesHash: rules.hash, actor: options.actor },
     rewrites,
+  );
+  // The undone changes' events not sent yet would tell a customer of a pause that is gone: withdrawn
+  // (kept, never claimed), unless a delivering process holds one right now.
+  await trx.raw(
+    `update ?? as o set status = 'withdrawn', last_error = ?
+      where o.history_id = any(?::bigint[]) and o.status = 'pending'
+        and (o.claimed_by is null or o.claimed_until < now())`,
+    [
+      `${schema}.outbox`,
+      `its change was reverted by run ${run.id} before it was sent`,
+      plan.restore.map((r) => r.row.history_id),
+    ],
   );
   return plan;
 }
