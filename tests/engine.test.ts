@@ -915,6 +915,47 @@ describe('host columns and tags across stages and episodes', () => {
     return { db, run, host, owes, pays };
   }
 
+  test('reinstate says when the next run would put the account back (a stage with no clock), and not when a clock restarts', async () => {
+    const policies = `  owing:
+    reinstate: manual
+    stages:
+      - name: held
+        when: { overdue_balance_over: 5 }
+        actions: [suspend]
+  late:
+    reinstate: manual
+    stages:
+      - name: held
+        when: { past_due_for: 10 days }
+        actions: [suspend]
+`;
+    const { db, run, owes } = await oneCustomer(policies, { status: 'active' });
+    try {
+      // Two changes of one customer: over the helper's safety limit of 100% of one account.
+      const file = writeRules(
+        fs.readFileSync(rulesFileWith(policies), 'utf8').replace('max_changes: 100%', 'max_changes: 10'),
+      );
+      await owes('2026-10-01');
+      await run('backfill', '2026-11-01', await loadRules({ file, cwd: ROOT }));
+      const reinstate = (policy: string) =>
+        engineCli(
+          db,
+          ['reinstate', '1', '--policy', policy, '--reason', 'promised', '--as-of', '2026-11-02'],
+          file,
+        );
+      const owing = await reinstate('owing');
+      expect(owing.code).toBe(0);
+      expect(owing.stdout).toContain(
+        "Note: the next run puts customer 1 back in stage held of policy owing: overdue balance $50.00 is over $5.00. A reinstatement restarts the policy's clocks, not its balances or counts; to spare the account meanwhile, `suspend exclude 1 --reason TEXT --until YYYY-MM-DD`.",
+      );
+      const late = await reinstate('late');
+      expect(late.code).toBe(0);
+      expect(late.stdout).not.toContain('Note: the next run');
+    } finally {
+      await db.drop();
+    }
+  });
+
   test('a stage that sets one more column keeps the status the stage before captured; the clear gives both back', async () => {
     const { db, run, host, owes, pays } = await oneCustomer(
       `  debt:

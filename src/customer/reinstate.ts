@@ -4,6 +4,9 @@ import { UsageError, errorMessage } from '../errors';
 import { acquireRunLock, confirmLockHeld } from '../engine/lock';
 import { finishRun, startRun, type RunRecord } from '../engine/ledger';
 import { markHolds, rulesForOrg } from '../engine/plan';
+import { readAccounts } from '../source/signals';
+import { evaluatePolicy } from '../evaluate/evaluate';
+import { findExclusion } from '../evaluate/exclusions';
 import { accountKey, customerContacts, customerTable, restoreHostColumns } from './host';
 import { reinstateHostValues } from './host-plan';
 import { currentExclusion, type Exclusion } from './exclusions';
@@ -243,4 +246,42 @@ async function writeReinstatement(
     })),
     hostRestored,
   };
+}
+
+/** A stage the next run would put a reinstated account back in, and why. */
+export interface StageAgain {
+  policy: string;
+  stage: string;
+  reasons: string[];
+}
+
+/**
+ * The stages the next run would put an account back in under `policies`, just after a reinstatement
+ * as of `asOf`: the reinstatement restarts a policy's clocks, not its balances, counts or flags, so a
+ * stage that asks only for those (`overdue_balance_over` alone) holds again at once. An exclusion
+ * keeps any run from entering a stage, so an excluded account has none.
+ */
+export async function stagesAgain(
+  knex: Knex,
+  rules: Rules,
+  key: string,
+  asOf: IsoDate,
+  policies: string[],
+): Promise<StageAgain[]> {
+  const schema = rules.settings.schema;
+  const tables = { schema, states: true, exclusions: true, keyNumbers: false };
+  const { signals, state } = await readAccounts(knex, rules.source, asOf, { keys: [key], state: tables });
+  const account = signals[0];
+  if (!account) return [];
+  const effective = rulesForOrg(rules, account.orgId);
+  if (findExclusion(account, effective.exclusions, state.exclusions.get(account.key) ?? null, asOf))
+    return [];
+  const stored = state.states.get(account.key) ?? new Map();
+  return effective.policies.flatMap((policy) => {
+    if (!policies.includes(policy.name)) return [];
+    const decision = evaluatePolicy(account, policy, asOf, stored.get(policy.name), effective.settings);
+    return decision.stage
+      ? [{ policy: policy.name, stage: decision.stage.name, reasons: decision.reasons.map((r) => r.text) }]
+      : [];
+  });
 }

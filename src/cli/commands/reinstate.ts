@@ -3,7 +3,12 @@ import { runCommand, writeArtifact, type CommonOptions } from '../context';
 import { asOfOption, byOption, withCommonOptions } from '../options';
 import { defaultActor } from '../../engine/ledger';
 import { todayUtc } from '../../rules/dates';
-import { reinstateAccount, type ReinstateResult } from '../../customer/reinstate';
+import {
+  reinstateAccount,
+  stagesAgain,
+  type ReinstateResult,
+  type StageAgain,
+} from '../../customer/reinstate';
 
 interface ReinstateFlags extends CommonOptions {
   reason: string;
@@ -14,7 +19,7 @@ interface ReinstateFlags extends CommonOptions {
   json?: boolean;
 }
 
-function render(r: ReinstateResult): string {
+function render(r: ReinstateResult, again: StageAgain[]): string {
   if (!r.run) return `Nothing to reinstate: customer ${r.key} is in no stage of the policies asked for.`;
   const lines = [
     `Reinstated customer ${r.key} (run ${r.run.id}, as of ${r.run.asOf}): ${r.reinstated
@@ -25,6 +30,10 @@ function render(r: ReinstateResult): string {
   if (host.length > 0)
     lines.push(`Host columns put back: ${host.map(([c, v]) => `${c} = ${v ?? 'NULL'}`).join(', ')}.`);
   if (r.exclusion) lines.push(`Note: the account is excluded from runs (${r.exclusion.reason}).`);
+  for (const a of again)
+    lines.push(
+      `Note: the next run puts customer ${r.key} back in stage ${a.stage} of policy ${a.policy}: ${a.reasons.join('; ')}. A reinstatement restarts the policy's clocks, not its balances or counts; to spare the account meanwhile, \`suspend exclude ${r.key} --reason TEXT --until YYYY-MM-DD\`.`,
+    );
   return lines.join('\n');
 }
 
@@ -55,7 +64,19 @@ export function registerReinstate(program: Command): void {
         wait: Boolean(flags.wait),
         onLog: (m) => ctx.log(m),
       });
-      writeArtifact(flags.json ? JSON.stringify(result, null, 2) : render(result));
+      // Advice only: the reinstatement is committed whatever this finds (or fails to read).
+      const again = result.run
+        ? await stagesAgain(
+            knex,
+            rules,
+            result.key,
+            result.run.asOf,
+            result.reinstated.map((p) => p.policy),
+          ).catch(() => [])
+        : [];
+      writeArtifact(
+        flags.json ? JSON.stringify({ ...result, stagesAgain: again }, null, 2) : render(result, again),
+      );
     }),
   );
 }
