@@ -588,6 +588,28 @@ describe('suspend notify', () => {
     ).toBe(true);
   });
 
+  test('a sweep with --quiet still says, on stderr, that notifications were not delivered; its exit code stays 0', async () => {
+    await resetOutbox();
+    const rules = rulesWith(`notifications:
+  emails: [ops@example.com]`);
+    const r = await runCli(
+      ['sweep', '--quiet', '--as-of', AS_OF, '--rules', rules, '--database-url', db.url],
+      { env: { SMTP_URL: 'smtp://127.0.0.1:1' } },
+    );
+    expect(r.code).toBe(0);
+    expect(r.stderr).toMatch(
+      /^notifications: \d+ event\(s\) not delivered \(\d+ to be tried again, 0 failed\); see `suspend notify --failed`\.\n$/,
+    );
+    // Right after, nothing is due yet: notify says when the next one is.
+    const next = await runCli(['notify', '--rules', rules, '--database-url', db.url], {
+      env: { SMTP_URL: 'smtp://127.0.0.1:1' },
+    });
+    expect(next.stdout).toContain('No notifications were due.');
+    expect(next.stdout).toMatch(
+      /Outbox: \d+ pending \(the next is due \d{4}-\d\d-\d\dT[\d:.]+Z\), 0 failed\./,
+    );
+  });
+
   test('two processes at once deliver every event exactly once', async () => {
     await resetOutbox();
     const file = webhookOnlyRules(hook, false);

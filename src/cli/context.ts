@@ -50,6 +50,11 @@ export class CommandContext {
     if (!this.options.quiet) process.stderr.write(`${message}\n`);
   }
 
+  /** What went wrong without failing the command: on stderr even with --quiet (cron mails it). */
+  warn(message: string): void {
+    process.stderr.write(`${message}\n`);
+  }
+
   async loadRules(): Promise<Rules> {
     if (!this.rules) {
       const { loadRules } = await import('../rules/load');

@@ -448,6 +448,8 @@ export function describeDelivery(r: DeliveryResult): string {
   if (r.retrying > 0) lines.push(`${r.retrying} event(s) will be tried again later.`);
   if (r.failed > 0) lines.push(`${r.failed} event(s) failed for good; see \`suspend notify --failed\`.`);
   if (r.waitingForMail > 0) lines.push(`${r.waitingForMail} event(s) wait for SMTP to be configured.`);
-  lines.push(`Outbox: ${r.outbox.pending} pending, ${r.outbox.failed} failed.`);
+  const next =
+    r.outbox.pending > 0 && r.outbox.nextAttemptAt ? ` (the next is due ${r.outbox.nextAttemptAt})` : '';
+  lines.push(`Outbox: ${r.outbox.pending} pending${next}, ${r.outbox.failed} failed.`);
   return lines.join('\n');
 }

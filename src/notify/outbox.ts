@@ -373,14 +373,22 @@ export async function listFailed(knex: Db, schema: string): Promise<FailedEvent[
 export interface OutboxCounts {
   pending: number;
   failed: number;
+  /** When the earliest pending event is due (ISO timestamp); null when none is pending. */
+  nextAttemptAt?: string | null;
 }
 
 export async function outboxCounts(knex: Db, schema: string): Promise<OutboxCounts> {
-  const r = await knex.raw<{ rows: { pending: string; failed: string }[] }>(
+  const r = await knex.raw<{ rows: { pending: string; failed: string; next: Date | null }[] }>(
     `select count(*) filter (where status = 'pending') as pending,
-            count(*) filter (where status = 'failed') as failed
+            count(*) filter (where status = 'failed') as failed,
+            min(next_attempt_at) filter (where status = 'pending') as next
        from ??`,
     [table(schema)],
   );
-  return { pending: Number(r.rows[0]?.pending ?? 0), failed: Number(r.rows[0]?.failed ?? 0) };
+  const row = r.rows[0];
+  return {
+    pending: Number(row?.pending ?? 0),
+    failed: Number(row?.failed ?? 0),
+    nextAttemptAt: row?.next ? new Date(row.next).toISOString() : null,
+  };
 }

@@ -234,10 +234,17 @@ async function deliverAfterRun(ctx: CommandContext): Promise<void> {
   const rules = await ctx.loadRules();
   const { knex } = await ctx.db();
   try {
-    ctx.log(describeDelivery(await deliverPending(knex, rules, { log: (m) => ctx.log(m) })));
+    const delivery = await deliverPending(knex, rules, { log: (m) => ctx.log(m) });
+    ctx.log(describeDelivery(delivery));
+    // A cron job's --quiet still hears of what did not go out.
+    const undelivered = delivery.retrying + delivery.failed;
+    if (undelivered > 0 && ctx.options.quiet)
+      ctx.warn(
+        `notifications: ${undelivered} event(s) not delivered (${delivery.retrying} to be tried again, ${delivery.failed} failed); see \`suspend notify --failed\`.`,
+      );
   } catch (err) {
     // The run's changes are committed: a delivery problem never changes its exit code.
-    ctx.log(
+    ctx.warn(
       `notifications were not delivered (${errorMessage(err)}); they stay in the outbox for \`suspend notify\`.`,
     );
   }
