@@ -300,9 +300,13 @@ describe('suspend notify', () => {
   emails: [ops@example.com]
   use_organization_column: true
   webhook: { url: "${hook.url}", secret: hook-secret, batch: true }`);
+    const opened = smtp.connections.count;
     const r = await runCli(['notify', '--rules', rules, '--database-url', db.url], {
       env: { SMTP_URL: smtp.url },
     });
+    // Mail after mail over a few pooled connections, not a connection each.
+    expect(smtp.mails.length).toBeGreaterThan(10);
+    expect(smtp.connections.count - opened).toBeLessThanOrEqual(5);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(r.stdout).toContain(

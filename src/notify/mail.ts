@@ -63,7 +63,9 @@ export function createMailer(url: string, from: string): Mailer {
   // Loaded on first use: only delivery needs it (13 MB that every other command would carry).
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const { createTransport } = require('nodemailer') as typeof Nodemailer;
-  const transport = createTransport({ url, ...TIMEOUTS });
+  // Pooled: one connection carries mail after mail (200 mails to a local server: 20.8 s with a
+  // connection each, 0.45 s pooled); close() ends it once the delivery is done.
+  const transport = createTransport({ url, pool: true, ...TIMEOUTS });
   const where = redact(url);
   return {
     async send(mail) {

@@ -12,16 +12,23 @@ export interface LoopbackSmtp {
   url: string;
   /** Every message received so far, in order. */
   mails: ReceivedMail[];
+  /** SMTP connections opened so far. */
+  connections: { count: number };
   close(): Promise<void>;
 }
 
 /** A real SMTP server on loopback (no auth, no TLS) that keeps every message it receives. */
 export async function startSmtp(): Promise<LoopbackSmtp> {
   const mails: ReceivedMail[] = [];
+  const connections = { count: 0 };
   const server = new SMTPServer({
     authOptional: true,
     disabledCommands: ['AUTH', 'STARTTLS'],
     logger: false,
+    onConnect(_session, callback) {
+      connections.count += 1;
+      callback();
+    },
     onData(stream, session, callback) {
       const chunks: Buffer[] = [];
       stream.on('data', (c: Buffer) => chunks.push(c));
@@ -39,6 +46,7 @@ export async function startSmtp(): Promise<LoopbackSmtp> {
   return {
     url: `smtp://127.0.0.1:${port}`,
     mails,
+    connections,
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }
