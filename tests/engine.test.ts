@@ -2210,6 +2210,16 @@ describe('revert of a run that is not the newest', () => {
         reasons: { condition: string }[];
       }[];
       expect(revertEvent!.reasons[0]!.condition).toBe('revert');
+      // Each revert event tells the account's booking and sign-in after the revert, as
+      // account_status() gives them: its own policy's, or what other policies still hold it to.
+      const told = await db.knex.raw<{ rows: { key: string; told: boolean; status: boolean }[] }>(
+        `select o.customer_key as key,
+                coalesce((o.payload->'account'->>'blocksBooking')::boolean, (o.payload->>'blocksBooking')::boolean) as told,
+                (select blocks_booking from suspend.account_status(o.customer_key)) as status
+           from suspend.outbox o where o.run_id = 3`,
+      );
+      expect(told.rows.length).toBeGreaterThan(0);
+      expect(told.rows.filter((r) => r.told !== r.status)).toEqual([]);
     } finally {
       await db.drop();
     }

@@ -32,9 +32,9 @@ import {
   type StoredRow,
 } from './write';
 import { hostValuesAfter, type HostValue } from './host-plan';
-import { rulesForOrg } from '../engine/plan';
+import { markHolds, rulesForOrg } from '../engine/plan';
 import { groupBy } from '../collections';
-import type { IsoDate, Reason, Rules } from '../types';
+import type { AccountHold, IsoDate, Reason, Rules } from '../types';
 
 /**
  * `suspend revert RUN_ID`: undoes what one run changed. For each account+policy whose latest history
@@ -452,6 +452,36 @@ async function settleTouchedLater(trx: Knex.Transaction, rules: Rules, plan: Pag
   );
 }
 
+/**
+ * For each restored state (in plan order), what still holds its account under the other policies
+ * after the revert, when that is not what the restored state says (see OutboxPayload.account).
+ */
+async function accountHolds(
+  trx: Knex.Transaction,
+  rules: Rules,
+  plan: PagePlan,
+): Promise<(AccountHold | undefined)[]> {
+  const changes = plan.restore.map(({ row, state }) => ({
+    key: row.key,
+    orgId: row.current.org_id,
+    policy: row.policy,
+    to: state.stage,
+    blocksBooking: state.blocksBooking,
+    allowsLogin: state.allowsLogin,
+    account: undefined as AccountHold | undefined,
+  }));
+  if (changes.length === 0) return [];
+  const rows = groupBy(
+    await readStoredRows(trx, rules.settings.schema, [...new Set(changes.map((c) => c.key))]),
+    (r) => r.customer_key,
+  );
+  for (const [key, mine] of groupBy(changes, (c) => c.key)) {
+    const stored = new Map((rows.get(key) ?? []).map((r) => [r.policy, { stage: r.stage }]));
+    markHolds(rulesForOrg(rules, mine[0]!.orgId).policies, stored, mine);
+  }
+  return changes.map((c) => c.account);
+}
+
 async function revertPage(
   trx: Knex.Transaction,
   rules: Rules,
@@ -471,7 +501,8 @@ async function revertPage(
   const contacts = await customerContacts(trx, rules.source, [
     ...new Set(plan.restore.map((r) => r.row.key)),
   ]);
-  const rewrites: StateRewrite[] = plan.restore.map(({ row, state }) => {
+  const holds = await accountHolds(trx, rules, plan);
+  const rewrites: StateRewrite[] = plan.restore.map(({ row, state }, i) => {
     const reason: Reason = {
       condition: 'revert',
       text: `run ${result.target.id} (${result.target.kind} as of ${result.target.asOf}) reverted by ${options.actor}`,
@@ -504,6 +535,7 @@ async function revertPage(
         // The tags the restored state carries for its episode, as an event into a stage does.
         ...(state.tags.length > 0 ? { tags: state.tags } : {}),
         actor: options.actor,
+        ...(holds[i] ? { account: holds[i] } : {}),
       },
     };
   });
