@@ -1962,23 +1962,43 @@ describe('payment race', () => {
   });
 });
 
+/** `check` on a seeded copy of the reference data, backfilled as of AS_OF by the CLI; dropped after. */
+async function onBackfilled(check: (db: TestDatabase) => Promise<void>): Promise<void> {
+  const db = await seeded(2000, 5);
+  try {
+    expect((await cli(db, ['backfill', '--no-notify', '--quiet', '--as-of', AS_OF])).code).toBe(0);
+    await check(db);
+  } finally {
+    await db.drop();
+  }
+}
+
+/** The first account (in key order) whose stored states meet `having` (SQL over them, by account). */
+async function firstAccount(db: TestDatabase, having: string): Promise<string> {
+  const r = await db.knex.raw<{ rows: { key: string }[] }>(
+    `select customer_key as key from suspend.account_states group by customer_key having ${having}
+      order by customer_key::bigint limit 1`,
+  );
+  expect(r.rows).toHaveLength(1);
+  return r.rows[0]!.key;
+}
+
+/** Pays every invoice of `key` in full on `day`. */
+async function paysAll(db: TestDatabase, key: string, day: string): Promise<void> {
+  await db
+    .knex('invoices')
+    .where({ customer_id: key })
+    .update({ paid_cents: db.knex.ref('amount_cents'), paid_on: day });
+}
+
 describe('exclusions', () => {
   test('an account excluded while suspended for debt stays suspended while it owes, and gets access back once it pays', async () => {
-    const db = await seeded(2000, 5);
-    try {
-      expect((await cli(db, ['backfill', '--no-notify', '--quiet', '--as-of', AS_OF])).code).toBe(0);
+    await onBackfilled(async (db) => {
       // Suspended for debt, not for inactivity: no other stage sets its status.
-      const [debtor] = (
-        await db.knex.raw<{ rows: { key: string }[] }>(
-          `select customer_key as key from suspend.account_states
-          group by customer_key
-         having bool_or(policy = 'delinquency' and stage = 'suspended')
-            and not bool_or(policy = 'inactivity' and stage is not null)
-         order by customer_key::bigint limit 1`,
-        )
-      ).rows;
-      expect(debtor).toBeDefined();
-      const key = debtor!.key;
+      const key = await firstAccount(
+        db,
+        `bool_or(policy = 'delinquency' and stage = 'suspended') and not bool_or(policy = 'inactivity' and stage is not null)`,
+      );
       const staged = (await db
         .knex('suspend.account_states')
         .where({ customer_key: key })
@@ -2005,10 +2025,7 @@ describe('exclusions', () => {
       expect(await db.knex('customers').where({ id: key }).pluck('status')).toEqual(['suspended']);
 
       // Paid in full: the next sweep clears it and gives the status back, exclusion or not.
-      await db
-        .knex('invoices')
-        .where({ customer_id: key })
-        .update({ paid_cents: db.knex.ref('amount_cents'), paid_on: '2026-11-24' });
+      await paysAll(db, key, '2026-11-24');
       const paid = await sweepOn('2026-11-25');
       expect(paid.code).toBe(0);
       expect(JSON.parse(paid.stdout).counts.excludedByReason).toMatchObject({ 'payment plan': 1 });
@@ -2028,36 +2045,25 @@ describe('exclusions', () => {
           .orderBy('policy')
           .pluck('policy'),
       ).toEqual(staged);
-    } finally {
-      await db.drop();
-    }
+    });
   });
 });
 
 describe('host values written meanwhile', () => {
   test('a clear or a reinstatement gives a column back only over the value a stage set: a status the host wrote since stays', async () => {
-    const db = await seeded(2000, 5);
-    try {
-      expect((await cli(db, ['backfill', '--no-notify', '--quiet', '--as-of', AS_OF])).code).toBe(0);
-      const inStage = async (policy: string, other: string) =>
-        (
-          await db.knex.raw<{ rows: { key: string }[] }>(
-            `select customer_key as key from suspend.account_states group by customer_key
-              having bool_or(policy = ? and stage = 'suspended') and not bool_or(policy = ? and stage is not null)
-              order by customer_key::bigint limit 1`,
-            [policy, other],
-          )
-        ).rows[0]!.key;
+    await onBackfilled(async (db) => {
+      const inStage = (policy: string, other: string) =>
+        firstAccount(
+          db,
+          `bool_or(policy = '${policy}' and stage = 'suspended') and not bool_or(policy = '${other}' and stage is not null)`,
+        );
       const debtor = await inStage('delinquency', 'inactivity');
       const idle = await inStage('inactivity', 'delinquency');
       // The host closes both accounts while suspend holds them suspended.
       await db.knex('customers').whereIn('id', [debtor, idle]).update({ status: 'closed' });
 
       // The debtor pays: its stages clear, and its status stays the host's.
-      await db
-        .knex('invoices')
-        .where({ customer_id: debtor })
-        .update({ paid_cents: db.knex.ref('amount_cents'), paid_on: '2026-11-24' });
+      await paysAll(db, debtor, '2026-11-24');
       const sweep = await cli(db, ['sweep', '--no-notify', '--quiet', '--as-of', '2026-11-25']);
       expect(sweep.code).toBe(0);
       expect(
@@ -2075,37 +2081,24 @@ describe('host values written meanwhile', () => {
         'closed',
         'closed',
       ]);
-    } finally {
-      await db.drop();
-    }
+    });
   });
 });
 
 describe('events of an account another policy still holds', () => {
   test('a clear or a reinstatement of one policy tells, in its event, what still holds the account', async () => {
-    const db = await seeded(2000, 5);
-    try {
-      expect((await cli(db, ['backfill', '--no-notify', '--quiet', '--as-of', AS_OF])).code).toBe(0);
-      const [both, paused] = (await Promise.all(
-        [
-          `having bool_or(policy = 'delinquency' and stage = 'suspended') and bool_or(policy = 'inactivity' and stage = 'suspended')`,
-          `having bool_or(policy = 'delinquency' and stage = 'suspended') and bool_or(policy = 'overdue_pause' and stage = 'paused')
-              and not bool_or(policy = 'inactivity' and stage is not null)`,
-        ].map(
-          async (having) =>
-            (
-              await db.knex.raw<{ rows: { key: string }[] }>(
-                `select customer_key as key from suspend.account_states group by customer_key ${having}
-                  order by customer_key::bigint limit 1`,
-              )
-            ).rows[0]!.key,
-        ),
-      )) as [string, string];
+    await onBackfilled(async (db) => {
+      const both = await firstAccount(
+        db,
+        `bool_or(policy = 'delinquency' and stage = 'suspended') and bool_or(policy = 'inactivity' and stage = 'suspended')`,
+      );
+      const paused = await firstAccount(
+        db,
+        `bool_or(policy = 'delinquency' and stage = 'suspended') and bool_or(policy = 'overdue_pause' and stage = 'paused')
+           and not bool_or(policy = 'inactivity' and stage is not null)`,
+      );
       // Paid: its debt stages clear, and inactivity still suspends it.
-      await db
-        .knex('invoices')
-        .where({ customer_id: both })
-        .update({ paid_cents: db.knex.ref('amount_cents'), paid_on: '2026-11-24' });
+      await paysAll(db, both, '2026-11-24');
       expect((await cli(db, ['sweep', '--no-notify', '--quiet', '--as-of', '2026-11-25'])).code).toBe(0);
       // Reinstated for its overdue invoice alone: still suspended for debt.
       expect(
@@ -2143,9 +2136,7 @@ describe('events of an account another policy still holds', () => {
       ];
       expect(stageCounts(cleared).map((c) => c.stage)).toEqual(['still suspended under inactivity']);
       expect(digestCsv(cleared)).toMatch(/,delinquency,clear,suspended,,true,false,/);
-    } finally {
-      await db.drop();
-    }
+    });
   });
 });
 
