@@ -435,18 +435,17 @@ function collect(result: RevertResult, plan: PagePlan): void {
  * give once the target's are restored, by the engine's rule (see hostValuesAfter): a stage the later
  * run left that sets it, else the value captured before suspend first set it.
  */
-async function settleTouchedLater(trx: Knex.Transaction, rules: Rules, plan: PagePlan): Promise<HostValue[]> {
+function settleTouchedLater(
+  rules: Rules,
+  plan: PagePlan,
+  stored: ReadonlyMap<string, StoredRow[]>,
+): HostValue[] {
   const touched = plan.restore.filter((r) => r.row.key_touched_later);
-  if (touched.length === 0) return [];
-  const rows = groupBy(
-    await readStoredRows(trx, rules.settings.schema, [...new Set(touched.map((r) => r.row.key))]),
-    (r) => r.customer_key,
-  );
   return [...groupBy(touched, (r) => r.row.key)].flatMap(([key, restored]) =>
     hostValuesAfter(
       key,
       rulesForOrg(rules, restored[0]!.row.current.org_id).policies,
-      rows.get(key) ?? [],
+      stored.get(key) ?? [],
       new Map(restored.map((r) => [r.row.policy, r.state.stage])),
     ),
   );
@@ -456,11 +455,11 @@ async function settleTouchedLater(trx: Knex.Transaction, rules: Rules, plan: Pag
  * For each restored state (in plan order), what still holds its account under the other policies
  * after the revert, when that is not what the restored state says (see OutboxPayload.account).
  */
-async function accountHolds(
-  trx: Knex.Transaction,
+function accountHolds(
   rules: Rules,
   plan: PagePlan,
-): Promise<(AccountHold | undefined)[]> {
+  stored: ReadonlyMap<string, StoredRow[]>,
+): (AccountHold | undefined)[] {
   const changes = plan.restore.map(({ row, state }) => ({
     key: row.key,
     orgId: row.current.org_id,
@@ -470,14 +469,9 @@ async function accountHolds(
     allowsLogin: state.allowsLogin,
     account: undefined as AccountHold | undefined,
   }));
-  if (changes.length === 0) return [];
-  const rows = groupBy(
-    await readStoredRows(trx, rules.settings.schema, [...new Set(changes.map((c) => c.key))]),
-    (r) => r.customer_key,
-  );
   for (const [key, mine] of groupBy(changes, (c) => c.key)) {
-    const stored = new Map((rows.get(key) ?? []).map((r) => [r.policy, { stage: r.stage }]));
-    markHolds(rulesForOrg(rules, mine[0]!.orgId).policies, stored, mine);
+    const states = new Map((stored.get(key) ?? []).map((r) => [r.policy, { stage: r.stage }]));
+    markHolds(rulesForOrg(rules, mine[0]!.orgId).policies, states, mine);
   }
   return changes.map((c) => c.account);
 }
@@ -496,12 +490,18 @@ async function revertPage(
     await activeExclusions(trx, schema, keys, options.asOf),
   );
   if (plan.restore.length === 0 && plan.host.length === 0) return plan;
-  plan.host.push(...(await settleTouchedLater(trx, rules, plan)));
+  // Every state of the accounts restored, read once: their host columns and events depend on them.
+  const restoredKeys = [...new Set(plan.restore.map((r) => r.row.key))];
+  const stored = groupBy(
+    restoredKeys.length > 0 ? await readStoredRows(trx, schema, restoredKeys) : [],
+    (r) => r.customer_key,
+  );
+  plan.host.push(...settleTouchedLater(rules, plan, stored));
   const old = await restoreHostColumns(trx, rules.source, plan.host);
   const contacts = await customerContacts(trx, rules.source, [
     ...new Set(plan.restore.map((r) => r.row.key)),
   ]);
-  const holds = await accountHolds(trx, rules, plan);
+  const holds = accountHolds(rules, plan, stored);
   const rewrites: StateRewrite[] = plan.restore.map(({ row, state }, i) => {
     const reason: Reason = {
       condition: 'revert',
