@@ -1,7 +1,8 @@
 import { hostValueText } from './host';
 import type { StoredRow } from './write';
-import { capturedHostValues, winningHostValues } from '../evaluate/host-values';
-import type { Policy, Stage } from '../types';
+import { capturedHostValues, hostColumnMoves, winningHostValues } from '../evaluate/host-values';
+import { stageOf } from '../engine/plan';
+import type { Policy } from '../types';
 
 /**
  * Pure: which mapped host columns (e.g. customers.status) a manual reinstatement puts back, by the
@@ -37,10 +38,10 @@ export function reinstateHostValues(
   );
   const current = rows.filter((r) => r.stage !== null);
   const remaining = current.filter((r) => !clearing.has(r.policy));
-  const pre = winningHostValues(current.map((r) => stageOfRow(policies, r)));
+  const pre = winningHostValues(current.map((r) => stageOf(policies, r.policy, r.stage)));
   if (remaining.length === 0) {
     for (const row of current) {
-      if (!clearing.has(row.policy) || stageOfRow(policies, row) !== null) continue;
+      if (!clearing.has(row.policy) || stageOf(policies, row.policy, row.stage) !== null) continue;
       for (const [column, value] of Object.entries(row.host_before ?? {})) {
         if (!out.has(column) && !pre.has(column))
           out.set(column, { key, column, value: hostValueText(value) });
@@ -48,10 +49,6 @@ export function reinstateHostValues(
     }
   }
   return [...out.values()];
-}
-
-function stageOfRow(policies: Policy[], row: Pick<StoredRow, 'policy' | 'stage'>): Stage | null {
-  return policies.find((p) => p.name === row.policy)?.stages.find((s) => s.name === row.stage) ?? null;
 }
 
 /**
@@ -74,21 +71,17 @@ export function hostValuesAfter(
     policy: r.policy,
     stage: after.has(r.policy) ? after.get(r.policy)! : r.stage,
   }));
-  const pre = winningHostValues(current.map((r) => stageOfRow(policies, r)));
+  const pre = winningHostValues(current.map((r) => stageOf(policies, r.policy, r.stage)));
   const staying = next.filter((r) => r.stage !== null);
-  const post = winningHostValues(staying.map((r) => stageOfRow(policies, r)));
+  const post = winningHostValues(staying.map((r) => stageOf(policies, r.policy, r.stage)));
   // A stage the rules no longer describe may set the column: nothing is given back under it.
-  const unknown = holdUnderUnknown && staying.some((r) => stageOfRow(policies, r) === null);
+  const unknown = holdUnderUnknown && staying.some((r) => stageOf(policies, r.policy, r.stage) === null);
   // The policy first by name wins, as in the engine.
   const hostBefore = capturedHostValues(rows.map((r) => [r.policy, r.host_before] as const));
-  const out: HostValue[] = [];
-  for (const column of new Set([...pre.keys(), ...post.keys()])) {
-    const p = pre.get(column);
-    const q = post.get(column);
-    const over = p ? { expected: hostValueText(p.value) } : {};
-    if (q && (!p || p.value !== q.value)) out.push({ key, column, value: hostValueText(q.value), ...over });
-    else if (!q && p && !unknown && Object.hasOwn(hostBefore, column))
-      out.push({ key, column, value: hostValueText(hostBefore[column]), ...over });
-  }
-  return out;
+  return hostColumnMoves(pre, post, hostBefore, !unknown).map((m) => ({
+    key,
+    column: m.column,
+    value: hostValueText(m.value),
+    ...(m.over !== undefined ? { expected: hostValueText(m.over) } : {}),
+  }));
 }

@@ -2,7 +2,7 @@ import { accountTransitions } from '../evaluate/evaluate';
 import type { PageState, StoredState } from '../source/states';
 import type { StateChange } from '../write/apply';
 import { countAccountChanges, countEvaluation, emptyCounts, type RunCounts } from './counts';
-import { capturedHostValues, winningHostValues } from '../evaluate/host-values';
+import { capturedHostValues, hostColumnMoves, winningHostValues } from '../evaluate/host-values';
 import type { EffectiveRules, IsoDate, Policy, Rules, Signals, Stage } from '../types';
 
 /**
@@ -128,18 +128,11 @@ export function planHostColumns(
   const pre = winningHostValues(before.values());
   if (pre.size === 0 && post.size === 0) return [];
   const hostBefore = capturedHostValues([...stored].map(([policy, s]) => [policy, s.hostBefore] as const));
-  const out: HostColumnChange[] = [];
-  for (const column of new Set([...pre.keys(), ...post.keys()])) {
-    const p = pre.get(column);
-    const q = post.get(column);
-    // Over a value a stage set, only while the column still holds it.
-    if (q && (!p || p.value !== q.value))
-      out.push(hostColumnChange(key, column, q.value, !p, p ? p.value : undefined));
-    // Nothing captured (e.g. the rules changed since): leave the column as it is.
-    else if (!q && p && Object.hasOwn(hostBefore, column))
-      out.push(hostColumnChange(key, column, hostBefore[column], false, p.value));
-  }
-  return out;
+  // Over a value a stage set, only while the column still holds it; nothing captured (e.g. the
+  // rules changed since): the column is left as it is.
+  return hostColumnMoves(pre, post, hostBefore).map((m) =>
+    hostColumnChange(key, m.column, m.value, m.first, m.over),
+  );
 }
 
 /**
@@ -248,7 +241,8 @@ export function staleCaptures(
   return out;
 }
 
-function stageOf(policies: Policy[], policy: string, name: string | null): Stage | null {
+/** A stored stage by name, as the rules describe it; null for clear or a stage they no longer have. */
+export function stageOf(policies: Policy[], policy: string, name: string | null): Stage | null {
   if (name === null) return null;
   return policies.find((p) => p.name === policy)?.stages.find((st) => st.name === name) ?? null;
 }

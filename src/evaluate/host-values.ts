@@ -69,3 +69,36 @@ export function capturedHostValues(
   }
   return out;
 }
+
+/** One column's move from what the stages gave (`pre`) to what they give (`post`). */
+export interface HostColumnMove {
+  column: string;
+  value: unknown;
+  /** No stage set it before: the host's own value is to be captured first. */
+  first: boolean;
+  /** The value a stage set before, which the column must still hold to be written (absent: first). */
+  over?: HostValue;
+}
+
+/**
+ * The rule the engine's page plan, a reinstatement and a revert share: each column takes the value of
+ * the most severe stage that sets it now; when none does any more but one did, the value captured
+ * before suspend first set it comes back (unless `giveBack` is false, or nothing was captured).
+ */
+export function hostColumnMoves(
+  pre: ReadonlyMap<string, WinningValue>,
+  post: ReadonlyMap<string, WinningValue>,
+  captured: Record<string, unknown>,
+  giveBack = true,
+): HostColumnMove[] {
+  const out: HostColumnMove[] = [];
+  for (const column of new Set([...pre.keys(), ...post.keys()])) {
+    const p = pre.get(column);
+    const q = post.get(column);
+    if (q && (!p || p.value !== q.value))
+      out.push({ column, value: q.value, first: !p, ...(p ? { over: p.value } : {}) });
+    else if (!q && p && giveBack && Object.hasOwn(captured, column))
+      out.push({ column, value: captured[column], first: false, over: p.value });
+  }
+  return out;
+}
