@@ -12,7 +12,7 @@ import {
 } from '../src/evaluate/evaluate';
 import { PLACEHOLDERS } from '../src/evaluate/placeholders';
 import { capturedHostValues } from '../src/evaluate/host-values';
-import { planHostColumns, settleHostColumns, staleCaptures } from '../src/engine/plan';
+import { markHolds, planHostColumns, settleHostColumns, staleCaptures } from '../src/engine/plan';
 import { accountSignals } from './helpers/fixtures';
 import type { StateChange } from '../src/write/apply';
 import type {
@@ -1020,5 +1020,33 @@ describe('host columns (customers.status and the like)', () => {
     expect(
       settleHostColumns('c1', [blank], [], [{ policy: 'blank', stage: 'blank' }], wrote.slice(0, 1), old),
     ).toEqual([{ key: 'c1', column: 'status', value: null, capture: false }]);
+  });
+
+  test("an event names the other policies that still hold the account in the rules file's order", () => {
+    const third = policy('third', [
+      stage(0, 'paused', { inactive_for: dur('6 months') }, { allowsLogin: true, blocksBooking: true }),
+    ]) as unknown as (typeof policies)[number];
+    const all = [...policies, third];
+    const clear = () =>
+      ({ policy: 'overdue', to: null, blocksBooking: false, allowsLogin: true }) as StateChange;
+    const heldBy = (order: string[]) => {
+      const c = clear();
+      markHolds(all, new Map(order.map((p) => [p, { stage: p === 'inactivity' ? 'suspended' : 'paused' }])), [
+        c,
+      ]);
+      return c.account;
+    };
+    // The stored states arrive in any order; the text is the same for each.
+    const expected = {
+      blocksBooking: true,
+      allowsLogin: false,
+      heldBy: ['suspended under inactivity', 'paused under third'],
+    };
+    expect(heldBy(['third', 'inactivity', 'overdue'])).toEqual(expected);
+    expect(heldBy(['overdue', 'inactivity', 'third'])).toEqual(expected);
+    // Nothing else holds it: the event tells the policy's own state only.
+    const alone = clear();
+    markHolds(all, new Map([['overdue', { stage: 'paused' }]]), [alone]);
+    expect(alone.account).toBeUndefined();
   });
 });

@@ -156,8 +156,11 @@ export function markHolds(
     const blocksBooking = c.blocksBooking || others.some((o) => o.stage.blocksBooking);
     const allowsLogin = c.allowsLogin && others.every((o) => o.stage.allowsLogin);
     if (blocksBooking === c.blocksBooking && allowsLogin === c.allowsLogin) continue;
+    // In the rules file's order: the stored states come in no fixed order, and an event's text must not vary.
+    const order = (policy: string) => policies.findIndex((p) => p.name === policy);
     const heldBy = others
       .filter((o) => o.stage.blocksBooking || !o.stage.allowsLogin)
+      .sort((a, b) => order(a.policy) - order(b.policy))
       .map((o) => `${o.stage.name} under ${o.policy}`);
     c.account = { blocksBooking, allowsLogin, heldBy };
   }
