@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import { SuspendError, ExitCode } from '../errors';
 import { RESTORE_TIMEOUTS, noTimeouts } from '../db/connection';
+import { SqlState, sqlState } from '../db/sqlstate';
 
 /**
  * One session advisory lock per database (and suspend schema) for every writing run. It lives on a
@@ -69,6 +70,8 @@ export async function acquireRunLock(
     onWait?: (holder: string) => void;
     /** `I/N` for a `--shard` run. */
     shard?: string | null;
+    /** Ctrl-C: a `--wait` stops waiting, and the run does not start. */
+    signal?: AbortSignal;
   },
 ): Promise<HeldLock> {
   const conn = (await knex.client.acquireConnection()) as PgConnection;
@@ -127,9 +130,12 @@ export async function acquireRunLock(
           );
         }
         options.onWait?.(holder);
-        await conn.query(`select pg_advisory_lock${kind}($1, hashtext($2))`, [l.cls, l.key]);
-      }
-      held.push(l);
+        // Counted as held before the wait: released whether it ends with the lock or is cut short.
+        held.push(l);
+        await untilAborted(knex, conn, options.signal, holder, () =>
+          conn.query(`select pg_advisory_lock${kind}($1, hashtext($2))`, [l.cls, l.key]),
+        );
+      } else held.push(l);
     }
     const session = named.rows[0] as { pid: number; started: string };
     return {
@@ -152,7 +158,7 @@ async function takeSplit(
   splits: string,
   count: number,
   shard: string,
-  options: { wait: boolean; onWait?: (holder: string) => void },
+  options: { wait: boolean; onWait?: (holder: string) => void; signal?: AbortSignal },
 ): Promise<void> {
   let waited = false;
   for (;;) {
@@ -182,8 +188,64 @@ async function takeSplit(
     }
     if (!waited) options.onWait?.(holder);
     waited = true;
-    await new Promise((resolve) => setTimeout(resolve, SPLIT_POLL_MS));
+    await untilAborted(null, conn, options.signal, holder, () => sleep(SPLIT_POLL_MS, options.signal));
   }
+}
+
+const sleep = (ms: number, signal: AbortSignal | undefined) =>
+  new Promise<void>((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
+  });
+
+/**
+ * Runs one step of a `--wait` (a blocking lock call, or a pause between looks) so that Ctrl-C ends
+ * it: a lock call is cancelled from another session, since the waiting one cannot take a statement.
+ * The cancel is repeated until the call returns, in case it reached the server before the call did.
+ * Then the run stops, as a run refused without --wait does: nothing was written.
+ */
+async function untilAborted(
+  knex: Knex | null,
+  conn: PgConnection & { processID?: number },
+  signal: AbortSignal | undefined,
+  holder: string,
+  step: () => Promise<unknown>,
+): Promise<void> {
+  const stopped = () =>
+    new SuspendError(
+      `Stopped waiting for the lock held by ${holder} (interrupted); this run did not start and wrote nothing.`,
+      { exitCode: ExitCode.lockHeld },
+    );
+  if (signal?.aborted) throw stopped();
+  let timer: NodeJS.Timeout | undefined;
+  const sent: Promise<unknown>[] = [];
+  const cancel = () => {
+    if (!knex || conn.processID === undefined) return;
+    const pid = conn.processID;
+    const send = () => sent.push(knex.raw('select pg_cancel_backend(?)', [pid]).catch(() => undefined));
+    send();
+    timer = setInterval(send, 250);
+  };
+  signal?.addEventListener('abort', cancel, { once: true });
+  try {
+    await step();
+  } catch (err) {
+    if (signal?.aborted && sqlState(err) === SqlState.queryCanceled) throw stopped();
+    throw err;
+  } finally {
+    clearInterval(timer);
+    signal?.removeEventListener('abort', cancel);
+    // A cancel that reaches the session once it is idle is dropped; one still under way could
+    // otherwise cancel the next statement, the release of the lock.
+    await Promise.all(sent);
+  }
+  // Interrupted just as the wait ended: what it took is given back by the caller's release.
+  if (signal?.aborted) throw stopped();
 }
 
 /** Whether the session that took the run lock is still there and holds it (its exclusive lock). */

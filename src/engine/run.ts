@@ -168,6 +168,7 @@ export async function runBatch(knex: Knex, rules: Rules, given: BatchOptions): P
     shard: sharded(options.shard) ? shardName(options.shard) : null,
     description: `suspend ${options.kind}${sharded(options.shard) ? ` --shard ${shardName(options.shard)}` : ''} by ${options.actor} (pid ${process.pid})`,
     onWait: (holder) => options.onLog?.(`waiting for the lock held by ${holder}`),
+    signal: options.signal,
   });
   try {
     return await realRun(knex, rules, options, lock.proof);

@@ -109,6 +109,49 @@ test('with --wait the second sweep runs after the first and changes nothing', as
   expect((await ledger(db.knex)).map((r) => r.status)).toEqual(['succeeded', 'succeeded']);
 });
 
+/** `run`, sent Ctrl-C once `waiting` says it waits, as it exits. */
+async function interruptedOnceWaiting(run: RunningCli, waiting: () => Promise<boolean>) {
+  await waitUntil(waiting, 'the run waits for the lock', run);
+  run.child.kill('SIGINT');
+  return run.done;
+}
+
+test('Ctrl-C ends a --wait: exit 3, no run opened, and no lock left held or queued', async () => {
+  const db = await database();
+  const gate = await Gate.install(db, 'suspend.checkpoints', 'new.pages = 1');
+  const first = startCli(db, [...SWEEP, '--shard', '0/2', '--by', 'alice']);
+  await gate.blocked(first);
+  // A run over every account waits in a blocking lock call, cancelled from another session.
+  const stopped = await interruptedOnceWaiting(
+    startCli(db, [...SWEEP, '--wait', '--by', 'bob']),
+    async () => (await runLockWaiters(db)).length === 1,
+  );
+  expect(stopped.code).toBe(3);
+  expect(stopped.stdout).toBe('');
+  expect(stopped.stderr).toMatch(
+    /error: Stopped waiting for the lock held by "suspend sweep --shard 0\/2 by alice \(pid \d+\)".* \(interrupted\); this run did not start and wrote nothing\.\n$/,
+  );
+  expect(await runLockWaiters(db)).toEqual([]);
+
+  // A shard of another count waits between looks for the other split to end: the pause ends at once.
+  const shardStopped = await interruptedOnceWaiting(
+    startCli(db, [...SWEEP, '--shard', '0/3', '--wait', '--by', 'carol']),
+    async () =>
+      (await db.knex('pg_stat_activity').where('application_name', 'like', '%0/3 by carol%')).length > 0,
+  );
+  expect(shardStopped.code).toBe(3);
+  expect(shardStopped.stderr).toContain('(interrupted); this run did not start and wrote nothing.');
+
+  await gate.remove();
+  expect((await first.done).code).toBe(0);
+  expect((await ledger(db.knex)).map((r) => r.started_by)).toEqual(['alice']);
+  const locks = await db.knex.raw<{ rows: { n: string }[] }>(
+    `select count(*) as n from pg_locks
+      where locktype = 'advisory' and database = (select oid from pg_database where datname = current_database())`,
+  );
+  expect(Number(locks.rows[0]!.n)).toBe(0);
+});
+
 /** A key on the first page of 100 that the sweep suspends for inactivity (so it sets customers.status). */
 async function suspendedOnFirstPage(db: TestDatabase): Promise<string> {
   const r = await cli(db, ['report', '--as-of', AS_OF, '--accounts', '--format', 'json']);
