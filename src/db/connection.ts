@@ -120,11 +120,18 @@ export async function raiseIdleTimeout(conn: Pick<pg.Client, 'query'>): Promise<
   await conn.query(RAISE_IDLE_TIMEOUT).catch(() => undefined);
 }
 
+/** The oldest Postgres suspend runs on (the booking guard relies on 13's trigger catalog). */
+const OLDEST_POSTGRES = '13';
+
 export function createKnex(url: string, options: KnexOptions = {}): Knex {
   const pooled = options.preparedStatements !== false;
   const knex = knexFactory({
     client: 'pg',
     connection: { connectionString: url, application_name: options.applicationName ?? 'suspend' },
+    // The oldest server suspend supports, given so that knex does not ask each new session: its
+    // `select version()` failing (a 1 ms statement_timeout) left that session open, and the process
+    // waiting on it after it had said why it stopped.
+    version: OLDEST_POSTGRES,
     pool: {
       min: 0,
       max: options.pool ?? 4,
