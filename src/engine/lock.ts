@@ -149,9 +149,19 @@ export async function acquireRunLock(
 }
 
 /**
- * Takes split `count` of `splits` (shared) once no session holds another split of it: under the
- * gate (split 0, exclusive), so two runs of different splits starting together cannot both find the
- * other absent.
+ * A split's turn: the runs of split N that wait for another split to end hold N + TURN (shared).
+ * While one does, a run of a split that is not waiting (even one whose siblings run now) does not
+ * start: otherwise shards of one count, started one after another, could keep the waiting split out
+ * for good.
+ */
+const TURN = 0x40000000;
+
+/**
+ * Takes split `count` of `splits` (shared) once no session holds another split of it, nor waits for
+ * its turn (see TURN): under the gate (split 0, exclusive), so two runs of different splits starting
+ * together cannot both find the other absent. A run that waits for a split held by others takes its
+ * own split's turn meanwhile; those waiting with a turn go by held splits alone, and the first of
+ * them to find none held goes.
  */
 async function takeSplit(
   conn: PgConnection,
@@ -161,34 +171,52 @@ async function takeSplit(
   options: { wait: boolean; onWait?: (holder: string) => void; signal?: AbortSignal },
 ): Promise<void> {
   let waited = false;
-  for (;;) {
-    await conn.query(`select pg_advisory_lock(${SPLIT_KEY})`, [splits, 0]);
-    let other: { application_name: string; pid: number } | undefined;
-    try {
-      const r = await conn.query(
-        `select a.application_name, a.pid from pg_locks l join pg_stat_activity a on a.pid = l.pid
-          where l.locktype = 'advisory' and l.granted and l.objsubid = 1
-            and l.database = (select oid from pg_database where datname = current_database())
-            and l.classid = hashtext($1)::oid and l.objid not in (0, $2::int::oid)
-          limit 1`,
-        [splits, count],
-      );
-      other = r.rows[0] as typeof other;
-      if (!other) await conn.query(`select pg_advisory_lock_shared(${SPLIT_KEY})`, [splits, count]);
-    } finally {
-      await conn.query(`select pg_advisory_unlock(${SPLIT_KEY})`, [splits, 0]);
+  let turn = false;
+  try {
+    for (;;) {
+      await conn.query(`select pg_advisory_lock(${SPLIT_KEY})`, [splits, 0]);
+      let other: { application_name: string; pid: number; waits: boolean } | undefined;
+      try {
+        const r = await conn.query(
+          `select a.application_name, a.pid, l.objid::bigint >= $3 as waits
+             from pg_locks l join pg_stat_activity a on a.pid = l.pid
+            where l.locktype = 'advisory' and l.granted and l.objsubid = 1
+              and l.database = (select oid from pg_database where datname = current_database())
+              and l.classid = hashtext($1)::oid and l.objid not in (0, $2::int::oid, ($2::int + $3)::oid)
+              and (l.objid::bigint < $3 or not $4::boolean)
+            order by l.objid::bigint >= $3
+            limit 1`,
+          [splits, count, TURN, turn],
+        );
+        other = r.rows[0] as typeof other;
+        if (!other) await conn.query(`select pg_advisory_lock_shared(${SPLIT_KEY})`, [splits, count]);
+        else if (!other.waits && options.wait && !turn) {
+          await conn.query(`select pg_advisory_lock_shared(${SPLIT_KEY})`, [splits, count + TURN]);
+          turn = true;
+        }
+      } finally {
+        await conn.query(`select pg_advisory_unlock(${SPLIT_KEY})`, [splits, 0]);
+      }
+      if (!other) return;
+      const holder = `"${other.application_name}" (backend pid ${other.pid}${other.waits ? ', waiting for its turn' : ''})`;
+      if (!options.wait) {
+        throw new SuspendError(
+          other.waits
+            ? `Another suspend run waits to split the accounts another way: ${holder} waits to run a shard of another count than --shard ${shard} and goes first, since shards of different counts share accounts; pass --wait to run after it.`
+            : `Another suspend run splits the accounts another way: ${holder} runs a shard of another count than --shard ${shard}, and shards of different counts share accounts; give every shard the same count, or wait for it to finish or pass --wait.`,
+          { exitCode: ExitCode.lockHeld },
+        );
+      }
+      if (!waited) options.onWait?.(holder);
+      waited = true;
+      await untilAborted(null, conn, options.signal, holder, () => sleep(SPLIT_POLL_MS, options.signal));
     }
-    if (!other) return;
-    const holder = `"${other.application_name}" (backend pid ${other.pid})`;
-    if (!options.wait) {
-      throw new SuspendError(
-        `Another suspend run splits the accounts another way: ${holder} runs a shard of another count than --shard ${shard}, and shards of different counts share accounts; give every shard the same count, or wait for it to finish or pass --wait.`,
-        { exitCode: ExitCode.lockHeld },
-      );
-    }
-    if (!waited) options.onWait?.(holder);
-    waited = true;
-    await untilAborted(null, conn, options.signal, holder, () => sleep(SPLIT_POLL_MS, options.signal));
+  } finally {
+    // Given back once the split is taken, or the wait ends: a dead session has given it back already.
+    if (turn)
+      await conn
+        .query(`select pg_advisory_unlock_shared(${SPLIT_KEY})`, [splits, count + TURN])
+        .catch(() => undefined);
   }
 }
 

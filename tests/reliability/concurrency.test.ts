@@ -185,6 +185,46 @@ async function historyOf(db: TestDatabase, key: string): Promise<string[]> {
   return rows.map((h) => `${h.kind} ${h.policy} ${h.to_stage ?? 'clear'}`);
 }
 
+test('a shard of another count that waits goes before shards of the running count started after it', async () => {
+  const db = await database();
+  // Parks the first page of shards of 2 only.
+  const gate = await Gate.install(db, 'suspend.checkpoints', "new.pages = 1 and new.shard like '%/2'");
+  const first = startCli(db, [...SWEEP, '--shard', '0/2', '--by', 'alice']);
+  await gate.blocked(first);
+  const turns = async () => {
+    const r = await db.knex.raw<{ rows: { n: string }[] }>(
+      `select count(*) as n from pg_locks where locktype = 'advisory' and granted and objsubid = 1
+          and objid >= 1073741824 and database = (select oid from pg_database where datname = current_database())`,
+    );
+    return Number(r.rows[0]!.n);
+  };
+  // 0/3 waits for 0/2 to end, and takes its turn meanwhile.
+  const otherCount = startCli(db, [...SWEEP, '--shard', '0/3', '--wait', '--by', 'carol']);
+  await waitUntil(async () => (await turns()) === 1, 'the shard of 3 waits for its turn', otherCount);
+  // 1/2 would share no account with 0/2, but 0/3 waits for it: 1/2 does not start before 0/3.
+  const sibling = await cli(db, [...SWEEP, '--shard', '1/2', '--by', 'dave']);
+  expect({ code: sibling.code, stdout: sibling.stdout }).toEqual({ code: 3, stdout: '' });
+  expect(sibling.stderr).toMatch(
+    /^error: Another suspend run waits to split the accounts another way: "suspend sweep --shard 0\/3 by carol \(pid \d+\)" \(backend pid \d+, waiting for its turn\) waits to run a shard of another count than --shard 1\/2 and goes first, since shards of different counts share accounts; pass --wait to run after it\.\n$/,
+  );
+  const later = startCli(db, [...SWEEP, '--shard', '1/2', '--wait', '--by', 'erin']);
+  await waitUntil(
+    async () =>
+      (await db.knex('pg_stat_activity').where('application_name', 'like', '%1/2 by erin%')).length > 0,
+    'the later shard of 2 waits',
+    later,
+  );
+  await gate.remove();
+  const results = await Promise.all([first.done, otherCount.done, later.done]);
+  expect(results.map((r) => r.code)).toEqual([0, 0, 0]);
+  // In the order of their writes: 0/2, then all of 0/3, then 1/2 (which joined 0/2's run).
+  const order = (await db.knex('suspend.history').orderBy('id').pluck('run_id')).map(String);
+  const segments = order.filter((runId, i) => i === 0 || runId !== order[i - 1]);
+  expect(segments).toHaveLength(3);
+  expect(segments[0]).toBe(segments[2]);
+  expect(await turns()).toBe(0);
+});
+
 test('reinstate on an account in the page a sweep is writing: exit 3 without --wait; with --wait it applies after, nothing lost', async () => {
   const db = await database();
   const key = await suspendedOnFirstPage(db);
