@@ -120,7 +120,7 @@ export async function reinstateAccount(
   const lock = await acquireRunLock(knex, schema, {
     wait: options.wait,
     description: `suspend reinstate ${options.key} by ${options.actor} (pid ${process.pid})`,
-    onWait: (holder) => options.onLog?.(`waiting for the lock held by ${holder}`),
+    onWait: options.onLog,
   });
   try {
     const rows = await readStoredRows(knex, schema, [options.key]);

@@ -318,7 +318,7 @@ export async function revertRun(knex: Knex, rules: Rules, options: RevertOptions
     lock = await acquireRunLock(knex, schema, {
       wait: options.wait,
       description: `suspend revert ${target.id} by ${options.actor} (pid ${process.pid})`,
-      onWait: (holder) => options.onLog?.(`waiting for the lock held by ${holder}`),
+      onWait: options.onLog,
     });
   }
   try {

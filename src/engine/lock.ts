@@ -67,7 +67,8 @@ export async function acquireRunLock(
   options: {
     wait: boolean;
     description: string;
-    onWait?: (holder: string) => void;
+    /** Told once, with what the run waits behind (e.g. `waiting behind "suspend sweep by …"`). */
+    onWait?: (note: string) => void;
     /** `I/N` for a `--shard` run. */
     shard?: string | null;
     /** Ctrl-C: a `--wait` stops waiting, and the run does not start. */
@@ -96,9 +97,11 @@ export async function acquireRunLock(
       if (splitHeld !== null)
         await conn.query(`select pg_advisory_unlock_shared(${SPLIT_KEY})`, [`${schema}/split`, splitHeld]);
       await conn.query(RESTORE_TIMEOUTS);
-    } catch {
+    } catch (err) {
       // The session is gone (connection cut, server stopped): the lock died with it, and the error
-      // that ended the run is the one worth reporting, not this one.
+      // that ended the run is the one worth reporting, not this one. Were it still there, it would
+      // hold what it failed to give back: the pool closes it instead of handing it out again.
+      disposeOf(conn, err);
     } finally {
       await Promise.resolve(knex.client.releaseConnection(conn)).catch(() => undefined);
     }
@@ -107,6 +110,7 @@ export async function acquireRunLock(
     // Name this session so a second run can say who holds the lock, and keep it from being ended
     // for idling or its --wait cut short by a timeout set for the role (see noTimeouts).
     const named = await conn.query(SESSION_SETUP, [options.description.slice(0, 63)]);
+    const session = named.rows[0] as { pid: number; started: string };
     if (shard) {
       await takeSplit(conn, `${schema}/split`, Number(shard.split('/')[1]), shard, options);
       splitHeld = Number(shard.split('/')[1]);
@@ -129,15 +133,16 @@ export async function acquireRunLock(
             { exitCode: ExitCode.lockHeld },
           );
         }
-        options.onWait?.(holder);
+        options.onWait?.(`waiting behind ${holder}`);
         // Counted as held before the wait: released whether it ends with the lock or is cut short.
         held.push(l);
-        await untilAborted(knex, conn, options.signal, holder, () =>
+        await untilAborted({ knex, pid: session.pid }, options.signal, holder, () =>
           conn.query(`select pg_advisory_lock${kind}($1, hashtext($2))`, [l.cls, l.key]),
         );
       } else held.push(l);
     }
-    const session = named.rows[0] as { pid: number; started: string };
+    // Interrupted as the last lock was granted: the run does not start (the catch gives them back).
+    if (options.signal?.aborted) throw interrupted(null);
     return {
       release,
       proof: { ...session, locks: locks.map(({ cls, key, shared }) => ({ cls, key, shared })) },
@@ -168,7 +173,7 @@ async function takeSplit(
   splits: string,
   count: number,
   shard: string,
-  options: { wait: boolean; onWait?: (holder: string) => void; signal?: AbortSignal },
+  options: { wait: boolean; onWait?: (note: string) => void; signal?: AbortSignal },
 ): Promise<void> {
   let waited = false;
   let turn = false;
@@ -207,16 +212,16 @@ async function takeSplit(
           { exitCode: ExitCode.lockHeld },
         );
       }
-      if (!waited) options.onWait?.(holder);
+      if (!waited) options.onWait?.(`waiting behind ${holder}`);
       waited = true;
-      await untilAborted(null, conn, options.signal, holder, () => sleep(SPLIT_POLL_MS, options.signal));
+      await untilAborted(null, options.signal, holder, () => sleep(SPLIT_POLL_MS, options.signal));
     }
   } finally {
     // Given back once the split is taken, or the wait ends: a dead session has given it back already.
     if (turn)
       await conn
         .query(`select pg_advisory_unlock_shared(${SPLIT_KEY})`, [splits, count + TURN])
-        .catch(() => undefined);
+        .catch((err: unknown) => disposeOf(conn, err));
   }
 }
 
@@ -238,23 +243,19 @@ const sleep = (ms: number, signal: AbortSignal | undefined) =>
  * Then the run stops, as a run refused without --wait does: nothing was written.
  */
 async function untilAborted(
-  knex: Knex | null,
-  conn: PgConnection & { processID?: number },
+  /** The waiting session (its server pid: behind PgBouncer the client's is not the server's). */
+  session: { knex: Knex; pid: number } | null,
   signal: AbortSignal | undefined,
   holder: string,
   step: () => Promise<unknown>,
 ): Promise<void> {
-  const stopped = () =>
-    new SuspendError(
-      `Stopped waiting for the lock held by ${holder} (interrupted); this run did not start and wrote nothing.`,
-      { exitCode: ExitCode.lockHeld },
-    );
+  const stopped = () => interrupted(holder);
   if (signal?.aborted) throw stopped();
   let timer: NodeJS.Timeout | undefined;
   const sent: Promise<unknown>[] = [];
   const cancel = () => {
-    if (!knex || conn.processID === undefined) return;
-    const pid = conn.processID;
+    if (!session) return;
+    const { knex, pid } = session;
     const send = () => sent.push(knex.raw('select pg_cancel_backend(?)', [pid]).catch(() => undefined));
     send();
     timer = setInterval(send, 250);
@@ -274,6 +275,21 @@ async function untilAborted(
   }
   // Interrupted just as the wait ended: what it took is given back by the caller's release.
   if (signal?.aborted) throw stopped();
+}
+
+/** Ctrl-C before the run took its locks: it did not start (exit 3, as when refused without --wait). */
+function interrupted(waitedBehind: string | null): SuspendError {
+  return new SuspendError(
+    waitedBehind
+      ? `Stopped waiting behind ${waitedBehind} (interrupted); this run did not start and wrote nothing.`
+      : 'Interrupted before the run started; it wrote nothing.',
+    { exitCode: ExitCode.lockHeld },
+  );
+}
+
+/** Marks a pooled session knex must close rather than hand out again (see knex's connectionIsDisposed). */
+function disposeOf(conn: PgConnection, err: unknown): void {
+  (conn as { __knex__disposed?: unknown }).__knex__disposed = err ?? 'suspend could not give back its locks';
 }
 
 /** Whether the session that took the run lock is still there and holds it (its exclusive lock). */

@@ -167,7 +167,7 @@ export async function runBatch(knex: Knex, rules: Rules, given: BatchOptions): P
     wait: options.wait,
     shard: sharded(options.shard) ? shardName(options.shard) : null,
     description: `suspend ${options.kind}${sharded(options.shard) ? ` --shard ${shardName(options.shard)}` : ''} by ${options.actor} (pid ${process.pid})`,
-    onWait: (holder) => options.onLog?.(`waiting for the lock held by ${holder}`),
+    onWait: options.onLog,
     signal: options.signal,
   });
   try {

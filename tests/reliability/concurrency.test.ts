@@ -129,18 +129,25 @@ test('Ctrl-C ends a --wait: exit 3, no run opened, and no lock left held or queu
   expect(stopped.code).toBe(3);
   expect(stopped.stdout).toBe('');
   expect(stopped.stderr).toMatch(
-    /error: Stopped waiting for the lock held by "suspend sweep --shard 0\/2 by alice \(pid \d+\)".* \(interrupted\); this run did not start and wrote nothing\.\n$/,
+    /^error: Stopped waiting behind "suspend sweep --shard 0\/2 by alice \(pid \d+\)" \(backend pid \d+[^)]*\) since \S+ \(interrupted\); this run did not start and wrote nothing\.\n$/,
   );
   expect(await runLockWaiters(db)).toEqual([]);
 
   // A shard of another count waits between looks for the other split to end: the pause ends at once.
-  const shardStopped = await interruptedOnceWaiting(
-    startCli(db, [...SWEEP, '--shard', '0/3', '--wait', '--by', 'carol']),
-    async () =>
-      (await db.knex('pg_stat_activity').where('application_name', 'like', '%0/3 by carol%')).length > 0,
+  // Not --quiet: it says when it starts to wait, so Ctrl-C comes during the pause.
+  const shard = startCli(db, [
+    ...SWEEP.filter((a) => a !== '--quiet'),
+    ...['--shard', '0/3', '--wait', '--by', 'carol'],
+  ]);
+  let said = '';
+  shard.child.stderr?.on('data', (d: Buffer) => (said += d.toString()));
+  const shardStopped = await interruptedOnceWaiting(shard, async () =>
+    said.includes('waiting behind "suspend sweep --shard 0/2 by alice'),
   );
   expect(shardStopped.code).toBe(3);
-  expect(shardStopped.stderr).toContain('(interrupted); this run did not start and wrote nothing.');
+  expect(shardStopped.stderr).toMatch(
+    /^waiting behind "suspend sweep --shard 0\/2 by alice \(pid \d+\)" \(backend pid \d+\)\ninterrupt: stopping \(a run under way finishes its current page first; one still waiting to start ends now\)\nerror: Stopped waiting behind "suspend sweep --shard 0\/2 by alice \(pid \d+\)" \(backend pid \d+\) \(interrupted\); this run did not start and wrote nothing\.\n$/,
+  );
 
   await gate.remove();
   expect((await first.done).code).toBe(0);
@@ -249,9 +256,7 @@ test('reinstate on an account in the page a sweep is writing: exit 3 without --w
   const reinstated = await waiting.done;
   expect(swept.code).toBe(0);
   expect(reinstated.stderr).toMatch(
-    new RegExp(
-      `^waiting for the lock held by "suspend sweep by ${ACTOR} \\(pid ${sweep.child.pid}\\)" [^\\n]+\\n$`,
-    ),
+    new RegExp(`^waiting behind "suspend sweep by ${ACTOR} \\(pid ${sweep.child.pid}\\)" [^\\n]+\\n$`),
   );
   expect(reinstated.code).toBe(0);
   expect(reinstated.stdout).toContain(`Reinstated customer ${key}`);

@@ -211,6 +211,23 @@ test('a statement_timeout shorter than any statement (1 ms): the command ends, w
   }
 }, 60_000);
 
+test('a session on which `select version()` fails does not keep the command alive: suspend does not ask it', async () => {
+  const db = await ownDatabase();
+  // knex asked each pool's first session for the server version; when that failed (a 1 ms
+  // statement_timeout, now and then) the session stayed open and the process never exited.
+  // A version() that always fails, ahead of pg_catalog's for this command's sessions only.
+  await db.knex.raw(`create schema shadow;
+    create function shadow.version() returns text language sql as $$ select (1 / 0)::text $$;`);
+  const env = { PGOPTIONS: '-c search_path=shadow,pg_catalog,public' };
+  for (const args of [['runs'], ['report', '--as-of', AS_OF, '--quiet', '--format', 'json']]) {
+    const r = await runCli([...args, '--rules', RULES_FILE, '--database-url', db.url], {
+      env,
+      timeoutMs: 20_000,
+    });
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
+  }
+}, 60_000);
+
 test('a statement cancelled mid-run (statement_timeout, pg_cancel_backend): one sentence, exit 1, resume completes', async () => {
   const db = await ownDatabase();
   const gate = await Gate.install(db, 'suspend.checkpoints', 'new.pages = 6');

@@ -150,7 +150,9 @@ async function execute(ctx: CommandContext, kind: BatchKind | 'report', flags: B
   const { knex } = await ctx.db({ pool: 4 });
   const controller = new AbortController();
   const onSignal = () => {
-    ctx.log('interrupt: finishing the current page, then stopping (the run can be resumed)');
+    ctx.log(
+      'interrupt: stopping (a run under way finishes its current page first; one still waiting to start ends now)',
+    );
     controller.abort();
   };
   process.once('SIGINT', onSignal);
