@@ -98,3 +98,24 @@ export async function checkIndexes(knex: Knex, mapping: SourceMapping): Promise<
     return { ...n, table, present, ddl };
   });
 }
+
+/**
+ * Rows the signals take as they stand but that look like entry mistakes, pointed out by `suspend
+ * doctor`: an unpaid invoice due before it was issued counts as overdue from its due date, so its
+ * customer can be paused the day it is billed.
+ */
+export async function dataNotes(knex: Knex, mapping: SourceMapping): Promise<string[]> {
+  const inv = mapping.view ? null : mapping.invoices;
+  if (!inv?.issuedOn) return [];
+  const r = await knex.raw<{ rows: { n: string; example: string | null }[] }>(
+    `select count(*) as n, min(??::text) as example from ??
+      where ?? < ??::date and coalesce(??, 0) < ??`,
+    [inv.key, qualified(mapping, inv.table), inv.dueOn, inv.issuedOn, inv.paid, inv.amount],
+  );
+  const n = Number(r.rows[0]?.n ?? 0);
+  if (n === 0) return [];
+  const table = qualified(mapping, inv.table);
+  return [
+    `${table}: ${n} unpaid invoice${n === 1 ? ' is' : 's are'} due before ${n === 1 ? 'it was' : 'they were'} issued (${inv.dueOn} < ${inv.issuedOn}; e.g. ${inv.key} ${r.rows[0]?.example}): each counts as overdue from its due date, so its customer can be paused the day it is billed; correct the dates if they are mistakes.`,
+  ];
+}

@@ -330,3 +330,40 @@ describe('a key column that is not unique', () => {
     expect({ code: again.code, stderr: again.stderr }).toEqual({ code: 0, stderr: '' });
   });
 });
+
+describe('dates that look like entry mistakes', () => {
+  test('doctor notes unpaid invoices due before they were issued, without failing the check', async () => {
+    const { db, keys } = await setUp('text');
+    const doctor = () => cli(db, ['doctor'], rulesFile);
+    // The index check on its own: the custom tables lack them; create what it prints.
+    const first = await doctor();
+    expect(first.code).toBe(1);
+    expect(first.stdout).not.toContain('note:');
+    for (const ddl of first.stdout.split('\n').filter((l) => l.startsWith('create index')))
+      await db.knex.raw(ddl);
+    // Due a month before it was issued, unpaid; the same dates but paid in full are no concern.
+    await db.knex('app.bills').insert([
+      {
+        no: "b'late",
+        member: keys.inactive,
+        issued: '2026-11-01',
+        due: '2026-10-01',
+        total: 500,
+        settled: 0,
+      },
+      {
+        no: 'b-paid',
+        member: keys.inactive,
+        issued: '2026-11-01',
+        due: '2026-10-01',
+        total: 500,
+        settled: 500,
+      },
+    ]);
+    const r = await doctor();
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(r.stdout.split('\n').filter((l) => l.startsWith('note:'))).toEqual([
+      "note: app.bills: 1 unpaid invoice is due before it was issued (due < issued; e.g. no b'late): each counts as overdue from its due date, so its customer can be paused the day it is billed; correct the dates if they are mistakes.",
+    ]);
+  });
+});
