@@ -173,7 +173,7 @@ describe('the SQL pre-filter', () => {
 });
 
 describe('--shard I/N processes share one run', () => {
-  const copies = seededCopies(10);
+  const copies = seededCopies(11);
   const runs = (db: TestDatabase) =>
     db.knex('suspend.runs').orderBy('id').select('id', 'kind', 'status', 'counts');
   const historyRunIds = async (db: TestDatabase) =>
@@ -543,6 +543,27 @@ describe('--shard I/N processes share one run', () => {
     );
     expect(await cli(two, ['backfill', '--abandon'])).toMatchObject({ code: 0 });
     expect(await two.knex('suspend.runs').orderBy('id').pluck('status')).toEqual(['abandoned', 'abandoned']);
+  });
+
+  test('a backfill shard run again once its part is done opens no second backfill: exit 2, the run waits for the others', async () => {
+    const db = copies[10]!;
+    const shard = (i: number) => cli(db, ['backfill', '--shard', `${i}/3`, '--no-notify', ...PAGES]);
+    expect((await shard(1)).code).toBe(0);
+    const again = await shard(1);
+    expect({ code: again.code, stdout: again.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(again.stderr).toBe(
+      'error: Shard 1/3 of backfill run 1 is done already; the run waits for shards 0/3, 2/3: run those, or abandon the run (`suspend backfill --abandon 1`) to backfill again from the start.\n',
+    );
+    expect((await runs(db)).map((r) => [String(r.id), r.status])).toEqual([['1', 'running']]);
+    // The others join that run, which then succeeds; a shard run after that starts a new backfill.
+    expect((await shard(0)).code).toBe(0);
+    expect((await shard(2)).code).toBe(0);
+    expect((await runs(db)).map((r) => [String(r.id), r.status])).toEqual([['1', 'succeeded']]);
+    expect((await shard(1)).code).toBe(0);
+    expect((await runs(db)).map((r) => [String(r.id), r.status])).toEqual([
+      ['1', 'succeeded'],
+      ['2', 'running'],
+    ]);
   });
 });
 

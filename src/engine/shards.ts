@@ -96,9 +96,41 @@ export async function runToJoin(
   orgs: string[] | null,
 ): Promise<RunRecord | null> {
   const name = `${shard.index}/${shard.count}`;
-  const q = shardRuns(trx, schema, kind, shard.count)
-    .whereNot(hasParts(trx, schema, name, false))
-    // Only a run over the same organizations, and never one that was reverted.
+  const q = sameScope(trx, schema, kind, shard.count, orgs).whereNot(hasParts(trx, schema, name, false));
+  if (kind === 'backfill') q.whereIn('status', UNFINISHED);
+  else q.where({ status: 'running', as_of: sweep.asOf, rules_hash: sweep.rulesHash });
+  const row = (await q.first()) as { id: string } | undefined;
+  return row ? getRun(trx, schema, String(row.id)) : null;
+}
+
+/**
+ * The unfinished backfill in which this shard's part is done already (it waits for other shards):
+ * run again, the shard has nothing to do there, and must not open a second backfill beside it.
+ */
+export async function backfillWithPartDone(
+  trx: Knex | Knex.Transaction,
+  schema: string,
+  shard: { index: number; count: number },
+  orgs: string[] | null,
+): Promise<RunRecord | null> {
+  const name = `${shard.index}/${shard.count}`;
+  const row = (await sameScope(trx, schema, 'backfill', shard.count, orgs)
+    .whereIn('status', UNFINISHED)
+    .where(hasParts(trx, schema, name, false))
+    .whereNot(hasParts(trx, schema, name, true))
+    .first()) as { id: string } | undefined;
+  return row ? getRun(trx, schema, String(row.id)) : null;
+}
+
+/** Shard runs of this count over the same organizations, never one that was reverted. */
+function sameScope(
+  trx: Knex | Knex.Transaction,
+  schema: string,
+  kind: RunKind,
+  count: number,
+  orgs: string[] | null,
+): Knex.QueryBuilder {
+  return shardRuns(trx, schema, kind, count)
     .where((w) =>
       orgs === null
         ? w.whereNull('org_filter')
@@ -115,10 +147,6 @@ export async function runToJoin(
         .select(trx.raw('1'))
         .whereRaw('reverting.reverts_run_id = runs.id'),
     );
-  if (kind === 'backfill') q.whereIn('status', UNFINISHED);
-  else q.where({ status: 'running', as_of: sweep.asOf, rules_hash: sweep.rulesHash });
-  const row = (await q.first()) as { id: string } | undefined;
-  return row ? getRun(trx, schema, String(row.id)) : null;
 }
 
 export interface ShardProgress {
