@@ -276,8 +276,8 @@ organizations:
     expect(r.stdout).toBe('');
     const lines = r.stderr.trim().split('\n');
     expect(lines).toEqual([
-      'error: bad.yaml:6 policies.delinquency.stages[0].when.overdue_balance_over: 5.123 is not an amount of money: not negative, at most 2 decimals (e.g. "5.00", "$5", 5)',
       'error: bad.yaml:6 policies.delinquency.stages[0].when.past_due_for: "30 dayz" is not a duration (e.g. "30 days", "12 months")',
+      'error: bad.yaml:6 policies.delinquency.stages[0].when.overdue_balance_over: 5.123 has more decimals than USD has (2), the currency of amounts of the defaults (settings.currency); write at most 2',
       'error: bad.yaml:7 policies.delinquency.stages[0].actions[1]: "suspnd" is not an action: notify, notify_customer, pause, suspend, { tag: NAME } or { set: { COLUMN: VALUE } }',
       expect.stringMatching(
         /^error: bad\.yaml:8 policies\.delinquency\.stages\[0\]\.message: \{balanse\} is not a placeholder \(did you mean \{balance\}\?\)/,
@@ -422,6 +422,59 @@ describe('effective rules per organization', () => {
     );
     const loaded = await loadRules({ file: money, cwd: ROOT });
     expect(loaded.defaults.policies[0]?.stages[0]?.when).toEqual({ open_balance_over: 1999 });
+  });
+
+  test('amounts are read in the minor units of the currency they are judged in; decimals or a $ it does not have are one line each', async () => {
+    const file = (settings: string, org: string, amount: string) =>
+      writeRules(
+        `settings: { currency: ${settings} }
+policies:
+  p:
+    stages:
+      - { name: s, when: { overdue_balance_over: ${amount} } }
+organizations:
+  "7":
+    settings: { currency: ${org} }
+`,
+        'money.yaml',
+      );
+    const threshold = async (settings: string, org: string, amount: string) => {
+      const rules = await loadRules({ file: file(settings, org, amount), cwd: ROOT });
+      return [rules.defaults, rules.organizations['7']].map((r) => r?.policies[0]?.stages[0]?.when);
+    };
+    // ¥100 is 100 yen, 5 dinars 5,000 fils, $5.50 550 cents: each in its own minor unit.
+    expect(await threshold('JPY', 'KWD', '"100"')).toEqual([
+      { overdue_balance_over: 100 },
+      { overdue_balance_over: 100_000 },
+    ]);
+    expect(await threshold('USD', 'KWD', '"5.5"')).toEqual([
+      { overdue_balance_over: 550 },
+      { overdue_balance_over: 5_500 },
+    ]);
+    expect(await threshold('KWD', 'JPY', '"5.000"')).toEqual([
+      { overdue_balance_over: 5_000 },
+      { overdue_balance_over: 5 },
+    ]);
+    const check = async (settings: string, org: string, amount: string) => {
+      const f = file(settings, org, amount);
+      const r = await runCli(['rules', 'check', '--rules', f], { cwd: path.dirname(f) });
+      return { code: r.code, stderr: r.stderr };
+    };
+    const at = 'error: money.yaml:5 policies.p.stages[0].when.overdue_balance_over: ';
+    expect(await check('USD', 'JPY', '"5.50"')).toEqual({
+      code: 2,
+      stderr: `${at}5.50 has decimals, but JPY (the currency of amounts of organization 7, which this stage applies to) has no minor unit; write a whole amount\n`,
+    });
+    expect(await check('EUR', 'EUR', '"$5"')).toEqual({
+      code: 2,
+      stderr: `${at}"$5" is written in dollars, but amounts of the defaults (settings.currency) are in EUR; write the amount alone (e.g. "5")\n`,
+    });
+    expect(await check('KWD', 'KWD', '5.0001')).toEqual({
+      code: 2,
+      stderr: `${at}5.0001 has more decimals than KWD has (3), the currency of amounts of the defaults (settings.currency); write at most 3\n`,
+    });
+    expect(await check('KWD', 'USD', '"5.001"')).toMatchObject({ code: 2 });
+    expect(await check('KWD', 'KWD', '"5.001"')).toEqual({ code: 0, stderr: '' });
   });
 
   test('the hash follows the effective rules, not comments or key order', async () => {

@@ -37,6 +37,16 @@ function currencyInfo(currency: string): CurrencyInfo {
   return info;
 }
 
+/** How many minor digits `currency` has (USD 2, JPY 0, KWD 3; 2 for a code Intl does not know). */
+export function minorDigits(currency: string): number {
+  return currencyInfo(currency).digits;
+}
+
+/** The symbol `currency` is written with (USD "$", EUR "€"; an unknown code and a space). */
+export function currencySymbol(currency: string): string {
+  return currencyInfo(currency).symbol;
+}
+
 function groupThousands(digits: string): string {
   return digits.replace(/\B(?=(\d{3})+(?!\d))/g, ',');
 }

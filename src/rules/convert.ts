@@ -33,25 +33,30 @@ function duration(text: string): Duration {
   return d;
 }
 
-/** Money has been normalized to its source text by `load.ts` (never a float). */
-function cents(value: string | number): number {
-  const c = parseMoney(String(value));
+/**
+ * Money has been normalized to its source text by `load.ts` (never a float), and its decimals
+ * checked against the currency by semantics.ts: `minorDigits` is the currency's (2 for USD, 0 for JPY).
+ */
+function cents(value: string | number, minorDigits: number): number {
+  const c = parseMoney(String(value), minorDigits);
   if (c === null) throw new Error(`unvalidated money ${JSON.stringify(value)}`);
   return c;
 }
 
 /** A map of several conditions is their `all`; a single one stays itself. */
-export function convertCondition(raw: RawCondition): Condition {
+export function convertCondition(raw: RawCondition, minorDigits = 2): Condition {
   const parts: Condition[] = [];
   for (const [key, value] of Object.entries(raw)) {
     if (value === undefined) continue;
     switch (key) {
       case 'all':
       case 'any':
-        parts.push({ [key]: (value as RawCondition[]).map(convertCondition) } as Condition);
+        parts.push({
+          [key]: (value as RawCondition[]).map((c) => convertCondition(c, minorDigits)),
+        } as Condition);
         break;
       case 'not':
-        parts.push({ not: convertCondition(value as RawCondition) });
+        parts.push({ not: convertCondition(value as RawCondition, minorDigits) });
         break;
       case 'inactive_for':
       case 'account_age_at_least':
@@ -61,7 +66,7 @@ export function convertCondition(raw: RawCondition): Condition {
         break;
       case 'open_balance_over':
       case 'overdue_balance_over':
-        parts.push({ [key]: cents(value as string | number) } as Condition);
+        parts.push({ [key]: cents(value as string | number, minorDigits) } as Condition);
         break;
       case 'has_active_subscription':
         parts.push({ has_active_subscription: value as boolean });
@@ -92,8 +97,8 @@ export function effectsOf(actions: Action[]): { blocksBooking: boolean; allowsLo
   return { blocksBooking: false, allowsLogin: true };
 }
 
-export function convertStage(raw: RawStage, index: number): Stage {
-  const when = convertCondition(raw.when);
+export function convertStage(raw: RawStage, index: number, minorDigits = 2): Stage {
+  const when = convertCondition(raw.when, minorDigits);
   const actions = (raw.actions ?? []).map(convertAction);
   const effects = effectsOf(actions);
   const stage: Stage = {
@@ -110,14 +115,14 @@ export function convertStage(raw: RawStage, index: number): Stage {
 }
 
 /** A policy, or null when it is turned off (`enabled: false`). */
-export function convertPolicy(name: string, raw: RawPolicy): Policy | null {
+export function convertPolicy(name: string, raw: RawPolicy, minorDigits = 2): Policy | null {
   if (raw.enabled === false) return null;
   return {
     name,
     description: raw.description ?? '',
     reinstate: raw.reinstate ?? 'auto',
     fireSkippedStages: raw.fire_skipped_stages ?? false,
-    stages: raw.stages.map((s, i) => convertStage(s, i)),
+    stages: raw.stages.map((s, i) => convertStage(s, i, minorDigits)),
   };
 }
 

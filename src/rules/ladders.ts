@@ -109,7 +109,8 @@ function atLeastAsStrict(key: string, a: unknown, b: unknown): boolean {
     return x !== null && y !== null && x.min >= y.max;
   }
   if (MONEY_KEYS.has(key)) {
-    const [x, y] = [parseMoney(String(a)), parseMoney(String(b))];
+    // Compared as written (4 decimals hold any currency): one ladder has one currency.
+    const [x, y] = [parseMoney(String(a), 4), parseMoney(String(b), 4)];
     return x !== null && y !== null && x >= y;
   }
   if (key === 'unpaid_invoices_at_least') return typeof a === 'number' && typeof b === 'number' && a >= b;

@@ -20,6 +20,7 @@ import type { RawOrganization, RawPolicy, RawRules } from './schema';
 import { semanticProblems } from './semantics';
 import { shadowedStages } from './ladders';
 import { parseMoney } from './values';
+import { minorDigits } from '../evaluate/money';
 import { schemaProblems } from './validate';
 
 /**
@@ -203,7 +204,7 @@ function withMoneyAsWritten(raw: RawRules, document: RulesDocument): RawRules {
  * then its decimal text, which the schema has checked converts.
  */
 function moneyText(source: string | null, value: number): string {
-  return source !== null && parseMoney(source) !== null ? source : String(value);
+  return source !== null && parseMoney(source, 4) !== null ? source : String(value);
 }
 
 /** The rules of one organization in the file's own shape: what `suspend rules show --org` prints. */
@@ -223,9 +224,11 @@ export function effectiveRawRules(raw: RawRules, orgId: string | null): RawRules
   };
 }
 
-function policiesOf(raw: Record<string, RawPolicy> | undefined) {
+/** The policies, their amounts read in the minor units of the currency they are judged in. */
+function policiesOf(raw: Record<string, RawPolicy> | undefined, currency: string) {
+  const digits = minorDigits(currency);
   return Object.entries(raw ?? {}).flatMap(([name, p]) => {
-    const policy = convertPolicy(name, p);
+    const policy = convertPolicy(name, p, digits);
     return policy ? [policy] : [];
   });
 }
@@ -237,19 +240,20 @@ export function buildRules({ file, raw, locate }: ValidatedRules): Rules {
   const exclusions: ExclusionRule[] = (raw.exclusions ?? []).map(convertExclusion);
   const defaults: EffectiveRules = {
     orgId: null,
-    policies: policiesOf(raw.policies),
+    policies: policiesOf(raw.policies, settings.currency),
     exclusions,
     notifications,
     settings,
   };
   const organizations: Record<string, EffectiveRules> = {};
   for (const [orgId, org] of Object.entries(raw.organizations ?? {})) {
+    const orgSettings = convertSettings(mergeSettings(raw.settings, org), DEFAULT_SETTINGS);
     organizations[orgId] = {
       orgId,
-      policies: policiesOf(mergePolicies(raw.policies ?? {}, org)),
+      policies: policiesOf(mergePolicies(raw.policies ?? {}, org), orgSettings.currency),
       exclusions: [...exclusions, ...(org.exclusions ?? []).map(convertExclusion)],
       notifications: convertNotifications(org.notifications, notifications),
-      settings: convertSettings(mergeSettings(raw.settings, org), DEFAULT_SETTINGS),
+      settings: orgSettings,
     };
   }
   const source = raw.source === undefined ? DEFAULT_MAPPING : convertSource(raw.source);

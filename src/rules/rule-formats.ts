@@ -10,12 +10,13 @@ import { parseDuration, parseMoney } from './values';
  */
 export const RULE_FORMATS: Record<string, Format> = {
   duration: { type: 'string', validate: (s: string) => parseDuration(s) !== null },
-  money: { type: 'string', validate: (s: string) => parseMoney(s) !== null },
+  // The shape only (up to 4 decimals): how many the currency has is checked by semantics.ts.
+  money: { type: 'string', validate: (s: string) => parseMoney(s, 4) !== null },
   'money-number': {
     type: 'number',
     // The number's shortest decimal text: the converter reads the YAML source text itself.
     validate: (n: number) =>
-      Number.isFinite(n) && /^\d+(\.\d{1,2})?$/.test(String(n)) && parseMoney(String(n)) !== null,
+      Number.isFinite(n) && /^\d+(\.\d{1,4})?$/.test(String(n)) && parseMoney(String(n), 4) !== null,
   },
   percent: {
     type: 'string',

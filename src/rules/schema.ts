@@ -43,7 +43,8 @@ const Enum = <T extends string>(values: readonly T[]) =>
 export const DURATION_TITLE = 'a duration (e.g. "30 days", "12 months")';
 export const Duration = () => Type.String({ format: 'duration', title: DURATION_TITLE });
 
-export const MONEY_TITLE = 'an amount of money: not negative, at most 2 decimals (e.g. "5.00", "$5", 5)';
+export const MONEY_TITLE =
+  'an amount of money: not negative, at most as many decimals as the currency has (e.g. "5.00", "$5", 5)';
 /** Text, or a YAML number whose decimal text (never the float) is converted to cents. */
 export const Money = () =>
   Type.Union(

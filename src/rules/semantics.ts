@@ -1,6 +1,8 @@
 import { PLACEHOLDERS } from '../evaluate/placeholders';
 import { isPlaceholder, templatePlaceholders } from '../evaluate/message';
-import { DEFAULT_MAPPING } from './defaults';
+import { currencySymbol, minorDigits } from '../evaluate/money';
+import { DEFAULT_MAPPING, DEFAULT_SETTINGS } from './defaults';
+import { moneyHasDollarSign, parseMoney } from './values';
 import { closest, formatPath, type Problem, type YamlPath } from './problems';
 
 /**
@@ -79,6 +81,7 @@ export function semanticProblems(data: unknown): Problem[] {
   }
   checkExclusionList(list(root.exclusions), ['exclusions'], facts, problems);
   checkUrlPlaceholders(dict(root.settings), ['settings'], problems);
+  checkAmounts(root, problems);
 
   for (const [orgId, org] of Object.entries(dict(root.organizations))) {
     const o = dict(org);
@@ -124,6 +127,81 @@ export function semanticProblems(data: unknown): Problem[] {
     checkExclusionList(list(o.exclusions), ['organizations', orgId, 'exclusions'], facts, problems);
   }
   return problems;
+}
+
+const MONEY_KEYS = ['open_balance_over', 'overdue_balance_over'] as const;
+
+const currencyOf = (settings: unknown): string | null => {
+  const c = dict(settings).currency;
+  return typeof c === 'string' ? c : null;
+};
+
+/**
+ * Amounts are read in the minor units of the currency they are judged in (settings.currency, or an
+ * organization's): "5.50" is 550 cents in USD but no amount in JPY, which has no minor unit, and
+ * "$5" is not an amount of EUR. A policy of the defaults is judged in each organization's currency
+ * too, unless the organization overrides that stage's conditions.
+ */
+function checkAmounts(root: Dict, problems: Problem[]): void {
+  const base = currencyOf(root.settings) ?? DEFAULT_SETTINGS.currency;
+  const policies = dict(root.policies);
+  const orgs = Object.entries(dict(root.organizations)).map(([orgId, o]) => ({
+    orgId,
+    org: dict(o),
+    currency: currencyOf(dict(o).settings) ?? base,
+  }));
+  const seen = new Set<string>();
+  const check = (condition: unknown, path: YamlPath, currency: string, whose: string) => {
+    const c = dict(condition);
+    for (const nested of ['all', 'any'] as const)
+      list(c[nested]).forEach((item, i) => check(item, [...path, nested, i], currency, whose));
+    if (c.not !== undefined) check(c.not, [...path, 'not'], currency, whose);
+    for (const key of MONEY_KEYS) {
+      const value = c[key];
+      if (typeof value !== 'string' && typeof value !== 'number') continue;
+      const text = String(value);
+      const digits = minorDigits(currency);
+      let message: string | null = null;
+      if (typeof value === 'string' && moneyHasDollarSign(text) && currencySymbol(currency) !== '$')
+        message = `${JSON.stringify(text)} is written in dollars, but amounts ${whose} are in ${currency}; write the amount alone (e.g. "5")`;
+      else if (parseMoney(text, 4) !== null && parseMoney(text, digits) === null)
+        message =
+          digits === 0
+            ? `${text} has decimals, but ${currency} (the currency of amounts ${whose}) has no minor unit; write a whole amount`
+            : `${text} has more decimals than ${currency} has (${digits}), the currency of amounts ${whose}; write at most ${digits}`;
+      const at = formatPath([...path, key]);
+      if (message && !seen.has(`${at}\u0000${message}`)) {
+        seen.add(`${at}\u0000${message}`);
+        problems.push({ path: [...path, key], message });
+      }
+    }
+  };
+  for (const [name, policy] of Object.entries(policies)) {
+    list(dict(policy).stages).forEach((stage, i) => {
+      const s = dict(stage);
+      const path: YamlPath = ['policies', name, 'stages', i, 'when'];
+      check(s.when, path, base, 'of the defaults (settings.currency)');
+      for (const { orgId, org, currency } of orgs) {
+        if (currency === base) continue;
+        const overridden = list(dict(dict(org.policies)[name]).stages).some(
+          (o) => dict(o).name === s.name && dict(o).when !== undefined,
+        );
+        if (!overridden)
+          check(s.when, path, currency, `of organization ${orgId}, which this stage applies to`);
+      }
+    });
+  }
+  for (const { orgId, org, currency } of orgs) {
+    for (const [name, override] of Object.entries(dict(org.policies)))
+      list(dict(override).stages).forEach((stage, i) =>
+        check(
+          dict(stage).when,
+          ['organizations', orgId, 'policies', name, 'stages', i, 'when'],
+          currency,
+          `of organization ${orgId}`,
+        ),
+      );
+  }
 }
 
 /**

@@ -32,20 +32,24 @@ export function durationToText(d: Duration): string {
  * Money text (`"5.00"`, `"$5"`, `"1,250.5"`, or a YAML number's source digits `19.99`) → integer cents,
  * by string arithmetic. Null when it is not an amount with at most 2 decimals.
  */
-export function parseMoney(text: string): Cents | null {
-  const m = /^\s*\$?\s*(\d+|\d{1,3}(?:,\d{3})+)(?:\.(\d{1,2}))?\s*$/.exec(text);
+export function parseMoney(text: string, minorDigits = 2): Cents | null {
+  const m = MONEY.exec(text);
   if (!m) return null;
   const whole = (m[1] as string).replace(/,/g, '');
-  const fraction = (m[2] ?? '').padEnd(2, '0');
+  // Decimals past the currency's minor unit may only be zeros: "5.00" yen is 5, "5.50" yen is nothing.
+  const written = m[2] ?? '';
+  if (/[1-9]/.test(written.slice(minorDigits))) return null;
+  const fraction = written.slice(0, minorDigits).padEnd(minorDigits, '0');
   const cents = Number(`${whole}${fraction}`);
   return Number.isSafeInteger(cents) ? cents : null;
 }
 
-/** Cents back to the file's decimal text: 2999 → `"29.99"`. */
-export function centsToText(cents: Cents): string {
-  const sign = cents < 0 ? '-' : '';
-  const digits = String(Math.abs(Math.trunc(cents))).padStart(3, '0');
-  return `${sign}${digits.slice(0, -2)}.${digits.slice(-2)}`;
+/** An amount as the rules file writes it: digits, optional thousands commas and a `$`, up to 4 decimals. */
+const MONEY = /^\s*\$?\s*(\d+|\d{1,3}(?:,\d{3})+)(?:\.(\d{1,4}))?\s*$/;
+
+/** Whether an amount is written with a `$` (which only a dollar currency may be). */
+export function moneyHasDollarSign(text: string): boolean {
+  return /^\s*\$/.test(text);
 }
 
 /** `500` → a count; `"5%"` → a fraction of the accounts scanned; null → no limit. */
