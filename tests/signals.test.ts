@@ -4,6 +4,8 @@ import knexFactory from 'knex';
 import { keysAtRanksQuery, pageEndsQuery, readAccounts, readPage, stateTables } from '../src/source/signals';
 import { DEFAULT_MAPPING } from '../src/rules/defaults';
 import { addDays, daysBetween } from '../src/rules/dates';
+import { runCli } from './helpers/cli';
+import { writeRules } from './helpers/fixtures';
 
 /**
  * The signal SQL against a day-by-day oracle: the past-due streak, balances and oldest overdue
@@ -445,5 +447,43 @@ test('stored states come back as the evaluator reads them, their days as YYYY-MM
     await dmy.destroy();
     await db.knex('suspend.account_states').where({ customer_key: '9001' }).del();
     await db.knex('customers').where({ id: 9001 }).del();
+  }
+});
+
+test("a timestamp's day is its UTC day, whatever TimeZone the database or role is set to", async () => {
+  const zoned = await createTestDatabase();
+  try {
+    // 13:00 UTC on 2025-12-01 is already 2025-12-02 at UTC+14.
+    await zoned
+      .knex('organizations')
+      .insert({ id: 1, name: 'Org', timezone: 'UTC', notification_emails: [] });
+    await zoned.knex('customers').insert({ id: 1, org_id: 1, created_at: '2020-01-01T00:00:00Z' });
+    await zoned.knex('reservations').insert({ id: 1, customer_id: 1, created_at: '2025-12-01T13:00:00Z' });
+    await zoned.knex.raw(`alter database ?? set timezone = 'Pacific/Kiritimati'`, [zoned.name]);
+    const rules = writeRules(`policies:
+  inactivity:
+    stages:
+      - { name: suspended, when: { inactive_for: 12 months }, actions: [suspend] }
+`);
+    const r = await runCli([
+      'report',
+      '--as-of',
+      '2026-12-01',
+      '--accounts',
+      '--format',
+      'json',
+      '--quiet',
+      '--rules',
+      rules,
+      '--database-url',
+      zoned.url,
+    ]);
+    expect({ code: r.code, stderr: r.stderr }).toEqual({ code: 0, stderr: '' });
+    const report = JSON.parse(r.stdout) as { accounts: { key: string; reasons: string }[] };
+    expect(report.accounts.map((a) => [a.key, a.reasons])).toEqual([
+      ['1', 'inactive for 365 days (last activity 2025-12-01); threshold 12 months'],
+    ]);
+  } finally {
+    await zoned.drop();
   }
 });

@@ -127,7 +127,14 @@ export function createKnex(url: string, options: KnexOptions = {}): Knex {
   const pooled = options.preparedStatements !== false;
   const knex = knexFactory({
     client: 'pg',
-    connection: { connectionString: url, application_name: options.applicationName ?? 'suspend' },
+    connection: {
+      connectionString: url,
+      application_name: options.applicationName ?? 'suspend',
+      // Days are UTC days (as --as-of is): a timestamp's day must not follow the server's or the
+      // role's TimeZone. Given at connection start, so no statement can fail to set it; not behind
+      // a transaction pooler (--no-prepared-statements), which refuses startup options.
+      ...(pooled && { options: [process.env.PGOPTIONS, '-c TimeZone=UTC'].filter(Boolean).join(' ') }),
+    },
     // The oldest server suspend supports, given so that knex does not ask each new session: its
     // `select version()` failing (a 1 ms statement_timeout) left that session open, and the process
     // waiting on it after it had said why it stopped.
