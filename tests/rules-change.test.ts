@@ -108,4 +108,21 @@ describe('states the rules no longer describe', () => {
       'note: the rules exclude key "99999999", which no customer has; it spares nobody.\n',
     );
   });
+
+  test("an organization no account belongs to, and an organization's exclusion of another's customer: a note each", async () => {
+    const { org } = (await db.knex('customers').where({ id: 1 }).first('org_id as org')) as { org: string };
+    const other = String((Number(org) % 13) + 1);
+    const said = await reportSays(
+      edited(
+        'policies:\n',
+        `organizations:\n  "33":\n    settings: { support_url: https://help.example }\n  "${other}":\n    exclusions:\n      - { key: "1", reason: pilot }\npolicies:\n`,
+      ),
+    );
+    expect(said).toContain(
+      `note: organization ${other} of the rules excludes key "1", but that customer is in organization ${org}, whose rules do not: it is not spared; move the exclusion to its organization or to the top-level exclusions.\n`,
+    );
+    expect(said).toContain(
+      `note: the rules have overrides for organization "33", which no account belongs to; they apply to nobody (check the id against the customers' organization column).\n`,
+    );
+  });
 });

@@ -47,14 +47,23 @@ export async function storedCustomerKey(
   mapping: SourceMapping,
   key: string,
 ): Promise<string | null> {
-  const column = accountList(mapping).key;
+  return (await storedCustomer(knex, mapping, key))?.key ?? null;
+}
+
+/** The customer of `key` as the table writes its key, with its organization (null: no such customer). */
+export async function storedCustomer(
+  knex: Knex | Knex.Transaction,
+  mapping: SourceMapping,
+  key: string,
+): Promise<{ key: string; org: string | null } | null> {
+  const list = accountList(mapping);
   try {
     // The parameter takes the key column's type, so the primary key index answers.
-    const r = await knex.raw<{ rows: { key: string }[] }>(
-      'select ??::text as key from ?? where ?? = ? limit 1',
-      [column, customerTable(mapping), column, key],
+    const r = await knex.raw<{ rows: { key: string; org: string | null }[] }>(
+      'select ??::text as key, ??::text as org from ?? where ?? = ? limit 1',
+      [list.key, list.org, customerTable(mapping), list.key, key],
     );
-    return r.rows[0]?.key ?? null;
+    return r.rows[0] ?? null;
   } catch (err) {
     if (NOT_A_KEY_VALUE.has((err as { code?: string }).code ?? '')) return null;
     throw err;

@@ -10,7 +10,7 @@ import type { StateChange, WriteContext } from '../write/apply';
 import { checkSetColumns } from '../write/host-columns';
 import { checkMappedColumns, checkUniqueKey } from '../source/columns';
 import { staleStageNotes } from '../source/stale-stages';
-import { exclusionKeyNotes } from '../source/exclusion-keys';
+import { exclusionKeyNotes, organizationNotes } from '../source/exclusion-keys';
 import { acquireRunLock, confirmLockHeld, lockStillOurs, type HeldLock, type LockProof } from './lock';
 import { checkConnectionRoom } from './connections';
 import {
@@ -158,6 +158,7 @@ export async function runBatch(knex: Knex, rules: Rules, given: BatchOptions): P
   await checkSource(knex, rules);
   for (const note of await staleStageNotes(knex, rules, options)) options.onLog?.(note);
   for (const note of await exclusionKeyNotes(knex, rules)) options.onLog?.(note);
+  for (const note of await organizationNotes(knex, rules)) options.onLog?.(note);
   if (options.dryRun) {
     if (workers > 1) await checkConnectionRoom(knex, { workers, perWorker: PIPELINE_CONNECTIONS });
     return withPipelinePool(knex, workers, (pool) => dryRun(knex, pool, rules, options));
