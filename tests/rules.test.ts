@@ -162,7 +162,7 @@ policies:
     const r = await runCli(['rules', 'check', '--rules', file]);
     expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
     expect(r.stderr).toBe(
-      `error: ${path.relative(ROOT, file)}:10 YAML syntax error: Map keys must be unique\n`,
+      `error: ${path.relative(ROOT, file)}:10 YAML syntax error: the key '2' is written twice in one map (as the same text); keep one, since the second would replace the first\n`,
     );
   });
 
@@ -301,6 +301,17 @@ organizations:
     expect(r.code).toBe(2);
     expect(r.stderr).toContain('bad.yaml:6 policies.delinquency.stages[0].when.past_due_for');
     expect(r.stderr).not.toMatch(/127\.0\.0\.1|connect|\n\s+at /);
+  });
+
+  test('a tab used to indent is one line saying so, not the errors that follow from it', async () => {
+    const file = writeRules(
+      `${ONE_POLICY}organizations:\n  '2':\n\t  settings: { support_url: https://a.example }\n`,
+    );
+    const r = await runCli(['rules', 'check', '--rules', file]);
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(r.stderr).toBe(
+      `error: ${path.relative(ROOT, file)}:9 YAML syntax error: a tab indents this line; YAML indents with spaces only\n`,
+    );
   });
 
   test('broken YAML, an empty file and a list are one sentence each with a line', async () => {

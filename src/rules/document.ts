@@ -39,11 +39,18 @@ export function parseRulesYaml(text: string, root: YamlPath = []): ParsedYaml {
   // the second would silently replace the first.
   const doc = parseDocument(text, { lineCounter, prettyErrors: false, uniqueKeys: sameKey });
   if (doc.errors.length > 0) {
+    // A tab used to indent throws off every line after it: its own errors say what to fix.
+    const tabs = doc.errors.filter((e) => e.code === 'TAB_AS_INDENT');
     return {
       ok: false,
-      errors: doc.errors.map((e) => ({
+      errors: (tabs.length > 0 ? tabs : doc.errors).map((e) => ({
         line: lineCounter.linePos(e.pos[0]).line,
-        message: firstLine(e.message),
+        message:
+          e.code === 'TAB_AS_INDENT'
+            ? 'a tab indents this line; YAML indents with spaces only'
+            : e.code === 'DUPLICATE_KEY'
+              ? `the key ${keyAt(text, e.pos[0])} is written twice in one map (as the same text); keep one, since the second would replace the first`
+              : firstLine(e.message),
       })),
     };
   }
@@ -208,4 +215,9 @@ function sameKey(a: ParsedNode, b: ParsedNode): boolean {
   if (a === b) return true;
   if (isScalar(a) && isScalar(b)) return String(a.value) === String(b.value);
   return false;
+}
+
+/** The key written at `offset` as the file writes it (`'2'`, `p`), for a message about it. */
+function keyAt(text: string, offset: number): string {
+  return (/^('[^'\n]*'|"[^"\n]*"|[^:\n]*)/.exec(text.slice(offset))?.[0] ?? '').trim();
 }
