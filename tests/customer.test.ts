@@ -439,7 +439,7 @@ describe('suspend reinstate', () => {
     const padded = await cli(['reinstate', '002', '--reason', 'x', '--policy', 'delinquency']);
     expect(padded.code).toBe(2);
     expect(padded.stderr).toContain(
-      'account 2 is not in a stage of policy delinquency; its current stages: overdue_pause (paused)',
+      'account 2 is not in a stage of policy delinquency (the rules have no policy delinquency); its current stages: overdue_pause (paused)',
     );
     const unknown = await cli(['reinstate', '999', '--reason', 'x']);
     expect(unknown.code).toBe(2);
@@ -447,7 +447,7 @@ describe('suspend reinstate', () => {
     const policy = await cli(['reinstate', '2', '--reason', 'x', '--policy', 'delinquency']);
     expect(policy.code).toBe(2);
     expect(policy.stderr).toContain(
-      'account 2 is not in a stage of policy delinquency; its current stages: overdue_pause (paused)',
+      'account 2 is not in a stage of policy delinquency (the rules have no policy delinquency); its current stages: overdue_pause (paused)',
     );
     // Dated before the stage was entered (the next sweep would suspend again at once), or in the
     // future (shielded until then): refused, nothing written (the ledger count below).

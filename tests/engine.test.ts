@@ -1992,6 +1992,25 @@ async function paysAll(db: TestDatabase, key: string, day: string): Promise<void
 }
 
 describe('exclusions', () => {
+  test("status shows the rules file's exclusion that spares an account (a VIP flag)", async () => {
+    await onBackfilled(async (db) => {
+      const firstWhere = async (vip: boolean) =>
+        String(((await db.knex('customers').where({ vip }).orderBy('id').first('id')) as { id: string }).id);
+      const vip = await firstWhere(true);
+      const shown = await cli(db, ['status', vip]);
+      expect(shown.code).toBe(0);
+      expect(shown.stdout).toContain(
+        '\n  excluded by the rules: VIP accounts are handled by hand (no expiry)\n',
+      );
+      const json = JSON.parse((await cli(db, ['status', vip, '--json'])).stdout) as {
+        rulesExclusion: unknown;
+      };
+      expect(json.rulesExclusion).toEqual({ reason: 'VIP accounts are handled by hand', until: null });
+      const other = await firstWhere(false);
+      expect((await cli(db, ['status', other])).stdout).not.toContain('excluded by the rules');
+    });
+  });
+
   test('an account excluded while suspended for debt stays suspended while it owes, and gets access back once it pays', async () => {
     await onBackfilled(async (db) => {
       // Suspended for debt, not for inactivity: no other stage sets its status.
@@ -2100,10 +2119,25 @@ describe('events of an account another policy still holds', () => {
       // Paid: its debt stages clear, and inactivity still suspends it.
       await paysAll(db, both, '2026-11-24');
       expect((await cli(db, ['sweep', '--no-notify', '--quiet', '--as-of', '2026-11-25'])).code).toBe(0);
-      // Reinstated for its overdue invoice alone: still suspended for debt.
-      expect(
-        (await cli(db, ['reinstate', paused, '--policy', 'overdue_pause', '--reason', 'promised'])).code,
-      ).toBe(0);
+      // Reinstated for its overdue invoice alone: still suspended for debt, and the command says so.
+      const typo = await cli(db, ['reinstate', paused, '--policy', 'overdue_paus', '--reason', 'promised']);
+      expect(typo.code).toBe(2);
+      expect(typo.stderr).toContain(
+        `--policy overdue_paus: account ${paused} is not in a stage of policy overdue_paus (the rules have no policy overdue_paus; did you mean overdue_pause?); its current stages: `,
+      );
+      const promised = ['--reason', 'promised'];
+      const reinstatedNow = await cli(db, ['reinstate', paused, '--policy', 'overdue_pause', ...promised]);
+      expect(reinstatedNow.code).toBe(0);
+      expect(reinstatedNow.stdout).toMatch(
+        /\nStill held under other policies: (.+, )?suspended under delinquency(, .+)?; booking stays blocked and sign-in stays off\.(\n|$)/,
+      );
+      // Excluded while a policy cleared by hand holds it: no run gives access back, and it says so.
+      const excluded = await cli(db, ['exclude', both, '--reason', 'account manager']);
+      expect(excluded.code).toBe(0);
+      expect(excluded.stdout).toContain(
+        `\nIt stays suspended under inactivity until \`suspend reinstate ${both}\` lifts it: that policy is cleared by hand only (reinstate: manual), so no run gives access back.`,
+      );
+      expect(excluded.stdout).not.toContain('a run then gives access back');
       const events = (await db
         .knex('suspend.outbox')
         .whereIn('customer_key', [both, paused])

@@ -4,7 +4,10 @@ import { accountStatus, type AccountStatus } from './status';
 import { currentExclusion, type Exclusion } from './exclusions';
 import { todayUtc } from '../rules/dates';
 import { accountKey, customerTable } from './host';
-import type { IsoDate, Reason, SourceMapping } from '../types';
+import type { IsoDate, Reason, Rules, SourceMapping } from '../types';
+import { readAccounts } from '../source/signals';
+import { findExclusion } from '../evaluate/exclusions';
+import { rulesForOrg } from '../engine/plan';
 
 /**
  * `suspend status KEY`: everything an operator needs to answer "why is this customer paused?":
@@ -51,6 +54,25 @@ export interface AccountReport {
   policies: PolicyState[];
   history: HistoryEntry[];
   exclusion: Exclusion | null;
+  /** An exclusion of the rules file (by key or flag) that spares the account today, if any. */
+  rulesExclusion?: { reason: string; until: IsoDate | null } | null;
+}
+
+/**
+ * The rules file's exclusion that spares `key` on `asOf` (a VIP flag, a key listed under its
+ * organization), read as a run reads the account: support sees why a run leaves it alone.
+ */
+export async function rulesExclusion(
+  knex: Knex,
+  rules: Rules,
+  key: string,
+  asOf: IsoDate,
+): Promise<{ reason: string; until: IsoDate | null } | null> {
+  const { signals } = await readAccounts(knex, rules.source, asOf, { keys: [key] });
+  const account = signals[0];
+  if (!account) return null;
+  const found = findExclusion(account, rulesForOrg(rules, account.orgId).exclusions, null, asOf);
+  return found ? { reason: found.reason, until: found.until } : null;
 }
 
 export async function accountReport(
@@ -191,6 +213,10 @@ export function renderAccountReport(r: AccountReport): string {
   lines.push(`  booking blocked: ${yesNo(s.blocksBooking)}`);
   lines.push(`  sign-in allowed: ${yesNo(s.allowsLogin)}`);
   lines.push(`  message: ${s.message ?? '(none)'}`);
+  if (r.rulesExclusion) {
+    const x = r.rulesExclusion;
+    lines.push(`  excluded by the rules: ${x.reason}${x.until ? ` (until ${x.until})` : ' (no expiry)'}`);
+  }
   if (r.exclusion) {
     const x = r.exclusion;
     lines.push(

@@ -4,6 +4,7 @@ import { UsageError, errorMessage } from '../errors';
 import { acquireRunLock, confirmLockHeld } from '../engine/lock';
 import { finishRun, startRun, type RunRecord } from '../engine/ledger';
 import { markHolds, rulesForOrg } from '../engine/plan';
+import { closest } from '../rules/problems';
 import { readAccounts } from '../source/signals';
 import { evaluatePolicy } from '../evaluate/evaluate';
 import { findExclusion } from '../evaluate/exclusions';
@@ -52,6 +53,8 @@ export interface ReinstateResult {
   hostRestored: Record<string, string | null>;
   /** The account's live exclusion, if any: reinstating by hand is allowed, but worth saying. */
   exclusion: Exclusion | null;
+  /** Other policies' stages that still block booking or sign-in after it (null: none do). */
+  stillHeld: AccountHold | null;
 }
 
 function reinstateReason(options: ReinstateOptions): Reason {
@@ -63,14 +66,26 @@ function reinstateReason(options: ReinstateOptions): Reason {
 }
 
 /** The account's current stages to clear, or a sentence saying why there are none. */
-function chooseRows(rows: StoredRow[], options: ReinstateOptions): StoredRow[] {
+function chooseRows(rows: StoredRow[], options: ReinstateOptions, rules: Rules): StoredRow[] {
   const current = rows.filter((r) => r.stage !== null);
   if (!options.policies) return current;
   for (const policy of options.policies) {
     if (!current.some((r) => r.policy === policy)) {
       const inStages = current.map((r) => `${r.policy} (${r.stage})`).join(', ') || 'none';
+      // A policy the rules no longer have may still hold stored states, so only one neither has is a typo.
+      const known = [
+        ...new Set(
+          [rules.defaults, ...Object.values(rules.organizations)].flatMap((r) =>
+            r.policies.map((p) => p.name),
+          ),
+        ),
+      ];
+      const guess = known.includes(policy) ? null : closest(policy, known);
+      const unknown = known.includes(policy)
+        ? ''
+        : ` (the rules have no policy ${policy}${guess ? `; did you mean ${guess}?` : ''})`;
       throw new UsageError(
-        `--policy ${policy}: account ${options.key} is not in a stage of policy ${policy}; its current stages: ${inStages}.`,
+        `--policy ${policy}: account ${options.key} is not in a stage of policy ${policy}${unknown}; its current stages: ${inStages}.`,
       );
     }
   }
@@ -128,9 +143,9 @@ export async function reinstateAccount(
     if (rows.length === 0 && !account.found) {
       throw new UsageError(`There is no customer ${given} in table ${customerTable(rules.source)}.`);
     }
-    const chosen = chooseRows(rows, options);
+    const chosen = chooseRows(rows, options, rules);
     if (chosen.length === 0) {
-      return { key: options.key, run: null, reinstated: [], hostRestored: {}, exclusion };
+      return { key: options.key, run: null, reinstated: [], hostRestored: {}, exclusion, stillHeld: null };
     }
     options = { ...options, asOf: reinstatementDay(options, chosen) };
     const run = await startRun(knex, schema, {
@@ -172,10 +187,10 @@ async function writeReinstatement(
   rules: Rules,
   options: ReinstateOptions,
   run: RunRecord,
-): Promise<Pick<ReinstateResult, 'reinstated' | 'hostRestored'>> {
+): Promise<Pick<ReinstateResult, 'reinstated' | 'hostRestored' | 'stillHeld'>> {
   const schema = rules.settings.schema;
   const rows = await readStoredRows(trx, schema, [options.key], { lock: true });
-  const chosen = chooseRows(rows, options);
+  const chosen = chooseRows(rows, options, rules);
   const orgId = chosen[0]?.org_id ?? null;
   const policies = rulesForOrg(rules, orgId).policies;
   const host = reinstateHostValues(options.key, policies, rows, new Set(chosen.map((r) => r.policy)));
@@ -245,6 +260,7 @@ async function writeReinstatement(
       historyId: w.historyId,
     })),
     hostRestored,
+    stillHeld: holds.find((h) => h.account)?.account ?? null,
   };
 }
 

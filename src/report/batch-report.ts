@@ -115,7 +115,7 @@ function headline(meta: ReportMeta, result: BatchResult): string {
     : `${meta.kind} run ${result.run?.id ?? ''}`.trim();
   const c = result.counts;
   const verb = meta.dryRun ? 'would change' : 'changed';
-  return `suspend ${what} as of ${meta.asOf}: ${formatCount(c.scanned)} accounts scanned, ${formatCount(c.accountsChanged)} ${verb} (${formatCount(c.changes)} state changes), ${formatCount(c.excluded)} spared by exclusions, status ${result.status}${shardStatus(result)}`;
+  return `suspend ${what} as of ${meta.asOf}: ${formatCount(c.scanned)} accounts scanned, ${formatCount(c.accountsChanged)} ${verb} (${formatCount(c.changes)} state changes), ${formatCount(c.excluded)} excluded, status ${result.status}${shardStatus(result)}`;
 }
 
 /** Writes the report of a run in the chosen format; the account list is streamed, never held whole. */
@@ -197,7 +197,8 @@ export async function writeBatchReport(
   const notes: string[] = [];
   if (c.excluded > 0) {
     notes.push(
-      `spared by exclusions: ${Object.entries(c.excludedByReason)
+      // Accounts under a live exclusion, whether or not a rule would have moved them today.
+      `excluded (no run pauses, suspends or escalates them): ${Object.entries(c.excludedByReason)
         .map(([reason, n]) => `${formatCount(n)} (${reason})`)
         .join(', ')}`,
     );

@@ -5,6 +5,7 @@ import { requireMigrated } from '../../db/migrate';
 import { UsageError } from '../../errors';
 import { defaultActor } from '../../engine/ledger';
 import { todayUtc } from '../../rules/dates';
+import { rulesForOrg } from '../../engine/plan';
 import { renderTable } from '../../report/tables';
 import { addExclusion, listExclusions, removeExclusion, type Exclusion } from '../../customer/exclusions';
 import { accountKey, customerTable, hostTableExists } from '../../customer/host';
@@ -68,16 +69,27 @@ export function registerExclusions(program: Command): void {
         .where({ customer_key: x.key })
         .whereNotNull('stage')
         .orderBy('policy')
-        .select('policy', 'stage')) as { policy: string; stage: string }[];
+        .select('policy', 'stage', 'org_id')) as { policy: string; stage: string; org_id: string | null }[];
+      // A policy cleared by hand only (reinstate: manual) holds its stage: no run gives access back.
+      const manual = (s: (typeof staged)[number]) =>
+        rulesForOrg(rules, s.org_id).policies.find((p) => p.name === s.policy)?.reinstate === 'manual';
+      const byRun = staged.filter((s) => !manual(s));
+      const byHand = staged.filter(manual);
+      const named = (list: typeof staged) => list.map((s) => `${s.stage} under ${s.policy}`).join(', ');
       writeArtifact(
         [
           `Customer ${x.key} is excluded from every run${x.until ? ` until ${x.until}` : ''}: ${x.reason} (by ${x.createdBy}). No run pauses, suspends or escalates it meanwhile.`,
           ...(x.replaced
             ? [`(Its exclusion that ended on ${x.replaced.until} (${x.replaced.reason}) is closed.)`]
             : []),
-          ...(staged.length > 0
+          ...(byRun.length > 0
             ? [
-                `It stays ${staged.map((s) => `${s.stage} under ${s.policy}`).join(', ')} until ${staged.length > 1 ? 'their reasons clear' : 'the reason clears'} (a run then gives access back) or \`suspend reinstate ${x.key}\` lifts ${staged.length > 1 ? 'them' : 'it'}.`,
+                `It stays ${named(byRun)} until ${byRun.length > 1 ? 'their reasons clear' : 'the reason clears'} (a run then gives access back) or \`suspend reinstate ${x.key}\` lifts ${byRun.length > 1 ? 'them' : 'it'}.`,
+              ]
+            : []),
+          ...(byHand.length > 0
+            ? [
+                `It stays ${named(byHand)} until \`suspend reinstate ${x.key}\` lifts ${byHand.length > 1 ? 'them' : 'it'}: ${byHand.length > 1 ? 'these policies are' : 'that policy is'} cleared by hand only (reinstate: manual), so no run gives access back.`,
               ]
             : []),
         ].join('\n'),

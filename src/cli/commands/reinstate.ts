@@ -29,6 +29,13 @@ function render(r: ReinstateResult, again: StageAgain[]): string {
   const host = Object.entries(r.hostRestored);
   if (host.length > 0)
     lines.push(`Host columns put back: ${host.map(([c, v]) => `${c} = ${v ?? 'NULL'}`).join(', ')}.`);
+  if (r.stillHeld) {
+    const { heldBy, blocksBooking, allowsLogin } = r.stillHeld;
+    const still = [blocksBooking && 'booking stays blocked', !allowsLogin && 'sign-in stays off'].filter(
+      Boolean,
+    );
+    lines.push(`Still held under other policies: ${heldBy.join(', ')}; ${still.join(' and ')}.`);
+  }
   if (r.exclusion) lines.push(`Note: the account is excluded from runs (${r.exclusion.reason}).`);
   for (const a of again)
     lines.push(

@@ -2,7 +2,8 @@ import type { Command } from 'commander';
 import { runCommand, writeArtifact, type CommonOptions } from '../context';
 import { withCommonOptions } from '../options';
 import { requireMigrated } from '../../db/migrate';
-import { accountReport, renderAccountReport } from '../../customer/account-report';
+import { accountReport, renderAccountReport, rulesExclusion } from '../../customer/account-report';
+import { todayUtc } from '../../rules/dates';
 
 export function registerStatus(program: Command): void {
   withCommonOptions(
@@ -18,7 +19,11 @@ export function registerStatus(program: Command): void {
       const { knex } = await ctx.db();
       const schema = rules.settings.schema;
       await requireMigrated(knex, schema);
-      const report = await accountReport(knex, schema, rules.source, key);
+      const found = await accountReport(knex, schema, rules.source, key);
+      const report = {
+        ...found,
+        rulesExclusion: found.inHostTable ? await rulesExclusion(knex, rules, found.key, todayUtc()) : null,
+      };
       writeArtifact(opts.json ? JSON.stringify(report, null, 2) : renderAccountReport(report));
     }),
   );
