@@ -217,6 +217,22 @@ test('a start failure is one sentence with the data folder and the tail of the P
 });
 
 describe('CLI with no DATABASE_URL', () => {
+  // Only root hands the server to another user (nobody); as anyone else the folder is the user's own.
+  (process.getuid?.() === 0 ? test : test.skip)(
+    'as root in a folder nobody cannot enter: one sentence saying what to set, exit 2, no server started',
+    async () => {
+      const root = fs.mkdtempSync(path.join(os.tmpdir(), 'suspend-private-'));
+      fs.chmodSync(root, 0o700);
+      roots.push(root);
+      const r = await runCli(['runs'], { cwd: root, env: { SUSPEND_HOME: undefined } });
+      expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+      expect(r.stderr).toBe(
+        `error: The embedded Postgres runs as user nobody (uid 65534) because suspend runs as root, and nobody cannot enter ${root}; set SUSPEND_HOME to a folder outside it (e.g. /var/lib/suspend) or set DATABASE_URL.\n`,
+      );
+      expect(fs.existsSync(path.join(root, '.suspend', 'postgres', 'data', 'PG_VERSION'))).toBe(false);
+    },
+  );
+
   test('suspend migrate runs on the embedded server and stops it afterwards', async () => {
     const home = freshHome();
     const cwd = path.dirname(home);

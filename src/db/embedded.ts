@@ -28,7 +28,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
-import { SuspendError, errorMessage } from '../errors';
+import { ExitCode, SuspendError, errorMessage } from '../errors';
 
 export interface EmbeddedServer {
   /** postgres://postgres@localhost:5432/postgres?host=<socket dir>: survives `new URL()` edits. */
@@ -340,6 +340,8 @@ function prepareFolders(layout: Layout, user: ServerUser | null, log: (line: str
       } else if (blocked) {
         throw new SuspendError(
           `The embedded Postgres runs as user ${user.name} (uid ${user.uid}) because suspend runs as root, and ${user.name} cannot enter ${blocked}; set SUSPEND_HOME to a folder outside it (e.g. /var/lib/suspend) or set DATABASE_URL.`,
+          // Where the server may live is configuration, as a bad database URL is.
+          { exitCode: ExitCode.usage },
         );
       }
     }
