@@ -197,6 +197,7 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
     const notAFolder = path.join(folder, 'a-file');
     fs.writeFileSync(notAFolder, '');
     for (const [output, problem] of [
+      ['', 'an empty name is no file; name one, or leave --output out for stdout.'],
       [path.join(folder, 'missing', 'x.csv'), `the folder ${path.join(folder, 'missing')} does not exist`],
       [folder, `"${folder}" names a folder; name a file in it.`],
       [`${path.join(folder, 'new')}/`, `"${path.join(folder, 'new')}/" names a folder; name a file in it.`],

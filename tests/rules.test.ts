@@ -303,6 +303,17 @@ organizations:
     expect(r.stderr).not.toMatch(/127\.0\.0\.1|connect|\n\s+at /);
   });
 
+  test('an override of a stage of a policy that has none says none', async () => {
+    const file = writeRules(
+      `version: 1\npolicies:\n  p:\n    stages: []\norganizations:\n  '2':\n    policies:\n      p:\n        stages:\n          - name: s\n`,
+    );
+    const r = await runCli(['rules', 'check', '--rules', file]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toContain(
+      'policy p has no stage "s"; its stages are: none (an override changes existing stages, it cannot add one)',
+    );
+  });
+
   test('a tab used to indent is one line saying so, not the errors that follow from it', async () => {
     const file = writeRules(
       `${ONE_POLICY}organizations:\n  '2':\n\t  settings: { support_url: https://a.example }\n`,

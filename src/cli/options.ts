@@ -83,6 +83,9 @@ export function formatOption(): Option {
  * must not then fail on its report's path.
  */
 export function parseOutputFile(value: string): string {
+  // An empty value (`--output "$UNSET"`) would quietly write to stdout instead.
+  if (value.trim() === '')
+    throw new InvalidArgumentError('an empty name is no file; name one, or leave --output out for stdout.');
   const folder = path.dirname(path.resolve(value));
   const kind = (p: string) => {
     try {

@@ -111,7 +111,7 @@ export function semanticProblems(data: unknown): Problem[] {
             const guess = closest(s.name, stageNames);
             problems.push({
               path: [...stagePath, 'name'],
-              message: `policy ${name} has no stage ${JSON.stringify(s.name)}${guess ? ` (did you mean ${guess}?)` : ''}; its stages are: ${stageNames.join(', ')} (an override changes existing stages, it cannot add one)`,
+              message: `policy ${name} has no stage ${JSON.stringify(s.name)}${guess ? ` (did you mean ${guess}?)` : ''}; its stages are: ${stageNames.join(', ') || 'none'} (an override changes existing stages, it cannot add one)`,
             });
           } else if (overridden.has(s.name)) {
             problems.push({
