@@ -45,15 +45,22 @@ export async function columnTypes(
  */
 export async function checkSetColumns(knex: Knex, rules: Rules): Promise<void> {
   const named = new Map<string, string>();
+  /** Where the file writes a column's first set action of the defaults: `rules.yaml:131 policies.…`. */
+  const located = new Map<string, string>();
   const values: { column: string; value: string | null; where: string }[] = [];
   for (const effective of [rules.defaults, ...Object.values(rules.organizations)]) {
     for (const policy of effective.policies)
       for (const stage of policy.stages)
-        for (const action of stage.actions)
+        for (const [i, action] of stage.actions.entries())
           if (action.type === 'set')
             for (const [column, value] of Object.entries(action.columns)) {
               const where = `policy ${policy.name}, stage ${stage.name}${effective.orgId === null ? '' : ` of organization ${effective.orgId}`}`;
               if (!named.has(column)) named.set(column, where);
+              if (effective.orgId === null && rules.locate && !located.has(column))
+                located.set(
+                  column,
+                  rules.locate(['policies', policy.name, 'stages', stage.index, 'actions', i, 'set', column]),
+                );
               // As the page writes it (see hostColumnChange).
               values.push({ column, value: value === null ? null : String(value), where });
             }
@@ -66,8 +73,11 @@ export async function checkSetColumns(knex: Knex, rules: Rules): Promise<void> {
     // The column as columnTypes names it, quotes and all (a name may hold one).
     const column = [...named.keys()].find((c) => errorMessage(err).startsWith(`column "${c}" of`));
     const where = column === undefined ? '' : ` (${named.get(column)})`;
+    const at = column === undefined ? undefined : located.get(column);
     throw new UsageError(
-      `A set action${where} cannot be applied: ${errorMessage(err)}; name a column of that table in the rules file (${rules.file ?? 'rules'}).`,
+      at
+        ? `${at}: a set action${where} cannot be applied: ${errorMessage(err)}; name a column of that table.`
+        : `A set action${where} cannot be applied: ${errorMessage(err)}; name a column of that table in the rules file (${rules.file ?? 'rules'}).`,
     );
   }
   const table = qualified(rules.source, rules.source.customers.table);
