@@ -215,3 +215,38 @@ export function parsePositiveInt(flag: string, value: string): number {
   }
   return Number(value);
 }
+
+/**
+ * Ctrl-C (or SIGTERM) while a command waits for the run lock ends the wait: it exits 3 having
+ * started nothing, and leaves no request in the lock's queue (a killed process's would stay there
+ * until the lock came free). Once the command holds the lock the signal ends it as usual: its
+ * transaction rolls back. For commands that write in one go (reinstate, revert); a run stops at
+ * its next page instead (see the batch commands).
+ */
+export async function withInterruptibleWait<T>(
+  fn: (wait: { signal: AbortSignal; onLocked: () => void }) => Promise<T>,
+): Promise<T> {
+  const controller = new AbortController();
+  let locked = false;
+  const onSignal = (signal: NodeJS.Signals) => {
+    const end = () => {
+      stop();
+      process.kill(process.pid, signal);
+    };
+    if (locked || controller.signal.aborted) return end();
+    controller.abort();
+    // Not waiting after all (a dry run takes no lock): ended as usual soon, unless the wait's end exits first.
+    setTimeout(end, 2000).unref();
+  };
+  const stop = () => {
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    return await fn({ signal: controller.signal, onLocked: () => (locked = true) });
+  } finally {
+    stop();
+  }
+}

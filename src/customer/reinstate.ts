@@ -35,7 +35,9 @@ export interface ReinstateOptions {
   asOfGiven?: boolean;
   /** Wait for a running sweep instead of failing with exit code 3. */
   wait: boolean;
-  onLog?: (message: string) => void;
+  onLog?: (message: string) => void; /** Ctrl-C while waiting for the lock (see acquireRunLock). */
+  signal?: AbortSignal;
+  onLocked?: () => void;
 }
 
 export interface ReinstatedPolicy {
@@ -136,6 +138,8 @@ export async function reinstateAccount(
     wait: options.wait,
     description: `suspend reinstate ${options.key} by ${options.actor} (pid ${process.pid})`,
     onWait: options.onLog,
+    signal: options.signal,
+    onLocked: options.onLocked,
   });
   try {
     const rows = await readStoredRows(knex, schema, [options.key]);

@@ -54,7 +54,9 @@ export interface RevertOptions {
   wait: boolean;
   /** Keys per page (one transaction each). */
   batchSize: number;
-  onLog?: (message: string) => void;
+  onLog?: (message: string) => void; /** Ctrl-C while waiting for the lock (see acquireRunLock). */
+  signal?: AbortSignal;
+  onLocked?: () => void;
 }
 
 export interface RevertItem {
@@ -319,6 +321,8 @@ export async function revertRun(knex: Knex, rules: Rules, options: RevertOptions
       wait: options.wait,
       description: `suspend revert ${target.id} by ${options.actor} (pid ${process.pid})`,
       onWait: options.onLog,
+      signal: options.signal,
+      onLocked: options.onLocked,
     });
   }
   try {

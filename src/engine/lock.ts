@@ -73,6 +73,8 @@ export async function acquireRunLock(
     shard?: string | null;
     /** Ctrl-C: a `--wait` stops waiting, and the run does not start. */
     signal?: AbortSignal;
+    /** Told once the locks are held: from then on the signal above no longer stops the run. */
+    onLocked?: () => void;
   },
 ): Promise<HeldLock> {
   const conn = (await knex.client.acquireConnection()) as PgConnection;
@@ -143,6 +145,7 @@ export async function acquireRunLock(
     }
     // Interrupted as the last lock was granted: the run does not start (the catch gives them back).
     if (options.signal?.aborted) throw interrupted(null);
+    options.onLocked?.();
     return {
       release,
       proof: { ...session, locks: locks.map(({ cls, key, shared }) => ({ cls, key, shared })) },

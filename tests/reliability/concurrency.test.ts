@@ -159,6 +159,25 @@ test('Ctrl-C ends a --wait: exit 3, no run opened, and no lock left held or queu
   expect(Number(locks.rows[0]!.n)).toBe(0);
 });
 
+test('Ctrl-C ends a reinstate --wait too: exit 3, nothing reinstated, nothing left in the lock queue', async () => {
+  const db = await database();
+  const gate = await Gate.install(db, 'suspend.checkpoints', 'new.pages = 1');
+  const sweep = startCli(db, [...SWEEP, '--by', 'alice']);
+  await gate.blocked(sweep);
+  const stopped = await interruptedOnceWaiting(
+    startCli(db, ['reinstate', '1', '--reason', 'promised', '--wait', '--by', 'carol']),
+    async () => (await runLockWaiters(db)).length === 1,
+  );
+  expect({ code: stopped.code, stdout: stopped.stdout }).toEqual({ code: 3, stdout: '' });
+  expect(stopped.stderr).toMatch(
+    /\nerror: Stopped waiting behind "suspend sweep by alice \(pid \d+\)" .*\(interrupted\); this run did not start and wrote nothing\.\n$/,
+  );
+  expect(await runLockWaiters(db)).toEqual([]);
+  await gate.remove();
+  expect((await sweep.done).code).toBe(0);
+  expect((await ledger(db.knex)).map((r) => r.kind)).toEqual(['sweep']);
+});
+
 /** A key on the first page of 100 that the sweep suspends for inactivity (so it sets customers.status). */
 async function suspendedOnFirstPage(db: TestDatabase): Promise<string> {
   const r = await cli(db, ['report', '--as-of', AS_OF, '--accounts', '--format', 'json']);

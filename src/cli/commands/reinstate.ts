@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { runCommand, writeArtifact, type CommonOptions } from '../context';
+import { runCommand, withInterruptibleWait, writeArtifact, type CommonOptions } from '../context';
 import { asOfOption, byOption, withCommonOptions } from '../options';
 import { defaultActor } from '../../engine/ledger';
 import { todayUtc } from '../../rules/dates';
@@ -61,16 +61,19 @@ export function registerReinstate(program: Command): void {
     runCommand(flags, async (ctx) => {
       const rules = await ctx.loadRules();
       const { knex } = await ctx.db();
-      const result = await reinstateAccount(knex, rules, {
-        key,
-        reason: flags.reason,
-        actor: flags.by ?? defaultActor(),
-        policies: flags.policy ?? null,
-        asOf: flags.asOf ?? todayUtc(),
-        asOfGiven: flags.asOf !== undefined,
-        wait: Boolean(flags.wait),
-        onLog: (m) => ctx.log(m),
-      });
+      const result = await withInterruptibleWait((interrupt) =>
+        reinstateAccount(knex, rules, {
+          ...interrupt,
+          key,
+          reason: flags.reason,
+          actor: flags.by ?? defaultActor(),
+          policies: flags.policy ?? null,
+          asOf: flags.asOf ?? todayUtc(),
+          asOfGiven: flags.asOf !== undefined,
+          wait: Boolean(flags.wait),
+          onLog: (m) => ctx.log(m),
+        }),
+      );
       // Advice only: the reinstatement is committed whatever this finds (or fails to read).
       const again = result.run
         ? await stagesAgain(

@@ -1,5 +1,5 @@
 import { Option, type Command } from 'commander';
-import { runCommand, writeArtifact, type CommonOptions } from '../context';
+import { runCommand, withInterruptibleWait, writeArtifact, type CommonOptions } from '../context';
 import { asOfOption, byOption, parsePositiveInteger, withCommonOptions } from '../options';
 import { defaultActor } from '../../engine/ledger';
 import { todayUtc } from '../../rules/dates';
@@ -64,15 +64,18 @@ export function registerRevert(program: Command): void {
     runCommand(flags, async (ctx) => {
       const rules = await ctx.loadRules();
       const { knex } = await ctx.db();
-      const result = await revertRun(knex, rules, {
-        runId,
-        dryRun: Boolean(flags.dryRun),
-        actor: flags.by ?? defaultActor(),
-        asOf: flags.asOf ?? todayUtc(),
-        wait: Boolean(flags.wait),
-        batchSize: flags.batchSize ?? rules.settings.batchSize,
-        onLog: (m) => ctx.log(m),
-      });
+      const result = await withInterruptibleWait((interrupt) =>
+        revertRun(knex, rules, {
+          ...interrupt,
+          runId,
+          dryRun: Boolean(flags.dryRun),
+          actor: flags.by ?? defaultActor(),
+          asOf: flags.asOf ?? todayUtc(),
+          wait: Boolean(flags.wait),
+          batchSize: flags.batchSize ?? rules.settings.batchSize,
+          onLog: (m) => ctx.log(m),
+        }),
+      );
       writeArtifact(flags.json ? JSON.stringify(result, null, 2) : render(result));
     }),
   );
