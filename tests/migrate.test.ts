@@ -27,9 +27,10 @@ test('commands that need the schema say so before it exists; exit 2', async () =
 });
 
 test('four migrates started together all succeed and apply each migration once', async () => {
-  // Under a 50 ms idle_in_transaction_session_timeout for every session (PGOPTIONS, read by
-  // node-postgres): the transaction holding the migrate lock idles while the migrations run.
-  const env = { PGOPTIONS: '-c idle_in_transaction_session_timeout=50' };
+  // Under a 1 ms idle_in_transaction_session_timeout for every session (PGOPTIONS, read by
+  // node-postgres): the transaction holding the migrate lock idles while the migrations run, and
+  // every transaction idles between its statements (with 50 ms, a busy machine failed it now and then).
+  const env = { PGOPTIONS: '-c idle_in_transaction_session_timeout=1' };
   const runs = await Promise.all(
     [0, 1, 2, 3].map(() => runCli(['migrate', '--database-url', db.url], { env })),
   );

@@ -3,6 +3,7 @@ import path from 'node:path';
 import type { Knex } from 'knex';
 import { SuspendError, ExitCode } from '../errors';
 import { knexWithPool, noTimeouts } from './connection';
+import { namesStatements } from './prepared';
 
 /** Shipped beside dist/ in the package. */
 export const MIGRATIONS_DIR = path.resolve(__dirname, '../../migrations');
@@ -56,20 +57,46 @@ const MIGRATE_LOCK_CLASS = 0x5356;
  * second connection, makes concurrent `suspend migrate` take turns.
  */
 export async function migrateLatest(knex: Knex, schema: string): Promise<MigrationStatus> {
-  const holder = knexWithPool(knex, { min: 0, max: 1 });
+  const holder = withoutIdleInTransactionTimeout(knex, 1);
+  const runner = withoutIdleInTransactionTimeout(knex, 2);
   try {
     await holder.transaction(async (trx) => {
       // This transaction idles while the migrations run on the other connection (a statement of
       // its own: a timeout set in a statement does not reach that statement).
       await trx.raw(`select ${noTimeouts(true)}`);
       await trx.raw('select pg_advisory_xact_lock(?, hashtext(?))', [MIGRATE_LOCK_CLASS, schema]);
-      await knex.raw('create schema if not exists ??', [schema]);
-      await knex.withUserParams({ schema }).migrate.latest(migrationConfig(schema));
+      await runner.raw('create schema if not exists ??', [schema]);
+      await runner.withUserParams({ schema }).migrate.latest(migrationConfig(schema));
     });
   } finally {
-    await holder.destroy();
+    await Promise.all([holder.destroy(), runner.destroy()]);
   }
   return migrationStatus(knex, schema);
+}
+
+type PgSession = { query(sql: string): Promise<unknown> };
+
+/**
+ * Sessions of their own for `migrate`, with idle_in_transaction_session_timeout off from the start:
+ * each of its transactions (the lock holder's, knex's lock, each migration) idles between statements
+ * while Node prepares the next, and on a busy machine for longer than a short timeout, which ended
+ * the session part way (even between BEGIN and the statement that would turn it off). Best effort:
+ * a session the setting fails on is used as it is.
+ */
+function withoutIdleInTransactionTimeout(knex: Knex, max: number): Knex {
+  // Behind a transaction pooler (no named statements) a session setting would reach other clients.
+  const ownSessions = namesStatements(knex);
+  return knexWithPool(knex, {
+    min: 0,
+    max,
+    afterCreate: (conn: PgSession, done: (err: Error | null, conn: PgSession) => void) => {
+      if (!ownSessions) return done(null, conn);
+      void conn
+        .query("select set_config('idle_in_transaction_session_timeout', '0', false)")
+        .catch(() => undefined)
+        .then(() => done(null, conn));
+    },
+  });
 }
 
 /** Commands that need suspend's tables call this first, so a missing schema is one clear sentence. */
