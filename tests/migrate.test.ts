@@ -138,7 +138,7 @@ test('doctor on a database without the mapped tables refuses the mapping instead
   expect(r.code).toBe(2);
   expect(r.stdout).toBe('');
   expect(r.stderr).toBe(
-    'error: Table "customers" named in the source mapping does not exist in this database; fix source in the rules file or run `suspend seed` for the reference data.\n',
+    `error: rules.example.yaml:${fs.readFileSync(path.join(ROOT, 'rules.example.yaml'), 'utf8').split('\n').indexOf('    table: customers') + 1} source.customers.table: table "customers" does not exist in this database; fix source in the rules file or run \`suspend seed\` for the reference data.\n`,
   );
 });
 

@@ -5,10 +5,10 @@ import type pg from 'pg';
 import { knexWithPool, onLiveConnection, raiseIdleTimeout } from '../db/connection';
 import { namesStatements } from '../db/prepared';
 import { policiesReadingInvoices, signalsUsed } from '../source/candidates';
-import { countAccountsQuery, qualified, regclassText, stateTables } from '../source/signals';
+import { countAccountsQuery, stateTables } from '../source/signals';
 import type { StateChange, WriteContext } from '../write/apply';
 import { checkSetColumns } from '../write/host-columns';
-import { checkMappedColumns, checkUniqueKey } from '../source/columns';
+import { checkMappedColumns, checkMappedTables, checkUniqueKey } from '../source/columns';
 import { staleStageNotes } from '../source/stale-stages';
 import { exclusionKeyNotes, organizationNotes } from '../source/exclusion-keys';
 import { acquireRunLock, confirmLockHeld, lockStillOurs, type HeldLock, type LockProof } from './lock';
@@ -219,24 +219,9 @@ async function withPipelinePool<T>(knex: Knex, workers: number, fn: (pool: Knex)
   }
 }
 
-/** One sentence when the mapped tables are missing, instead of a SQL error mid-run. */
+/** One sentence when the mapped tables or columns are missing, instead of a SQL error mid-run. */
 export async function checkSource(knex: Knex, rules: Rules): Promise<void> {
-  const m = rules.source;
-  const wanted = m.view
-    ? [m.view]
-    : [m.customers.table, m.activity?.table, m.invoices?.table, m.subscriptions?.table];
-  const tables = wanted.filter((t): t is string => Boolean(t));
-  for (const t of tables) {
-    const name = qualified(m, t);
-    const found = await knex.raw<{ rows: { r: string | null }[] }>('select to_regclass(?) as r', [
-      regclassText(name),
-    ]);
-    if (!found.rows[0]?.r) {
-      throw new UsageError(
-        `Table "${name}" named in the source mapping does not exist in this database; fix source in the rules file or run \`suspend seed\` for the reference data.`,
-      );
-    }
-  }
+  await checkMappedTables(knex, rules);
   await checkMappedColumns(knex, rules);
   await checkUniqueKey(knex, rules);
   await checkSetColumns(knex, rules);

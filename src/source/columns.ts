@@ -1,7 +1,7 @@
 import type { Knex } from 'knex';
 import { UsageError, errorMessage } from '../errors';
 import { driverMessage } from '../db/connection';
-import { formatPath } from '../rules/problems';
+import { closest, formatPath } from '../rules/problems';
 import type { Rules, SourceMapping } from '../types';
 import { qualified, regclassText } from './signals';
 
@@ -101,6 +101,49 @@ export function mappedColumns(m: SourceMapping): MappedColumn[] {
         ])
       : []),
   ];
+}
+
+/** Every table a run reads through the mapping, with where the rules file names it. */
+function mappedTables(m: SourceMapping): { table: string; path: (string | number)[] }[] {
+  if (m.view) return [{ table: m.view, path: ['source', 'view'] }];
+  const sections = [
+    ['customers', m.customers],
+    ['activity', m.activity],
+    ['invoices', m.invoices],
+    ['subscriptions', m.subscriptions],
+  ] as const;
+  return sections.flatMap(([section, mapped]) =>
+    mapped ? [{ table: mapped.table, path: ['source', section, 'table'] }] : [],
+  );
+}
+
+/**
+ * Refuses a mapping that names a table the database lacks: its place in the rules file, and the
+ * closest name among the tables it could mean (those of source.schema, else of the search path).
+ */
+export async function checkMappedTables(knex: Knex, rules: Rules): Promise<void> {
+  const m = rules.source;
+  for (const w of mappedTables(m)) {
+    const name = qualified(m, w.table);
+    const found = await knex.raw<{ rows: { r: string | null }[] }>('select to_regclass(?) as r', [
+      regclassText(name),
+    ]);
+    if (found.rows[0]?.r) continue;
+    const { rows } = await knex.raw<{ rows: { name: string }[] }>(
+      `select c.relname as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
+        where c.relkind in ('r', 'p', 'v', 'm', 'f')
+          and n.nspname = any(coalesce(?::text[], current_schemas(false)))`,
+      [m.schema === null ? null : [m.schema]],
+    );
+    const like = closest(
+      w.table,
+      rows.map((r) => r.name),
+    );
+    const where = rules.locate?.(w.path) ?? `${formatPath(w.path)} (the default mapping)`;
+    throw new UsageError(
+      `${where}: table "${name}" does not exist in this database${like ? ` (did you mean "${like}"?)` : ''}; fix source in the rules file${w.path[1] === 'customers' ? ' or run `suspend seed` for the reference data' : ''}.`,
+    );
+  }
 }
 
 /**

@@ -396,4 +396,33 @@ describe('bad rules through the CLI', () => {
       await db.knex.raw('alter table invoices rename column paid_date to paid_on');
     }
   });
+
+  test('a mapped table the database lacks is refused with its line and the closest table name; nothing written', async () => {
+    const typo = ENGINE_RULES.replace(
+      '    consent: [marketing_opt_out]\n',
+      '    consent: [marketing_opt_out]\n  activity: { table: reservationz, customer: customer_id, at: created_at }\n',
+    );
+    const file = writeRules(typo, 'table.yaml');
+    const line = typo.split('\n').findIndex((l) => l.includes('reservationz')) + 1;
+    const before = await checksumTables(db.knex, ['public', 'suspend']);
+    for (const command of [
+      ['backfill', '--as-of', AS_OF, '--no-notify'],
+      ['report', '--as-of', AS_OF],
+      ['doctor'],
+    ]) {
+      const r = await cli(db, command, file);
+      expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+      expect(r.stderr).toBe(
+        `error: ${path.relative(ROOT, file)}:${line} source.activity.table: table "reservationz" does not exist in this database (did you mean "reservations"?); fix source in the rules file.\n`,
+      );
+    }
+    // Nothing like it: no guess, and for the customers table the reference data is offered.
+    const far = ENGINE_RULES.replace('    table: customers\n', '    table: accounts_2019\n');
+    const r = await cli(db, ['sweep', '--as-of', AS_OF, '--no-notify'], writeRules(far, 'far.yaml'));
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(r.stderr).toMatch(
+      /^error: \S+far\.yaml:\d+ source\.customers\.table: table "accounts_2019" does not exist in this database; fix source in the rules file or run `suspend seed` for the reference data\.\n$/,
+    );
+    expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
+  });
 });
