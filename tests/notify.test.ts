@@ -463,6 +463,36 @@ describe('suspend notify', () => {
     ).toBe(true);
   });
 
+  test('with a webhook but no SMTP: the webhook goes out once, and the summary says only the mail is left', async () => {
+    await resetOutbox();
+    const rules = rulesWith(`notifications:
+  emails: [ops@example.com]
+  use_organization_column: false
+  webhook: { url: "${hook.url}", secret: hook-secret, batch: true }`);
+    const n = backfillRows.length;
+    const run = () =>
+      runCli(['notify', '--rules', rules, '--database-url', db.url], { env: { SMTP_URL: undefined } });
+    const first = await run();
+    expect(first.code).toBe(0);
+    const requests = hook.requests.length;
+    expect(requests).toBeGreaterThan(0);
+    expect(first.stdout.split('\n').slice(0, 2)).toEqual([
+      `Delivered 0 of ${n} event(s): 0 digest(s), 0 customer mail(s), ${requests} webhook request(s) carrying ${n} event(s).`,
+      `${n} event(s) wait for SMTP to be configured: their webhook has gone out, only their mail is left.`,
+    ]);
+    const after = (await outbox()).filter((x) => x.run_id === backfillRows[0]?.run_id);
+    expect(after.every((x) => x.status === 'pending' && x.delivered.webhook && !x.delivered.digest)).toBe(
+      true,
+    );
+    // Called again: nothing is posted twice, and the summary still says what is left.
+    const second = await run();
+    expect(hook.requests).toHaveLength(requests);
+    expect(second.stdout.split('\n').slice(0, 2)).toEqual([
+      `Delivered 0 of ${n} event(s): 0 digest(s), 0 customer mail(s), 0 webhook request(s).`,
+      `${n} event(s) wait for SMTP to be configured: their webhook has gone out, only their mail is left.`,
+    ]);
+  });
+
   test('a webhook that fails twice then succeeds: attempts, backoff, and account states untouched', async () => {
     await resetOutbox();
     const rules = await loadRules({ file: webhookOnlyRules(hook, true), cwd: ROOT });

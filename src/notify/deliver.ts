@@ -71,6 +71,10 @@ export interface DeliveryResult {
   digests: number;
   customerMails: number;
   webhookRequests: number;
+  /** Events the webhook requests of this call carried. */
+  webhookEvents: number;
+  /** Of the events waiting for mail, those whose webhook has gone out (in this call or before). */
+  waitingWebhookSent: number;
   smtpConfigured: boolean;
   /** One sentence per distinct delivery failure. */
   errors: string[];
@@ -126,6 +130,8 @@ interface Delivery {
 /** What happened to each event of a group during this attempt. */
 class Attempt {
   readonly tried = new Set<string>();
+  /** Events whose webhook went out in this attempt. */
+  readonly hooked = new Set<string>();
   readonly waiting = new Set<string>();
   readonly errors = new Map<string, string>();
 
@@ -169,6 +175,8 @@ export async function deliverPending(
     digests: 0,
     customerMails: 0,
     webhookRequests: 0,
+    webhookEvents: 0,
+    waitingWebhookSent: 0,
     smtpConfigured: smtpUrl !== null,
     errors: [],
     outbox: { pending: 0, failed: 0 },
@@ -259,6 +267,7 @@ async function deliverGroup(d: Delivery, group: EventGroup, events: OutboxEvent[
     now: d.now,
   });
   const deliveredBefore = new Map(events.map((e) => [e.id, Object.keys(e.delivered).length]));
+  const hookedBefore = new Set(events.filter((e) => e.delivered.webhook).map((e) => e.id));
   let retrying = 0;
   let failed = 0;
   for (const s of settlements) {
@@ -268,7 +277,10 @@ async function deliverGroup(d: Delivery, group: EventGroup, events: OutboxEvent[
       if (!s.tried && deliveredBefore.get(s.id) === 0) d.result.unaddressed += 1;
     } else if (status === 'failed') failed += 1;
     else if (status === 'pending' && s.outcome === 'retry') retrying += 1;
-    else if (status === 'pending' && s.outcome === 'wait') d.result.waitingForMail += 1;
+    else if (status === 'pending' && s.outcome === 'wait') {
+      d.result.waitingForMail += 1;
+      if (hookedBefore.has(s.id) || attempt.hooked.has(s.id)) d.result.waitingWebhookSent += 1;
+    }
   }
   d.result.retrying += retrying;
   d.result.failed += failed;
@@ -424,6 +436,8 @@ async function sendWebhooks(
       continue;
     }
     d.result.webhookRequests += 1;
+    d.result.webhookEvents += chunk.length;
+    for (const e of chunk) attempt.hooked.add(e.id);
     await delivered(d, chunk, 'webhook');
   }
 }
@@ -441,13 +455,23 @@ export function describeDelivery(r: DeliveryResult): string {
     lines.push('No notifications were due.');
   } else {
     lines.push(
-      `Delivered ${r.sent} of ${r.claimed} event(s): ${r.digests} digest(s), ${r.customerMails} customer mail(s), ${r.webhookRequests} webhook request(s)` +
+      `Delivered ${r.sent} of ${r.claimed} event(s): ${r.digests} digest(s), ${r.customerMails} customer mail(s), ${r.webhookRequests} webhook request(s)${r.webhookRequests > 0 ? ` carrying ${r.webhookEvents} event(s)` : ''}` +
         (r.unaddressed > 0 ? `; ${r.unaddressed} had no one to tell.` : '.'),
     );
   }
   if (r.retrying > 0) lines.push(`${r.retrying} event(s) will be tried again later.`);
   if (r.failed > 0) lines.push(`${r.failed} event(s) failed for good; see \`suspend notify --failed\`.`);
-  if (r.waitingForMail > 0) lines.push(`${r.waitingForMail} event(s) wait for SMTP to be configured.`);
+  if (r.waitingForMail > 0) {
+    // An event counts as delivered once every channel it needs has it: one whose webhook went out
+    // still waits for its mail, and is said so, not left to read as nothing sent.
+    const hooked =
+      r.waitingWebhookSent === 0
+        ? ''
+        : r.waitingWebhookSent === r.waitingForMail
+          ? ': their webhook has gone out, only their mail is left'
+          : `: ${r.waitingWebhookSent} of them have gone out by webhook, only their mail is left`;
+    lines.push(`${r.waitingForMail} event(s) wait for SMTP to be configured${hooked}.`);
+  }
   const next =
     r.outbox.pending > 0 && r.outbox.nextAttemptAt ? ` (the next is due ${r.outbox.nextAttemptAt})` : '';
   lines.push(`Outbox: ${r.outbox.pending} pending${next}, ${r.outbox.failed} failed.`);
