@@ -67,6 +67,10 @@ test('the demo walks through every step on the embedded default and the report p
   );
   const elsewhere = await runCli(['status', key!], { cwd: root });
   expect(elsewhere.code).toBe(2);
+  // ...and says where the demo's data is, not only to run migrate there.
+  expect(elsewhere.stderr).toBe(
+    'error: suspend\'s schema "suspend" is not set up in this database (postgres); to read the one `suspend demo` made, add --database suspend_demo; to use this one, run `suspend migrate` first.\n',
+  );
   // The demo recreates its database, so it refuses to run connected to it.
   const inside = await runCli(['demo', '--customers', '100', '--database', 'suspend_demo'], { cwd: root });
   expect(inside.code).toBe(2);

@@ -22,7 +22,7 @@ test('commands that need the schema say so before it exists; exit 2', async () =
   const r = await runCli(['status', '1', '--database-url', db.url]);
   expect(r.code).toBe(2);
   expect(r.stderr).toBe(
-    'error: suspend\'s schema "suspend" is not set up in this database; run `suspend migrate` first.\n',
+    `error: suspend's schema "suspend" is not set up in this database (${db.name}); run \`suspend migrate\` first.\n`,
   );
 });
 

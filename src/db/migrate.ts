@@ -100,13 +100,28 @@ function withoutIdleInTransactionTimeout(knex: Knex, max: number): Knex {
 }
 
 /** Commands that need suspend's tables call this first, so a missing schema is one clear sentence. */
+/** The database `suspend demo` makes on the server it is pointed at. */
+export const DEMO_DATABASE = 'suspend_demo';
+
 export async function requireMigrated(knex: Knex, schema: string): Promise<void> {
   const status = await migrationStatus(knex, schema);
-  if (status.pending.length > 0) {
-    const what =
-      status.applied.length === 0
-        ? `suspend's schema "${schema}" is not set up in this database`
-        : `${status.pending.length} migration(s) of schema "${schema}" are not applied (${status.pending.join(', ')})`;
-    throw new SuspendError(`${what}; run \`suspend migrate\` first.`, { exitCode: ExitCode.usage });
+  if (status.pending.length === 0) return;
+  if (status.applied.length > 0) {
+    throw new SuspendError(
+      `${status.pending.length} migration(s) of schema "${schema}" are not applied (${status.pending.join(', ')}); run \`suspend migrate\` first.`,
+      { exitCode: ExitCode.usage },
+    );
   }
+  // After `suspend demo`, a command without --database reads the server's default database, which
+  // the demo left alone: the data the user means is most likely in the demo's.
+  const { rows } = await knex.raw<{ rows: { here: string; demo: boolean }[] }>(
+    'select current_database() as here, exists (select 1 from pg_database where datname = ?) as demo',
+    [DEMO_DATABASE],
+  );
+  const here = rows[0]?.here ?? '';
+  const demo = rows[0]?.demo && here !== DEMO_DATABASE;
+  throw new SuspendError(
+    `suspend's schema "${schema}" is not set up in this database (${here}); ${demo ? `to read the one \`suspend demo\` made, add --database ${DEMO_DATABASE}; to use this one, ` : ''}run \`suspend migrate\` first.`,
+    { exitCode: ExitCode.usage },
+  );
 }

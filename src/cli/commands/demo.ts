@@ -7,13 +7,13 @@ import { asOfOption, parsePositiveInteger, withCommonOptions } from '../options'
 import { addDays, todayUtc } from '../../rules/dates';
 import { SuspendError, UsageError } from '../../errors';
 import { withDatabase } from '../../db/connection';
+import { DEMO_DATABASE } from '../../db/migrate';
 
 interface DemoFlags extends CommonOptions {
   customers: number;
   asOf?: string;
 }
 
-const DEMO_DATABASE = 'suspend_demo';
 /** Shipped at the package root, beside dist/. */
 const EXAMPLE_RULES = path.resolve(__dirname, '../../../rules.example.yaml');
 
