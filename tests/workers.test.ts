@@ -475,7 +475,13 @@ describe('--shard I/N processes share one run', () => {
     ];
     const shard = (db: TestDatabase, args: string[]) =>
       cli(db, ['backfill', '--no-notify', ...PAGES, ...args]);
-    expect(await shard(stopped, ['--shard', '0/2', '--max-changes', '10'])).toMatchObject({ code: 4 });
+    const first = await shard(stopped, ['--shard', '0/2', '--max-changes', '10']);
+    expect(first).toMatchObject({ code: 4 });
+    // The stopped shard waits for the other, not for itself: its own stop is its status.
+    expect(JSON.parse(first.stdout)).toMatchObject({
+      status: 'stopped',
+      shard: { name: '0/2', runStatus: 'stopped', waitingFor: ['1/2'] },
+    });
     const joined = await runEngineCli(
       stopped,
       ['backfill', '--no-notify', '--as-of', AS_OF, ...PAGES, '--shard', '1/2'],

@@ -123,6 +123,7 @@ export interface BatchResult {
   /**
    * A `--shard` run's part ended, and the run it shares has this status now: `running` until its
    * other shards finish, `stopped` or `interrupted` while one of them waits for its resume.
+   * `waitingFor`: the other shards it waits for (this one, stopped, is said by its own status).
    */
   shard?: { name: string; runStatus: string; waitingFor: string[] };
 }
@@ -879,7 +880,11 @@ async function walkRun(
     }
     const name = shardName(shards);
     const progress = await closeShard(db, schema, run.id, shards.count, name, stopped);
-    shardOutcome = { name, runStatus: progress.status, waitingFor: progress.waiting };
+    shardOutcome = {
+      name,
+      runStatus: progress.status,
+      waitingFor: progress.waiting.filter((other) => other !== name),
+    };
     if (!stopped && progress.status !== 'running' && progress.waiting.length > 0) {
       options.onLog?.(
         `shard ${name} finished; run ${run.id} stays ${progress.status}: shard${progress.waiting.length > 1 ? 's' : ''} ${progress.waiting.join(', ')} did not finish (see \`suspend runs show ${run.id}\`)`,
