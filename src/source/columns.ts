@@ -123,6 +123,16 @@ function mappedTables(m: SourceMapping): { table: string; path: (string | number
  */
 export async function checkMappedTables(knex: Knex, rules: Rules): Promise<void> {
   const m = rules.source;
+  if (m.schema !== null) {
+    const { rows } = await knex.raw<{ rows: unknown[] }>('select 1 from pg_namespace where nspname = ?', [
+      m.schema,
+    ]);
+    if (rows.length === 0) {
+      throw new UsageError(
+        `${rules.locate?.(['source', 'schema']) ?? 'source.schema'}: schema "${m.schema}" does not exist in this database; name the schema that holds the host's tables, or null for the connection's search path.`,
+      );
+    }
+  }
   for (const w of mappedTables(m)) {
     const name = qualified(m, w.table);
     const found = await knex.raw<{ rows: { r: string | null }[] }>('select to_regclass(?) as r', [
@@ -230,6 +240,22 @@ export async function checkUniqueKey(knex: Knex, rules: Rules): Promise<void> {
   const m = rules.source;
   if (m.view) return;
   const table = qualified(m, m.customers.table);
+  const where = () =>
+    rules.locate?.(['source', 'customers', 'key']) ?? 'source.customers.key (the default mapping)';
+  // A row without a key cannot be paged to (keyset pages compare keys) nor recorded: a page holding
+  // one read as empty, and a run passed over its accounts saying it succeeded. Only looked for where
+  // the column may hold nulls (a primary key cannot).
+  const nullable = await knex.raw<{ rows: { nulls: string | null }[] }>(
+    `select case when not a.attnotnull then (select count(*) from ${knex.raw('??', [table]).toQuery()} where ${knex.raw('??', [m.customers.key]).toQuery()} is null) end as nulls
+       from pg_attribute a where a.attrelid = to_regclass(?) and a.attname = ?`,
+    [regclassText(table), m.customers.key],
+  );
+  const nulls = Number(nullable.rows[0]?.nulls ?? 0);
+  if (nulls > 0) {
+    throw new UsageError(
+      `${where()}: column "${m.customers.key}" of table "${table}" is null in ${nulls} row(s), and an account without a key cannot be paged through or recorded; fill in those keys, or map a column every customer has (a primary key).`,
+    );
+  }
   const unique = await knex.raw<{ rows: unknown[] }>(
     `select 1 from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = i.indkey[0]
       where i.indrelid = to_regclass(?) and i.indisunique and i.indnkeyatts = 1 and i.indpred is null
@@ -242,10 +268,8 @@ export async function checkUniqueKey(knex: Knex, rules: Rules): Promise<void> {
     [m.customers.key, table],
   );
   if (rows.length === 0) return;
-  const where =
-    rules.locate?.(['source', 'customers', 'key']) ?? 'source.customers.key (the default mapping)';
   throw new UsageError(
-    `${where}: column "${m.customers.key}" of table "${table}" names more than one row for ${rows
+    `${where()}: column "${m.customers.key}" of table "${table}" names more than one row for ${rows
       .map((r) => JSON.stringify(r.key))
       .join(
         ', ',

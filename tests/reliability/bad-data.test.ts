@@ -331,6 +331,37 @@ describe('a key column that is not unique', () => {
   });
 });
 
+describe('a key column with nulls', () => {
+  test('a row without a key: refused before the run opens, saying how many; keyed again, every account is scanned', async () => {
+    const { db, keys } = await setUp('text');
+    await db.knex.raw('alter table app.members drop constraint members_pkey cascade');
+    await db.knex.raw('alter table app.members alter column "Member Key" drop not null');
+    await db.knex.raw('create unique index on app.members ("Member Key")');
+    const row = await db.knex('app.members').where('Member Key', keys.delinquent!).first();
+    await db.knex('app.members').insert({ ...row, 'Member Key': null });
+    // A page of 2,000 holds every row: before this check, it read as empty, and the run succeeded
+    // having scanned nobody.
+    const r = await backfill(db, '--batch-size', '2000');
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(r.stderr).toMatch(
+      /^error: \S+:\d+ source\.customers\.key: column "Member Key" of table "app\.members" is null in 1 row\(s\), and an account without a key cannot be paged through or recorded; fill in those keys, or map a column every customer has \(a primary key\)\.\n$/,
+    );
+    expect(
+      await db
+        .knex('suspend.runs')
+        .count<{ n: string }[]>({ n: '*' })
+        .catch(() => [{ n: '0' }]),
+    ).toEqual([{ n: '0' }]);
+    await db.knex('app.members').whereNull('Member Key').update({ 'Member Key': 'late-key' });
+    const again = await backfill(db, '--batch-size', '2000');
+    expect({ code: again.code, stderr: again.stderr }).toEqual({ code: 0, stderr: '' });
+    const total = await db.knex('app.members').count<{ n: string }[]>({ n: '*' });
+    const counts = (JSON.parse(again.stdout) as { counts: { scanned: number; skipped: number } }).counts;
+    // Every row is an account now: judged, or skipped for its values (the two uncomputable ones).
+    expect(counts.scanned + counts.skipped).toBe(Number(total[0]!.n));
+  });
+});
+
 describe('dates that look like entry mistakes', () => {
   test('doctor notes unpaid invoices due before they were issued, without failing the check', async () => {
     const { db, keys } = await setUp('text');

@@ -423,6 +423,13 @@ describe('bad rules through the CLI', () => {
     expect(r.stderr).toMatch(
       /^error: \S+far\.yaml:\d+ source\.customers\.table: table "accounts_2019" does not exist in this database; fix source in the rules file or run `suspend seed` for the reference data\.\n$/,
     );
+    // A schema that is not there is said at source.schema, not as each of its tables.
+    const schema = ENGINE_RULES.replace('source:\n', 'source:\n  schema: app_data\n');
+    const noSchema = await cli(db, ['report', '--as-of', AS_OF], writeRules(schema, 'schema.yaml'));
+    expect({ code: noSchema.code, stdout: noSchema.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(noSchema.stderr).toMatch(
+      /^error: \S+schema\.yaml:\d+ source\.schema: schema "app_data" does not exist in this database; name the schema that holds the host's tables, or null for the connection's search path\.\n$/,
+    );
     expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
   });
 });
