@@ -73,6 +73,33 @@ describe('states the rules no longer describe', () => {
     );
   });
 
+  test('a stage inserted before others: the accounts stay in their stages, no note, nothing entered or sent again', async () => {
+    const inserted = edited(
+      '      - name: paused\n        when: { invoice_overdue_for: 10 days }',
+      '      - name: reminded\n        when: { invoice_overdue_for: 10 days }\n        actions: [notify]\n      - name: paused\n        when: { invoice_overdue_for: 10 days }',
+    );
+    const before = await db.knex('suspend.history').count<{ n: string }[]>({ n: '*' });
+    const outbox = await db.knex('suspend.outbox').count<{ n: string }[]>({ n: '*' });
+    const paused = await db
+      .knex('suspend.account_states')
+      .where({ policy: 'overdue_pause', stage: 'paused' });
+    expect(paused.length).toBeGreaterThan(0);
+    const r = await cli(
+      db,
+      ['sweep', '--no-notify', '--format', 'json', '--as-of', AS_OF],
+      writeRules(inserted),
+    );
+    expect(r.code).toBe(0);
+    expect(r.stderr).not.toContain('note:');
+    // Judged by its old place, each paused account "escalated" to paused again, its actions fired anew.
+    expect((JSON.parse(r.stdout) as { counts: { changes: number } }).counts.changes).toBe(0);
+    expect(await db.knex('suspend.history').count<{ n: string }[]>({ n: '*' })).toEqual(before);
+    expect(await db.knex('suspend.outbox').count<{ n: string }[]>({ n: '*' })).toEqual(outbox);
+    expect(
+      await db.knex('suspend.account_states').where({ policy: 'overdue_pause', stage: 'paused' }),
+    ).toEqual(paused);
+  });
+
   test('a policy removed: the same, and how to reinstate them', async () => {
     const suspended = await accounts('inactivity', 'suspended');
     const removed =

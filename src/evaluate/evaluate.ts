@@ -85,7 +85,13 @@ export function evaluatePolicy(
 
 /** The account's stored state under `policy` (clear when it has none). */
 function stateOf(states: Record<string, AccountPolicyState>, policy: Policy): AccountPolicyState {
-  return (Object.prototype.hasOwnProperty.call(states, policy.name) && states[policy.name]) || CLEAR_STATE;
+  const stored = (Object.prototype.hasOwnProperty.call(states, policy.name) && states[policy.name]) || null;
+  if (!stored || stored.stage === null) return stored ?? CLEAR_STATE;
+  // A stored stage is where its name now is: a stage inserted or removed before it moves it, and
+  // judged by its old place the account would "escalate" to its own stage and fire its actions
+  // again. A name the ladder no longer has (renamed) is judged by its place (see stale-stages.ts).
+  const named = policy.stages.find((s) => s.name === stored.stage);
+  return named && named.index !== stored.stageIndex ? { ...stored, stageIndex: named.index } : stored;
 }
 
 /** One sentence: "delinquency: suspended, because overdue balance $42.00 is over $5.00 and ...". */

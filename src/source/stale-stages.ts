@@ -5,10 +5,11 @@ import { regclassText } from './signals';
 
 /**
  * Stored states the rules no longer describe: a policy removed from the file or turned off for the
- * account's organization, or a stage renamed, removed or moved in its ladder. Runs match a stored
- * state to its ladder by position and judge only the policies an organization applies, so such an
- * account keeps the stored stage (its name, message and flags: maybe booking blocked) and no run
- * says why. Each kind of case is one note for the run's log.
+ * account's organization, or a stage renamed or removed. Runs match a stored stage to its ladder by
+ * name (one moved in the ladder is judged where it now is), else by position, and judge only the
+ * policies an organization applies, so such an account keeps the stored stage (its name, message
+ * and flags: maybe booking blocked) and no run says why. Each kind of case is one note for the
+ * run's log.
  *
  * It reads every stored state (about 0.3 s per million): a real run skips it when the rules are those
  * of the last run that succeeded, which said it already; a dry run always says it.
@@ -71,8 +72,9 @@ export async function staleStageNotes(
       );
       continue;
     }
+    // A stage the ladder still names, wherever it now is, is judged there (see evaluate.ts stateOf).
+    if (policy.stages.some((s) => s.name === r.stage)) continue;
     const there = policy.stages.find((s) => s.index === r.stage_index);
-    if (there?.name === r.stage) continue;
     add(
       `${r.policy}\u0000${r.stage}\u0000${there?.name ?? ''}`,
       r,
