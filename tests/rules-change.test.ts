@@ -105,9 +105,15 @@ describe('states the rules no longer describe', () => {
     const removed =
       ENGINE_RULES.slice(0, ENGINE_RULES.indexOf('  inactivity:')) +
       ENGINE_RULES.slice(ENGINE_RULES.indexOf('  delinquency:'));
-    expect(await reportSays(removed)).toContain(
-      `note: ${suspended} are in stage suspended of policy inactivity, a policy the rules no longer have: no run moves them; reinstate them (\`suspend reinstate KEY --policy inactivity\`) or put the policy back.\n`,
-    );
+    const said = `${suspended} are in stage suspended of policy inactivity, a policy the rules no longer have: no run moves them; reinstate them (\`suspend reinstate KEY --policy inactivity\`) or put the policy back.`;
+    expect(await reportSays(removed)).toContain(`note: ${said}\n`);
+    // The report itself keeps it, for whoever reads it later: its Notes, its JSON, even with --quiet.
+    const file = writeRules(removed);
+    const text = await cli(db, ['report', '--as-of', AS_OF, '--quiet'], file);
+    expect({ code: text.code, stderr: text.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(text.stdout).toContain(`\nNotes\n\n- ${said}\n`);
+    const json = await cli(db, ['report', '--as-of', AS_OF, '--quiet', '--format', 'json'], file);
+    expect((JSON.parse(json.stdout) as { notes: string[] }).notes).toEqual([said]);
   });
 
   test('a policy turned off for one organization: its accounts there are named, with the organization', async () => {

@@ -126,6 +126,11 @@ export interface BatchResult {
    * `waitingFor`: the other shards it waits for (this one, stopped, is said by its own status).
    */
   shard?: { name: string; runStatus: string; waitingFor: string[] };
+  /**
+   * What the rules say of the data (stages the rules no longer describe, exclusions and overrides
+   * that match no account), each a sentence: logged as the run starts, and kept in its report.
+   */
+  notes?: string[];
 }
 
 const SHARD_ALL = '0/1';
@@ -157,12 +162,17 @@ export async function runBatch(knex: Knex, rules: Rules, given: BatchOptions): P
     throw new UsageError(`--workers ${workers}: give a number of page pipelines from 1 to 64.`);
   }
   await checkSource(knex, rules);
-  for (const note of await staleStageNotes(knex, rules, options)) options.onLog?.(note);
-  for (const note of await exclusionKeyNotes(knex, rules)) options.onLog?.(note);
-  for (const note of await organizationNotes(knex, rules)) options.onLog?.(note);
+  const notes = [
+    ...(await staleStageNotes(knex, rules, options)),
+    ...(await exclusionKeyNotes(knex, rules)),
+    ...(await organizationNotes(knex, rules)),
+  ];
+  for (const note of notes) options.onLog?.(note);
+  const withNotes = (result: BatchResult): BatchResult =>
+    notes.length > 0 ? { ...result, notes: notes.map((n) => n.replace(/^note: /, '')) } : result;
   if (options.dryRun) {
     if (workers > 1) await checkConnectionRoom(knex, { workers, perWorker: PIPELINE_CONNECTIONS });
-    return withPipelinePool(knex, workers, (pool) => dryRun(knex, pool, rules, options));
+    return withNotes(await withPipelinePool(knex, workers, (pool) => dryRun(knex, pool, rules, options)));
   }
 
   await requireMigrated(knex, schema);
@@ -174,7 +184,7 @@ export async function runBatch(knex: Knex, rules: Rules, given: BatchOptions): P
     signal: options.signal,
   });
   try {
-    return await realRun(knex, rules, options, lock.proof);
+    return withNotes(await realRun(knex, rules, options, lock.proof));
   } finally {
     await lock.release();
   }

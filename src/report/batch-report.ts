@@ -157,6 +157,7 @@ export async function writeBatchReport(
         },
         limit: result.limit,
         ...(meta.dryRun ? { wouldStopAtLimit: result.wouldStopAtLimit ?? null } : {}),
+        notes: result.notes ?? [],
         transitions,
         sample: collector.sample.map((s) => ({ ...accountRow(s), ...s.explain() })),
       },
@@ -194,7 +195,9 @@ export async function writeBatchReport(
   }
   lines.push(heading('Changes by organization, policy and stage'));
   lines.push(transitions.length > 0 ? table(TRANSITION_COLUMNS, transitions) : '(none)');
-  const notes: string[] = [];
+  // What the rules say of the data first: the run logged it as it started, and the report (kept,
+  // read later, maybe --quiet) says it again.
+  const notes: string[] = [...(result.notes ?? [])];
   if (c.excluded > 0) {
     notes.push(
       // Accounts under a live exclusion, whether or not a rule would have moved them today.
