@@ -173,7 +173,7 @@ describe('the SQL pre-filter', () => {
 });
 
 describe('--shard I/N processes share one run', () => {
-  const copies = seededCopies(11);
+  const copies = seededCopies(12);
   const runs = (db: TestDatabase) =>
     db.knex('suspend.runs').orderBy('id').select('id', 'kind', 'status', 'counts');
   const historyRunIds = async (db: TestDatabase) =>
@@ -570,6 +570,32 @@ describe('--shard I/N processes share one run', () => {
       ['1', 'succeeded'],
       ['2', 'running'],
     ]);
+  });
+
+  test('a sweep shard run again once its part is done opens no second sweep: exit 2, the other shard finishes the one run', async () => {
+    const db = copies[11]!;
+    const shard = (i: number) => cli(db, ['sweep', '--shard', `${i}/2`, '--no-notify', ...PAGES]);
+    expect((await shard(1)).code).toBe(0);
+    const again = await shard(1);
+    expect({ code: again.code, stdout: again.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(again.stderr).toBe(
+      `error: Shard 1/2 of sweep run 1 (as of ${AS_OF}) is done already; the run waits for shard 0/2: run that one to finish it.\n`,
+    );
+    expect((await runs(db)).map((r) => [String(r.id), r.kind, r.status])).toEqual([
+      ['1', 'sweep', 'running'],
+    ]);
+    // Shard 0/2 joins that run, which then succeeds: no run is left running.
+    const last = await shard(0);
+    expect(last.code).toBe(0);
+    expect(JSON.parse(last.stdout)).toMatchObject({
+      runId: '1',
+      status: 'succeeded',
+      shard: { name: '0/2', runStatus: 'succeeded', waitingFor: [] },
+    });
+    expect((await runs(db)).map((r) => [String(r.id), r.kind, r.status])).toEqual([
+      ['1', 'sweep', 'succeeded'],
+    ]);
+    expect(await historyRunIds(db)).toEqual(['1']);
   });
 });
 

@@ -14,8 +14,8 @@ import { exclusionKeyNotes, organizationNotes } from '../source/exclusion-keys';
 import { acquireRunLock, confirmLockHeld, lockStillOurs, type HeldLock, type LockProof } from './lock';
 import { checkConnectionRoom } from './connections';
 import {
-  backfillWithPartDone,
   closeShard,
+  refuseDonePart,
   runToJoin,
   settleFinishedShardRuns,
   settleShardRun,
@@ -549,20 +549,9 @@ async function openShardRun(
     return { run: mine, workers: await resumeRun(knex, rules, options, mine, name) };
   }
   if (options.resume) throw nothingToResume(name);
-  if (options.kind === 'backfill') {
-    const done = await backfillWithPartDone(knex, schema, shard, options.orgs ?? null);
-    // Read only while shards still wait; with none, the run is closed now and a new one starts.
-    const progress =
-      done &&
-      (await knex.transaction((trx) =>
-        settleShardRun(trx, schema, done.id, shard.count, { onlyIfFinished: true }),
-      ));
-    if (done && progress && progress.waiting.length > 0) {
-      throw new UsageError(
-        `Shard ${name} of backfill run ${done.id} is done already; the run waits for shard${progress.waiting.length > 1 ? 's' : ''} ${progress.waiting.join(', ')}: run ${progress.waiting.length > 1 ? 'those' : 'that one'}, or abandon the run (\`suspend backfill --abandon ${done.id}\`) to backfill again from the start.`,
-      );
-    }
-  }
+  // A shard whose part of the run it would join is done exits 2 rather than open a second run.
+  const judged = { asOf: options.asOf, rulesHash: rules.hash };
+  await refuseDonePart(knex, schema, options.kind, shard, judged, options.orgs ?? null);
   const ranges = await splitRange(knex, rules, filterOf(options), total, options.workers ?? 1);
   const workers = freshWorkers(ranges, name);
   const run = await withShardLedgerLock(knex, schema, async (trx) => {

@@ -2,6 +2,7 @@ import type { Knex } from 'knex';
 import { emptyCounts, mergeCounts, restoreCounts, type RunCounts } from './counts';
 import { getRun, RUN_ORGS, type RunKind, type RunRecord, type RunStatus } from './ledger';
 import type { IsoDate } from '../types';
+import { UsageError } from '../errors';
 
 /**
  * `--shard I/N` processes share one run: the first shard to start writes the run row, the others
@@ -104,22 +105,61 @@ export async function runToJoin(
 }
 
 /**
- * The unfinished backfill in which this shard's part is done already (it waits for other shards):
- * run again, the shard has nothing to do there, and must not open a second backfill beside it.
+ * The unfinished run in which this shard's part is done already (it waits for other shards): run
+ * again, the shard has nothing to do there, and must not open a second run beside it, which the
+ * other shards would join, leaving the first unfinished for good. A backfill's is any unfinished
+ * backfill over the same organizations; a sweep's, an unfinished sweep of the same day and rules (a
+ * stopped one too: its stopped shard goes on with it when run again).
  */
-export async function backfillWithPartDone(
+export async function runWithPartDone(
   trx: Knex | Knex.Transaction,
   schema: string,
+  kind: RunKind,
   shard: { index: number; count: number },
+  sweep: { asOf: IsoDate; rulesHash: string },
   orgs: string[] | null,
 ): Promise<RunRecord | null> {
   const name = `${shard.index}/${shard.count}`;
-  const row = (await sameScope(trx, schema, 'backfill', shard.count, orgs)
+  const q = sameScope(trx, schema, kind, shard.count, orgs)
     .whereIn('status', UNFINISHED)
     .where(hasParts(trx, schema, name, false))
-    .whereNot(hasParts(trx, schema, name, true))
-    .first()) as { id: string } | undefined;
+    .whereNot(hasParts(trx, schema, name, true));
+  if (kind === 'sweep') q.where({ as_of: sweep.asOf, rules_hash: sweep.rulesHash });
+  const row = (await q.first()) as { id: string } | undefined;
   return row ? getRun(trx, schema, String(row.id)) : null;
+}
+
+/**
+ * Refuses (exit 2, naming the run and the shards it waits for) a shard run again once its part of
+ * the run it would join is done, while other shards have not finished theirs. A run whose shards are
+ * all done is closed here, and the shard goes on to start a new one.
+ */
+export async function refuseDonePart(
+  knex: Knex,
+  schema: string,
+  kind: RunKind,
+  shard: { index: number; count: number },
+  sweep: { asOf: IsoDate; rulesHash: string },
+  orgs: string[] | null,
+): Promise<void> {
+  const found = await withShardLedgerLock(knex, schema, async (trx) => {
+    const run = await runWithPartDone(trx, schema, kind, shard, sweep, orgs);
+    if (!run) return null;
+    return {
+      run,
+      progress: await settleShardRun(trx, schema, run.id, shard.count, { onlyIfFinished: true }),
+    };
+  });
+  if (!found || found.progress.waiting.length === 0) return;
+  const { run, progress } = found;
+  const name = `${shard.index}/${shard.count}`;
+  const many = progress.waiting.length > 1;
+  const waits = `the run waits for shard${many ? 's' : ''} ${progress.waiting.join(', ')}: run ${many ? 'those' : 'that one'}`;
+  throw new UsageError(
+    kind === 'backfill'
+      ? `Shard ${name} of backfill run ${run.id} is done already; ${waits}, or abandon the run (\`suspend backfill --abandon ${run.id}\`) to backfill again from the start.`
+      : `Shard ${name} of sweep run ${run.id} (as of ${run.asOf}) is done already; ${waits} to finish it.`,
+  );
 }
 
 /** Shard runs of this count over the same organizations, never one that was reverted. */
