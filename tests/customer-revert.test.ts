@@ -1,6 +1,9 @@
 import { createTestDatabase, type TestDatabase } from './helpers/database';
 import { runCli } from './helpers/cli';
+import path from 'node:path';
 import { checksumTables } from './helpers/fixtures';
+import { Gate, startNode, waitForSessionsGone } from './helpers/reliability';
+import { ROOT } from './helpers/server';
 
 /**
  * `suspend revert RUN_ID` on states written as the engine writes them: run A changed four accounts,
@@ -356,4 +359,119 @@ test('a database error nothing foresaw names its cause, not the first line of th
   } finally {
     await db.knex.raw('drop trigger no_runs on suspend.runs');
   }
+});
+
+describe('a revert killed before its first page', () => {
+  let own: TestDatabase;
+  const suspend = (args: string[]) => runCli([...args, '--database-url', own.url]);
+  afterAll(async () => own?.drop());
+
+  test('is continued and closed by reverting its run again, said stopped by --dry-run, and not reverted itself', async () => {
+    own = await createTestDatabase();
+    await own.knex('customers').insert([
+      { id: 20, name: 'Twenty', email: 'tw@example.com', status: 'suspended' },
+      { id: 21, name: 'Twenty-one', email: 'to@example.com' },
+    ]);
+    const [swept] = await own
+      .knex('suspend.runs')
+      .insert({
+        kind: 'sweep',
+        status: 'succeeded',
+        as_of: '2026-11-01',
+        rules_hash: 'test',
+        started_by: 'cron',
+      })
+      .returning('id');
+    const sweep = String((swept as { id: string }).id);
+    for (const key of ['20', '21']) {
+      await own.knex('suspend.account_states').insert({
+        customer_key: key,
+        policy: 'delinquency',
+        ...suspended,
+        entered_on: '2026-11-01',
+        host_before: key === '20' ? JSON.stringify({ status: 'active' }) : null,
+        run_id: sweep,
+        version: 1,
+      });
+      await own.knex('suspend.history').insert({
+        run_id: sweep,
+        customer_key: key,
+        policy: 'delinquency',
+        kind: 'enter',
+        to_stage: 'suspended',
+        to_index: 0,
+        previous_state: key === '20' ? JSON.stringify({ host: { status: 'active' } }) : null,
+        as_of: '2026-11-01',
+        actor: 'cron',
+      });
+    }
+
+    // Parked as its first page inserts its history rows (nothing committed yet), then kill -9.
+    const gate = await Gate.install(own, 'suspend.history', "new.kind = 'revert'");
+    try {
+      const killed = startNode([
+        path.join(ROOT, 'bin/suspend'),
+        'revert',
+        sweep,
+        '--as-of',
+        '2026-11-23',
+        '--database-url',
+        own.url,
+      ]);
+      await gate.blocked(killed);
+      killed.child.kill('SIGKILL');
+      expect((await killed.done).signal).toBe('SIGKILL');
+      // The parked backend finishes its statement into a closed socket: its transaction rolls back.
+      await gate.release();
+      await waitForSessionsGone(own);
+    } finally {
+      await gate.remove();
+    }
+    const reverts = await own.knex('suspend.runs').where({ reverts_run_id: sweep }).select('id', 'status');
+    expect(reverts).toHaveLength(1);
+    const stopped = String(reverts[0].id);
+    expect(reverts[0].status).toBe('running');
+    expect(await own.knex('suspend.history').where({ run_id: stopped }).pluck('id')).toEqual([]);
+    const runs = JSON.parse((await suspend(['runs', '--format', 'json'])).stdout) as {
+      id: string;
+      processGone?: boolean;
+    }[];
+    expect(runs.find((r) => r.id === stopped)).toMatchObject({ status: 'running', processGone: true });
+
+    const dry = await suspend(['revert', sweep, '--dry-run', '--as-of', '2026-11-23']);
+    expect(dry).toMatchObject({ code: 0, stderr: '' });
+    expect(dry.stdout).toContain(
+      `Dry run: reverting run ${sweep} (sweep as of 2026-11-01) would restore 2 more account state(s) (continuing revert run ${stopped}, which stopped part way) and leave 0 alone; nothing was written.`,
+    );
+
+    // Not reverted itself until it has finished.
+    const itself = await suspend(['revert', stopped, '--as-of', '2026-11-23']);
+    expect(itself).toMatchObject({
+      code: 2,
+      stdout: '',
+      stderr: `error: Run ${stopped} is a revert of run ${sweep} that did not finish; \`suspend revert ${sweep}\` finishes it, and then it can be reverted.\n`,
+    });
+
+    const again = await suspend(['revert', sweep, '--as-of', '2026-11-23']);
+    expect(again.code).toBe(0);
+    expect(again.stderr).toContain(`continuing revert run ${stopped}, which stopped part way`);
+    expect(again.stdout).toContain(
+      `Run ${sweep} (sweep as of 2026-11-01) reverted by run ${stopped}: 2 more account state(s) restored, 0 left alone.`,
+    );
+    // The same run, closed: no new run, nothing left running.
+    expect(await own.knex('suspend.runs').orderBy('id').select('id', 'kind', 'status')).toEqual([
+      { id: sweep, kind: 'sweep', status: 'succeeded' },
+      { id: stopped, kind: 'revert', status: 'succeeded' },
+    ]);
+    expect(
+      await own.knex('suspend.account_states').whereIn('customer_key', ['20', '21']).pluck('stage'),
+    ).toEqual([null, null]);
+    expect(await own.knex('customers').where({ id: 20 }).pluck('status')).toEqual(['active']);
+    // Finished, it can be reverted like any run.
+    const undo = await suspend(['revert', stopped, '--dry-run', '--as-of', '2026-11-23']);
+    expect(undo).toMatchObject({ code: 0, stderr: '' });
+    expect(undo.stdout).toContain(
+      `Dry run: reverting run ${stopped} (revert as of 2026-11-23) would restore 2 account state(s) and leave 0 alone; nothing was written.`,
+    );
+  });
 });

@@ -18,6 +18,7 @@ import {
   setRunStatus,
   startRun,
   undoAdvice,
+  unfinishedRevert,
   type RevertLink,
   type RunRecord,
 } from '../engine/ledger';
@@ -271,25 +272,14 @@ function alreadyReverted(id: string, chain: RevertLink[]): string {
   return `Run ${id}'s changes are partly undone (${steps}); to finish, ${undoAdvice(id, chain)}.`;
 }
 
-async function wroteHistory(knex: Knex, schema: string, runId: string): Promise<boolean> {
-  const r = await knex.raw<{ rows: unknown[] }>('select 1 from ?? where run_id = ? limit 1', [
-    `${schema}.history`,
-    runId,
-  ]);
-  return r.rows.length > 0;
-}
-
 export async function revertRun(knex: Knex, rules: Rules, options: RevertOptions): Promise<RevertResult> {
   const schema = rules.settings.schema;
   await requireMigrated(knex, schema);
   const target = await getRun(knex, schema, options.runId);
   if (!target) throw new UsageError(`There is no run ${options.runId}; \`suspend runs\` lists them.`);
-  if (
-    target.kind === 'revert' &&
-    target.status !== 'succeeded' &&
-    (await wroteHistory(knex, schema, target.id))
-  ) {
-    // Reverting part of a revert would leave the target's changes split between runs.
+  if (await unfinishedRevert(knex, schema, target)) {
+    // Reverting part of a revert would leave the target's changes split between runs (and one killed
+    // before its first page is continued by the next revert of its run, as revertChain says).
     throw new UsageError(
       `Run ${target.id} is a revert of run ${target.revertsRunId ?? '?'} that did not finish; \`suspend revert ${target.revertsRunId ?? '?'}\` finishes it, and then it can be reverted.`,
     );

@@ -332,16 +332,41 @@ export async function getRun(
   return row ? toRecord(row) : null;
 }
 
-/** One revert in a chain of reverts: `finished` unless it stopped after writing some pages. */
+/** One revert in a chain of reverts: `finished` unless it stopped part way (or is still running). */
 export interface RevertLink {
   id: string;
   finished: boolean;
 }
 
 /**
+ * Which reverts count (in a chain, and as unfinished): one that finished or wrote anything before it
+ * stopped (either way it changed accounts), and one still marked running, even before its first page:
+ * killed there, it is continued by the next revert of the same run as one killed later is (that one
+ * holds the run lock, so the process is gone), and it is not reverted itself until then.
+ */
+const REVERT_COUNTS =
+  "(r.status in ('succeeded', 'running') or exists (select 1 from ?? h where h.run_id = r.id))";
+
+/** Whether `run` is a revert that did not finish but counts (see REVERT_COUNTS): it cannot be reverted. */
+export async function unfinishedRevert(
+  knex: Knex | Knex.Transaction,
+  schema: string,
+  run: RunRecord,
+): Promise<boolean> {
+  if (run.kind !== 'revert' || run.status === 'succeeded') return false;
+  const found = await knex
+    .withSchema(schema)
+    .from('runs as r')
+    .where('r.id', run.id)
+    .whereRaw(REVERT_COUNTS, [`${schema}.history`])
+    .first(knex.raw('1'));
+  return found !== undefined;
+}
+
+/**
  * The reverts that follow run `id`: the one that reverted it, the one that reverted that revert,
- * and so on; at each step the newest that finished or wrote anything before it stopped (either
- * way it changed accounts). Odd positions undo the run's changes, even ones put them back.
+ * and so on; at each step the newest that counts (REVERT_COUNTS). Odd positions undo the run's
+ * changes, even ones put them back.
  */
 export async function revertChain(
   knex: Knex | Knex.Transaction,
@@ -354,9 +379,7 @@ export async function revertChain(
       .withSchema(schema)
       .from('runs as r')
       .where('r.reverts_run_id', at)
-      .whereRaw("(r.status = 'succeeded' or exists (select 1 from ?? h where h.run_id = r.id))", [
-        `${schema}.history`,
-      ])
+      .whereRaw(REVERT_COUNTS, [`${schema}.history`])
       .orderBy('r.id', 'desc')
       .first(knex.raw('r.id::text as id'), 'r.status')) as { id: string; status: string } | undefined;
     if (!next) return chain;
