@@ -1,6 +1,8 @@
+import path from 'node:path';
 import { createTestDatabase, type TestDatabase } from './helpers/database';
 import { runCli } from './helpers/cli';
 import { SIGNAL_ROWS_TABLE, writeRules } from './helpers/fixtures';
+import { ROOT } from './helpers/server';
 
 /**
  * A signal view (`source.view`) instead of mapped tables: suspend pages through the view by key and
@@ -8,7 +10,7 @@ import { SIGNAL_ROWS_TABLE, writeRules } from './helpers/fixtures';
  * accounts it staged earlier and leaves excluded accounts alone, as it does over tables.
  */
 
-const rulesFile = writeRules(`
+const RULES_TEXT = `
 version: 1
 source:
   view: account_signals
@@ -22,7 +24,8 @@ policies:
       - name: suspended
         when: { overdue_balance_over: '5.00', past_due_for: 30 days }
         actions: [notify, suspend]
-`);
+`;
+const rulesFile = writeRules(RULES_TEXT);
 
 let db: TestDatabase;
 
@@ -128,4 +131,79 @@ test('--workers 4 splits a view into four key ranges by its keys, not by their t
     .orderBy('last_key')
     .pluck('last_key');
   expect(parts.map(Number).sort((a, b) => a - b)).toEqual([7, 15, 22, 30]);
+});
+
+describe('a view without every signal column, or with one of a type the signal SQL cannot read', () => {
+  const all = `s.key, s.org_id, s.created_on, s.last_activity_on, s.open_balance, s.overdue_balance, s.unpaid_count,
+    s.oldest_overdue_days, s.oldest_overdue_id, s.oldest_overdue_unpaid, s.past_due_since, s.active_subscriptions,
+    s.net_terms_days, s.flags, s.name, s.email`;
+  const runs = async () => Number((await db.knex('suspend.runs').count<{ n: string }[]>({ n: '*' }))[0]?.n);
+
+  beforeAll(async () => {
+    await db.knex.raw(`
+      create view audit_view as select key, org_id::text as org_id, created_on from signal_rows;
+      create view float_view as select ${all
+        .replace(
+          's.open_balance, s.overdue_balance',
+          "s.open_balance::float8 + 0.5 as open_balance, 'lots'::text as overdue_balance",
+        )
+        .replace('s.flags', "'vip'::text as flags")} from signal_rows s;
+      create view text_day_view as select ${all.replace('s.created_on', "'notaday'::text as created_on")} from signal_rows s;`);
+  });
+
+  test.each([
+    [
+      'missing columns',
+      'audit_view',
+      'view "audit_view" has no columns "last_activity_on", "open_balance", "overdue_balance", "unpaid_count", "oldest_overdue_days", "oldest_overdue_id", "oldest_overdue_unpaid", "past_due_since", "active_subscriptions", "net_terms_days", "flags", "name" and "email"; a signal view yields key, org_id, created_on, last_activity_on, open_balance, overdue_balance, unpaid_count, oldest_overdue_days, oldest_overdue_id, oldest_overdue_unpaid, past_due_since, active_subscriptions, net_terms_days, flags, name, email, and this one has key, org_id, created_on.',
+    ],
+    [
+      'float and text balances, text flags',
+      'float_view',
+      'view "float_view" cannot be read as signals: column "open_balance" is double precision and needs to be an integer or numeric column (whole cents and counts, never a float), column "overdue_balance" is text and needs to be an integer or numeric column (whole cents and counts, never a float), column "flags" is text and needs to be a text[] column (flag names); cast them in the view.',
+    ],
+    [
+      'a text created_on',
+      'text_day_view',
+      'view "text_day_view" cannot be read as signals: column "created_on" is text and needs to be a date or timestamp column; cast it in the view.',
+    ],
+  ])(
+    '(%s) is refused with its line before the run opens: exit 2, nothing recorded',
+    async (_, view, message) => {
+      // The rules file above, naming this view.
+      const file = writeRules(RULES_TEXT.replace('view: account_signals', `view: ${view}`), `${view}.yaml`);
+      const line = RULES_TEXT.split('\n').findIndex((l) => l.includes('view: account_signals')) + 1;
+      const before = await runs();
+      for (const command of [
+        ['sweep', '--no-notify'],
+        ['backfill', '--no-notify'],
+        ['report', '--dry-run'],
+      ]) {
+        const r = await runCli([
+          ...command,
+          '--as-of',
+          '2026-12-09',
+          '--rules',
+          file,
+          '--database-url',
+          db.url,
+          '--quiet',
+        ]);
+        expect({ command, code: r.code, stdout: r.stdout, stderr: r.stderr }).toEqual({
+          command,
+          code: 2,
+          stdout: '',
+          stderr: `error: ${path.relative(ROOT, file)}:${line} source.view: ${message}\n`,
+        });
+      }
+      // Nothing recorded: a backfill left "interrupted" would refuse the corrected file.
+      expect(await runs()).toBe(before);
+    },
+  );
+
+  test('the view the contract describes still runs', async () => {
+    const fixed = await cli(['backfill', '--as-of', '2026-12-09']);
+    expect({ code: fixed.code, stderr: fixed.stderr }).toEqual({ code: 0, stderr: '' });
+    expect(JSON.parse(fixed.stdout)).toMatchObject({ status: 'succeeded', counts: { scanned: 30 } });
+  });
 });

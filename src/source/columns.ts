@@ -3,13 +3,14 @@ import { UsageError, errorMessage } from '../errors';
 import { driverMessage } from '../db/connection';
 import { closest, formatPath } from '../rules/problems';
 import type { Rules, SourceMapping } from '../types';
-import { qualified, regclassText } from './signals';
+import { VIEW_COLUMNS, qualified, regclassText } from './signals';
 
 /**
- * The mapped tables' columns, checked before a run opens: a name the table does not have, or a column
- * of a type the signal SQL cannot use as the mapping says (a text column as created_at), is one
- * sentence with its place in the rules file (exit 2), not a SQL error from the first page after the
- * run was recorded (a backfill left `interrupted` that a corrected file could not start again).
+ * The mapped tables' columns (or a signal view's), checked before a run opens: a name the table does
+ * not have, or a column of a type the signal SQL cannot use as the mapping says (a text column as
+ * created_at), is one sentence with its place in the rules file (exit 2), not a SQL error from the
+ * first page after the run was recorded (a backfill left `interrupted` that a corrected file could
+ * not start again).
  */
 
 /**
@@ -31,8 +32,36 @@ const KINDS: Record<Kind, { fits: (t: ColumnType) => boolean; says: string }> = 
   date: { fits: (t) => t.base === 'date', says: 'a date column (day arithmetic: a timestamp will not do)' },
   number: { fits: (t) => t.category === 'N', says: 'a numeric column (integer, numeric)' },
   flag: { fits: (t) => t.category === 'B', says: 'a boolean column' },
+  whole: {
+    fits: (t) => ['smallint', 'integer', 'bigint', 'numeric'].includes(t.base),
+    says: 'an integer or numeric column (whole cents and counts, never a float)',
+  },
+  names: {
+    fits: (t) => ['text[]', 'character varying[]'].includes(t.base),
+    says: 'a text[] column (flag names)',
+  },
 };
-type Kind = 'day' | 'instant' | 'date' | 'number' | 'flag';
+type Kind = 'day' | 'instant' | 'date' | 'number' | 'flag' | 'whole' | 'names';
+
+/**
+ * What the view contract (README, "a signal view") asks of a signal view's columns. Its days are read
+ * with `v.created_on::date`: a date or a timestamp, not text (no scan of a computed view to find a
+ * value that is not a day). Its amounts and counts are read as whole numbers, its flags as names.
+ * key, org_id, oldest_overdue_id, name and email are read as they come (key and org_id as text).
+ */
+const VIEW_KINDS: Partial<Record<(typeof VIEW_COLUMNS)[number], Kind>> = {
+  created_on: 'instant',
+  last_activity_on: 'instant',
+  past_due_since: 'instant',
+  open_balance: 'whole',
+  overdue_balance: 'whole',
+  oldest_overdue_unpaid: 'whole',
+  unpaid_count: 'whole',
+  oldest_overdue_days: 'whole',
+  active_subscriptions: 'whole',
+  net_terms_days: 'whole',
+  flags: 'names',
+};
 
 interface MappedColumn {
   table: string;
@@ -45,7 +74,7 @@ interface MappedColumn {
   joins?: 'customer key';
 }
 
-/** Every column a run reads through the mapping; none for a signal view (its columns are fixed). */
+/** Every column a run reads through the mapping; none for a signal view (see checkViewColumns). */
 export function mappedColumns(m: SourceMapping): MappedColumn[] {
   if (m.view) return [];
   const c = m.customers;
@@ -162,19 +191,11 @@ export async function checkMappedTables(knex: Knex, rules: Rules): Promise<void>
  * notify reads it, and says so when it cannot (the addresses in the rules file still get digests).
  */
 export async function checkMappedColumns(knex: Knex, rules: Rules): Promise<void> {
+  if (rules.source.view) return checkViewColumns(knex, rules, rules.source.view);
   const wanted = mappedColumns(rules.source);
   const tables = [...new Set(wanted.map((w) => w.table))];
   if (tables.length === 0) return;
-  const { rows } = await knex.raw<{ rows: { t: string; columns: ColumnType[] | null }[] }>(
-    `select t, (select json_agg(json_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
-                                                   'base', format_type(coalesce(nullif(ty.typbasetype, 0), a.atttypid), null),
-                                                   'category', ty.typcategory) order by a.attnum)
-                  from pg_attribute a join pg_type ty on ty.oid = a.atttypid
-                 where a.attrelid = to_regclass(r) and a.attnum > 0 and not a.attisdropped) as columns
-       from unnest(?::text[], ?::text[]) as x(t, r)`,
-    [tables, tables.map((t) => regclassText(qualified(rules.source, t)))],
-  );
-  const columnsOf = new Map(rows.map((r) => [r.t, r.columns]));
+  const columnsOf = await columnTypes(knex, rules.source, tables);
   const typeOf = (table: string, column: string) => columnsOf.get(table)?.find((c) => c.name === column);
   const where = (w: MappedColumn) => rules.locate?.(w.path) ?? `${formatPath(w.path)} (the default mapping)`;
   const table = (w: MappedColumn) => `table "${qualified(rules.source, w.table)}"`;
@@ -220,6 +241,60 @@ export async function checkMappedColumns(knex: Knex, rules: Rules): Promise<void
       );
     }
   }
+}
+
+/**
+ * Refuses a signal view without every column of VIEW_COLUMNS, or with one of a type the signal SQL
+ * cannot read as the contract says (a float balance, text flags): else the first page fails after
+ * the run was recorded, or every account is skipped as bad data and the run says it succeeded.
+ */
+async function checkViewColumns(knex: Knex, rules: Rules, view: string): Promise<void> {
+  const name = qualified(rules.source, view);
+  const columns = (await columnTypes(knex, rules.source, [view])).get(view);
+  if (!columns) return; // not there: the table check says so
+  const where = rules.locate?.(['source', 'view']) ?? 'source.view';
+  const missing = VIEW_COLUMNS.filter((c) => !columns.some((has) => has.name === c));
+  if (missing.length > 0) {
+    throw new UsageError(
+      `${where}: view "${name}" has no ${missing.length === 1 ? 'column' : 'columns'} ${quotedList(missing)}; a signal view yields ${VIEW_COLUMNS.join(', ')}, and this one has ${columns.map((c) => c.name).join(', ')}.`,
+    );
+  }
+  const wrong = VIEW_COLUMNS.flatMap((column) => {
+    const kind = VIEW_KINDS[column];
+    const type = columns.find((c) => c.name === column);
+    return kind && type && !KINDS[kind].fits(type)
+      ? [`column "${column}" is ${type.type} and needs to be ${KINDS[kind].says}`]
+      : [];
+  });
+  if (wrong.length > 0) {
+    throw new UsageError(
+      `${where}: view "${name}" cannot be read as signals: ${wrong.join(', ')}; cast ${wrong.length === 1 ? 'it' : 'them'} in the view.`,
+    );
+  }
+}
+
+/** "a", "b" and "c". */
+function quotedList(names: readonly string[]): string {
+  const quoted = names.map((n) => `"${n}"`);
+  return quoted.length === 1 ? (quoted[0] ?? '') : `${quoted.slice(0, -1).join(', ')} and ${quoted.at(-1)}`;
+}
+
+/** The columns of each table (by its name in the mapping) with their types; none for a missing table. */
+async function columnTypes(
+  knex: Knex,
+  mapping: SourceMapping,
+  tables: string[],
+): Promise<Map<string, ColumnType[] | null>> {
+  const { rows } = await knex.raw<{ rows: { t: string; columns: ColumnType[] | null }[] }>(
+    `select t, (select json_agg(json_build_object('name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
+                                                   'base', format_type(coalesce(nullif(ty.typbasetype, 0), a.atttypid), null),
+                                                   'category', ty.typcategory) order by a.attnum)
+                  from pg_attribute a join pg_type ty on ty.oid = a.atttypid
+                 where a.attrelid = to_regclass(r) and a.attnum > 0 and not a.attisdropped) as columns
+       from unnest(?::text[], ?::text[]) as x(t, r)`,
+    [tables, tables.map((t) => regclassText(qualified(mapping, t)))],
+  );
+  return new Map(rows.map((r) => [r.t, r.columns]));
 }
 
 interface ColumnType {
