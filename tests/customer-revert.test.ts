@@ -467,6 +467,20 @@ describe('a revert killed before its first page', () => {
       await own.knex('suspend.account_states').whereIn('customer_key', ['20', '21']).pluck('stage'),
     ).toEqual([null, null]);
     expect(await own.knex('customers').where({ id: 20 }).pluck('status')).toEqual(['active']);
+    // The ledger says which run undid which: in the table, in JSON and in `runs show`.
+    const table = (await suspend(['runs'])).stdout.split('\n');
+    expect(table.find((l) => l.startsWith(`${sweep} `))).toMatch(
+      / sweep +succeeded \(reverted by run \d+\) /,
+    );
+    expect(table.find((l) => l.startsWith(`${stopped} `))).toMatch(
+      new RegExp(` revert of ${sweep} +succeeded `),
+    );
+    const listed = JSON.parse((await suspend(['runs', '--format', 'json'])).stdout) as {
+      id: string;
+      revertedBy?: { id: string; status: string };
+    }[];
+    expect(listed.find((r) => r.id === sweep)?.revertedBy).toEqual({ id: stopped, status: 'succeeded' });
+    expect((await suspend(['runs', 'show', sweep])).stdout).toContain(`\nreverted by run ${stopped}`);
     // Finished, it can be reverted like any run.
     const undo = await suspend(['revert', stopped, '--dry-run', '--as-of', '2026-11-23']);
     expect(undo).toMatchObject({ code: 0, stderr: '' });

@@ -19,8 +19,11 @@ import { renderCsv, renderMarkdown, renderTable, type Row } from '../../report/t
 
 const COLUMNS = ['id', 'kind', 'status', 'as_of', 'rules', 'started', 'finished', 'by', 'scanned', 'changes'];
 
-/** A run as `runs` shows it: `processGone` when it says running but no process holds the run lock. */
-type ShownRun = RunRecord & { processGone?: true };
+/**
+ * A run as `runs` shows it: `processGone` when it says running but no process holds the run lock;
+ * `revertedBy`, the newest revert of it (a revert undoes its changes, the run's row stays as it was).
+ */
+type ShownRun = RunRecord & { processGone?: true; revertedBy?: { id: string; status: string } };
 
 /**
  * The ledger rows with what is known beyond them: a running (or killed) run's counts with its
@@ -31,10 +34,25 @@ async function shown(knex: Knex, schema: string, records: RunRecord[]): Promise<
   const unfinished = records.filter((r) => r.status === 'running').map((r) => r.id);
   const committed = await committedCounts(knex, schema, unfinished);
   const holders = unfinished.length > 0 ? await runLockHolders(knex, schema) : new Set<number>();
+  const reverts = (await knex
+    .withSchema(schema)
+    .from('runs')
+    .whereIn(
+      'reverts_run_id',
+      records.map((r) => r.id),
+    )
+    .orderBy('id')
+    .select(knex.raw('reverts_run_id::text as target'), knex.raw('id::text as id'), 'status')) as {
+    target: string;
+    id: string;
+    status: string;
+  }[];
+  const revertedBy = new Map(reverts.map((r) => [r.target, { id: r.id, status: r.status }]));
   return records.map((r) => ({
     ...r,
     counts: r.status === 'running' ? runningCounts(r.counts, committed.get(r.id)) : r.counts,
     ...(processGone(r, holders) ? { processGone: true as const } : {}),
+    ...(revertedBy.has(r.id) ? { revertedBy: revertedBy.get(r.id)! } : {}),
   }));
 }
 
@@ -42,8 +60,8 @@ function row(r: ShownRun): Row {
   const counts = r.counts as { scanned?: number; changes?: number };
   return {
     id: r.id,
-    kind: r.kind,
-    status: r.processGone ? 'running (process gone)' : r.status,
+    kind: r.revertsRunId ? `${r.kind} of ${r.revertsRunId}` : r.kind,
+    status: `${r.processGone ? 'running (process gone)' : r.status}${revertNote(r.revertedBy)}`,
     as_of: r.asOf,
     rules: r.rulesHash.slice(0, 12),
     started: r.startedAt.toISOString().replace('T', ' ').slice(0, 19),
@@ -52,6 +70,12 @@ function row(r: ShownRun): Row {
     scanned: counts.scanned ?? null,
     changes: counts.changes ?? null,
   };
+}
+
+/** "(reverted by run 13)" beside a run's status; a revert that did not finish says so. */
+function revertNote(by: ShownRun['revertedBy']): string {
+  if (!by) return '';
+  return by.status === 'succeeded' ? ` (reverted by run ${by.id})` : ` (revert run ${by.id} ${by.status})`;
 }
 
 function render(records: ShownRun[], format: Format): string {
@@ -122,6 +146,10 @@ export function registerRuns(program: Command): void {
         );
       }
       if (run.revertsRunId) lines.push(`reverts run ${run.revertsRunId}`);
+      if (run.revertedBy)
+        lines.push(
+          `reverted by run ${run.revertedBy.id}${run.revertedBy.status === 'succeeded' ? '' : ` (${run.revertedBy.status})`}`,
+        );
       if (run.error) lines.push(`error: ${run.error}`);
       writeArtifact(lines.join('\n'));
     });
