@@ -158,4 +158,37 @@ describe('states the rules no longer describe', () => {
       `note: the rules have overrides for organization "33", which no account belongs to; they apply to nobody (check the id against the customers' organization column).\n`,
     );
   });
+
+  test("a stage's set value changed: runs note the accounts that keep the old value; a reinstatement leaves the column and says so", async () => {
+    const dormant = edited(
+      'actions: [notify, suspend, { set: { status: suspended } }]\n        message: "We have not seen you',
+      'actions: [notify, suspend, { set: { status: dormant } }]\n        message: "We have not seen you',
+    );
+    // Accounts suspended for inactivity and not for delinquency: the inactivity stage sets their status.
+    const only = (
+      await db.knex.raw<{ rows: { key: string }[] }>(
+        `select customer_key as key from suspend.account_states group by customer_key
+        having bool_or(policy = 'inactivity' and stage is not null)
+           and not bool_or(policy = 'delinquency' and stage is not null)
+        order by customer_key::bigint`,
+      )
+    ).rows.map((r) => r.key);
+    expect(only.length).toBeGreaterThan(1);
+    const file = writeRules(dormant);
+    const said = `${only.length} account(s) in a stage hold status = "suspended", not the "dormant" their stages now set (the host wrote it since, or a stage's set value changed after suspend wrote "suspended"): a column is given back only over the value the rules set, so when they clear, status stays "suspended". If suspend wrote it, set "suspended" in the rules again until they clear, or put status to "dormant" for them.`;
+    const report = await cli(db, ['report', '--as-of', AS_OF, '--quiet', '--format', 'json'], file);
+    expect(report.code).toBe(0);
+    expect((JSON.parse(report.stdout) as { notes: string[] }).notes).toContain(said);
+    // The rules as they were: no such note.
+    const before = await cli(db, ['report', '--as-of', AS_OF, '--quiet', '--format', 'json']);
+    expect((JSON.parse(before.stdout) as { notes: string[] }).notes.join('\n')).not.toContain(' hold status');
+    // One of them reinstated by hand: its status is left, and the command says what to put back.
+    const key = only[0]!;
+    const r = await cli(db, ['reinstate', key, '--reason', 'called', '--as-of', AS_OF], file);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(
+      `Host column status left as it is: it holds "suspended", not the "dormant" the rules' stage sets, so suspend cannot tell whether it wrote that value (the host may have since, or the stage's set value changed); if it did, put back "active" by hand.`,
+    );
+    expect(await db.knex('customers').where({ id: key }).first('status')).toEqual({ status: 'suspended' });
+  });
 });

@@ -126,6 +126,23 @@ export async function restoreHostColumns(
   return writeHostColumns(trx, mapping, changes);
 }
 
+/** One account's host columns as text (to say what a column holds when it was not given back). */
+export async function hostColumnValues(
+  knex: Knex | Knex.Transaction,
+  mapping: SourceMapping,
+  key: string,
+  columns: string[],
+): Promise<Record<string, string | null>> {
+  const c = mapping.customers;
+  if (columns.length === 0) return {};
+  const types = await columnTypes(knex, mapping, [c.key]);
+  const result = await knex.raw<{ rows: Record<string, string | null>[] }>(
+    `select ${columns.map(() => '??::text as ??').join(', ')} from ?? where ?? = ?::text::${types.get(c.key)}`,
+    [...columns.flatMap((col) => [col, col]), qualified(mapping, c.table), c.key, key],
+  );
+  return result.rows[0] ?? {};
+}
+
 /** A stored host value (jsonb: text, number, boolean or null) as the text writeHostColumns casts. */
 export function hostValueText(value: unknown): string | null {
   if (value === null || value === undefined) return null;

@@ -8,7 +8,7 @@ import { closest } from '../rules/problems';
 import { readAccounts } from '../source/signals';
 import { evaluatePolicy } from '../evaluate/evaluate';
 import { findExclusion } from '../evaluate/exclusions';
-import { accountKey, customerContacts, customerTable, restoreHostColumns } from './host';
+import { accountKey, customerContacts, customerTable, hostColumnValues, restoreHostColumns } from './host';
 import { reinstateHostValues } from './host-plan';
 import { currentExclusion, type Exclusion } from './exclusions';
 import { readStoredRows, rewriteStates, valuesOf, type StateRewrite, type StoredRow } from './write';
@@ -53,6 +53,11 @@ export interface ReinstateResult {
   reinstated: ReinstatedPolicy[];
   /** Host columns put back: column → value written. */
   hostRestored: Record<string, string | null>;
+  /**
+   * Host columns not put back: they no longer hold the value the rules' stage sets (the host wrote
+   * another since, or the rules' set value changed after suspend wrote it), so they were left.
+   */
+  hostKept: { column: string; holds: string | null; sets: string | null; before: string | null }[];
   /** The account's live exclusion, if any: reinstating by hand is allowed, but worth saying. */
   exclusion: Exclusion | null;
   /** Other policies' stages that still block booking or sign-in after it (null: none do). */
@@ -149,7 +154,15 @@ export async function reinstateAccount(
     }
     const chosen = chooseRows(rows, options, rules);
     if (chosen.length === 0) {
-      return { key: options.key, run: null, reinstated: [], hostRestored: {}, exclusion, stillHeld: null };
+      return {
+        key: options.key,
+        run: null,
+        reinstated: [],
+        hostRestored: {},
+        hostKept: [],
+        exclusion,
+        stillHeld: null,
+      };
     }
     options = { ...options, asOf: reinstatementDay(options, chosen) };
     const run = await startRun(knex, schema, {
@@ -191,7 +204,7 @@ async function writeReinstatement(
   rules: Rules,
   options: ReinstateOptions,
   run: RunRecord,
-): Promise<Pick<ReinstateResult, 'reinstated' | 'hostRestored' | 'stillHeld'>> {
+): Promise<Pick<ReinstateResult, 'reinstated' | 'hostRestored' | 'hostKept' | 'stillHeld'>> {
   const schema = rules.settings.schema;
   const rows = await readStoredRows(trx, schema, [options.key], { lock: true });
   const chosen = chooseRows(rows, options, rules);
@@ -257,6 +270,21 @@ async function writeReinstatement(
   );
   const hostRestored: Record<string, string | null> = {};
   for (const h of host) if (hostOld && h.column in hostOld) hostRestored[h.column] = h.value;
+  // A give-back is written only over the value a stage sets: one the column no longer holds is left,
+  // and said, for suspend cannot tell whether it wrote what is there.
+  const left = host.filter((h) => h.expected !== undefined && !(hostOld && h.column in hostOld));
+  const heldNow = await hostColumnValues(
+    trx,
+    rules.source,
+    options.key,
+    left.map((h) => h.column),
+  );
+  const hostKept = left.map((h) => ({
+    column: h.column,
+    holds: heldNow[h.column] ?? null,
+    sets: h.expected ?? null,
+    before: h.value,
+  }));
   return {
     reinstated: written.map((w) => ({
       policy: w.policy,
@@ -264,6 +292,7 @@ async function writeReinstatement(
       historyId: w.historyId,
     })),
     hostRestored,
+    hostKept,
     stillHeld: holds.find((h) => h.account)?.account ?? null,
   };
 }

@@ -9,7 +9,7 @@ import { countAccountsQuery, stateTables } from '../source/signals';
 import type { StateChange, WriteContext } from '../write/apply';
 import { checkSetColumns } from '../write/host-columns';
 import { checkMappedColumns, checkMappedTables, checkUniqueKey } from '../source/columns';
-import { staleStageNotes } from '../source/stale-stages';
+import { hostValueNotes, staleStageNotes } from '../source/stale-stages';
 import { exclusionKeyNotes, organizationNotes } from '../source/exclusion-keys';
 import { acquireRunLock, confirmLockHeld, lockStillOurs, type HeldLock, type LockProof } from './lock';
 import { checkConnectionRoom } from './connections';
@@ -164,6 +164,7 @@ export async function runBatch(knex: Knex, rules: Rules, given: BatchOptions): P
   await checkSource(knex, rules);
   const notes = [
     ...(await staleStageNotes(knex, rules, options)),
+    ...(await hostValueNotes(knex, rules, options)),
     ...(await exclusionKeyNotes(knex, rules)),
     ...(await organizationNotes(knex, rules)),
   ];

@@ -1,7 +1,9 @@
 import type { Knex } from 'knex';
-import { rulesForOrg } from '../engine/plan';
-import type { Rules } from '../types';
-import { regclassText } from './signals';
+import { rulesForOrg, stageOf } from '../engine/plan';
+import { winningHostValues } from '../evaluate/host-values';
+import { hostValueText } from '../customer/host';
+import type { Rules, Stage } from '../types';
+import { qualified, regclassText } from './signals';
 
 /**
  * Stored states the rules no longer describe: a policy removed from the file or turned off for the
@@ -24,13 +26,7 @@ export async function staleStageNotes(
     regclassText(`${schema}.account_states`),
   ]);
   if (!exists.rows[0]?.t) return [];
-  if (!options.dryRun) {
-    const last = await knex.raw<{ rows: { rules_hash: string }[] }>(
-      `select rules_hash from ?? where kind in ('backfill', 'sweep') and status = 'succeeded' order by id desc limit 1`,
-      [`${schema}.runs`],
-    );
-    if (last.rows[0]?.rules_hash === rules.hash) return [];
-  }
+  if (!(await rulesChanged(knex, rules, options))) return [];
   const { rows } = await knex.raw<{
     rows: {
       org_id: string | null;
@@ -88,4 +84,95 @@ export async function staleStageNotes(
     const of = orgs.length <= 5 ? `organization(s) ${orgs.join(', ')}` : `${orgs.length} organizations`;
     return c.text(`${c.n} account(s) of ${of}${blocking}`);
   });
+}
+
+/**
+ * Whether what the rules say of the stored states is worth reading them all for: always in a dry
+ * run; in a real run only when the rules differ from those of the last run that succeeded (which
+ * said it already).
+ */
+async function rulesChanged(knex: Knex, rules: Rules, options: { dryRun: boolean }): Promise<boolean> {
+  if (options.dryRun) return true;
+  const schema = rules.settings.schema;
+  const exists = await knex.raw<{ rows: { t: string | null }[] }>('select to_regclass(?) as t', [
+    regclassText(`${schema}.runs`),
+  ]);
+  if (!exists.rows[0]?.t) return true;
+  const last = await knex.raw<{ rows: { rules_hash: string }[] }>(
+    `select rules_hash from ?? where kind in ('backfill', 'sweep') and status = 'succeeded' order by id desc limit 1`,
+    [`${schema}.runs`],
+  );
+  return last.rows[0]?.rules_hash !== rules.hash;
+}
+
+/**
+ * Accounts whose host column (e.g. customers.status) holds another value than the one their current
+ * stages set by the rules: the host wrote it since, or a stage's `set` value changed after suspend
+ * wrote the old one. A clear gives a column back only over the value the rules set, so these keep
+ * theirs when they clear, and a reinstatement says so for its one account: this says it for all,
+ * grouped by column, value held and value set. Asked when staleStageNotes is (a dry run, or a run
+ * whose rules changed); one query per column some stage sets, over the accounts in a stage.
+ */
+export async function hostValueNotes(
+  knex: Knex,
+  rules: Rules,
+  options: { dryRun: boolean },
+): Promise<string[]> {
+  const m = rules.source;
+  const schema = rules.settings.schema;
+  if (m.view || !(await rulesChanged(knex, rules, options))) return [];
+  const exists = await knex.raw<{ rows: { t: string | null }[] }>('select to_regclass(?) as t', [
+    regclassText(`${schema}.account_states`),
+  ]);
+  if (!exists.rows[0]?.t) return [];
+  const sets = (stage: Stage | null, column: string) =>
+    stage?.actions.some((a) => a.type === 'set' && Object.hasOwn(a.columns, column)) ?? false;
+  const columns = [
+    ...new Set(
+      [rules.defaults, ...Object.values(rules.organizations)].flatMap((r) =>
+        r.policies.flatMap((p) =>
+          p.stages.flatMap((s) => s.actions.flatMap((a) => (a.type === 'set' ? Object.keys(a.columns) : []))),
+        ),
+      ),
+    ),
+  ];
+  const c = m.customers;
+  const notes: string[] = [];
+  for (const column of columns) {
+    const { rows } = await knex.raw<{
+      rows: { org_id: string | null; stages: string; holds: string | null; n: number }[];
+    }>(
+      `select org_id, stages::text as stages, holds, count(*)::int as n
+         from (select min(s.org_id) as org_id, json_agg(json_build_array(s.policy, s.stage) order by s.policy) as stages,
+                      min(c.??::text) as holds
+                 from ?? s join ?? c on c.??::text = s.customer_key
+                where s.stage is not null
+                group by s.customer_key) x
+        group by org_id, stages::text, holds`,
+      [column, `${schema}.account_states`, qualified(m, c.table), c.key],
+    );
+    const cases = new Map<string, { holds: string | null; sets: string | null; n: number }>();
+    for (const r of rows) {
+      const policies = rulesForOrg(rules, r.org_id).policies;
+      const stages = (JSON.parse(r.stages) as [string, string][]).map(([policy, stage]) =>
+        stageOf(policies, policy, stage),
+      );
+      // Only accounts whose stages the rules describe and one of which sets this column.
+      if (stages.some((s) => s === null) || !stages.some((s) => sets(s, column))) continue;
+      const won = winningHostValues(stages).get(column);
+      const value = won ? hostValueText(won.value) : null;
+      if (!won || value === r.holds) continue;
+      const id = `${r.holds}\u0000${value}`;
+      const seen = cases.get(id) ?? { holds: r.holds, sets: value, n: 0 };
+      seen.n += r.n;
+      cases.set(id, seen);
+    }
+    const text = (v: string | null) => (v === null ? 'NULL' : JSON.stringify(v));
+    for (const k of cases.values()) {
+      notes.push(
+        `note: ${k.n} account(s) in a stage hold ${column} = ${text(k.holds)}, not the ${text(k.sets)} their stages now set (the host wrote it since, or a stage's set value changed after suspend wrote ${text(k.holds)}): a column is given back only over the value the rules set, so when they clear, ${column} stays ${text(k.holds)}. If suspend wrote it, set ${text(k.holds)} in the rules again until they clear, or put ${column} to ${text(k.sets)} for them.`,
+      );
+    }
+  }
+  return notes;
 }

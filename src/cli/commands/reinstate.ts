@@ -29,6 +29,10 @@ function render(r: ReinstateResult, again: StageAgain[]): string {
   const host = Object.entries(r.hostRestored);
   if (host.length > 0)
     lines.push(`Host columns put back: ${host.map(([c, v]) => `${c} = ${v ?? 'NULL'}`).join(', ')}.`);
+  for (const k of r.hostKept)
+    lines.push(
+      `Host column ${k.column} left as it is: it holds ${k.holds === null ? 'NULL' : JSON.stringify(k.holds)}, not the ${k.sets === null ? 'NULL' : JSON.stringify(k.sets)} the rules' stage sets, so suspend cannot tell whether it wrote that value (the host may have since, or the stage's set value changed); if it did, put back ${k.before === null ? 'NULL' : JSON.stringify(k.before)} by hand.`,
+    );
   if (r.stillHeld) {
     const { heldBy, blocksBooking, allowsLogin } = r.stillHeld;
     const still = [blocksBooking && 'booking stays blocked', !allowsLogin && 'sign-in stays off'].filter(
