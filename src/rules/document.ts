@@ -24,6 +24,8 @@ export interface RulesDocument {
   lineOf(path: YamlPath, atKey?: boolean): number;
   /** The scalar at `path` exactly as written (`19.99`, `0012`), or null. */
   sourceOf(path: YamlPath): string | null;
+  /** Whether the file writes something (a scalar, a map, a list) at `path`. */
+  writes(path: YamlPath): boolean;
 }
 
 export type ParsedYaml =
@@ -99,6 +101,9 @@ export function parseRulesYaml(text: string, root: YamlPath = []): ParsedYaml {
         return found.complete && isScalar(found.node) && typeof found.node.source === 'string'
           ? found.node.source
           : null;
+      },
+      writes(path) {
+        return locate(path).complete;
       },
     },
   };

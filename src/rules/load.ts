@@ -128,7 +128,7 @@ function validateRulesDocument(
     ),
     // A place the file does not write (a default) is said so: its line is that of the section.
     locate: (path) =>
-      `${display}:${document.lineOf(path, true)} ${formatPath(path)}${document.sourceOf(path) === null ? ' (not written: the default)' : ''}`,
+      `${display}:${document.lineOf(path, true)} ${formatPath(path)}${document.writes(path) ? '' : ' (not written: the default)'}`,
   };
 }
 

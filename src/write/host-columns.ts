@@ -38,6 +38,33 @@ export async function columnTypes(
 }
 
 /**
+ * Where the rules file writes a `set` action's column: in the defaults' stage, or, for a value an
+ * organization's override gives (the defaults' stage does not set it so), in that override's ladder
+ * of the policy (its stages are merged by name, so the override's own list position is not the
+ * ladder's). Undefined without a file.
+ */
+function setActionPlace(
+  rules: Rules,
+  orgId: string | null,
+  policy: string,
+  stage: string,
+  column: string,
+  value: unknown,
+  action: number,
+): string | undefined {
+  if (!rules.locate) return undefined;
+  const own = rules.defaults.policies.find((p) => p.name === policy)?.stages.find((s) => s.name === stage);
+  const inDefaults = own?.actions.findIndex(
+    (a) => a.type === 'set' && Object.hasOwn(a.columns, column) && a.columns[column] === value,
+  );
+  if (own && inDefaults !== undefined && inDefaults >= 0)
+    return rules.locate(['policies', policy, 'stages', own.index, 'actions', inDefaults, 'set', column]);
+  if (orgId === null)
+    return rules.locate(['policies', policy, 'stages', own?.index ?? 0, 'actions', action, 'set', column]);
+  return rules.locate(['organizations', orgId, 'policies', policy, 'stages']);
+}
+
+/**
  * Refuses, before a run starts, `set` actions that name a column the customers table lacks (or one
  * of a type suspend cannot write), or give a value the column cannot take (`suspended` for a boolean,
  * null for a NOT NULL column): one sentence naming the policy and stage, exit 2. Found only when a
@@ -45,9 +72,9 @@ export async function columnTypes(
  */
 export async function checkSetColumns(knex: Knex, rules: Rules): Promise<void> {
   const named = new Map<string, string>();
-  /** Where the file writes a column's first set action of the defaults: `rules.yaml:131 policies.…`. */
+  /** Where the file writes a column's first set action: `rules.yaml:131 policies.…`. */
   const located = new Map<string, string>();
-  const values: { column: string; value: string | null; where: string }[] = [];
+  const values: { column: string; value: string | null; where: string; at?: string }[] = [];
   for (const effective of [rules.defaults, ...Object.values(rules.organizations)]) {
     for (const policy of effective.policies)
       for (const stage of policy.stages)
@@ -56,13 +83,15 @@ export async function checkSetColumns(knex: Knex, rules: Rules): Promise<void> {
             for (const [column, value] of Object.entries(action.columns)) {
               const where = `policy ${policy.name}, stage ${stage.name}${effective.orgId === null ? '' : ` of organization ${effective.orgId}`}`;
               if (!named.has(column)) named.set(column, where);
-              if (effective.orgId === null && rules.locate && !located.has(column))
-                located.set(
-                  column,
-                  rules.locate(['policies', policy.name, 'stages', stage.index, 'actions', i, 'set', column]),
-                );
+              const at = setActionPlace(rules, effective.orgId, policy.name, stage.name, column, value, i);
+              if (at !== undefined && !located.has(column)) located.set(column, at);
               // As the page writes it (see hostColumnChange).
-              values.push({ column, value: value === null ? null : String(value), where });
+              values.push({
+                column,
+                value: value === null ? null : String(value),
+                where,
+                ...(at ? { at } : {}),
+              });
             }
   }
   if (named.size === 0) return;
@@ -96,9 +125,11 @@ export async function checkSetColumns(knex: Knex, rules: Rules): Promise<void> {
     const id = `${v.column}\u0000${v.value ?? '\u0001'}`;
     return seen.has(id) ? false : (seen.add(id), true);
   });
-  const refuse = ({ column, where }: (typeof values)[number], why: string) =>
+  const refuse = ({ column, where, at }: (typeof values)[number], why: string) =>
     new UsageError(
-      `A set action (${where}) cannot be applied: column "${column}" of ${table} is ${types.get(column)}, and ${why}; give a value it can take in the rules file (${rules.file ?? 'rules'}).`,
+      at
+        ? `${at}: a set action (${where}) cannot be applied: column "${column}" of ${table} is ${types.get(column)}, and ${why}; give a value it can take.`
+        : `A set action (${where}) cannot be applied: column "${column}" of ${table} is ${types.get(column)}, and ${why}; give a value it can take in the rules file (${rules.file ?? 'rules'}).`,
     );
   const nullInto = distinct.find((v) => v.value === null && notNull.has(v.column));
   if (nullInto) throw refuse(nullInto, 'it is NOT NULL, so null cannot be written');

@@ -119,8 +119,8 @@ describe('SQL injection through the mapping', () => {
     const rules = mapped('{ set: { status: suspended } }', '{ set: { tier: suspended } }');
     await refusedAndNothingHappens(rules);
     const r = await cli(db, ['sweep', '--as-of', AS_OF, '--no-notify', '--by', ACTOR], writeRules(rules));
-    expect(r.stderr).toContain(
-      'error: A set action (policy inactivity, stage suspended) cannot be applied: column "tier" of customers is character varying(4), and "suspended" would be stored cut short, as "susp";',
+    expect(r.stderr).toMatch(
+      /^error: \S+:\d+ policies\.inactivity\.stages\[0\]\.actions\[\d+\]\.set\.tier: a set action \(policy inactivity, stage suspended\) cannot be applied: column "tier" of customers is character varying\(4\), and "suspended" would be stored cut short, as "susp"; give a value it can take\.\n$/,
     );
   });
 
@@ -135,6 +135,32 @@ describe('SQL injection through the mapping', () => {
     expect(r.stderr).toMatch(
       /^error: \S+:\d+ policies\.inactivity\.stages\[0\]\.actions\[\d+\]\.set\[\S+\]: a set action \(policy inactivity, stage suspended\) cannot be applied: column "st"atus" of table customers does not exist; name a column of that table\.\n$/,
     );
+  });
+
+  test("an organization's set action on a column that is not there, or with a value it cannot take: its line in the override", async () => {
+    const override = (set: string) =>
+      mapped(
+        'policies:\n',
+        `organizations:\n  "3":\n    policies:\n      inactivity:\n        stages:\n          - name: suspended\n            actions: [notify, suspend, { set: ${set} }]\npolicies:\n`,
+      );
+    for (const [set, why] of [
+      ['{ nosuch: x }', 'column "nosuch" of table customers does not exist; name a column of that table.'],
+      [
+        '{ status: null }',
+        'column "status" of customers is text, and it is NOT NULL, so null cannot be written; give a value it can take.',
+      ],
+    ]) {
+      const rules = override(set!);
+      const line = rules.split('\n').indexOf('        stages:') + 1;
+      const r = await cli(db, ['sweep', '--as-of', AS_OF, '--no-notify', '--by', ACTOR], writeRules(rules));
+      expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+      expect(r.stderr).toMatch(
+        new RegExp(
+          `^error: \\S+:${line} organizations\\.3\\.policies\\.inactivity\\.stages: a set action \\(policy inactivity, stage suspended of organization 3\\) cannot be applied: `,
+        ),
+      );
+      expect(r.stderr).toContain(why!);
+    }
   });
 
   test.each([
@@ -158,8 +184,12 @@ describe('SQL injection through the mapping', () => {
       const runsBefore = await runs();
       await refusedAndNothingHappens(rules);
       const r = await cli(db, ['sweep', '--as-of', AS_OF, '--no-notify', '--by', ACTOR], writeRules(rules));
+      // With the place in the file that writes it.
+      expect(r.stderr).toMatch(
+        /^error: \S+:\d+ policies\.inactivity\.stages\[0\]\.actions\[\d+\]\.set\.\w+: /,
+      );
       expect(r.stderr).toContain(
-        `error: A set action (policy inactivity, stage suspended) cannot be applied: ${why}; give a value it can take in the rules file`,
+        `: a set action (policy inactivity, stage suspended) cannot be applied: ${why}; give a value it can take.\n`,
       );
       // Refused before the run opened: not even a ledger row.
       expect(await runs()).toEqual(runsBefore);
