@@ -268,6 +268,19 @@ describe('the booking guard', () => {
     ]);
     expect(noColumn.code).toBe(2);
     expect(noColumn.stderr).toContain('has no column "client"');
+    // A column that cannot hold a customer key: the guard would compare it with keys and block nobody.
+    const notAKey = await cli([
+      'guard',
+      'install',
+      '--table',
+      'reservations',
+      '--customer-column',
+      'created_at',
+    ]);
+    expect({ code: notAKey.code, stdout: notAKey.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(notAKey.stderr).toBe(
+      `error: Column "created_at" of "public"."reservations" is timestamp with time zone, and it must hold the customers' key (source.customers.key: "id" of "customers", bigint): the guard would block nobody; pass --customer-column with the column that holds the customer key.\n`,
+    );
     expect((await cli(['guard', 'status'])).stdout).toContain('No booking guard installed');
   });
 

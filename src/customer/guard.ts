@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import { requireMigrated } from '../db/migrate';
 import { UsageError } from '../errors';
+import { regclassText } from '../source/signals';
 
 /**
  * The booking guard: a BEFORE INSERT FOR EACH ROW trigger on the host's bookings table that runs
@@ -47,14 +48,53 @@ async function checkTarget(knex: Knex, target: GuardTarget, column: string | nul
   }
 }
 
+/** A column's type and its type category (pg_type.typcategory: N numbers, S text, D days...). */
+async function typeOf(
+  knex: Knex,
+  table: string,
+  column: string,
+): Promise<{ type: string; category: string } | null> {
+  const r = await knex.raw<{ rows: { type: string; category: string }[] }>(
+    `select format_type(a.atttypid, a.atttypmod) as type, t.typcategory as category
+       from pg_attribute a join pg_type t0 on t0.oid = a.atttypid
+       join pg_type t on t.oid = coalesce(nullif(t0.typbasetype, 0), a.atttypid)
+      where a.attrelid = to_regclass(?) and a.attname = ? and a.attnum > 0 and not a.attisdropped`,
+    [table, column],
+  );
+  return r.rows[0] ?? null;
+}
+
+/**
+ * The guard compares the column with the customers' key as text: a column of another kind (a
+ * timestamp, a boolean) never equals a key, so the guard would block nobody.
+ */
+async function checkComparable(
+  knex: Knex,
+  target: GuardTarget,
+  column: string,
+  key: { table: string; column: string; name: string },
+): Promise<void> {
+  const [theirs, ours] = await Promise.all([
+    typeOf(knex, regclassText(`${target.schema}.${target.table}`), column),
+    typeOf(knex, key.table, key.column),
+  ]);
+  if (!theirs || !ours || theirs.category === ours.category) return;
+  throw new UsageError(
+    `Column "${column}" of "${target.schema}"."${target.table}" is ${theirs.type}, and it must hold the customers' key (source.customers.key: "${key.column}" of ${key.name}, ${ours.type}): the guard would block nobody; pass --customer-column with the column that holds the customer key.`,
+  );
+}
+
 export async function installGuard(
   knex: Knex,
   suspendSchema: string,
   target: GuardTarget,
   customerColumn: string,
+  /** The customers' key, to check the column can hold one (none: not checked). */
+  key?: { table: string; column: string; name: string },
 ): Promise<InstalledGuard> {
   await requireMigrated(knex, suspendSchema);
   await checkTarget(knex, target, customerColumn);
+  if (key) await checkComparable(knex, target, customerColumn, key);
   const ddl = await knex.raw<{ rows: { sql: string }[] }>(
     `select format('create or replace trigger %I before insert on %I.%I for each row execute function %I.booking_guard(%L)',
                    ?::text, ?::text, ?::text, ?::text, ?::text) as sql`,

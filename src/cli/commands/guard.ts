@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { accountList, qualified, regclassText } from '../../source/signals';
 import { runCommand, writeArtifact, type CommandContext, type CommonOptions } from '../context';
 import { withCommonOptions } from '../options';
 import { UsageError } from '../../errors';
@@ -54,7 +55,13 @@ export function registerGuard(program: Command): void {
       const column = flags.customerColumn ?? rules.source.activity?.customer;
       if (!column) throw new UsageError('--customer-column: name the column that holds the customer key.');
       const { knex } = await ctx.db();
-      const installed = await installGuard(knex, rules.settings.schema, target, column);
+      const list = accountList(rules.source);
+      const table = qualified(rules.source, list.table);
+      const installed = await installGuard(knex, rules.settings.schema, target, column, {
+        table: regclassText(table),
+        column: list.key,
+        name: `"${table}"`,
+      });
       writeArtifact(`Booking guard installed on ${describe(installed)}.`);
     }),
   );
