@@ -2009,6 +2009,14 @@ describe('exclusions', () => {
       expect(json.rulesExclusion).toEqual({ reason: 'VIP accounts are handled by hand', until: null });
       const other = await firstWhere(false);
       expect((await cli(db, ['status', other])).stdout).not.toContain('excluded by the rules');
+      // Removing it by hand cannot end it: the command says where it is written.
+      const remove = await cli(db, ['exclusions', 'remove', vip]);
+      expect({ code: remove.code, stdout: remove.stdout }).toEqual({ code: 2, stdout: '' });
+      expect(remove.stderr).toMatch(
+        new RegExp(
+          `^error: Account ${vip} has no exclusion made by \`suspend exclude\`; the rules file \\(\\S+\\) excludes it \\(VIP accounts are handled by hand\\): remove it there\\.\n$`,
+        ),
+      );
     });
   });
 

@@ -131,6 +131,14 @@ export function registerExclusions(program: Command): void {
         key: stored,
         keys: [...new Set([stored, key])],
         by: flags.by ?? defaultActor(),
+      }).catch(async (err: unknown) => {
+        // Not excluded by hand: the rules file may be what spares it, which only an edit there ends.
+        const { rulesExclusion } = await import('../../customer/account-report');
+        const byRules = await rulesExclusion(knex, rules, stored, todayUtc()).catch(() => null);
+        if (!byRules) throw err;
+        throw new UsageError(
+          `Account ${key} has no exclusion made by \`suspend exclude\`; the rules file${rules.file ? ` (${rules.file})` : ''} excludes it (${byRules.reason}${byRules.until ? `, until ${byRules.until}` : ''}): remove it there.`,
+        );
       });
       writeArtifact(`Customer ${x.key} is no longer excluded (removed by ${x.removedBy ?? ''}).`);
     }),
