@@ -118,8 +118,9 @@ export function mappedColumns(m: SourceMapping): MappedColumn[] {
           ['customer', m.invoices.customer, { joins: 'customer key' }],
           ['issued_on', m.invoices.issuedOn, { kind: 'instant' }],
           ['due_on', m.invoices.dueOn, { kind: 'date' }],
-          ['amount', m.invoices.amount, { kind: 'number' }],
-          ['paid', m.invoices.paid, { kind: 'number' }],
+          // Integer cents: a float column would come back as fractions no run can count.
+          ['amount', m.invoices.amount, { kind: 'whole' }],
+          ['paid', m.invoices.paid, { kind: 'whole' }],
           ['paid_on', m.invoices.paidOn, { kind: 'date' }],
         ])
       : []),

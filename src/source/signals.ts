@@ -26,6 +26,7 @@ const MAX_NET_TERMS_DAYS = 36500;
 export const SKIP_REASONS = {
   netTerms: `net terms out of range (more than ${MAX_NET_TERMS_DAYS} days either way)`,
   balance: 'balance too large to count in cents (over 2^53)',
+  fraction: 'amounts with a fraction of a cent (a numeric amount column holding 10.5)',
 } as const;
 
 export function qualified(mapping: SourceMapping, table: string): string {
@@ -639,9 +640,17 @@ function cents(value: string | null, key: string, field: string): number {
   return n;
 }
 
-/** Whether amounts are whole numbers of cents a JavaScript number holds exactly. */
-function centsFit(...amounts: (string | null)[]): boolean {
-  return amounts.every((v) => v === null || Number.isSafeInteger(Number(v)));
+/** Why amounts cannot be counted as whole cents a JavaScript number holds exactly, or null. */
+function centsProblem(...amounts: (string | null)[]): string | null {
+  for (const v of amounts) {
+    if (v === null) continue;
+    const n = Number(v);
+    if (Number.isSafeInteger(n)) continue;
+    return Number.isFinite(n) && Math.abs(n) <= Number.MAX_SAFE_INTEGER && !Number.isInteger(n)
+      ? SKIP_REASONS.fraction
+      : SKIP_REASONS.balance;
+  }
+  return null;
 }
 
 export interface PageRead {
@@ -777,9 +786,9 @@ function accountsOf({ rows, fields }: ArrayResult): Pick<PageRead, 'signals' | '
     const oldestUnpaid = c.oldestUnpaid(row);
     const reason = c.badTerms(row)
       ? SKIP_REASONS.netTerms
-      : c.hugeBalance(row) || !centsFit(open, overdue, oldestUnpaid)
+      : c.hugeBalance(row)
         ? SKIP_REASONS.balance
-        : null;
+        : centsProblem(open, overdue, oldestUnpaid);
     if (reason !== null) {
       skipped.push({ key, reason });
       continue;

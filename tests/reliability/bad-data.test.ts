@@ -335,6 +335,19 @@ describe('a key column that is not unique', () => {
   });
 });
 
+describe('amounts with a fraction of a cent', () => {
+  test('a numeric amount column holding 10.5: the account is skipped as such, not as a balance too large', async () => {
+    const { db, keys } = await setUp('text');
+    await db.knex.raw('alter table app.bills alter column total type numeric');
+    await db.knex.raw(`update app.bills set total = total + 0.5 where member = ?`, [keys.delinquent!]);
+    const r = await backfill(db);
+    expect(r.code).toBe(0);
+    const counts = (JSON.parse(r.stdout) as { counts: { skippedKeys: Record<string, string[]> } }).counts;
+    expect(counts.skippedKeys[SKIP_REASONS.fraction]).toEqual([keys.delinquent]);
+    expect(counts.skippedKeys[SKIP_REASONS.balance]).toEqual([keys.hugeAmounts]);
+  });
+});
+
 describe('a key column with nulls', () => {
   test('a row without a key: refused before the run opens, saying how many; keyed again, every account is scanned', async () => {
     const { db, keys } = await setUp('text');

@@ -333,12 +333,13 @@ describe('bad rules through the CLI', () => {
     );
     const file = writeRules(typo, 'typo.yaml');
     const line = typo.split('\n').indexOf('    amount: amount') + 1;
+    await db.knex.raw('alter table invoices add column amount_float double precision');
     const before = await checksumTables(db.knex, ['public', 'suspend']);
     for (const command of [['backfill', '--no-notify'], ['sweep', '--no-notify'], ['report']]) {
       const r = await cli(db, [...command, '--as-of', AS_OF], file);
       expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
       expect(r.stderr).toBe(
-        `error: ${path.relative(ROOT, file)}:${line} source.invoices.amount: table "invoices" has no column "amount"; name one of its columns (id, customer_id, issued_on, due_on, amount_cents, paid_cents, paid_on).\n`,
+        `error: ${path.relative(ROOT, file)}:${line} source.invoices.amount: table "invoices" has no column "amount"; name one of its columns (id, customer_id, issued_on, due_on, amount_cents, paid_cents, paid_on, amount_float).\n`,
       );
     }
     // No ledger row either: a backfill left "interrupted" would refuse the corrected file.
@@ -366,6 +367,12 @@ describe('bad rules through the CLI', () => {
         'source.invoices.due_on: column "amount_cents" of table "invoices" is bigint, and this needs a date column (day arithmetic: a timestamp will not do); name such a column.',
       ],
     ];
+    // A float amount column: money is whole cents, never a float.
+    wrongType.push([
+      '    consent: [marketing_opt_out]\n',
+      '    consent: [marketing_opt_out]\n  invoices:\n    table: invoices\n    amount: amount_float\n',
+      'source.invoices.amount: column "amount_float" of table "invoices" is double precision, and this needs an integer or numeric column (whole cents and counts, never a float); name such a column.',
+    ]);
     for (const [from, to, message] of wrongType) {
       const variant = ENGINE_RULES.replace(from, to);
       const r = await cli(db, ['sweep', '--as-of', AS_OF, '--no-notify'], writeRules(variant, 'types.yaml'));
