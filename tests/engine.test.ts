@@ -17,6 +17,7 @@ import {
   startRunKilledInPage,
 } from './helpers/reliability';
 import { runBatch, type BatchOptions } from '../src/engine/run';
+import { addDays, todayUtc } from '../src/rules/dates';
 import { LOCK_CLASS } from '../src/engine/lock';
 import { loadRules } from '../src/rules/load';
 import { reinstateAccount } from '../src/customer/reinstate';
@@ -394,6 +395,18 @@ describe('report, backfill and sweep on 10,000 reference accounts', () => {
     const preview = await cli(db, ['sweep', '--as-of', '2026-12-01', '--dry-run', '--quiet']);
     expect(preview.code).toBe(0);
     expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
+    // A day years ahead (2062 for 2026) would block every later run: refused before anything, and a
+    // dry run may still look at it.
+    const far = addDays(todayUtc(), 367);
+    for (const kind of ['sweep', 'backfill']) {
+      const r = await cli(db, [kind, '--as-of', far, '--no-notify']);
+      expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+      expect(r.stderr).toBe(
+        `error: --as-of ${far} is more than a year after today (${todayUtc()}, UTC): a run that writes as of it would make every later run as of an earlier day refuse to start until it is reverted. Check the date (up to ${addDays(todayUtc(), 366)}), or preview it with --dry-run.\n`,
+      );
+    }
+    expect(await checksumTables(db.knex, ['public', 'suspend'])).toEqual(before);
+    expect((await cli(db, ['sweep', '--as-of', far, '--dry-run', '--quiet'])).code).toBe(0);
   });
 
   test('history keeps the state each change replaced, for revert; a state written first had none', async () => {

@@ -5,6 +5,7 @@ import type pg from 'pg';
 import { knexWithPool, onLiveConnection, raiseIdleTimeout } from '../db/connection';
 import { namesStatements } from '../db/prepared';
 import { policiesReadingInvoices, signalsUsed } from '../source/candidates';
+import { addDays, todayUtc } from '../rules/dates';
 import { countAccountsQuery, stateTables } from '../source/signals';
 import type { StateChange, WriteContext } from '../write/apply';
 import { checkSetColumns } from '../write/host-columns';
@@ -161,6 +162,7 @@ export async function runBatch(knex: Knex, rules: Rules, given: BatchOptions): P
   if (!Number.isSafeInteger(workers) || workers < 1 || workers > 64) {
     throw new UsageError(`--workers ${workers}: give a number of page pipelines from 1 to 64.`);
   }
+  refuseFarFuture(options);
   await checkSource(knex, rules);
   const notes = [
     ...(await staleStageNotes(knex, rules, options)),
@@ -229,6 +231,22 @@ async function withPipelinePool<T>(knex: Knex, workers: number, fn: (pool: Knex)
   } finally {
     await pool.destroy();
   }
+}
+
+/** Days after today an as-of may be for a run that writes: a year covers any planned run or test. */
+const FUTURE_AS_OF_DAYS = 366;
+
+/**
+ * A writing run as of a day years ahead (2062 for 2026) would make every later run as of an
+ * earlier day refuse to start (see refuseEarlierAsOf) until it is reverted: refused up front.
+ */
+function refuseFarFuture(options: BatchOptions): void {
+  if (options.dryRun) return;
+  const latest = addDays(todayUtc(), FUTURE_AS_OF_DAYS);
+  if (options.asOf <= latest) return;
+  throw new UsageError(
+    `--as-of ${options.asOf} is more than a year after today (${todayUtc()}, UTC): a run that writes as of it would make every later run as of an earlier day refuse to start until it is reverted. Check the date (up to ${latest}), or preview it with --dry-run.`,
+  );
 }
 
 /** One sentence when the mapped tables or columns are missing, instead of a SQL error mid-run. */
