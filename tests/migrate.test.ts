@@ -109,7 +109,7 @@ test('a rules file that is a folder, and an unreachable database.url of the rule
     const unreachable = await runCli(['runs', '--rules', file]);
     expect(unreachable.code).toBe(2);
     expect(unreachable.stderr).toBe(
-      'error: Cannot reach Postgres: connection refused at 127.0.0.1:1/nowhere; check database.url in the rules file or start the server (on Debian: pg_ctlcluster 15 main start).\n',
+      `error: Cannot reach Postgres: connection refused at 127.0.0.1:1/nowhere; check database.url in ${path.relative(ROOT, file)} or start the server (on Debian: pg_ctlcluster 15 main start).\n`,
     );
     // A host name nobody knows is not a server to start.
     const unknownHost = await runCli([

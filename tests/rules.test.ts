@@ -152,6 +152,22 @@ policies:
     ]);
   });
 
+  test('database.url that is not a Postgres URL is one line with its place, exit 2, in rules check and in a run; a socket URL is valid', async () => {
+    const file = writeRules(`database:\n  url: mysql://x/y\n${ONE_POLICY.replace('version: 1\n', '')}`);
+    const display = path.relative(ROOT, file);
+    const line = `error: ${display}:2 database.url: "mysql://x/y" is not a Postgres URL: postgres:// or postgresql:// (e.g. postgres://user@host:5432/database)\n`;
+    const check = await runCli(['rules', 'check', '--rules', file]);
+    expect(check).toEqual({ code: 2, stdout: '', stderr: line });
+    const run = await runCli(['report', '--dry-run', '--rules', file]);
+    expect(run).toEqual({ code: 2, stdout: '', stderr: line });
+
+    const socket = writeRules(
+      `database:\n  url: postgres://postgres@/postgres?host=/run/postgresql\n${ONE_POLICY.replace('version: 1\n', '')}`,
+    );
+    const valid = await runCli(['rules', 'check', '--rules', socket]);
+    expect({ code: valid.code, stderr: valid.stderr }).toEqual({ code: 0, stderr: '' });
+  });
+
   test('an organization written twice, as 2 and as "2", is one line, exit 2 (the second no longer replaces the first)', async () => {
     const file = writeRules(`${ONE_POLICY}organizations:
   2:

@@ -71,6 +71,7 @@ export class CommandContext {
       flag: this.options.databaseUrl,
       env: process.env.DATABASE_URL,
       config: rules.databaseUrl,
+      configFile: rules.file && (path.relative(this.cwd, rules.file) || rules.file),
     });
     const database = this.options.database;
     // A name that cannot be used is refused before a server is started for it.

@@ -4,9 +4,15 @@ import { parse as parseConnectionString } from 'pg-connection-string';
 import { SuspendError, UsageError, ExitCode, errorMessage } from '../errors';
 import { SqlState, isConnectionLost, lostConnectionReason, sqlState } from './sqlstate';
 import { namesStatements, withoutPreparedStatements } from './prepared';
+import { postgresUrlProblem } from './url';
 
-/** Where the database URL came from, in precedence order: flag > environment > config file > embedded. */
-export type UrlSource = '--database-url' | 'DATABASE_URL' | 'config' | 'embedded';
+export { redact } from './url';
+
+/**
+ * Where the database URL came from, in precedence order: flag > environment > config file > embedded;
+ * the rules file's as `database.url in FILE`, which is how messages name it.
+ */
+export type UrlSource = '--database-url' | 'DATABASE_URL' | `database.url in ${string}` | 'embedded';
 
 export interface ResolvedUrl {
   url: string | null;
@@ -17,10 +23,13 @@ export function resolveDatabaseUrl(input: {
   flag?: string | undefined;
   env?: string | undefined;
   config?: string | null | undefined;
+  /** The rules file that gives `config`, as messages name it. */
+  configFile?: string | null | undefined;
 }): ResolvedUrl {
   if (input.flag) return { url: input.flag, source: '--database-url' };
   if (input.env) return { url: input.env, source: 'DATABASE_URL' };
-  if (input.config) return { url: input.config, source: 'config' };
+  if (input.config)
+    return { url: input.config, source: `database.url in ${input.configFile ?? 'the rules file'}` };
   return { url: null, source: 'embedded' };
 }
 
@@ -65,22 +74,8 @@ export function describeUrl(url: string): string {
 }
 
 export function validateUrl(url: string, source: UrlSource): void {
-  if (!/^postgres(ql)?:\/\//.test(url)) {
-    throw new UsageError(
-      `${source}: "${redact(url)}" is not a Postgres URL (expected postgres://user@host:5432/database).`,
-    );
-  }
-  try {
-    parseConnectionString(url);
-  } catch (err) {
-    throw new UsageError(`${source}: "${redact(url)}" cannot be parsed (${errorMessage(err)}).`, {
-      cause: err,
-    });
-  }
-}
-
-export function redact(url: string): string {
-  return url.replace(/(\/\/[^:/@]+:)[^@]*@/, '$1***@');
+  const problem = postgresUrlProblem(url);
+  if (problem !== null) throw new UsageError(`${source}: ${problem}.`);
 }
 
 function quiet(): void {}
@@ -193,12 +188,10 @@ export function connectionError(err: unknown, url: string, source: UrlSource): S
   const where = describeUrl(url);
   const code = sqlState(err);
   const sysCode = (err as { code?: string }).code;
-  // Where the URL came from, as the user would look for it.
-  const named = source === 'config' ? 'database.url in the rules file' : source;
   const unreachable =
     source === 'embedded'
       ? 'the embedded server in .suspend/ may have stopped; run the command again'
-      : `check ${named} or start the server (on Debian: pg_ctlcluster 15 main start)`;
+      : `check ${source} or start the server (on Debian: pg_ctlcluster 15 main start)`;
   let what: string;
   let hint = unreachable;
   if (code === SqlState.invalidCatalogName) {
@@ -208,19 +201,19 @@ export function connectionError(err: unknown, url: string, source: UrlSource): S
     // 28000 says which: a role that does not exist, or no pg_hba.conf entry for this host and user.
     const why = code === SqlState.invalidAuthorization ? ` (${driverMessage(errorMessage(err))})` : '';
     what = `authentication failed at ${where}${why}`;
-    hint = `check the user and password in ${named}`;
+    hint = `check the user and password in ${source}`;
   } else if (sysCode === 'ECONNREFUSED') what = `connection refused at ${where}`;
   else if (sysCode === 'ENOTFOUND' || sysCode === 'EAI_AGAIN') {
     what = `host not found for ${where}`;
-    hint = `check the host name in ${named} (no address is known for it here)`;
+    hint = `check the host name in ${source} (no address is known for it here)`;
   } else if (sysCode === 'ETIMEDOUT') what = `connection timed out at ${where}`;
   else if (sysCode === 'ENOENT') what = `nothing listens at ${where}`;
   else if (/does not support SSL/i.test(errorMessage(err))) {
     what = `the server at ${where} does not accept SSL connections`;
-    hint = `take sslmode out of ${named} (or set sslmode=disable), or turn ssl on in the server`;
+    hint = `take sslmode out of ${source} (or set sslmode=disable), or turn ssl on in the server`;
   } else if (TLS_CERTIFICATE_ERRORS.has(sysCode ?? '')) {
     what = `the server's certificate was refused at ${where} (${errorMessage(err)})`;
-    hint = `node-postgres verifies it for sslmode=require as for verify-full: give its CA with sslrootcert=FILE in ${named}, or add uselibpqcompat=true to it for libpq's sslmode=require (encrypted, not verified)`;
+    hint = `node-postgres verifies it for sslmode=require as for verify-full: give its CA with sslrootcert=FILE in ${source}, or add uselibpqcompat=true to it for libpq's sslmode=require (encrypted, not verified)`;
   } else what = `cannot connect to ${where} (${errorMessage(err)})`;
   return new SuspendError(`Cannot reach Postgres: ${what}; ${hint}.`, {
     exitCode: ExitCode.usage,

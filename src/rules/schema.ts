@@ -28,7 +28,6 @@ const Text = (title = 'text') => Type.String({ minLength: 1, title });
 const Name = (what: string) => Type.String({ pattern: NAME_PATTERN, title: `${what}: ${NAME_TEXT}` });
 const Column = () => Type.String({ minLength: 1, title: 'a column name' });
 const NullableColumn = () => nullable(Column(), 'a column name, or null when the host has none');
-const Url = (title = 'a URL (e.g. https://help.example.com)') => Type.String({ format: 'url', title });
 /** An http(s) URL: a customer opens it, or a webhook is posted to it. */
 const WebUrl = (title = 'an http(s) URL (e.g. https://help.example.com)') =>
   Type.String({ format: 'web-url', title });
@@ -422,7 +421,17 @@ export const RulesFile = Type.Object(
     database: Type.Optional(
       obj(
         {
-          url: Type.Optional(nullable(Url('a Postgres URL'), 'a Postgres URL, or null')),
+          // What a Postgres URL may be is checked by semantics.ts (as for --database-url): a socket
+          // URL (postgres://user@/db?host=/run/postgresql) is none that URL() parses.
+          url: Type.Optional(
+            nullable(
+              Type.String({
+                minLength: 1,
+                title: 'a Postgres URL (e.g. postgres://user@host:5432/database)',
+              }),
+              'a Postgres URL (e.g. postgres://user@host:5432/database), or null',
+            ),
+          ),
           prepared_statements: Type.Optional(Bool()),
         },
         'a map with url, prepared_statements',

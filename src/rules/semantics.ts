@@ -4,6 +4,7 @@ import { currencySymbol, minorDigits } from '../evaluate/money';
 import { DEFAULT_MAPPING, DEFAULT_SETTINGS } from './defaults';
 import { moneyHasDollarSign, parseMoney } from './values';
 import { closest, formatPath, type Problem, type YamlPath } from './problems';
+import { postgresUrlProblem } from '../db/url';
 
 /**
  * The checks a schema cannot express, because they relate one part of the file to another: stage
@@ -59,6 +60,11 @@ export function semanticProblems(data: unknown): Problem[] {
   const facts = mappingFacts(root);
   const problems: Problem[] = [];
   checkSourceNames(dict(root.source), problems);
+  const url = dict(root.database).url;
+  if (typeof url === 'string' && url !== '') {
+    const problem = postgresUrlProblem(url);
+    if (problem) problems.push({ path: ['database', 'url'], message: problem });
+  }
   const policies = dict(root.policies);
 
   for (const [name, policy] of Object.entries(policies)) {
