@@ -159,6 +159,37 @@ test('sslmode=require that cannot be met: one sentence on what to change, no dri
   );
 });
 
+test('an sslmode node-postgres does not know is refused as a value, not taken for SSL the server lacks; exit 2', async () => {
+  const r = await runCli(['runs', '--database-url', `${db.url}?sslmode=bogus`]);
+  expect(r).toEqual({
+    code: 2,
+    stdout: '',
+    stderr:
+      'error: --database-url: sslmode "bogus" is not one of the values node-postgres supports: disable, prefer, require, verify-ca, verify-full, no-verify.\n',
+  });
+  const typo = await runCli(['runs'], { env: { DATABASE_URL: `${db.url}?sslmode=requre` } });
+  expect(typo).toEqual({
+    code: 2,
+    stdout: '',
+    stderr:
+      'error: DATABASE_URL: sslmode "requre" is not one of the values node-postgres supports (did you mean require?): disable, prefer, require, verify-ca, verify-full, no-verify.\n',
+  });
+  // In the rules file, rules check says it with the line.
+  const folder = fs.mkdtempSync(path.join(os.tmpdir(), 'suspend-rules-'));
+  try {
+    const file = path.join(folder, 'rules.yaml');
+    fs.writeFileSync(file, `database:\n  url: ${db.url}?sslmode=bogus\n`);
+    const check = await runCli(['rules', 'check', '--rules', file]);
+    expect(check).toEqual({
+      code: 2,
+      stdout: '',
+      stderr: `error: ${path.relative(ROOT, file)}:2 database.url: sslmode "bogus" is not one of the values node-postgres supports: disable, prefer, require, verify-ca, verify-full, no-verify\n`,
+    });
+  } finally {
+    fs.rmSync(folder, { recursive: true, force: true });
+  }
+});
+
 test('a role that does not exist is told to check the user and password, not to start the server; exit 2', async () => {
   const u = new URL(db.url);
   u.username = 'suspend_no_such_role';
