@@ -276,6 +276,37 @@ describe('empty tables, another schema, and a table that is not ours', () => {
     expect(await checksumTables(db.knex, ['public'])).toEqual(before);
   });
 
+  test('a --schema the tables cannot go in, and more --orgs than --customers, are one sentence each before anything is written; exit 2', async () => {
+    const before = await checksumTables(db.knex, ['public']);
+    const cases: [string[], string][] = [
+      [
+        ['--customers', '10', '--schema', 'pg_catalog'],
+        '--schema "pg_catalog": names that begin with pg_ are reserved for the system schemas of Postgres; name a schema of your own for the reference tables (default public).',
+      ],
+      [
+        ['--customers', '10', '--schema', 'information_schema'],
+        '--schema "information_schema": it is the system schema of Postgres that describes the database; name a schema of your own for the reference tables (default public).',
+      ],
+      [
+        ['--customers', '10', '--schema', 'a.b'],
+        '--schema "a.b": a dot would be read as a database prefix; name a schema of your own for the reference tables (default public).',
+      ],
+      [
+        ['--customers', '10', '--orgs', '100000000'],
+        '--orgs 100000000: more organizations than --customers 10; give at most 10.',
+      ],
+    ];
+    for (const [args, message] of cases) {
+      const r = await seed(db, args);
+      expect(r).toEqual({ code: 2, stdout: '', stderr: `error: ${message}\n` });
+    }
+    const schemas = await db.knex.raw<{ rows: unknown[] }>(
+      "select 1 from pg_namespace where nspname in ('a.b', 'a') or (nspname = 'information_schema' and exists (select 1 from pg_class where relname = 'customers' and relnamespace = pg_namespace.oid))",
+    );
+    expect(schemas.rows).toEqual([]);
+    expect(await checksumTables(db.knex, ['public'])).toEqual(before);
+  });
+
   test('a customers table of the host with other columns is refused, even with --reset', async () => {
     await db.knex.raw('create schema host; create table host.customers (id int primary key, label text)');
     await db.knex.raw("insert into host.customers values (1, 'keep me')");

@@ -57,7 +57,16 @@ export function registerDemo(program: Command): void {
       const steps: { title: string; args: string[] }[] = [
         {
           title: `Seed a booking and billing app with ${opts.customers.toLocaleString('en-US')} customers`,
-          args: ['seed', '--customers', String(opts.customers), '--orgs', '10', '--as-of', asOf],
+          args: [
+            'seed',
+            '--customers',
+            String(opts.customers),
+            // seed refuses more organizations than customers.
+            '--orgs',
+            String(Math.min(10, opts.customers)),
+            '--as-of',
+            asOf,
+          ],
         },
         { title: "Create suspend's own tables", args: ['migrate'] },
         {

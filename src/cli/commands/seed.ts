@@ -2,6 +2,7 @@ import { Option, type Command } from 'commander';
 import { runCommand, writeArtifact, type CommonOptions } from '../context';
 import { asOfOption, parseNonNegativeInteger, parsePositiveInteger, withCommonOptions } from '../options';
 import { todayUtc } from '../../rules/dates';
+import { UsageError } from '../../errors';
 
 interface SeedFlags extends CommonOptions {
   customers: number;
@@ -33,8 +34,9 @@ export function registerSeed(program: Command): void {
       .addOption(asOfOption())
       .option('--reset', 'truncate the reference tables (only those) if they already hold rows')
       .option('--schema <name>', 'schema of the reference tables', 'public'),
-  ).action(async (opts: SeedFlags) =>
+  ).action(async (opts: SeedFlags, cmd: Command) =>
     runCommand(opts, async (ctx) => {
+      checkFlags(opts, cmd.getOptionValueSource('orgs') !== 'default');
       const { seedReferenceData } = await import('../../seed/seed');
       const { knex } = await ctx.db({ pool: 4 });
       const r = await seedReferenceData(knex, {
@@ -59,4 +61,37 @@ export function registerSeed(program: Command): void {
       writeArtifact(lines.join('\n'));
     }),
   );
+}
+
+/** Refuses, before connecting, a --schema the tables cannot go in and more --orgs than --customers. */
+function checkFlags(opts: SeedFlags, orgsGiven: boolean): void {
+  const schema = opts.schema;
+  // Postgres reserves pg_ for its own schemas; information_schema is the catalog's views.
+  const why =
+    schema.trim() === ''
+      ? 'the name is empty'
+      : schema.startsWith('pg_')
+        ? 'names that begin with pg_ are reserved for the system schemas of Postgres'
+        : schema === 'information_schema'
+          ? 'it is the system schema of Postgres that describes the database'
+          : // eslint-disable-next-line no-control-regex -- control characters are what this looks for
+            /[\u0000-\u001f\u007f]/.test(schema)
+            ? 'it contains a control character'
+            : schema.includes('.')
+              ? 'a dot would be read as a database prefix'
+              : /\sas\s/i.test(schema)
+                ? 'suspend would read " as " in it as an alias'
+                : null;
+  if (why) {
+    throw new UsageError(
+      `--schema ${JSON.stringify(schema)}: ${why}; name a schema of your own for the reference tables (default public).`,
+    );
+  }
+  // Organizations are drawn for the customers: more than there are customers leaves some empty
+  // (and an unbounded count is only a long insert). The default 10 applies to any count.
+  if (orgsGiven && opts.customers > 0 && opts.orgs > opts.customers) {
+    throw new UsageError(
+      `--orgs ${opts.orgs}: more organizations than --customers ${opts.customers}; give at most ${opts.customers}.`,
+    );
+  }
 }
