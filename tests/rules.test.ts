@@ -436,6 +436,19 @@ describe('effective rules per organization', () => {
     expect(yaml.stdout).not.toContain('# inactivity:');
   });
 
+  test('rules show --org without an id says it needs one, before an option or at the end; exit 2', async () => {
+    const line =
+      'error: --org needs an organization id (e.g. --org 7); leave --org out for the defaults alone.\n';
+    for (const args of [
+      ['--org', '--rules', EXAMPLE],
+      ['--rules', EXAMPLE, '--org'],
+      ['--rules', EXAMPLE, '--org', '--json'],
+      ['--rules', EXAMPLE, '--org='],
+    ]) {
+      expect(await runCli(['rules', 'show', ...args])).toEqual({ code: 2, stdout: '', stderr: line });
+    }
+  });
+
   test('loaded rules: organization policies, exclusions added to the defaults, money in integer cents', async () => {
     const rules = await loadRules({ file: EXAMPLE, cwd: ROOT });
     expect(rules.defaults.policies.map((p) => p.name)).toEqual([

@@ -52,10 +52,17 @@ export function registerRules(program: Command): void {
     rules
       .command('show')
       .description("print the effective rules (defaults merged with one organization's overrides) as YAML")
-      .option('--org <id>', 'the organization whose overrides to merge (default: the defaults alone)')
+      // Its value is optional to commander, so that `--org --rules FILE` is not read as organization
+      // "--rules" (and FILE as an argument too many): a missing id is said here.
+      .option('--org [id]', 'the organization whose overrides to merge (default: the defaults alone)')
       .option('--json', 'print JSON instead of YAML'),
-  ).action(async (opts: CommonOptions & { org?: string; json?: boolean }) =>
+  ).action(async (opts: CommonOptions & { org?: string | true; json?: boolean }) =>
     runCommand(opts, async (ctx) => {
+      if (opts.org === true || opts.org?.trim() === '') {
+        throw new UsageError(
+          '--org needs an organization id (e.g. --org 7); leave --org out for the defaults alone.',
+        );
+      }
       const validated = await readValidatedRules({ file: opts.rules, cwd: ctx.cwd });
       const loaded = buildRules(validated);
       const orgId = opts.org ?? null;
