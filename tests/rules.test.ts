@@ -168,6 +168,27 @@ policies:
     expect({ code: valid.code, stderr: valid.stderr }).toEqual({ code: 0, stderr: '' });
   });
 
+  test('a currency that is not an ISO 4217 code is one line with a guess for a typo, in the settings and an organization, exit 2', async () => {
+    const file = writeRules(`${ONE_POLICY}settings:
+  currency: UDS
+organizations:
+  '2':
+    settings: { currency: XYZ }
+  '3':
+    settings: { currency: EUR }
+`);
+    const display = path.relative(ROOT, file);
+    const lines = [
+      `error: ${display}:8 settings.currency: "UDS" is not an ISO 4217 currency code (did you mean USD?); write a code such as USD, EUR, GBP or JPY`,
+      `error: ${display}:11 organizations.2.settings.currency: "XYZ" is not an ISO 4217 currency code; write a code such as USD, EUR, GBP or JPY`,
+    ];
+    const check = await runCli(['rules', 'check', '--rules', file]);
+    expect(check).toEqual({ code: 2, stdout: '', stderr: `${lines.join('\n')}\n` });
+    // A run refuses it the same way, before it connects.
+    const run = await runCli(['report', '--dry-run', '--rules', file]);
+    expect(run).toEqual({ code: 2, stdout: '', stderr: `${lines.join('\n')}\n` });
+  });
+
   test('an organization written twice, as 2 and as "2", is one line, exit 2 (the second no longer replaces the first)', async () => {
     const file = writeRules(`${ONE_POLICY}organizations:
   2:

@@ -87,11 +87,13 @@ export function semanticProblems(data: unknown): Problem[] {
   }
   checkExclusionList(list(root.exclusions), ['exclusions'], facts, problems);
   checkUrlPlaceholders(dict(root.settings), ['settings'], problems);
+  checkCurrency(dict(root.settings), ['settings'], problems);
   checkAmounts(root, problems);
 
   for (const [orgId, org] of Object.entries(dict(root.organizations))) {
     const o = dict(org);
     checkUrlPlaceholders(dict(o.settings), ['organizations', orgId, 'settings'], problems);
+    checkCurrency(dict(o.settings), ['organizations', orgId, 'settings'], problems);
     for (const [name, override] of Object.entries(dict(o.policies))) {
       const path: YamlPath = ['organizations', orgId, 'policies', name];
       const policy = policies[name];
@@ -208,6 +210,29 @@ function checkAmounts(root: Dict, problems: Problem[]): void {
         ),
       );
   }
+}
+
+let currencies: readonly string[] | null = null;
+
+/**
+ * A currency is an ISO 4217 code Node knows (its amounts' minor units and symbol come from there):
+ * three capitals alone let a typo (UDS) or a made-up code (XYZ) through. Any other shape the schema
+ * reports.
+ */
+function checkCurrency(settings: Dict, path: YamlPath, problems: Problem[]): void {
+  const code = settings.currency;
+  if (typeof code !== 'string' || !/^[A-Z]{3}$/.test(code)) return;
+  currencies ??= Intl.supportedValuesOf('currency');
+  if (currencies.includes(code)) return;
+  // Two letters swapped (UDS for USD) is two edits to `closest`, too far for a three-letter word.
+  const swapped = [1, 2]
+    .map((i) => code.slice(0, i - 1) + code[i] + code[i - 1] + code.slice(i + 1))
+    .find((c) => currencies?.includes(c));
+  const guess = swapped ?? closest(code, currencies);
+  problems.push({
+    path: [...path, 'currency'],
+    message: `${JSON.stringify(code)} is not an ISO 4217 currency code${guess ? ` (did you mean ${guess}?)` : ''}; write a code such as USD, EUR, GBP or JPY`,
+  });
 }
 
 /**
