@@ -173,7 +173,7 @@ describe('the SQL pre-filter', () => {
 });
 
 describe('--shard I/N processes share one run', () => {
-  const copies = seededCopies(12);
+  const copies = seededCopies(13);
   const runs = (db: TestDatabase) =>
     db.knex('suspend.runs').orderBy('id').select('id', 'kind', 'status', 'counts');
   const historyRunIds = async (db: TestDatabase) =>
@@ -592,6 +592,29 @@ describe('--shard I/N processes share one run', () => {
       status: 'succeeded',
       shard: { name: '0/2', runStatus: 'succeeded', waitingFor: [] },
     });
+    expect((await runs(db)).map((r) => [String(r.id), r.kind, r.status])).toEqual([
+      ['1', 'sweep', 'succeeded'],
+    ]);
+    expect(await historyRunIds(db)).toEqual(['1']);
+  });
+
+  test('a sweep shard started after another stopped joins that sweep: one run, which succeeds once the stopped one goes on', async () => {
+    const db = copies[12]!;
+    const shard = (i: number, ...more: string[]) =>
+      cli(db, ['sweep', '--shard', `${i}/2`, '--no-notify', ...PAGES, ...more]);
+    expect((await shard(0, '--max-changes', '10')).code).toBe(4);
+    expect((await runs(db)).map((r) => [String(r.id), r.status])).toEqual([['1', 'stopped']]);
+    // Before, 1/2 opened a sweep of its own, and 0/2 went back to the first: the second stayed running.
+    const joined = await shard(1);
+    expect(joined.code).toBe(0);
+    expect(JSON.parse(joined.stdout)).toMatchObject({
+      runId: '1',
+      status: 'succeeded',
+      shard: { name: '1/2', runStatus: 'stopped', waitingFor: ['0/2'] },
+    });
+    const last = await shard(0, '--max-changes', 'none');
+    expect(last.code).toBe(0);
+    expect(JSON.parse(last.stdout)).toMatchObject({ runId: '1', shard: { runStatus: 'succeeded' } });
     expect((await runs(db)).map((r) => [String(r.id), r.kind, r.status])).toEqual([
       ['1', 'sweep', 'succeeded'],
     ]);

@@ -98,8 +98,11 @@ export async function runToJoin(
 ): Promise<RunRecord | null> {
   const name = `${shard.index}/${shard.count}`;
   const q = sameScope(trx, schema, kind, shard.count, orgs).whereNot(hasParts(trx, schema, name, false));
-  if (kind === 'backfill') q.whereIn('status', UNFINISHED);
-  else q.where({ status: 'running', as_of: sweep.asOf, rules_hash: sweep.rulesHash });
+  // A sweep of the same day and rules is joined while unfinished, stopped too: another shard that
+  // stopped (at the safety limit, say) before this one started goes on with it when run again, and a
+  // second sweep opened beside it would be left running for good.
+  q.whereIn('status', UNFINISHED);
+  if (kind === 'sweep') q.where({ as_of: sweep.asOf, rules_hash: sweep.rulesHash });
   const row = (await q.first()) as { id: string } | undefined;
   return row ? getRun(trx, schema, String(row.id)) : null;
 }
