@@ -1,7 +1,7 @@
 import { createTestDatabase, type TestDatabase } from './helpers/database';
 import { runCli } from './helpers/cli';
 import path from 'node:path';
-import { checksumTables } from './helpers/fixtures';
+import { checksumTables, recordedSweep } from './helpers/fixtures';
 import { Gate, startNode, waitForSessionsGone } from './helpers/reliability';
 import { ROOT } from './helpers/server';
 
@@ -372,17 +372,7 @@ describe('a revert killed before its first page', () => {
       { id: 20, name: 'Twenty', email: 'tw@example.com', status: 'suspended' },
       { id: 21, name: 'Twenty-one', email: 'to@example.com' },
     ]);
-    const [swept] = await own
-      .knex('suspend.runs')
-      .insert({
-        kind: 'sweep',
-        status: 'succeeded',
-        as_of: '2026-11-01',
-        rules_hash: 'test',
-        started_by: 'cron',
-      })
-      .returning('id');
-    const sweep = String((swept as { id: string }).id);
+    const sweep = await recordedSweep(own.knex);
     for (const key of ['20', '21']) {
       await own.knex('suspend.account_states').insert({
         customer_key: key,

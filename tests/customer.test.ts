@@ -1,6 +1,7 @@
 import knexFactory from 'knex';
 import { createTestDatabase, type TestDatabase } from './helpers/database';
 import { runCli } from './helpers/cli';
+import { recordedSweep } from './helpers/fixtures';
 import { accountStatus, isBookingBlocked } from '../src/index';
 import { activeExclusions } from '../src/customer/exclusions';
 import { reinstateAccount } from '../src/customer/reinstate';
@@ -58,17 +59,7 @@ beforeAll(async () => {
     { id: 5, name: 'Ed', email: 'ed@example.com' },
     { id: 6, name: 'Flo', email: 'flo@example.com', status: 'suspended', marketing_opt_out: true },
   ]);
-  const [run] = await db
-    .knex('suspend.runs')
-    .insert({
-      kind: 'sweep',
-      status: 'succeeded',
-      as_of: '2026-11-01',
-      rules_hash: 'test',
-      started_by: 'cron',
-    })
-    .returning('id');
-  sweepRun = String((run as { id: string }).id);
+  sweepRun = await recordedSweep(db.knex);
   // 1: suspended by delinquency (which set customers.status) and paused by overdue_pause.
   await insertState({
     customer_key: '1',

@@ -113,3 +113,11 @@ export function accountSignals(overrides: Partial<Signals> = {}): Signals {
     ...overrides,
   };
 }
+
+/** A sweep recorded in the ledger as succeeded (a run for states inserted by hand to belong to); its id. */
+export async function recordedSweep(knex: Knex, asOf = '2026-11-01'): Promise<string> {
+  const [run] = await knex('suspend.runs')
+    .insert({ kind: 'sweep', status: 'succeeded', as_of: asOf, rules_hash: 'test', started_by: 'cron' })
+    .returning('id');
+  return String((run as { id: string }).id);
+}
