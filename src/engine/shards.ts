@@ -83,9 +83,35 @@ export async function unfinishedShardRun(
 }
 
 /**
- * The run this shard joins: the newest unfinished one with the same number of shards in which it
- * has no part yet. A sweep joins only a sweep of the same day and rules that is still running; a
- * backfill joins any unfinished backfill (and takes its as-of, so one backfill judges one day).
+ * The unfinished runs a shard of this kind may share (same shard count and organizations): any
+ * backfill; a sweep of the same day and rules, stopped ones too (a stopped shard goes on with its
+ * sweep when run again, so a second sweep opened beside it would be left running for good).
+ */
+function unfinishedLike(
+  trx: Knex | Knex.Transaction,
+  schema: string,
+  kind: RunKind,
+  count: number,
+  sweep: { asOf: IsoDate; rulesHash: string },
+  orgs: string[] | null,
+) {
+  const q = sameScope(trx, schema, kind, count, orgs).whereIn('status', UNFINISHED);
+  if (kind === 'sweep') q.where({ as_of: sweep.asOf, rules_hash: sweep.rulesHash });
+  return q;
+}
+
+async function firstRun(
+  trx: Knex | Knex.Transaction,
+  schema: string,
+  q: Knex.QueryBuilder,
+): Promise<RunRecord | null> {
+  const row = (await q.first()) as { id: string } | undefined;
+  return row ? getRun(trx, schema, String(row.id)) : null;
+}
+
+/**
+ * The run this shard joins: the newest of those it may share (see unfinishedLike) in which it has
+ * no part yet. A backfill takes the joined run's as-of, so one backfill judges one day.
  */
 export async function runToJoin(
   trx: Knex.Transaction,
@@ -97,22 +123,14 @@ export async function runToJoin(
   orgs: string[] | null,
 ): Promise<RunRecord | null> {
   const name = `${shard.index}/${shard.count}`;
-  const q = sameScope(trx, schema, kind, shard.count, orgs).whereNot(hasParts(trx, schema, name, false));
-  // A sweep of the same day and rules is joined while unfinished, stopped too: another shard that
-  // stopped (at the safety limit, say) before this one started goes on with it when run again, and a
-  // second sweep opened beside it would be left running for good.
-  q.whereIn('status', UNFINISHED);
-  if (kind === 'sweep') q.where({ as_of: sweep.asOf, rules_hash: sweep.rulesHash });
-  const row = (await q.first()) as { id: string } | undefined;
-  return row ? getRun(trx, schema, String(row.id)) : null;
+  const q = unfinishedLike(trx, schema, kind, shard.count, sweep, orgs);
+  return firstRun(trx, schema, q.whereNot(hasParts(trx, schema, name, false)));
 }
 
 /**
  * The unfinished run in which this shard's part is done already (it waits for other shards): run
  * again, the shard has nothing to do there, and must not open a second run beside it, which the
- * other shards would join, leaving the first unfinished for good. A backfill's is any unfinished
- * backfill over the same organizations; a sweep's, an unfinished sweep of the same day and rules (a
- * stopped one too: its stopped shard goes on with it when run again).
+ * other shards would join, leaving the first unfinished for good.
  */
 export async function runWithPartDone(
   trx: Knex | Knex.Transaction,
@@ -123,13 +141,10 @@ export async function runWithPartDone(
   orgs: string[] | null,
 ): Promise<RunRecord | null> {
   const name = `${shard.index}/${shard.count}`;
-  const q = sameScope(trx, schema, kind, shard.count, orgs)
-    .whereIn('status', UNFINISHED)
+  const q = unfinishedLike(trx, schema, kind, shard.count, sweep, orgs)
     .where(hasParts(trx, schema, name, false))
     .whereNot(hasParts(trx, schema, name, true));
-  if (kind === 'sweep') q.where({ as_of: sweep.asOf, rules_hash: sweep.rulesHash });
-  const row = (await q.first()) as { id: string } | undefined;
-  return row ? getRun(trx, schema, String(row.id)) : null;
+  return firstRun(trx, schema, q);
 }
 
 /**
