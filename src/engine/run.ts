@@ -128,8 +128,9 @@ export interface BatchResult {
    */
   shard?: { name: string; runStatus: string; waitingFor: string[] };
   /**
-   * What the rules say of the data (stages the rules no longer describe, exclusions and overrides
-   * that match no account), each a sentence: logged as the run starts, and kept in its report.
+   * What the rules say of the data (stages the rules no longer describe, host columns holding other
+   * values than their stages set, exclusions and overrides that match no account), each a sentence:
+   * logged as the run starts, and kept in its report.
    */
   notes?: string[];
 }
