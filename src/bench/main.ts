@@ -201,6 +201,34 @@ async function settle(admin: Knex): Promise<void> {
   await admin.raw('checkpoint');
 }
 
+/** suspend's tables a backfill writes a row to for each change (its states, history and outbox events). */
+const CHANGE_TABLES = ['account_states', 'history', 'outbox'];
+
+/**
+ * The write floor: the rows a backfill stored, inserted again by plain SQL into empty copies of its
+ * tables (their indexes included) in one transaction: what storing them costs with nothing read,
+ * computed, sent or parsed. A backfill cannot take less than this plus reading the signals (two
+ * cores can overlap the two at best), whatever suspend does in between.
+ */
+async function timeWriteFloor(db: Knex, admin: Knex): Promise<number> {
+  const copy = (table: string) => `bench_floor.${table}`;
+  await db.raw('drop schema if exists bench_floor cascade');
+  await db.raw('create schema bench_floor');
+  for (const t of CHANGE_TABLES)
+    await db.raw('create table ?? (like ?? including all)', [copy(t), `suspend.${t}`]);
+  await settle(admin);
+  const started = process.hrtime.bigint();
+  await db.transaction(async (trx) => {
+    // As on the backfill's own sessions (see the pipeline's session settings).
+    await trx.raw('set local synchronous_commit = off');
+    for (const t of CHANGE_TABLES)
+      await trx.raw('insert into ?? select * from ??', [copy(t), `suspend.${t}`]);
+  });
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+  await db.raw('drop schema bench_floor cascade');
+  return seconds;
+}
+
 type Samples = Record<string, number[]>;
 
 function add(samples: Samples, key: string, value: number | null): void {
@@ -300,6 +328,8 @@ async function measureSize(admin: Knex, args: Args, size: number): Promise<SizeR
         'the baseline',
         'suspend',
       );
+      // The backfill's rows are all there: the second sweep changed none.
+      add(samples, 'writeFloor', await timeWriteFloor(db, admin));
     });
 
     // The same with N workers in one process.
@@ -347,6 +377,7 @@ async function measureSize(admin: Knex, args: Args, size: number): Promise<SizeR
     },
     ratios: {
       backfillVsBaseline: ratio('backfill', 'baseline'),
+      writeFloorVsBaseline: ratio('writeFloor', 'baseline'),
       backfillWorkersVsBaseline: ratio('backfillWorkers', 'baseline'),
       reportVsBaselineRead: ratio('report', 'baselineRead'),
       sweepVsReport: ratio('sweep', 'report'),
@@ -422,6 +453,13 @@ function renderMarkdown(out: {
       .map(
         (r) =>
           `${r.customers.toLocaleString('en-US')} customers: report ${s(r, 'reportCpu')}, backfill ${s(r, 'backfillCpu')}, sweep ${s(r, 'sweepCpu')}`,
+      )
+      .join('; ')}.`,
+    '',
+    `Storing the backfill's rows alone (its states, history rows and outbox events inserted again by plain SQL, \`insert … select\` from its own tables into empty copies of them, one transaction, nothing read, computed or parsed): ${out.results
+      .map(
+        (r) =>
+          `${r.customers.toLocaleString('en-US')} customers: ${s(r, 'writeFloor')}, ${x(r.ratios.writeFloorVsBaseline)} the baseline`,
       )
       .join('; ')}.`,
     '',
