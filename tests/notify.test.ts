@@ -850,3 +850,78 @@ describe('suspend notify', () => {
     });
   });
 });
+
+describe('revert and the claims of a notify process', () => {
+  let db: TestDatabase;
+
+  beforeAll(async () => {
+    db = await createTestDatabase();
+    const seed = await runCli(
+      ['seed', '--customers', '300', '--orgs', '2', '--seed', '5', '--as-of', AS_OF, '--reset'].concat([
+        '--database-url',
+        db.url,
+        '--quiet',
+      ]),
+    );
+    expect(seed.code).toBe(0);
+  }, 120_000);
+
+  afterAll(async () => {
+    await db?.drop();
+  });
+
+  test('a revert withdraws the events a killed notify had claimed (its lease not yet out), not those a live one holds', async () => {
+    const rules = rulesWith('notifications: { emails: [ops@example.com] }');
+    const backfill = await runCli(
+      [
+        'backfill',
+        '--as-of',
+        AS_OF,
+        '--max-changes',
+        'none',
+        '--no-notify',
+        '--quiet',
+        '--rules',
+        rules,
+      ].concat(['--database-url', db.url]),
+    );
+    expect(backfill.code).toBe(0);
+    const ids = (
+      await db.knex.raw<{ rows: { id: string }[] }>('select id::text as id from suspend.outbox order by id')
+    ).rows.map((r) => r.id);
+    expect(ids.length).toBeGreaterThan(10);
+    const [dead, live] = [ids.slice(0, 5), ids.slice(5, 10)];
+    // A live claimer: a session holding the notify lock on its own pid, as `suspend notify` does.
+    const session = await db.knex.client.acquireConnection();
+    try {
+      const pid = (
+        (await session.query('select pg_backend_pid() as pid, pg_advisory_lock($1, pg_backend_pid())', [
+          NOTIFY_LOCK_CLASS,
+        ])) as { rows: { pid: number }[] }
+      ).rows[0]!.pid;
+      const claim = (owner: number, which: string[]) =>
+        db.knex.raw(
+          `update suspend.outbox set claimed_by = ?, claimed_until = now() + interval '10 minutes'
+            where id = any(?::bigint[])`,
+          [owner, which],
+        );
+      // A killed process: its claim's lease runs on, but no session holds its lock any more.
+      await claim(2_000_000_000, dead);
+      await claim(pid, live);
+      const revert = await runCli(['revert', '1', '--rules', rules, '--database-url', db.url]);
+      expect(revert.code).toBe(0);
+    } finally {
+      await db.knex.client.releaseConnection(session);
+    }
+    const status = new Map(
+      (
+        await db.knex.raw<{ rows: { id: string; status: string }[] }>(
+          'select id::text as id, status from suspend.outbox where run_id = 1',
+        )
+      ).rows.map((r) => [r.id, r.status]),
+    );
+    expect(dead.map((id) => status.get(id))).toEqual(dead.map(() => 'withdrawn'));
+    expect(live.map((id) => status.get(id))).toEqual(live.map(() => 'pending'));
+    expect([...status.values()].filter((s) => s === 'pending')).toHaveLength(live.length);
+  });
+});

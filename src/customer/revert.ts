@@ -35,6 +35,7 @@ import {
 import { hostValuesAfter, type HostValue } from './host-plan';
 import { markHolds, rulesForOrg } from '../engine/plan';
 import { groupBy } from '../collections';
+import { notHeldByLiveClaimer } from '../notify/outbox';
 import type { AccountHold, IsoDate, Reason, Rules } from '../types';
 
 /**
@@ -539,11 +540,10 @@ async function revertPage(
     rewrites,
   );
   // The undone changes' events not sent yet would tell a customer of a pause that is gone: withdrawn
-  // (kept, never claimed), unless a delivering process holds one right now.
+  // (kept, never claimed), unless a delivering process holds one right now (a killed one does not).
   await trx.raw(
     `update ?? as o set status = 'withdrawn', last_error = ?
-      where o.history_id = any(?::bigint[]) and o.status = 'pending'
-        and (o.claimed_by is null or o.claimed_until < now())`,
+      where o.history_id = any(?::bigint[]) and o.status = 'pending' and ${notHeldByLiveClaimer('o')}`,
     [
       `${schema}.outbox`,
       `its change was reverted by run ${run.id} before it was sent`,

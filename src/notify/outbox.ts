@@ -58,6 +58,17 @@ live as (
      and l.database = (select oid from pg_database where datname = current_database())
 )`;
 
+/**
+ * SQL that holds for an outbox row (alias `alias`) that no live process holds: not claimed, its lease
+ * ran out, or its claimer's session is gone (a killed process keeps its claim's lease, not its lock).
+ */
+export function notHeldByLiveClaimer(alias: string): string {
+  return `(${alias}.claimed_by is null or ${alias}.claimed_until < now() or ${alias}.claimed_by not in (
+    select l.objid::bigint from pg_locks l
+     where l.locktype = 'advisory' and l.granted and l.objsubid = 2 and l.classid = ${NOTIFY_LOCK_CLASS}
+       and l.database = (select oid from pg_database where datname = current_database())))`;
+}
+
 /** A pending event is claimable when due and not held by a live claimer within its lease. */
 const CLAIMABLE = `o.status = 'pending' and o.next_attempt_at <= ${NOW}
   and (o.claimed_by is null or o.claimed_until < ${NOW} or o.claimed_by not in (select pid from live))`;
