@@ -278,6 +278,35 @@ organizations:
     ]);
   });
 
+  test('a webhook URL with a user or password is refused with its place, exit 2, before notify connects; the password is not echoed', async () => {
+    const file = writeRules(`${ONE_POLICY}notifications:
+  webhook: { url: "https://hooks:hunter2@hooks.example.com/suspend", secret: s3cret }
+organizations:
+  "7":
+    notifications:
+      webhook:
+        url: https://token@hooks.example.com/seven
+        secret: s3cret
+`);
+    const display = path.relative(ROOT, file);
+    const lines = [
+      `error: ${display}:8 notifications.webhook.url: has a user or password before the host, which webhook requests cannot carry; remove it and let the receiver check the signature (secret), or put a token in the path or query`,
+      `error: ${display}:13 organizations.7.notifications.webhook.url: has a user or password before the host, which webhook requests cannot carry; remove it and let the receiver check the signature (secret), or put a token in the path or query`,
+    ];
+    const check = await runCli(['rules', 'check', '--rules', file]);
+    expect(check).toEqual({ code: 2, stdout: '', stderr: `${lines.join('\n')}\n` });
+    // Refused before a connection is tried (nothing listens on port 1), so nothing is claimed or sent.
+    const notify = await runCli([
+      'notify',
+      '--rules',
+      file,
+      '--database-url',
+      'postgres://postgres@127.0.0.1:1/none',
+    ]);
+    expect(notify).toEqual({ code: 2, stdout: '', stderr: `${lines.join('\n')}\n` });
+    expect(notify.stderr).not.toContain('hunter2');
+  });
+
   test("the example's customer messages read as sentences for a customer never active, with no balance and no name", async () => {
     const rules = await loadRules({ file: EXAMPLE, cwd: ROOT });
     const unknown = accountSignals({

@@ -88,12 +88,14 @@ export function semanticProblems(data: unknown): Problem[] {
   checkExclusionList(list(root.exclusions), ['exclusions'], facts, problems);
   checkUrlPlaceholders(dict(root.settings), ['settings'], problems);
   checkCurrency(dict(root.settings), ['settings'], problems);
+  checkWebhookUrl(dict(root.notifications), ['notifications'], problems);
   checkAmounts(root, problems);
 
   for (const [orgId, org] of Object.entries(dict(root.organizations))) {
     const o = dict(org);
     checkUrlPlaceholders(dict(o.settings), ['organizations', orgId, 'settings'], problems);
     checkCurrency(dict(o.settings), ['organizations', orgId, 'settings'], problems);
+    checkWebhookUrl(dict(o.notifications), ['organizations', orgId, 'notifications'], problems);
     for (const [name, override] of Object.entries(dict(o.policies))) {
       const path: YamlPath = ['organizations', orgId, 'policies', name];
       const policy = policies[name];
@@ -232,6 +234,28 @@ function checkCurrency(settings: Dict, path: YamlPath, problems: Problem[]): voi
   problems.push({
     path: [...path, 'currency'],
     message: `${JSON.stringify(code)} is not an ISO 4217 currency code${guess ? ` (did you mean ${guess}?)` : ''}; write a code such as USD, EUR, GBP or JPY`,
+  });
+}
+
+/**
+ * A webhook URL with a user or password (`https://user:pw@host/`) is an http(s) URL, but fetch
+ * refuses to send a request to it: accepted, every event would be tried and fail until it gave up,
+ * with the password in each error. Its value is not repeated here, for the same reason.
+ */
+function checkWebhookUrl(notifications: Dict, path: YamlPath, problems: Problem[]): void {
+  const url = dict(notifications.webhook).url;
+  if (typeof url !== 'string') return;
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return; // the schema's format says so
+  }
+  if (parsed.username === '' && parsed.password === '') return;
+  problems.push({
+    path: [...path, 'webhook', 'url'],
+    message:
+      'has a user or password before the host, which webhook requests cannot carry; remove it and let the receiver check the signature (secret), or put a token in the path or query',
   });
 }
 
