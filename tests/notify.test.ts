@@ -851,11 +851,16 @@ describe('suspend notify', () => {
   });
 });
 
-describe('revert and the claims of a notify process', () => {
+describe('notify beside other runs', () => {
   let db: TestDatabase;
+  let smtp: Awaited<ReturnType<typeof startSmtp>>;
+  const rules = rulesWith('notifications: { emails: [ops@example.com], use_organization_column: false }');
+  const cli = (...args: string[]) =>
+    runCli([...args, '--rules', rules, '--database-url', db.url], { env: { SMTP_URL: smtp.url } });
 
   beforeAll(async () => {
     db = await createTestDatabase();
+    smtp = await startSmtp();
     const seed = await runCli(
       ['seed', '--customers', '300', '--orgs', '2', '--seed', '5', '--as-of', AS_OF, '--reset'].concat([
         '--database-url',
@@ -864,41 +869,54 @@ describe('revert and the claims of a notify process', () => {
       ]),
     );
     expect(seed.code).toBe(0);
+    const backfill = await cli(
+      'backfill',
+      '--as-of',
+      AS_OF,
+      '--max-changes',
+      'none',
+      '--no-notify',
+      '--quiet',
+    );
+    expect(backfill.code).toBe(0);
   }, 120_000);
 
   afterAll(async () => {
+    await smtp?.close();
     await db?.drop();
   });
 
+  /** A session of its own holding an advisory lock (two int keys) until `release`. */
+  async function holdLock(
+    classId: number,
+    key: string | null,
+  ): Promise<{ pid: number; release(): Promise<void> }> {
+    const session = (await db.knex.client.acquireConnection()) as {
+      query(sql: string, params: unknown[]): Promise<{ rows: { pid: number }[] }>;
+    };
+    const objid = key === null ? 'pg_backend_pid()' : 'hashtext($2)';
+    const params = key === null ? [classId] : [classId, key];
+    const r = await session.query(`select pg_backend_pid() as pid, pg_advisory_lock($1, ${objid})`, params);
+    return {
+      pid: r.rows[0]!.pid,
+      async release() {
+        await session.query('select pg_advisory_unlock_all()', []);
+        await db.knex.client.releaseConnection(session);
+      },
+    };
+  }
+
   test('a revert withdraws the events a killed notify had claimed (its lease not yet out), not those a live one holds', async () => {
-    const rules = rulesWith('notifications: { emails: [ops@example.com] }');
-    const backfill = await runCli(
-      [
-        'backfill',
-        '--as-of',
-        AS_OF,
-        '--max-changes',
-        'none',
-        '--no-notify',
-        '--quiet',
-        '--rules',
-        rules,
-      ].concat(['--database-url', db.url]),
-    );
-    expect(backfill.code).toBe(0);
     const ids = (
-      await db.knex.raw<{ rows: { id: string }[] }>('select id::text as id from suspend.outbox order by id')
+      await db.knex.raw<{ rows: { id: string }[] }>(
+        "select id::text as id from suspend.outbox where run_id = 1 and status = 'pending' order by id",
+      )
     ).rows.map((r) => r.id);
     expect(ids.length).toBeGreaterThan(10);
     const [dead, live] = [ids.slice(0, 5), ids.slice(5, 10)];
     // A live claimer: a session holding the notify lock on its own pid, as `suspend notify` does.
-    const session = await db.knex.client.acquireConnection();
+    const claimer = await holdLock(NOTIFY_LOCK_CLASS, null);
     try {
-      const pid = (
-        (await session.query('select pg_backend_pid() as pid, pg_advisory_lock($1, pg_backend_pid())', [
-          NOTIFY_LOCK_CLASS,
-        ])) as { rows: { pid: number }[] }
-      ).rows[0]!.pid;
       const claim = (owner: number, which: string[]) =>
         db.knex.raw(
           `update suspend.outbox set claimed_by = ?, claimed_until = now() + interval '10 minutes'
@@ -907,11 +925,11 @@ describe('revert and the claims of a notify process', () => {
         );
       // A killed process: its claim's lease runs on, but no session holds its lock any more.
       await claim(2_000_000_000, dead);
-      await claim(pid, live);
-      const revert = await runCli(['revert', '1', '--rules', rules, '--database-url', db.url]);
+      await claim(claimer.pid, live);
+      const revert = await cli('revert', '1');
       expect(revert.code).toBe(0);
     } finally {
-      await db.knex.client.releaseConnection(session);
+      await claimer.release();
     }
     const status = new Map(
       (
@@ -923,5 +941,62 @@ describe('revert and the claims of a notify process', () => {
     expect(dead.map((id) => status.get(id))).toEqual(dead.map(() => 'withdrawn'));
     expect(live.map((id) => status.get(id))).toEqual(live.map(() => 'pending'));
     expect([...status.values()].filter((s) => s === 'pending')).toHaveLength(live.length);
+  });
+
+  test('the events of a run still under way wait for it to end, so its digest is not split; a run whose process is gone sends them', async () => {
+    await db.knex.raw("update suspend.outbox set status = 'sent', claimed_by = null, claimed_until = null");
+    // A sweep writing its pages: its row says running, and the session it recorded holds the run lock.
+    const runner = await holdLock(0x5355, 'suspend');
+    let release: (() => Promise<void>) | null = () => runner.release();
+    try {
+      const [row] = await db
+        .knex('suspend.runs')
+        .insert({
+          kind: 'sweep',
+          status: 'running',
+          as_of: AS_OF,
+          rules_hash: 'test',
+          started_by: 'cron',
+          options: JSON.stringify({ lockSession: runner.pid }),
+        })
+        .returning('id');
+      const run = String((row as { id: string }).id);
+      // Its first pages' events, in one organization.
+      await db.knex.raw(
+        `insert into suspend.outbox (run_id, history_id, org_id, customer_key, event, payload)
+         select ?, history_id, org_id, customer_key, event, payload || jsonb_build_object('reasons', '[]'::jsonb)
+           from suspend.outbox where run_id = 1 and org_id = (select min(org_id) from suspend.outbox where run_id = 1)
+            and payload->'actions' @> '["notify"]'::jsonb order by id limit 6`,
+        [run],
+      );
+      smtp.mails.length = 0;
+      const during = await cli('notify');
+      expect(during.code).toBe(0);
+      expect(smtp.mails).toHaveLength(0);
+      expect(during.stdout).toContain(
+        `Run ${run} is still under way: its events go out when it ends, one digest per organization.`,
+      );
+      const pending = await db
+        .knex('suspend.outbox')
+        .where({ run_id: run, status: 'pending' })
+        .count<{ n: string }[]>({ n: '*' });
+      expect(Number(pending[0]!.n)).toBe(6);
+
+      // Its process gone (killed), the run writes nothing more until resumed: its events go out.
+      await runner.release();
+      release = null;
+      const after = await cli('notify');
+      expect(after.code).toBe(0);
+      expect(smtp.mails).toHaveLength(1);
+      expect(after.stdout).not.toContain('still under way');
+      const left = await db
+        .knex('suspend.outbox')
+        .where({ run_id: run })
+        .whereNot({ status: 'sent' })
+        .count<{ n: string }[]>({ n: '*' });
+      expect(Number(left[0]!.n)).toBe(0);
+    } finally {
+      await release?.();
+    }
   });
 });

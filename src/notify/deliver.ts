@@ -1,6 +1,7 @@
 import type { Knex } from 'knex';
 import { requireMigrated } from '../db/migrate';
-import { getRun } from '../engine/ledger';
+import { getRun, processGone } from '../engine/ledger';
+import { runLockHolders } from '../engine/lock';
 import { rulesForOrg } from '../engine/plan';
 import { errorMessage } from '../errors';
 import type { EffectiveRules, Rules } from '../types';
@@ -68,6 +69,8 @@ export interface DeliveryResult {
   waitingForMail: number;
   /** Events with no one to tell (no contacts, no webhook, no customer notice): settled as sent. */
   unaddressed: number;
+  /** Runs still writing their pages: their events are left for when they end (one digest each). */
+  runsUnderWay: string[];
   digests: number;
   customerMails: number;
   webhookRequests: number;
@@ -172,6 +175,7 @@ export async function deliverPending(
     failed: 0,
     waitingForMail: 0,
     unaddressed: 0,
+    runsUnderWay: [],
     digests: 0,
     customerMails: 0,
     webhookRequests: 0,
@@ -214,7 +218,13 @@ export async function deliverPending(
     // A group another process was claiming is tried once more after the others: by then that
     // claim has committed and what it left (beyond its limit, or due since) is this call's.
     const busy: EventGroup[] = [];
+    const underWay = await runsUnderWay(knex, schema);
     for (const group of await dueGroups(knex, schema, now)) {
+      // A run still writing pages has more events to come: sent now, its digest would be split.
+      if (group.runId !== null && underWay.has(group.runId)) {
+        if (!result.runsUnderWay.includes(group.runId)) result.runsUnderWay.push(group.runId);
+        continue;
+      }
       if (!(await deliverDue(d, group, limit))) busy.push(group);
     }
     for (const group of busy) await deliverDue(d, group, limit);
@@ -229,6 +239,25 @@ export async function deliverPending(
   }
   result.outbox = await outboxCounts(knex, schema);
   return result;
+}
+
+/**
+ * Runs marked running whose process is alive: the session that holds their lock is there (for a
+ * `--shard` run, which no one process carries: while any shard holds the run lock). A run whose
+ * process is gone, or that stopped, has written what it will until resumed: its events go out.
+ */
+async function runsUnderWay(knex: Knex, schema: string): Promise<Set<string>> {
+  const running = await knex.withSchema(schema).from('runs').where({ status: 'running' }).select('id');
+  const out = new Set<string>();
+  if (running.length === 0) return out;
+  const holders = await runLockHolders(knex, schema);
+  for (const { id } of running as { id: string | number }[]) {
+    const run = await getRun(knex, schema, String(id));
+    if (!run || run.status !== 'running') continue;
+    const alive = typeof run.options.shards === 'number' ? holders.size > 0 : !processGone(run, holders);
+    if (alive) out.add(run.id);
+  }
+  return out;
 }
 
 /** Claims and delivers a group's due events, page by page; false when another process was claiming it. */
@@ -457,6 +486,12 @@ export function describeDelivery(r: DeliveryResult): string {
     lines.push(
       `Delivered ${r.sent} of ${r.claimed} event(s): ${r.digests} digest(s), ${r.customerMails} customer mail(s), ${r.webhookRequests} webhook request(s)${r.webhookRequests > 0 ? ` carrying ${r.webhookEvents} event(s)` : ''}` +
         (r.unaddressed > 0 ? `; ${r.unaddressed} had no one to tell.` : '.'),
+    );
+  }
+  if (r.runsUnderWay.length > 0) {
+    const many = r.runsUnderWay.length > 1;
+    lines.push(
+      `Run${many ? 's' : ''} ${r.runsUnderWay.join(', ')} ${many ? 'are' : 'is'} still under way: ${many ? 'their' : 'its'} events go out when ${many ? 'they end' : 'it ends'}, one digest per organization.`,
     );
   }
   if (r.retrying > 0) lines.push(`${r.retrying} event(s) will be tried again later.`);
