@@ -999,4 +999,28 @@ describe('notify beside other runs', () => {
       await release?.();
     }
   });
+
+  test('a customer notice names what the account is now when another policy holds it more: paused, not "a notice"', async () => {
+    // The backfill was reverted above: a sweep puts its accounts back in their stages.
+    const sweep = await cli('sweep', '--as-of', AS_OF, '--max-changes', 'none', '--no-notify', '--quiet');
+    expect(sweep.code).toBe(0);
+    const run = String((await db.knex('suspend.runs').max<{ id: string }[]>({ id: 'id' }))[0]!.id);
+    await db.knex.raw("update suspend.outbox set status = 'sent', claimed_by = null, claimed_until = null");
+    // Its notices (escalation day_14, which neither pauses nor suspends) of accounts that another
+    // policy pauses: their events carry the account's hold.
+    const held = await db.knex.raw<{ rows: { email: string }[] }>(
+      `update suspend.outbox set status = 'pending', delivered = '{}', attempts = 0, next_attempt_at = now()
+        where run_id = ? and payload->'actions' @> '["notify_customer"]'::jsonb
+          and not (payload->>'blocksBooking')::boolean and (payload->'account'->>'blocksBooking')::boolean
+          and (payload->'account'->>'allowsLogin')::boolean
+        returning payload->'customer'->>'email' as email`,
+      [run],
+    );
+    expect(held.rows.length).toBeGreaterThan(0);
+    smtp.mails.length = 0;
+    expect((await cli('notify')).code).toBe(0);
+    const notices = smtp.mails.map(readMail).filter((m) => !m.subject.startsWith('[suspend]'));
+    expect(notices.map((m) => m.rcptTo.join()).sort()).toEqual(held.rows.map((r) => r.email).sort());
+    expect(new Set(notices.map((m) => m.subject))).toEqual(new Set(['Booking is paused on your account']));
+  });
 });

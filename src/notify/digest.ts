@@ -313,9 +313,11 @@ export function buildDigest(input: DigestInput): MailContent {
 
 /** The customer's own notice: the stage message, as they also see it in the app (it greets them itself). */
 export function buildCustomerMail(p: OutboxPayload): Omit<MailContent, 'attachments'> {
-  const subject = !p.allowsLogin
+  // What the account is now: another policy may hold it more (paused here, suspended there).
+  const effect = p.account ?? p;
+  const subject = !effect.allowsLogin
     ? 'Your account is suspended'
-    : p.blocksBooking
+    : effect.blocksBooking
       ? 'Booking is paused on your account'
       : 'A notice about your account';
   const message = p.message ?? '';
