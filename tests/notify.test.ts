@@ -294,6 +294,31 @@ describe('suspend notify', () => {
     expect(backfillRows.some((r) => r.payload.actions.includes('notify_customer'))).toBe(true);
   });
 
+  test("an account that enters stages of several policies at once, first seen by the backfill: each event tells the account's hold", () => {
+    type Payload = OutboxRow['payload'] & {
+      policy: string;
+      allowsLogin: boolean;
+      account?: { allowsLogin: boolean; heldBy: string[] };
+    };
+    const byCustomer = new Map<string, Payload[]>();
+    for (const row of backfillRows) {
+      const p = row.payload as Payload;
+      byCustomer.set(p.customer.key, [...(byCustomer.get(p.customer.key) ?? []), p]);
+    }
+    // Events of a policy that lets the customer sign in, of accounts another policy suspends.
+    const signInOnlyHere = [...byCustomer.values()].flatMap((events) =>
+      events.some((e) => !e.allowsLogin) ? events.filter((e) => e.allowsLogin) : [],
+    );
+    expect(signInOnlyHere.length).toBeGreaterThan(0);
+    for (const e of signInOnlyHere) {
+      expect({ policy: e.policy, allowsLogin: e.account?.allowsLogin }).toEqual({
+        policy: e.policy,
+        allowsLogin: false,
+      });
+      expect(e.account?.heldBy.some((h) => h.startsWith('suspended under '))).toBe(true);
+    }
+  });
+
   test('a digest per organization to its contacts, customer notices, and signed batches to the webhook', async () => {
     await resetOutbox();
     const rules = rulesWith(`notifications:

@@ -99,7 +99,8 @@ export function planPage(
       // Explained already in a real run; in a dry run, once the report shows the change.
       explain: t.explain,
     }));
-    if (stored.size > 0) markHolds(effective.policies, stored, accountChanges);
+    // Another policy holds the account when it has a stage stored, or enters one in this same run.
+    if (stored.size > 0 || accountChanges.length > 1) markHolds(effective.policies, stored, accountChanges);
     hostColumns.push(...planHostColumns(s.key, effective.policies, stored, accountChanges));
     changes.push(...accountChanges);
   }
