@@ -51,11 +51,13 @@ export function claimGroupKey(schema: string, group: { runId: string | null; org
 const NOW = 'coalesce(:now::timestamptz, now())';
 
 /** Claimers that are alive: sessions holding (NOTIFY_LOCK_CLASS, pid) in this database. */
+const LIVE_CLAIMER_PIDS = `select l.objid::bigint as pid from pg_locks l
+   where l.locktype = 'advisory' and l.granted and l.objsubid = 2 and l.classid = ${NOTIFY_LOCK_CLASS}
+     and l.database = (select oid from pg_database where datname = current_database())`;
+
 const LIVE_CLAIMERS = `
 live as (
-  select l.objid::bigint as pid from pg_locks l
-   where l.locktype = 'advisory' and l.granted and l.objsubid = 2 and l.classid = :lockClass
-     and l.database = (select oid from pg_database where datname = current_database())
+  ${LIVE_CLAIMER_PIDS}
 )`;
 
 /**
@@ -63,10 +65,8 @@ live as (
  * ran out, or its claimer's session is gone (a killed process keeps its claim's lease, not its lock).
  */
 export function notHeldByLiveClaimer(alias: string): string {
-  return `(${alias}.claimed_by is null or ${alias}.claimed_until < now() or ${alias}.claimed_by not in (
-    select l.objid::bigint from pg_locks l
-     where l.locktype = 'advisory' and l.granted and l.objsubid = 2 and l.classid = ${NOTIFY_LOCK_CLASS}
-       and l.database = (select oid from pg_database where datname = current_database())))`;
+  return `(${alias}.claimed_by is null or ${alias}.claimed_until < now()
+    or ${alias}.claimed_by not in (${LIVE_CLAIMER_PIDS}))`;
 }
 
 /** A pending event is claimable when due and not held by a live claimer within its lease. */
@@ -128,7 +128,7 @@ export async function dueGroups(knex: Db, schema: string, now: Date | null): Pro
      select g.run_id::text as run_id, g.org_id from (
        select distinct o.run_id, o.org_id from :outbox: o where ${CLAIMABLE}) g
       order by g.run_id nulls first, g.org_id nulls first`,
-    { outbox: table(schema), now, lockClass: NOTIFY_LOCK_CLASS },
+    { outbox: table(schema), now },
   );
   return r.rows.map((row) => ({ runId: row.run_id, orgId: row.org_id }));
 }
@@ -202,7 +202,6 @@ function claimStatement(
     {
       outbox: table(schema),
       history: `${schema}.history`,
-      lockClass: NOTIFY_LOCK_CLASS,
       now: options.now,
       runId: options.group.runId,
       orgId: options.group.orgId,
