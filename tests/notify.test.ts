@@ -470,6 +470,44 @@ describe('suspend notify', () => {
     expect(digest.html).not.toContain('<img');
   });
 
+  test('an organization with more events than one claim takes gets its digest in parts, each saying which', async () => {
+    const rules = await loadRules({
+      file: rulesWith('notifications: { emails: [ops@example.com], use_organization_column: false }'),
+      cwd: ROOT,
+    });
+    const perOrg = new Map<string, number>();
+    for (const r of backfillRows) perOrg.set(String(r.org_id), (perOrg.get(String(r.org_id)) ?? 0) + 1);
+    const [org, n] = [...perOrg].sort((a, b) => b[1] - a[1])[0] as [string, number];
+    const digestsOf = () =>
+      smtp.mails.map(readMail).filter((m) => m.subject.startsWith(`[suspend] Organization ${org}:`));
+
+    // Exactly one claim's worth: one digest, no parts.
+    await resetOutbox();
+    expect(await deliverPending(db.knex, rules, { smtpUrl: smtp.url, claimLimit: n })).toMatchObject({
+      claimed: backfillRows.length,
+    });
+    expect(digestsOf()).toHaveLength(1);
+    expect(digestsOf()[0]?.subject).not.toContain('part');
+    expect(digestsOf()[0]?.text).not.toContain('This is part');
+
+    // Two claims' worth: two digests, each saying which part it is and whether more follows.
+    await resetOutbox();
+    smtp.mails.length = 0;
+    const limit = Math.ceil(n / 2);
+    expect(await deliverPending(db.knex, rules, { smtpUrl: smtp.url, claimLimit: limit })).toMatchObject({
+      claimed: backfillRows.length,
+      sent: backfillRows.length,
+    });
+    const parts = digestsOf();
+    expect(parts).toHaveLength(2);
+    expect(parts.map((m) => / part (\d)$/.exec(m.subject)?.[1])).toEqual(['1', '2']);
+    const carries = `one digest carries at most ${limit.toLocaleString('en-US')} changes`;
+    expect(parts[0]?.text).toContain(
+      `This is part 1 of this run's digest: ${carries}, and the next part follows.`,
+    );
+    expect(parts[1]?.text).toContain(`This is part 2, the last, of this run's digest: ${carries}.`);
+  });
+
   test('without SMTP, events that need mail stay pending and one line says why', async () => {
     await resetOutbox();
     const rules = rulesWith('notifications: { emails: [ops@example.com] }');

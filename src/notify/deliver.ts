@@ -5,13 +5,14 @@ import { runLockHolders } from '../engine/lock';
 import { rulesForOrg } from '../engine/plan';
 import { errorMessage } from '../errors';
 import type { EffectiveRules, Rules } from '../types';
-import { buildCustomerMail, buildDigest, type DigestRun } from './digest';
+import { buildCustomerMail, buildDigest, type DigestPart, type DigestRun } from './digest';
 import { createMailer, MailError, resolveSmtpUrl, type Mailer } from './mail';
 import {
   claimEvents,
   dueGroups,
   openClaimSession,
   outboxCounts,
+  moreDue,
   recordDelivered,
   renewLease,
   resetFailed,
@@ -49,7 +50,10 @@ export interface DeliveryOptions {
   webhookTimeoutMs?: number;
   /** How long a claim holds while its process lives (default 10 minutes). */
   leaseMs?: number;
-  /** Events claimed at once per organization and run (default 20,000): one digest each. */
+  /**
+   * Events claimed at once per organization and run (default 20,000), which bounds memory: a group
+   * with more goes out as several digests, each saying which part it is.
+   */
   claimLimit?: number;
   /** Changes listed in a digest before it attaches a CSV instead (default 20). */
   tableLimit?: number;
@@ -263,7 +267,7 @@ async function runsUnderWay(knex: Knex, schema: string): Promise<Set<string>> {
 /** Claims and delivers a group's due events, page by page; false when another process was claiming it. */
 async function deliverDue(d: Delivery, group: EventGroup, limit: number): Promise<boolean> {
   let afterId = '0';
-  for (;;) {
+  for (let index = 1; ; index++) {
     const events = await claimEvents(d.knex, d.schema, {
       group,
       owner: d.owner,
@@ -276,15 +280,22 @@ async function deliverDue(d: Delivery, group: EventGroup, limit: number): Promis
     if (events.length === 0) return true;
     afterId = events[events.length - 1]?.id ?? afterId;
     d.result.claimed += events.length;
-    await deliverGroup(d, group, events);
+    // A full claim may leave more of the group due: its digest then says which part it is.
+    const more = events.length >= limit && (await moreDue(d.knex, d.schema, { group, afterId, now: d.now }));
+    await deliverGroup(d, group, events, more || index > 1 ? { index, limit, more } : undefined);
     if (events.length < limit) return true;
   }
 }
 
-async function deliverGroup(d: Delivery, group: EventGroup, events: OutboxEvent[]): Promise<void> {
+async function deliverGroup(
+  d: Delivery,
+  group: EventGroup,
+  events: OutboxEvent[],
+  part: DigestPart | undefined,
+): Promise<void> {
   const rules = rulesForOrg(d.rules, group.orgId);
   const attempt = new Attempt();
-  await sendDigest(d, group, rules, events, attempt);
+  await sendDigest(d, group, rules, events, attempt, part);
   await sendCustomerMails(d, events, attempt);
   await sendWebhooks(d, rules, events, attempt);
 
@@ -377,6 +388,7 @@ async function sendDigest(
   rules: EffectiveRules,
   events: OutboxEvent[],
   attempt: Attempt,
+  part: DigestPart | undefined,
 ): Promise<void> {
   const due = events.filter((e) => tellsOrganization(e.payload) && !e.delivered.digest);
   if (due.length === 0) return;
@@ -392,6 +404,7 @@ async function sendDigest(
     events: due,
     netTermsColumn: d.rules.source.customers.netTermsDays,
     tableLimit: d.tableLimit,
+    ...(part ? { part } : {}),
   });
   for (const e of due) attempt.tried.add(e.id);
   const error = await sendMail(d, { to: recipients, ...content });

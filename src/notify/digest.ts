@@ -27,6 +27,20 @@ export interface DigestInput {
   netTermsColumn: string | null;
   /** Up to this many changes are listed in the mail; more go to the CSV attachment. */
   tableLimit: number;
+  /**
+   * Which part of the group's digest this is, when the group had more events than one claim takes
+   * (see DeliverOptions.claimLimit); absent for a digest that carries the whole group.
+   */
+  part?: DigestPart;
+}
+
+export interface DigestPart {
+  /** 1 for the first part. */
+  index: number;
+  /** At most this many events make one part. */
+  limit: number;
+  /** Whether more of the group's events were due when this part was claimed. */
+  more: boolean;
 }
 
 export interface Attachment {
@@ -110,10 +124,19 @@ export function stageSummary(events: DigestEvent[]): string {
     .join(', ');
 }
 
-export function digestSubject(input: Pick<DigestInput, 'orgId' | 'run' | 'events'>): string {
+export function digestSubject(input: Pick<DigestInput, 'orgId' | 'run' | 'events' | 'part'>): string {
   const org = input.orgId === null ? 'No organization' : `Organization ${input.orgId}`;
   const run = input.run ? ` (${input.run.kind} ${input.run.asOf})` : '';
-  return `[suspend] ${org}: ${stageSummary(input.events)}${run}`;
+  const part = input.part ? `, part ${input.part.index}` : '';
+  return `[suspend] ${org}: ${stageSummary(input.events)}${run}${part}`;
+}
+
+/** What a part of a split digest says of the whole, after its intro. */
+function partSentence(part: DigestPart): string {
+  const carries = `one digest carries at most ${part.limit.toLocaleString('en-US')} changes`;
+  return part.more
+    ? `This is part ${part.index} of this run's digest: ${carries}, and the next part follows.`
+    : `This is part ${part.index}, the last, of this run's digest: ${carries}.`;
 }
 
 function reasonTexts(reasons: Reason[]): string {
@@ -233,7 +256,7 @@ const COUNT_COLUMNS = ['Now', 'Policy', 'Change', 'Changes'];
 export function buildDigest(input: DigestInput): MailContent {
   const { events } = input;
   const accounts = new Set(events.map((e) => e.payload.customer.key)).size;
-  const intro = `suspend made ${events.length} change${events.length === 1 ? '' : 's'} to ${accounts} account${accounts === 1 ? '' : 's'} of ${organizationName(input.orgId)} in the ${runName(input.run)}.`;
+  const intro = `suspend made ${events.length} change${events.length === 1 ? '' : 's'} to ${accounts} account${accounts === 1 ? '' : 's'} of ${organizationName(input.orgId)} in the ${runName(input.run)}.${input.part ? ` ${partSentence(input.part)}` : ''}`;
   const counts = stageCounts(events);
   const listed = events.length <= input.tableLimit;
   const attachments: Attachment[] = listed

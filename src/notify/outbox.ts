@@ -172,6 +172,30 @@ export async function claimEvents(
   return r === null ? null : toEvents(r.rows);
 }
 
+/** An outbox row `o` of the group `:runId`, `:orgId`, after `:afterId` in id order. */
+const IN_GROUP_AFTER = `o.run_id is not distinct from :runId::bigint and o.org_id is not distinct from :orgId::text
+          and o.id > :afterId::bigint`;
+
+/** Whether any of a group's events after `afterId` can be claimed now. */
+export async function moreDue(
+  knex: Db,
+  schema: string,
+  options: { group: EventGroup; afterId: string; now: Date | null },
+): Promise<boolean> {
+  const r = await knex.raw<{ rows: { more: boolean }[] }>(
+    `with ${LIVE_CLAIMERS}
+     select exists (select 1 from :outbox: o where ${CLAIMABLE} and ${IN_GROUP_AFTER}) as more`,
+    {
+      outbox: table(schema),
+      now: options.now,
+      runId: options.group.runId,
+      orgId: options.group.orgId,
+      afterId: options.afterId,
+    },
+  );
+  return r.rows[0]?.more === true;
+}
+
 function claimStatement(
   trx: Knex.Transaction,
   schema: string,
@@ -181,9 +205,7 @@ function claimStatement(
     `with ${LIVE_CLAIMERS},
      due as (
        select o.id, o.history_id from :outbox: o
-        where ${CLAIMABLE}
-          and o.run_id is not distinct from :runId::bigint and o.org_id is not distinct from :orgId::text
-          and o.id > :afterId::bigint
+        where ${CLAIMABLE} and ${IN_GROUP_AFTER}
         order by o.id
         limit :limit
         -- No other claim of this group runs (the group's lock): what is locked is being settled.
