@@ -127,6 +127,15 @@ test('a rules file that is a folder, and an unreachable database.url of the rule
   }
 });
 
+test('a URL without a port names the port the driver uses (5432) where it says which server it could not reach', async () => {
+  const r = await runCli(['runs', '--database-url', 'postgres://postgres@nosuchhost.invalid/x']);
+  expect({ code: r.code, stderr: r.stderr }).toEqual({
+    code: 2,
+    stderr:
+      'error: Cannot reach Postgres: host not found for nosuchhost.invalid:5432/x; check the host name in --database-url (no address is known for it here).\n',
+  });
+});
+
 test('doctor on a database without the mapped tables refuses the mapping instead of advising indexes for them; exit 2', async () => {
   const r = await runCli([
     'doctor',

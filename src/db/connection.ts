@@ -70,7 +70,8 @@ export function describeUrl(url: string): string {
   const c = parseConnectionString(url);
   // A socket's folder and the database joined by a slash would read as one path.
   if (c.host?.startsWith('/')) return `socket ${c.host}, database ${c.database ?? ''}`;
-  return `${c.host ?? 'localhost'}:${c.port ?? 5432}/${c.database ?? ''}`;
+  // The parser gives '' for a port (or host) the URL leaves out; the driver then uses 5432 (localhost).
+  return `${c.host || 'localhost'}:${c.port || 5432}/${c.database ?? ''}`;
 }
 
 export function validateUrl(url: string, source: UrlSource): void {
