@@ -127,6 +127,27 @@ organizations:
     );
   });
 
+  test('an empty schema name, an exclusion key that is empty or a fraction, and a status value that is not text say what is allowed, exit 2', async () => {
+    const file = writeRules(`${ONE_POLICY}source:
+  schema: ""
+  subscriptions: { table: subscriptions, active_values: [1] }
+exclusions:
+  - { key: "", reason: VIP }
+  - { key: 1.5, reason: VIP }
+`);
+    const r = await runCli(['rules', 'check', '--rules', file]);
+    const display = path.relative(ROOT, file);
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(r.stderr.split('\n').filter(Boolean).sort()).toEqual(
+      [
+        `error: ${display}:8 source.schema: "" is not a schema name, or null for the search path`,
+        `error: ${display}:9 source.subscriptions.active_values[0]: 1 is not a status value written as text (e.g. active, or "1" for a number)`,
+        `error: ${display}:11 exclusions[0].key: "" is not an account key (text or a whole number)`,
+        `error: ${display}:12 exclusions[1].key: 1.5 is not an account key (text or a whole number)`,
+      ].sort(),
+    );
+  });
+
   test('URLs: a scheme their use cannot take, and placeholders pay_url and support_url do not fill, are one line each, exit 2', async () => {
     const file = writeRules(`version: 1
 settings:

@@ -164,11 +164,15 @@ const Policies = Type.Record(Type.String(), Policy, {
   title: `a map of policy name: policy (a policy name is ${NAME_TEXT})`,
 });
 
+/** Each branch of a union has its title too: the branch a value's type fits reports the error. */
+const KEY_TITLE = 'an account key (text or a whole number)';
+const STATUS_VALUE_TITLE = 'a status value written as text (e.g. active, or "1" for a number)';
+
 const Exclusion = Type.Object(
   {
     key: Type.Optional(
-      Type.Union([Type.String({ minLength: 1 }), Type.Integer()], {
-        title: 'an account key (text or number)',
+      Type.Union([Type.String({ minLength: 1, title: KEY_TITLE }), Type.Integer({ title: KEY_TITLE })], {
+        title: KEY_TITLE,
       }),
     ),
     flag: Type.Optional(
@@ -289,7 +293,10 @@ const OrgSettings = obj(
 const Source = obj(
   {
     schema: Type.Optional(
-      nullable(Type.String({ minLength: 1 }), 'a schema name, or null for the search path'),
+      nullable(
+        Type.String({ minLength: 1, title: 'a schema name, or null for the search path' }),
+        'a schema name, or null for the search path',
+      ),
     ),
     customers: Type.Optional(
       obj(
@@ -347,7 +354,10 @@ const Source = obj(
             customer: Type.Optional(Column()),
             status: Type.Optional(Column()),
             active_values: Type.Optional(
-              Type.Array(Type.String(), { minItems: 1, title: 'a non-empty list of status values' }),
+              Type.Array(Type.String({ title: STATUS_VALUE_TITLE }), {
+                minItems: 1,
+                title: 'a non-empty list of status values',
+              }),
             ),
           },
           'a map with table, customer, status, active_values',
