@@ -23,7 +23,10 @@ export function withCommonOptions(cmd: Command): Command {
       '--no-prepared-statements',
       'run every query unnamed and set nothing on the server sessions, for a pooler that does not keep named statements (or database.prepared_statements: false in the rules); runs that write need session pooling, see README',
     )
-    .option('--debug', 'print stack traces and SQL timings')
+    .option(
+      '--debug',
+      'print stack traces and the errors that caused them (seed, the embedded server: each step)',
+    )
     .option('--quiet', 'print nothing but the artifact and errors');
 }
 
