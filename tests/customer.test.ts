@@ -232,6 +232,23 @@ describe('suspend status', () => {
       expect(huge.stderr).toBe('error: There is no customer 99999999999999999999 in table customers.\n');
     }
   });
+
+  test('an empty key is one sentence saying to give one, not "no customer  in table"; exit 2', async () => {
+    for (const args of [
+      ['status', ''],
+      ['reinstate', ' ', '--reason', 'x'],
+      ['exclude', '', '--reason', 'x'],
+      ['exclusions', 'remove', ''],
+    ]) {
+      const r = await cli(args);
+      expect({ args, code: r.code, stdout: r.stdout, stderr: r.stderr }).toEqual({
+        args,
+        code: 2,
+        stdout: '',
+        stderr: 'error: The customer key is empty; give the key of a customer (e.g. suspend status 1042).\n',
+      });
+    }
+  });
 });
 
 describe('the booking guard', () => {

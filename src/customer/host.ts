@@ -3,6 +3,7 @@ import { accountList, qualified, regclassText } from '../source/signals';
 import { columnTypes, writeHostColumns } from '../write/host-columns';
 import type { HostColumnChange } from '../engine/plan';
 import type { SourceMapping } from '../types';
+import { UsageError } from '../errors';
 
 /**
  * The host's customer table, as the customer-side commands need it: does a key exist (in the signal
@@ -80,6 +81,9 @@ export async function accountKey(
   mapping: SourceMapping,
   key: string,
 ): Promise<{ key: string; found: boolean }> {
+  // An empty argument ("" from a script's unset variable) names no account: say so, not "no customer  in".
+  if (key.trim() === '')
+    throw new UsageError('The customer key is empty; give the key of a customer (e.g. suspend status 1042).');
   const stored = (await hostTableExists(knex, mapping)) ? await storedCustomerKey(knex, mapping, key) : null;
   return stored === null ? { key, found: false } : { key: stored, found: true };
 }
