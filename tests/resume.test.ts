@@ -69,6 +69,15 @@ describe('resuming a stopped backfill', () => {
       expect(dry.code).toBe(2);
       expect(dry.stderr).toContain(`cannot be used with option '--dry-run'`);
     }
+    // An empty run id (a script's unset variable) is refused, not taken for no --abandon at all,
+    // which started a new backfill.
+    const blank = await cli(db, ['backfill', '--abandon', '', '--no-notify', '--max-changes', 'none']);
+    expect({ code: blank.code, stdout: blank.stdout, stderr: blank.stderr }).toEqual({
+      code: 2,
+      stdout: '',
+      stderr:
+        "error: option '--abandon [run]' argument '' is invalid. It is empty; give a run id (`suspend runs` lists them), or leave the value out. See `suspend backfill --help`.\n",
+    });
     expect(await runs()).toEqual([run]);
     expect(await db.knex('suspend.account_states').count<{ n: string }[]>({ n: '*' })).toEqual(statesBefore);
 

@@ -10,6 +10,7 @@ import {
   asOfOption,
   byOption,
   formatOption,
+  notBlank,
   parseOutputFile,
   parsePositiveInteger,
   withCommonOptions,
@@ -270,7 +271,10 @@ export function registerBatch(program: Command): void {
         new Option(
           '--abandon [run]',
           'give up the unfinished backfill (or run RUN, when more than one did not finish) so a new one can start',
-        ).conflicts(['dryRun', 'org']),
+        )
+          // An empty RUN ("$RUN" unset) read as no --abandon at all, and a new backfill started.
+          .argParser(notBlank('a run id (`suspend runs` lists them), or leave the value out'))
+          .conflicts(['dryRun', 'org']),
       ),
     'backfill',
   ).action(action('backfill'));
