@@ -969,14 +969,19 @@ describe('notify beside other runs', () => {
     };
   }
 
-  test('a revert withdraws the events a killed notify had claimed (its lease not yet out), not those a live one holds', async () => {
+  test('a revert withdraws the events a killed notify had claimed (its lease not yet out), not those a live one holds; its own events only for changes someone heard of', async () => {
     const ids = (
       await db.knex.raw<{ rows: { id: string }[] }>(
         "select id::text as id from suspend.outbox where run_id = 1 and status = 'pending' order by id",
       )
     ).rows.map((r) => r.id);
     expect(ids.length).toBeGreaterThan(10);
-    const [dead, live] = [ids.slice(0, 5), ids.slice(5, 10)];
+    const [dead, live, heard] = [ids.slice(0, 5), ids.slice(5, 10), ids.slice(10, 15)];
+    // Part of these went out already (their webhook), the rest waits for SMTP.
+    await db.knex.raw(
+      `update suspend.outbox set delivered = '{"webhook": "2026-11-23T00:00:00Z"}' where id = any(?::bigint[])`,
+      [heard],
+    );
     // A live claimer: a session holding the notify lock on its own pid, as `suspend notify` does.
     const claimer = await holdLock(NOTIFY_LOCK_CLASS, null);
     try {
@@ -1004,6 +1009,36 @@ describe('notify beside other runs', () => {
     expect(dead.map((id) => status.get(id))).toEqual(dead.map(() => 'withdrawn'));
     expect(live.map((id) => status.get(id))).toEqual(live.map(() => 'pending'));
     expect([...status.values()].filter((s) => s === 'pending')).toHaveLength(live.length);
+    // The revert's own events: told only where someone may have heard of the change it undoes (an
+    // event a live process is delivering, or one part of which went out); the others are withdrawn.
+    const rows = (
+      await db.knex.raw<{ rows: { id: string; key: string; policy: string; run_id: string }[] }>(
+        `select id::text as id, customer_key as key, payload->>'policy' as policy, run_id::text as run_id
+           from suspend.outbox where run_id = 1 or run_id = (select max(id) from suspend.runs where kind = 'revert')`,
+      )
+    ).rows;
+    const pair = (r: { key: string; policy: string }) => `${r.key}/${r.policy}`;
+    const told = new Set(rows.filter((r) => [...live, ...heard].includes(r.id)).map(pair));
+    const revertEvents = (
+      await db.knex.raw<{
+        rows: { key: string; policy: string; status: string; last_error: string | null }[];
+      }>(
+        `select customer_key as key, payload->>'policy' as policy, status, last_error from suspend.outbox
+          where run_id = (select max(id) from suspend.runs where kind = 'revert')`,
+      )
+    ).rows;
+    expect(revertEvents.length).toBe(ids.length);
+    expect(
+      revertEvents
+        .filter((e) => e.status === 'pending')
+        .map(pair)
+        .sort(),
+    ).toEqual([...told].sort());
+    expect(
+      revertEvents
+        .filter((e) => !told.has(pair(e)))
+        .every((e) => e.status === 'withdrawn' && e.last_error === 'the change it reverts was never sent'),
+    ).toBe(true);
   });
 
   test('the events of a run still under way wait for it to end, so its digest is not split; a run whose process is gone sends them', async () => {

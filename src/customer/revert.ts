@@ -541,14 +541,32 @@ async function revertPage(
   );
   // The undone changes' events not sent yet would tell a customer of a pause that is gone: withdrawn
   // (kept, never claimed), unless a delivering process holds one right now (a killed one does not).
-  await trx.raw(
+  const withdrawn = await trx.raw<{ rows: { history_id: string; unheard: boolean }[] }>(
     `update ?? as o set status = 'withdrawn', last_error = ?
-      where o.history_id = any(?::bigint[]) and o.status = 'pending' and ${notHeldByLiveClaimer('o')}`,
+      where o.history_id = any(?::bigint[]) and o.status = 'pending' and ${notHeldByLiveClaimer('o')}
+      returning o.history_id::text as history_id, o.delivered = '{}'::jsonb as unheard`,
     [
       `${schema}.outbox`,
       `its change was reverted by run ${run.id} before it was sent`,
       plan.restore.map((r) => r.row.history_id),
     ],
   );
+  // Nobody heard of those changes (nothing of their events went out): the revert's own events, which
+  // would tell of undoing them, are withdrawn too.
+  const unheard = new Set(withdrawn.rows.filter((w) => w.unheard).map((w) => w.history_id));
+  const silent = plan.restore.filter((r) => unheard.has(r.row.history_id)).map((r) => r.row);
+  if (silent.length > 0)
+    await trx.raw(
+      `update ?? as o set status = 'withdrawn', last_error = ?
+         from unnest(?::text[], ?::text[]) as x(key, policy)
+        where o.run_id = ? and o.status = 'pending' and o.customer_key = x.key and o.payload->>'policy' = x.policy`,
+      [
+        `${schema}.outbox`,
+        'the change it reverts was never sent',
+        silent.map((r) => r.key),
+        silent.map((r) => r.policy),
+        run.id,
+      ],
+    );
   return plan;
 }
