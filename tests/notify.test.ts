@@ -508,6 +508,29 @@ describe('suspend notify', () => {
     expect(parts[1]?.text).toContain(`This is part 2, the last, of this run's digest: ${carries}.`);
   });
 
+  test('a contact the SMTP server refuses: the others get the digest, the events are sent, and one line names the address', async () => {
+    await resetOutbox();
+    smtp.refuse.add('gone@example.com');
+    try {
+      const file = rulesWith(
+        'notifications: { emails: [ops@example.com, gone@example.com], use_organization_column: false }',
+      );
+      const r = await notify(file);
+      expect(r.code).toBe(0);
+      const digests = smtp.mails.map(readMail).filter((m) => m.subject.startsWith('[suspend]'));
+      expect(digests.length).toBe(new Set(backfillRows.map((e) => e.org_id)).size);
+      expect(digests.every((m) => m.rcptTo.join() === 'ops@example.com')).toBe(true);
+      const refusals = r.stderr.split('\n').filter((l) => l.includes('refused gone@example.com'));
+      expect(refusals).toHaveLength(digests.length);
+      expect(refusals[0]).toMatch(
+        /^The mail "\[suspend\] Organization .*" went out, but the SMTP server refused gone@example\.com: check this address in the contacts\.$/,
+      );
+      expect((await outbox()).every((e) => e.status === 'sent')).toBe(true);
+    } finally {
+      smtp.refuse.clear();
+    }
+  });
+
   test('without SMTP, events that need mail stay pending and one line says why', async () => {
     await resetOutbox();
     const rules = rulesWith('notifications: { emails: [ops@example.com] }');

@@ -363,7 +363,12 @@ async function sendMail(d: Delivery, mail: Parameters<Mailer['send']>[0]): Promi
     return `mail to ${mail.to.join(', ')} not sent: the SMTP server failed earlier in this delivery (${broken})`;
   await keepClaim(d);
   try {
-    await d.mailer.send(mail);
+    const refused = await d.mailer.send(mail);
+    // Sent to the others (sending it again would repeat it to them): said, not retried.
+    if (refused.length > 0)
+      d.log(
+        `The mail "${mail.subject}" went out, but the SMTP server refused ${refused.join(', ')}: check ${refused.length > 1 ? 'these addresses' : 'this address'} in the contacts.`,
+      );
     return null;
   } catch (err) {
     const message = errorMessage(err);

@@ -41,7 +41,8 @@ export interface OutgoingMail {
 }
 
 export interface Mailer {
-  send(mail: OutgoingMail): Promise<void>;
+  /** Sends one mail; resolves to the recipients the server refused while it took the others. */
+  send(mail: OutgoingMail): Promise<string[]>;
   close(): void;
 }
 
@@ -70,7 +71,7 @@ export function createMailer(url: string, from: string): Mailer {
   return {
     async send(mail) {
       try {
-        await transport.sendMail({
+        const info = await transport.sendMail({
           from,
           to: mail.to,
           subject: mail.subject,
@@ -82,6 +83,10 @@ export function createMailer(url: string, from: string): Mailer {
             contentType: a.contentType,
           })),
         });
+        // A server that refuses every recipient fails the mail (above); one that refuses some sends
+        // it to the others and says whom it refused.
+        const rejected = (info.rejected ?? []) as (string | { address: string })[];
+        return rejected.map((a) => (typeof a === 'string' ? a : a.address));
       } catch (err) {
         throw new MailError(mail.to, `${where}: ${errorMessage(err)}`, { cause: err });
       }

@@ -14,6 +14,8 @@ export interface LoopbackSmtp {
   mails: ReceivedMail[];
   /** SMTP connections opened so far. */
   connections: { count: number };
+  /** Recipients the server refuses (550), as a server refuses an unknown mailbox; the others get the mail. */
+  refuse: Set<string>;
   close(): Promise<void>;
 }
 
@@ -21,6 +23,7 @@ export interface LoopbackSmtp {
 export async function startSmtp(): Promise<LoopbackSmtp> {
   const mails: ReceivedMail[] = [];
   const connections = { count: 0 };
+  const refuse = new Set<string>();
   const server = new SMTPServer({
     authOptional: true,
     disabledCommands: ['AUTH', 'STARTTLS'],
@@ -28,6 +31,11 @@ export async function startSmtp(): Promise<LoopbackSmtp> {
     onConnect(_session, callback) {
       connections.count += 1;
       callback();
+    },
+    onRcptTo(address, _session, callback) {
+      if (!refuse.has(address.address)) return callback();
+      const refused = Object.assign(new Error('No such mailbox'), { responseCode: 550 });
+      callback(refused);
     },
     onData(stream, session, callback) {
       const chunks: Buffer[] = [];
@@ -47,6 +55,7 @@ export async function startSmtp(): Promise<LoopbackSmtp> {
     url: `smtp://127.0.0.1:${port}`,
     mails,
     connections,
+    refuse,
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }
