@@ -78,6 +78,17 @@ describe('resuming a stopped backfill', () => {
       stderr:
         "error: option '--abandon [run]' argument '' is invalid. It is empty; give a run id (`suspend runs` lists them), or leave the value out. See `suspend backfill --help`.\n",
     });
+    // So is an empty run id to revert or show: it names no run.
+    for (const [args, command, argument] of [
+      [['revert', ''], 'revert', 'run-id'],
+      [['runs', 'show', ' '], 'runs show', 'id'],
+    ] as const) {
+      const empty = await cli(db, [...args]);
+      expect({ code: empty.code, stderr: empty.stderr }).toEqual({
+        code: 2,
+        stderr: `error: command-argument value '${args[args.length - 1]}' is invalid for argument '${argument}'. It is empty; give a run id (\`suspend runs\` lists them). See \`suspend ${command} --help\`.\n`,
+      });
+    }
     expect(await runs()).toEqual([run]);
     expect(await db.knex('suspend.account_states').count<{ n: string }[]>({ n: '*' })).toEqual(statesBefore);
 

@@ -38,6 +38,9 @@ export function notBlank(what: string): (value: string) => string {
   };
 }
 
+/** What an empty run id is told to give instead (see notBlank). */
+export const RUN_ID = 'a run id (`suspend runs` lists them)';
+
 /** `--by NAME`: who acts, for the ledger and history (default: $SUSPEND_ACTOR or the OS user). */
 export function byOption(who: string): Option {
   return new Option('--by <name>', `${who} (default: $SUSPEND_ACTOR or the OS user)`).argParser(

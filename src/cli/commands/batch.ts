@@ -13,6 +13,7 @@ import {
   notBlank,
   parseOutputFile,
   parsePositiveInteger,
+  RUN_ID,
   withCommonOptions,
   type Format,
 } from '../options';
@@ -273,7 +274,7 @@ export function registerBatch(program: Command): void {
           'give up the unfinished backfill (or run RUN, when more than one did not finish) so a new one can start',
         )
           // An empty RUN ("$RUN" unset) read as no --abandon at all, and a new backfill started.
-          .argParser(notBlank('a run id (`suspend runs` lists them), or leave the value out'))
+          .argParser(notBlank(`${RUN_ID}, or leave the value out`))
           .conflicts(['dryRun', 'org']),
       ),
     'backfill',

@@ -1,6 +1,6 @@
 import { Option, type Command } from 'commander';
 import { runCommand, withInterruptibleWait, writeArtifact, type CommonOptions } from '../context';
-import { asOfOption, byOption, parsePositiveInteger, withCommonOptions } from '../options';
+import { asOfOption, byOption, notBlank, parsePositiveInteger, RUN_ID, withCommonOptions } from '../options';
 import { defaultActor } from '../../engine/ledger';
 import { todayUtc } from '../../rules/dates';
 import { revertRun, type RevertResult } from '../../customer/revert';
@@ -46,7 +46,8 @@ function render(r: RevertResult): string {
 export function registerRevert(program: Command): void {
   withCommonOptions(
     program
-      .command('revert <run-id>')
+      .command('revert')
+      .argument('<run-id>', 'the run to revert (`suspend runs` lists them)', notBlank(RUN_ID))
       .description(
         'undo what one run changed: restore each account state it wrote, unless the account changed again since',
       )

@@ -2,7 +2,14 @@ import type { Command } from 'commander';
 import type { Knex } from 'knex';
 import { Option } from 'commander';
 import { runCommand, writeArtifact, type CommonOptions } from '../context';
-import { formatOption, parsePositiveInteger, withCommonOptions, type Format } from '../options';
+import {
+  formatOption,
+  notBlank,
+  parsePositiveInteger,
+  RUN_ID,
+  withCommonOptions,
+  type Format,
+} from '../options';
 import {
   committedCounts,
   runningCounts,
@@ -108,7 +115,8 @@ export function registerRuns(program: Command): void {
   );
   withCommonOptions(
     runs
-      .command('show <id>')
+      .command('show')
+      .argument('<id>', 'the run (`suspend runs` lists them)', notBlank(RUN_ID))
       .description('one run in full: options, counts per transition, error')
       .addOption(formatOption()),
   ).action(async (id: string, own: CommonOptions & { format: Format }, show: Command) => {
