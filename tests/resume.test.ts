@@ -153,3 +153,42 @@ describe('resuming a stopped backfill', () => {
     }
   });
 });
+
+describe('a stopped backfill that was reverted', () => {
+  let db: TestDatabase;
+  beforeAll(async () => {
+    db = await seededDatabase(1500, 11);
+  });
+  afterAll(async () => db.drop());
+
+  const changesOf = async (runId: string) =>
+    Number(
+      ((await db.knex('suspend.history').where({ run_id: runId }).count({ n: '*' })) as { n: string }[])[0]!
+        .n,
+    );
+
+  test.each([
+    ['over every account', [] as string[]],
+    ['of a shard', ['--shard', '0/2']],
+  ])('%s is not resumed: its revert stays whole', async (_what, shard) => {
+    const stopped = await cli(db, [...backfillArgs(100), ...shard, '--max-changes', '50']);
+    expect(stopped.code).toBe(4);
+    const run = (await db.knex('suspend.runs').max({ id: 'id' }))[0]!.id as string;
+    const reverted = await cli(db, ['revert', String(run), '--quiet']);
+    expect(reverted.code).toBe(0);
+    const before = await changesOf(run);
+
+    // It used to go on with the reverted run: changes under a run whose revert is done, which
+    // `suspend revert` then refused to undo ("already reverted").
+    const resumed = await cli(db, [...backfillArgs(100), ...shard, '--resume', '--max-changes', 'none']);
+    expect({ code: resumed.code, stdout: resumed.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(resumed.stderr).toContain('There is no unfinished backfill');
+    expect(await changesOf(run)).toBe(before);
+
+    // A new backfill starts a run of its own instead of being told to resume the reverted one.
+    const fresh = await cli(db, [...backfillArgs(100), ...shard, '--max-changes', 'none']);
+    expect(fresh.code).toBe(0);
+    expect(await changesOf(run)).toBe(before);
+    expect((await cli(db, ['revert', String(Number(run) + 2), '--quiet'])).code).toBe(0);
+  });
+});

@@ -416,7 +416,11 @@ export async function listRuns(
   return ((await q) as RunRow[]).map(toRecord);
 }
 
-/** Backfills that did not finish (crashed, interrupted, stopped by the safety limit), newest first. */
+/**
+ * Backfills that did not finish (crashed, interrupted, stopped by the safety limit), newest first.
+ * Never one a revert undid (or is undoing): going on with it would write changes under a run whose
+ * revert is done, which `suspend revert` then refuses to undo.
+ */
 export async function unfinishedRuns(
   knex: Knex,
   schema: string,
@@ -430,8 +434,18 @@ export async function unfinishedRuns(
   const rows = (await query
     .where({ kind })
     .whereIn('status', ['running', 'interrupted', 'failed', 'stopped'])
+    .whereNotExists(notReverted(knex, schema))
     .orderBy('id', 'desc')) as RunRow[];
   return rows.map(toRecord);
+}
+
+/** A subquery for `whereNotExists`: a revert whose target is the `runs` row of the outer query. */
+export function notReverted(knex: Knex | Knex.Transaction, schema: string): Knex.QueryBuilder {
+  return knex
+    .withSchema(schema)
+    .from('runs as reverting')
+    .select(knex.raw('1'))
+    .whereRaw('reverting.reverts_run_id = runs.id');
 }
 
 /** The newest unfinished run: resumable. */

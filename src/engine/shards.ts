@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import { emptyCounts, mergeCounts, restoreCounts, type RunCounts } from './counts';
-import { getRun, RUN_ORGS, type RunKind, type RunRecord, type RunStatus } from './ledger';
+import { getRun, notReverted, RUN_ORGS, type RunKind, type RunRecord, type RunStatus } from './ledger';
 import type { IsoDate } from '../types';
 import { UsageError } from '../errors';
 
@@ -67,7 +67,7 @@ function hasParts(
   };
 }
 
-/** The newest run in which this shard started a part and did not finish it. */
+/** The newest run in which this shard started a part and did not finish it, never one that was reverted. */
 export async function unfinishedShardRun(
   trx: Knex | Knex.Transaction,
   schema: string,
@@ -77,6 +77,7 @@ export async function unfinishedShardRun(
   const name = `${shard.index}/${shard.count}`;
   const row = (await shardRuns(trx, schema, kind, shard.count)
     .whereIn('status', UNFINISHED)
+    .whereNotExists(notReverted(trx, schema))
     .where(hasParts(trx, schema, name, true))
     .first()) as { id: string } | undefined;
   return row ? getRun(trx, schema, String(row.id)) : null;
@@ -198,13 +199,7 @@ function sameScope(
             JSON.stringify(orgs),
           ]),
     )
-    .whereNotExists(
-      trx
-        .withSchema(schema)
-        .from('runs as reverting')
-        .select(trx.raw('1'))
-        .whereRaw('reverting.reverts_run_id = runs.id'),
-    );
+    .whereNotExists(notReverted(trx, schema));
 }
 
 export interface ShardProgress {
