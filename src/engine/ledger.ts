@@ -434,13 +434,13 @@ export async function unfinishedRuns(
   const rows = (await query
     .where({ kind })
     .whereIn('status', ['running', 'interrupted', 'failed', 'stopped'])
-    .whereNotExists(notReverted(knex, schema))
+    .whereNotExists(revertOfOuterRun(knex, schema))
     .orderBy('id', 'desc')) as RunRow[];
   return rows.map(toRecord);
 }
 
 /** A subquery for `whereNotExists`: a revert whose target is the `runs` row of the outer query. */
-export function notReverted(knex: Knex | Knex.Transaction, schema: string): Knex.QueryBuilder {
+export function revertOfOuterRun(knex: Knex | Knex.Transaction, schema: string): Knex.QueryBuilder {
   return knex
     .withSchema(schema)
     .from('runs as reverting')

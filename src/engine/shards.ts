@@ -1,6 +1,6 @@
 import type { Knex } from 'knex';
 import { emptyCounts, mergeCounts, restoreCounts, type RunCounts } from './counts';
-import { getRun, notReverted, RUN_ORGS, type RunKind, type RunRecord, type RunStatus } from './ledger';
+import { getRun, revertOfOuterRun, RUN_ORGS, type RunKind, type RunRecord, type RunStatus } from './ledger';
 import type { IsoDate } from '../types';
 import { UsageError } from '../errors';
 
@@ -77,7 +77,7 @@ export async function unfinishedShardRun(
   const name = `${shard.index}/${shard.count}`;
   const row = (await shardRuns(trx, schema, kind, shard.count)
     .whereIn('status', UNFINISHED)
-    .whereNotExists(notReverted(trx, schema))
+    .whereNotExists(revertOfOuterRun(trx, schema))
     .where(hasParts(trx, schema, name, true))
     .first()) as { id: string } | undefined;
   return row ? getRun(trx, schema, String(row.id)) : null;
@@ -199,7 +199,7 @@ function sameScope(
             JSON.stringify(orgs),
           ]),
     )
-    .whereNotExists(notReverted(trx, schema));
+    .whereNotExists(revertOfOuterRun(trx, schema));
 }
 
 export interface ShardProgress {
