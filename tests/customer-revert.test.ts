@@ -479,3 +479,76 @@ describe('a revert killed before its first page', () => {
     );
   });
 });
+
+describe('a revert without a rules file', () => {
+  let own: TestDatabase;
+  const example = path.join(ROOT, 'rules.example.yaml');
+  const on = (args: string[], cwd?: string) =>
+    runCli([...args, '--database-url', own.url], cwd ? { cwd } : {});
+
+  beforeAll(async () => {
+    own = await createTestDatabase();
+    for (const args of [
+      ['seed', '--customers', '2000', '--orgs', '3', '--seed', '1', '--as-of', '2026-12-02', '--quiet'],
+      ['migrate', '--quiet'],
+      [
+        'backfill',
+        '--as-of',
+        '2026-12-02',
+        '--rules',
+        example,
+        '--no-notify',
+        '--max-changes',
+        'none',
+        '--quiet',
+      ],
+      [
+        'sweep',
+        '--as-of',
+        '2027-01-05',
+        '--rules',
+        example,
+        '--no-notify',
+        '--max-changes',
+        'none',
+        '--quiet',
+      ],
+    ])
+      expect((await on(args)).code).toBe(0);
+  }, 120_000);
+
+  afterAll(async () => {
+    await own?.drop();
+  });
+
+  test('is refused when the run set host columns of accounts another policy still holds; with the rules it runs', async () => {
+    // The later sweep put some of the backfill's accounts in stages of other policies.
+    const held = await own.knex.raw<{ rows: { n: number }[] }>(
+      `select count(distinct h.customer_key)::int as n from suspend.history h
+         join suspend.account_states s on s.customer_key = h.customer_key and s.policy <> h.policy
+        where h.run_id = 1 and s.run_id = 2 and s.stage is not null and jsonb_typeof(h.previous_state->'host') = 'object'`,
+    );
+    const n = held.rows[0]!.n;
+    expect(n).toBeGreaterThan(0);
+    const states = await checksumTables(own.knex, ['suspend', 'public']);
+    // A folder with no rules file: suspend falls back to its defaults, which know no stage.
+    const nowhere = path.parse(ROOT).root;
+    for (const dry of [[], ['--dry-run']]) {
+      const r = await on(['revert', '1', ...dry], nowhere);
+      expect({ code: r.code, stderr: r.stderr }).toEqual({
+        code: 2,
+        stderr: `error: Run 1 set host columns of ${n} account(s) that another policy's stage still holds, and without a rules file suspend cannot tell what those columns should hold after the revert; pass --rules FILE (the rules the runs used).\n`,
+      });
+    }
+    expect(await checksumTables(own.knex, ['suspend', 'public'])).toEqual(states);
+    const r = await on(['revert', '1', '--rules', example, '--quiet']);
+    expect(r.code).toBe(0);
+    // Every account with a suspending stage left is still suspended in the host column.
+    const wrong = await own.knex.raw<{ rows: unknown[] }>(
+      `select c.id from customers c where c.status <> 'suspended' and exists (
+         select 1 from suspend.account_states s where s.customer_key = c.id::text and s.stage is not null
+            and not s.allows_login)`,
+    );
+    expect(wrong.rows).toEqual([]);
+  });
+});

@@ -273,6 +273,28 @@ function alreadyReverted(id: string, chain: RevertLink[]): string {
   return `Run ${id}'s changes are partly undone (${steps}); to finish, ${undoAdvice(id, chain)}.`;
 }
 
+/**
+ * Without a rules file no stage is known: an account that another policy's stage still holds would
+ * keep whatever host column values the stages set (see hostValuesAfter), a suspension included. A
+ * revert of a run with such accounts is refused before anything is read for it or written.
+ */
+async function refuseWithoutRules(knex: Knex, rules: Rules, target: RunRecord): Promise<void> {
+  if (rules.file !== null) return;
+  const schema = rules.settings.schema;
+  const r = await knex.raw<{ rows: { n: number }[] }>(
+    `select count(distinct h.customer_key)::int as n
+       from ?? h join ?? s on s.customer_key = h.customer_key and s.policy <> h.policy
+      where h.run_id = ? and s.run_id is distinct from h.run_id and s.stage is not null
+        and jsonb_typeof(h.previous_state->'host') = 'object'`,
+    [`${schema}.history`, `${schema}.account_states`, target.id],
+  );
+  const n = r.rows[0]?.n ?? 0;
+  if (n === 0) return;
+  throw new UsageError(
+    `Run ${target.id} set host columns of ${n} account(s) that another policy's stage still holds, and without a rules file suspend cannot tell what those columns should hold after the revert; pass --rules FILE (the rules the runs used).`,
+  );
+}
+
 export async function revertRun(knex: Knex, rules: Rules, options: RevertOptions): Promise<RevertResult> {
   const schema = rules.settings.schema;
   await requireMigrated(knex, schema);
@@ -285,6 +307,7 @@ export async function revertRun(knex: Knex, rules: Rules, options: RevertOptions
       `Run ${target.id} is a revert of run ${target.revertsRunId ?? '?'} that did not finish; \`suspend revert ${target.revertsRunId ?? '?'}\` finishes it, and then it can be reverted.`,
     );
   }
+  await refuseWithoutRules(knex, rules, target);
   const result: RevertResult = {
     target,
     run: null,
