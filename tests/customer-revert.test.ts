@@ -491,28 +491,20 @@ describe('a revert without a rules file', () => {
     for (const args of [
       ['seed', '--customers', '2000', '--orgs', '3', '--seed', '1', '--as-of', '2026-12-02', '--quiet'],
       ['migrate', '--quiet'],
-      [
-        'backfill',
+      ...[
+        ['backfill', '2026-12-02'],
+        ['sweep', '2027-01-05'],
+      ].map(([kind, day]) => [
+        kind!,
         '--as-of',
-        '2026-12-02',
+        day!,
         '--rules',
         example,
         '--no-notify',
         '--max-changes',
         'none',
         '--quiet',
-      ],
-      [
-        'sweep',
-        '--as-of',
-        '2027-01-05',
-        '--rules',
-        example,
-        '--no-notify',
-        '--max-changes',
-        'none',
-        '--quiet',
-      ],
+      ]),
     ])
       expect((await on(args)).code).toBe(0);
   }, 120_000);
