@@ -14,7 +14,16 @@ import { groupBy } from '../collections';
  * set): a value the host wrote since (an account closed meanwhile) is the host's, and stays.
  */
 
-const SAFE_TYPE = /^[a-z][a-z0-9_ ]*(\(\d+(,\d+)?\))?(\[\])?$/i;
+/**
+ * A type as format_type() writes it, to be cast to: a built-in (`character varying(10)`,
+ * `timestamp(0) with time zone`, `numeric(12,2)`) or a type of the host's own, qualified and quoted
+ * where its name needs it (an enum `"Billing".cust_status` outside the search path, `"Status"`).
+ */
+const TYPE_NAME = '(?:[a-z_][a-z0-9_$]*|"(?:[^"]|"")+")';
+const SAFE_TYPE = new RegExp(
+  `^(?:${TYPE_NAME}\\.)?${TYPE_NAME}(?:\\(\\d+(?:,\\d+)?\\))?(?: [a-z]+(?:\\(\\d+\\))?)*(?:\\[\\])?$`,
+  'i',
+);
 
 /** Column types from the catalog, so text parameters can be cast back to the column's own type. */
 export async function columnTypes(
