@@ -91,3 +91,40 @@ test('a set action on an enum column of a type in the host schema is written and
   expect(sweep.code).toBe(0);
   expect(await hostColumns('CUS-0002')).toEqual({ accountStatus: 'live', lifecycle: 'live' });
 });
+
+test('two policies that suspend and set a column differently: the run and a reinstatement agree on its value', async () => {
+  // CUS-0002 owes and has not booked in a year: both policies suspend it (stages of the same rank).
+  await db.knex('Billing.Bookings').where('custCode', 'CUS-0002').update({ bookedAt: '2025-06-01' });
+  const file = rules({
+    inactivity: '{ accountStatus: suspended }',
+    delinquency: '{ accountStatus: hold }',
+  });
+  const backfill = await cli(file, ['backfill', '--as-of', AS_OF, '--no-notify']);
+  expect(backfill.code).toBe(0);
+  const written = (await hostColumns('CUS-0002')).accountStatus;
+  expect(['suspended', 'hold']).toContain(written);
+
+  // The customer paid: the debt clears, inactivity still holds the account, and its value stays.
+  await db.knex('Billing.invoiceLines').update({ paidCents: 12345, settledOn: '2026-11-25' });
+  const sweep = await cli(file, ['sweep', '--as-of', '2026-11-27', '--no-notify']);
+  expect(sweep.code).toBe(0);
+  expect((await hostColumns('CUS-0002')).accountStatus).toBe('suspended');
+
+  // A second account in both, reinstated by hand at once: its column comes back.
+  await db
+    .knex('Billing.Customers')
+    .insert({ custCode: 'CUS-0003', orgCode: 'ORG-A', openedAt: '2024-01-01' });
+  await db.knex('Billing.invoiceLines').insert({
+    invNo: 'INV-3',
+    custCode: 'CUS-0003',
+    issuedAt: '2026-08-01',
+    dueDate: '2026-08-15',
+    totalCents: 999,
+  });
+  expect((await cli(file, ['sweep', '--as-of', '2026-11-28', '--no-notify'])).code).toBe(0);
+  expect(['suspended', 'hold']).toContain((await hostColumns('CUS-0003')).accountStatus);
+  const reinstate = await cli(file, ['reinstate', 'CUS-0003', '--reason', 'called']);
+  expect(reinstate.code).toBe(0);
+  expect(reinstate.stdout).not.toContain('left as it is');
+  expect((await hostColumns('CUS-0003')).accountStatus).toBe('live');
+});

@@ -38,7 +38,10 @@ export function reinstateHostValues(
   );
   const current = rows.filter((r) => r.stage !== null);
   const remaining = current.filter((r) => !clearing.has(r.policy));
-  const pre = winningHostValues(current.map((r) => stageOf(policies, r.policy, r.stage)));
+  const pre = winningHostValues(
+    current.map((r) => stageOf(policies, r.policy, r.stage)),
+    policies,
+  );
   if (remaining.length === 0) {
     for (const row of current) {
       if (!clearing.has(row.policy) || stageOf(policies, row.policy, row.stage) !== null) continue;
@@ -71,9 +74,15 @@ export function hostValuesAfter(
     policy: r.policy,
     stage: after.has(r.policy) ? after.get(r.policy)! : r.stage,
   }));
-  const pre = winningHostValues(current.map((r) => stageOf(policies, r.policy, r.stage)));
+  const pre = winningHostValues(
+    current.map((r) => stageOf(policies, r.policy, r.stage)),
+    policies,
+  );
   const staying = next.filter((r) => r.stage !== null);
-  const post = winningHostValues(staying.map((r) => stageOf(policies, r.policy, r.stage)));
+  const post = winningHostValues(
+    staying.map((r) => stageOf(policies, r.policy, r.stage)),
+    policies,
+  );
   // A stage the rules no longer describe may set the column: nothing is given back under it.
   const unknown = holdUnderUnknown && staying.some((r) => stageOf(policies, r.policy, r.stage) === null);
   // The policy first by name wins, as in the engine.

@@ -123,10 +123,10 @@ export function planHostColumns(
   for (const [policy, state] of stored) after.set(policy, stageOf(policies, policy, state.stage));
   const before = stored.size === 0 ? null : new Map(after);
   for (const c of changes) after.set(c.policy, stageOf(policies, c.policy, c.to));
-  const post = winningHostValues(after.values());
+  const post = winningHostValues(after.values(), policies);
   // Nothing stored (a backfill's usual account): each column a new stage sets is captured first.
   if (!before) return [...post].map(([column, q]) => hostColumnChange(key, column, q.value, true));
-  const pre = winningHostValues(before.values());
+  const pre = winningHostValues(before.values(), policies);
   if (pre.size === 0 && post.size === 0) return [];
   const hostBefore = capturedHostValues([...stored].map(([policy, s]) => [policy, s.hostBefore] as const));
   // Over a value a stage set, only while the column still holds it; nothing captured (e.g. the
@@ -192,8 +192,8 @@ export function settleHostColumns(
   old: Record<string, unknown>,
 ): HostColumnChange[] {
   const stages = (rows: StageRow[]) => rows.map((r) => stageOf(policies, r.policy, r.stage));
-  const held = winningHostValues(stages(before));
-  const now = winningHostValues(stages(current));
+  const held = winningHostValues(stages(before), policies);
+  const now = winningHostValues(stages(current), policies);
   // The rows after the page's write first (a capture it wrote is the newest), then as read before it.
   const captures = (rows: StageRow[]) =>
     capturedHostValues(rows.map((r) => [r.policy, r.host_before] as const));

@@ -1,4 +1,4 @@
-import type { Stage } from '../types';
+import type { Policy, Stage } from '../types';
 
 /**
  * Pure: the value each mapped host column (e.g. customers.status) takes from an account's current
@@ -34,9 +34,21 @@ function setColumns(stage: Stage): [string, HostValue][] {
 
 const NONE: ReadonlyMap<string, WinningValue> = new Map();
 
-/** Each column some stage sets, with the winning stage's value and rank (null stages are skipped). */
-export function winningHostValues(stages: Iterable<Stage | null>): ReadonlyMap<string, WinningValue> {
-  let values: Map<string, WinningValue> | null = null;
+/**
+ * Each column some stage sets, with the winning stage's value and rank (null stages are skipped).
+ * Stages of the same rank in several policies (a suspended stage first in each of two ladders): the
+ * policy first in `policies` (the rules file's order) wins, whatever order the stages come in, so
+ * that a run and a manual reinstatement, which read an account's states in different orders, agree.
+ */
+export function winningHostValues(
+  stages: Iterable<Stage | null>,
+  policies: readonly Policy[] = [],
+): ReadonlyMap<string, WinningValue> {
+  let values: Map<string, WinningValue & { stage: Stage }> | null = null;
+  const order = (stage: Stage) => {
+    const i = policies.findIndex((p) => p.stages.includes(stage));
+    return i < 0 ? policies.length : i;
+  };
   for (const stage of stages) {
     if (!stage) continue;
     const columns = setColumns(stage);
@@ -45,7 +57,12 @@ export function winningHostValues(stages: Iterable<Stage | null>): ReadonlyMap<s
     values ??= new Map();
     for (const [column, value] of columns) {
       const current = values.get(column);
-      if (!current || rank > current.rank) values.set(column, { value, rank });
+      if (
+        !current ||
+        rank > current.rank ||
+        (rank === current.rank && current.stage !== stage && order(stage) < order(current.stage))
+      )
+        values.set(column, { value, rank, stage });
     }
   }
   return values ?? NONE;

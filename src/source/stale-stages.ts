@@ -159,7 +159,7 @@ export async function hostValueNotes(
       );
       // Only accounts whose stages the rules describe and one of which sets this column.
       if (stages.some((s) => s === null) || !stages.some((s) => sets(s, column))) continue;
-      const won = winningHostValues(stages).get(column);
+      const won = winningHostValues(stages, policies).get(column);
       const value = won ? hostValueText(won.value) : null;
       if (!won || value === r.holds) continue;
       const id = `${r.holds}\u0000${value}`;
