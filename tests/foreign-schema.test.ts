@@ -128,3 +128,21 @@ test('two policies that suspend and set a column differently: the run and a rein
   expect(reinstate.stdout).not.toContain('left as it is');
   expect((await hostColumns('CUS-0003')).accountStatus).toBe('live');
 });
+
+test('invoice amounts as numeric(12,2) dollars: refused at source.invoices.amount, not read as cents', async () => {
+  await db.knex.raw(
+    'alter table "Billing"."invoiceLines" alter column "totalCents" type numeric(12,2) using "totalCents" / 100.0',
+  );
+  const file = rules({ inactivity: '{ accountStatus: suspended }', delinquency: '{ accountStatus: hold }' });
+  for (const args of [['report', '--dry-run', '--as-of', AS_OF], ['doctor']]) {
+    const r = await cli(file, args);
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(r.stderr).toMatch(
+      /^error: \S+\.yaml:\d+ source\.invoices\.amount: column "totalCents" of table "Billing\.invoiceLines" is numeric\(12,2\), and this needs .*numeric\(12,2\) dollars\); name such a column\.\n$/,
+    );
+  }
+  const states = await db.knex.raw<{ rows: unknown[] }>(
+    "select 1 from pg_namespace where nspname = 'suspend' and exists (select 1 from suspend.runs)",
+  );
+  expect(states.rows).toEqual([]);
+});

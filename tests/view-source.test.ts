@@ -160,7 +160,7 @@ describe('a view without every signal column, or with one of a type the signal S
     [
       'float and text balances, text flags',
       'float_view',
-      'view "float_view" cannot be read as signals: column "open_balance" is double precision and needs to be an integer or numeric column (whole cents and counts, never a float), column "overdue_balance" is text and needs to be an integer or numeric column (whole cents and counts, never a float), column "flags" is text and needs to be a text[] column (flag names); cast them in the view.',
+      'view "float_view" cannot be read as signals: column "open_balance" is double precision and needs to be an integer or numeric column (whole cents and counts, never a float, nor decimals such as numeric(12,2) dollars), column "overdue_balance" is text and needs to be an integer or numeric column (whole cents and counts, never a float, nor decimals such as numeric(12,2) dollars), column "flags" is text and needs to be a text[] column (flag names); cast them in the view.',
     ],
     [
       'a text created_on',

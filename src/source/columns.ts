@@ -33,8 +33,12 @@ const KINDS: Record<Kind, { fits: (t: ColumnType) => boolean; says: string }> = 
   number: { fits: (t) => t.category === 'N', says: 'a numeric column (integer, numeric)' },
   flag: { fits: (t) => t.category === 'B', says: 'a boolean column' },
   whole: {
-    fits: (t) => ['smallint', 'integer', 'bigint', 'numeric'].includes(t.base),
-    says: 'an integer or numeric column (whole cents and counts, never a float)',
+    // A numeric declared with decimals (numeric(12,2)) holds dollars, not cents: 100.00 would be read
+    // as one dollar.
+    fits: (t) =>
+      ['smallint', 'integer', 'bigint', 'numeric'].includes(t.base) &&
+      !/^numeric\(\d+,[1-9]\d*\)/.test(t.type),
+    says: 'an integer or numeric column (whole cents and counts, never a float, nor decimals such as numeric(12,2) dollars)',
   },
   names: {
     fits: (t) => ['text[]', 'character varying[]'].includes(t.base),

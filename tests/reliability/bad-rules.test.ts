@@ -371,7 +371,7 @@ describe('bad rules through the CLI', () => {
     wrongType.push([
       '    consent: [marketing_opt_out]\n',
       '    consent: [marketing_opt_out]\n  invoices:\n    table: invoices\n    amount: amount_float\n',
-      'source.invoices.amount: column "amount_float" of table "invoices" is double precision, and this needs an integer or numeric column (whole cents and counts, never a float); name such a column.',
+      'source.invoices.amount: column "amount_float" of table "invoices" is double precision, and this needs an integer or numeric column (whole cents and counts, never a float, nor decimals such as numeric(12,2) dollars); name such a column.',
     ]);
     for (const [from, to, message] of wrongType) {
       const variant = ENGINE_RULES.replace(from, to);
