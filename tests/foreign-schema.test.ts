@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { createTestDatabase, type TestDatabase } from './helpers/database';
 import { runCli } from './helpers/cli';
 import { writeRules } from './helpers/fixtures';
@@ -145,4 +146,30 @@ test('invoice amounts as numeric(12,2) dollars: refused at source.invoices.amoun
     "select 1 from pg_namespace where nspname = 'suspend' and exists (select 1 from suspend.runs)",
   );
   expect(states.rows).toEqual([]);
+});
+
+test('an active value an enum status column cannot hold is refused with its line and the enum values', async () => {
+  await db.knex.raw(`create type "Billing".sub_state as enum ('trialing', 'active', 'canceled');
+    create table "Billing"."Subs" ("custCode" text not null, "subState" "Billing".sub_state not null)`);
+  const good = rules({ inactivity: '{ accountStatus: suspended }', delinquency: '{ accountStatus: hold }' });
+  const yaml = readFileSync(good, 'utf8');
+  const file = writeRules(
+    yaml.replace(
+      '  subscriptions: null',
+      '  subscriptions: { table: Subs, customer: custCode, status: subState, active_values: [active, actve] }',
+    ),
+    'foreign-subs.yaml',
+  );
+  for (const args of [['report', '--dry-run', '--as-of', AS_OF], ['doctor']]) {
+    const r = await cli(file, args);
+    expect({ code: r.code, stdout: r.stdout }).toEqual({ code: 2, stdout: '' });
+    expect(r.stderr).toMatch(
+      /^error: \S+foreign-subs\.yaml:\d+ source\.subscriptions\.active_values\[1\]: "actve" is not a value of column "subState" of table "Billing\.Subs" \(enum "Billing"\.sub_state\), so it matches no subscription; name values of that type \(trialing, active, canceled\)\.\n$/,
+    );
+  }
+  const fixed = writeRules(
+    readFileSync(file, 'utf8').replace('active, actve', 'active'),
+    'foreign-subs-fixed.yaml',
+  );
+  expect((await cli(fixed, ['report', '--dry-run', '--as-of', AS_OF])).code).toBe(0);
 });

@@ -246,6 +246,36 @@ export async function checkMappedColumns(knex: Knex, rules: Rules): Promise<void
       );
     }
   }
+  await checkActiveValues(knex, rules);
+}
+
+/**
+ * A subscriptions status column of an enum type holds only its labels: an active value that is not
+ * one of them (a typo, `actve`) matches no subscription (with no other value, every account reads as
+ * having none).
+ */
+async function checkActiveValues(knex: Knex, rules: Rules): Promise<void> {
+  const s = rules.source.subscriptions;
+  if (!s) return;
+  const { rows } = await knex.raw<{ rows: { type: string; labels: string[] }[] }>(
+    `select format_type(t.oid, null) as type,
+            array(select e.enumlabel::text from pg_enum e where e.enumtypid = t.oid order by e.enumsortorder) as labels
+       from pg_attribute a join pg_type ty on ty.oid = a.atttypid
+       join pg_type t on t.oid = coalesce(nullif(ty.typbasetype, 0), a.atttypid)
+      where a.attrelid = to_regclass(?) and a.attname = ? and a.attnum > 0 and not a.attisdropped
+        and t.typtype = 'e'`,
+    [regclassText(qualified(rules.source, s.table)), s.status],
+  );
+  const found = rows[0];
+  if (!found) return;
+  const i = s.activeValues.findIndex((v) => !found.labels.includes(v));
+  if (i < 0) return;
+  const path = ['source', 'subscriptions', 'active_values', i];
+  const where =
+    rules.locate?.(path) ?? rules.locate?.(path.slice(0, 3)) ?? `${formatPath(path)} (the default mapping)`;
+  throw new UsageError(
+    `${where}: "${s.activeValues[i]}" is not a value of column "${s.status}" of table "${qualified(rules.source, s.table)}" (enum ${found.type}), so it matches no subscription; name values of that type (${found.labels.join(', ')}).`,
+  );
 }
 
 /**
