@@ -173,3 +173,21 @@ test('an active value an enum status column cannot hold is refused with its line
   );
   expect((await cli(fixed, ['report', '--dry-run', '--as-of', AS_OF])).code).toBe(0);
 });
+
+test('the booking guard blocks a customer whose bookings keep the key in a char(n) column', async () => {
+  await db.knex.raw('alter table "Billing"."Bookings" alter column "custCode" type char(12)');
+  await db.knex('Billing.Bookings').where('custCode', 'CUS-0002').update({ bookedAt: '2025-06-01' });
+  const file = rules({ inactivity: '{ accountStatus: suspended }', delinquency: '{ accountStatus: hold }' });
+  expect((await cli(file, ['backfill', '--as-of', AS_OF, '--no-notify'])).code).toBe(0);
+  const guard = await cli(file, ['guard', 'install', '--schema', 'Billing', '--table', 'Bookings']);
+  expect(guard.code).toBe(0);
+  const book = (key: string) =>
+    db.knex('Billing.Bookings').insert({ custCode: key, bookedAt: '2026-12-01T10:00:00Z' });
+  const refused = (await book('CUS-0002').catch((err: unknown) => err)) as {
+    code?: string;
+    message?: string;
+  };
+  expect(refused.code).toBe('SP001');
+  expect(refused.message).toMatch(/ - (unpaid|inactive)$/);
+  await expect(book('CUS-0001')).resolves.toBeDefined();
+});
