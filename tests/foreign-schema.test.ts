@@ -179,7 +179,10 @@ test('the booking guard blocks a customer whose bookings keep the key in a char(
   await db.knex('Billing.Bookings').where('custCode', 'CUS-0002').update({ bookedAt: '2025-06-01' });
   const file = rules({ inactivity: '{ accountStatus: suspended }', delinquency: '{ accountStatus: hold }' });
   expect((await cli(file, ['backfill', '--as-of', AS_OF, '--no-notify'])).code).toBe(0);
-  const guard = await cli(file, ['guard', 'install', '--schema', 'Billing', '--table', 'Bookings']);
+  expect((await cli(file, ['guard', 'status'])).stdout).toBe(
+    'No booking guard installed; add one with `suspend guard install` (the activity table of the mapping, "Billing"."Bookings", customer column "custCode").\n',
+  );
+  const guard = await cli(file, ['guard', 'install']);
   expect(guard.code).toBe(0);
   const book = (key: string) =>
     db.knex('Billing.Bookings').insert({ custCode: key, bookedAt: '2026-12-01T10:00:00Z' });

@@ -90,9 +90,15 @@ export function registerGuard(program: Command): void {
         const rules = await ctx.loadRules();
         const { knex } = await ctx.db();
         const guards = await listGuards(knex, rules.settings.schema);
+        // The mapping's activity table is what `guard install` takes without flags.
+        const activity = rules.source.activity;
+        const install = activity
+          ? 'suspend guard install` (the activity table of the mapping, ' +
+            `"${rules.source.schema ?? 'public'}"."${activity.table}", customer column "${activity.customer}")`
+          : 'suspend guard install --table TABLE --customer-column COLUMN`';
         writeArtifact(
           guards.length === 0
-            ? 'No booking guard installed; add one with `suspend guard install --table reservations --customer-column customer_id`.'
+            ? `No booking guard installed; add one with \`${install}.`
             : guards.map((g) => `guarded: ${describe(g)}`).join('\n'),
         );
       }),
