@@ -194,3 +194,43 @@ test('the booking guard blocks a customer whose bookings keep the key in a char(
   expect(refused.message).toMatch(/ - (unpaid|inactive)$/);
   await expect(book('CUS-0001')).resolves.toBeDefined();
 });
+
+test('a signal view with a customers table that has no name or email column: reinstate and revert work', async () => {
+  await db.knex.raw(`create view "Billing".signals as
+    select c."custCode" as key, c."orgCode" as org_id, c."openedAt" as created_on, null::date as last_activity_on,
+           sum(i."totalCents" - i."paidCents")::bigint as open_balance, sum(i."totalCents" - i."paidCents")::bigint as overdue_balance,
+           count(i.*)::int as unpaid_count, null::int as oldest_overdue_days, null::text as oldest_overdue_id,
+           null::bigint as oldest_overdue_unpaid, min(i."dueDate") as past_due_since, 0 as active_subscriptions,
+           0 as net_terms_days, array[]::text[] as flags, c."fullName" as name, null::text as email
+      from "Billing"."Customers" c left join "Billing"."invoiceLines" i on i."custCode" = c."custCode" and i."settledOn" is null
+     group by c."custCode"`);
+  const file = writeRules(
+    `
+version: 1
+settings: { max_changes: null }
+source:
+  schema: Billing
+  view: signals
+  customers: { table: Customers, key: custCode }
+policies:
+  delinquency:
+    stages:
+      - name: suspended
+        when: { overdue_balance_over: '5.00' }
+        actions: [suspend, { set: { accountStatus: hold } }]
+        message: unpaid
+`,
+    'foreign-view.yaml',
+  );
+  const backfill = await cli(file, ['backfill', '--as-of', AS_OF, '--no-notify']);
+  expect(backfill.code).toBe(0);
+  expect((await hostColumns('CUS-0002')).accountStatus).toBe('hold');
+  const reinstate = await cli(file, ['reinstate', 'CUS-0002', '--reason', 'called']);
+  expect({ code: reinstate.code, stderr: reinstate.stderr }).toEqual({ code: 0, stderr: '' });
+  expect((await hostColumns('CUS-0002')).accountStatus).toBe('live');
+  const revert = await cli(file, ['revert', '2']);
+  expect({ code: revert.code, stderr: revert.stderr }).toEqual({ code: 0, stderr: '' });
+  const events = await db.knex('suspend.outbox').orderBy('id').pluck('payload');
+  expect((await hostColumns('CUS-0002')).accountStatus).toBe('hold');
+  expect(events.map((p: { customer: { name: string } }) => p.customer.name)).toEqual(['Ben', 'Ben', 'Ben']);
+});

@@ -100,9 +100,20 @@ export async function customerContacts(
   keys: string[],
 ): Promise<Map<string, CustomerContact>> {
   const out = new Map<string, CustomerContact>();
+  if (keys.length === 0) return out;
+  if (mapping.view) {
+    // A signal view names its accounts: their name and email are its columns (the customers table's
+    // mapping is only where set actions write, and may name neither).
+    const result = await knex.raw<{ rows: { key: string; name: string | null; email: string | null }[] }>(
+      'select key::text as key, name::text as name, email::text as email from ?? where key::text = any(?::text[])',
+      [qualified(mapping, mapping.view), keys],
+    );
+    for (const r of result.rows) out.set(r.key, { name: r.name, email: r.email });
+    return out;
+  }
   const c = mapping.customers;
   const table = qualified(mapping, c.table);
-  if (keys.length === 0 || !(await tableExists(knex, table))) return out;
+  if (!(await tableExists(knex, table))) return out;
   const types = await columnTypes(knex, mapping, [c.key]);
   const result = await knex.raw<{ rows: { key: string; name: string | null; email: string | null }[] }>(
     `select ??::text as key, ${c.name ? '??::text' : 'null::text'} as name, ${c.email ? '??::text' : 'null::text'} as email
