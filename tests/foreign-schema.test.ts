@@ -234,3 +234,60 @@ policies:
   expect((await hostColumns('CUS-0002')).accountStatus).toBe('hold');
   expect(events.map((p: { customer: { name: string } }) => p.customer.name)).toEqual(['Ben', 'Ben', 'Ben']);
 });
+
+test('a signal view with set actions: a customers key column that is not there is refused before the run opens', async () => {
+  await db.knex.raw(`create view "Billing".signals as
+    select c."custCode" as key, c."orgCode" as org_id, c."openedAt" as created_on, null::date as last_activity_on,
+           1000::bigint as open_balance, 1000::bigint as overdue_balance, 1 as unpaid_count, null::int as oldest_overdue_days,
+           null::text as oldest_overdue_id, null::bigint as oldest_overdue_unpaid, null::date as past_due_since,
+           0 as active_subscriptions, 0 as net_terms_days, array[]::text[] as flags, c."fullName" as name, null::text as email
+      from "Billing"."Customers" c`);
+  const file = (customers: string) =>
+    writeRules(
+      `
+version: 1
+settings: { max_changes: null }
+source:
+  schema: Billing
+  view: signals
+  customers: ${customers}
+policies:
+  delinquency:
+    stages:
+      - name: suspended
+        when: { overdue_balance_over: '5.00' }
+        actions: [suspend, { set: { accountStatus: hold } }]
+        message: unpaid
+`,
+      'foreign-view-key.yaml',
+    );
+  const noKey = await cli(file('{ table: Customers, key: code }'), [
+    'backfill',
+    '--as-of',
+    AS_OF,
+    '--no-notify',
+  ]);
+  expect({ code: noKey.code, stdout: noKey.stdout }).toEqual({ code: 2, stdout: '' });
+  expect(noKey.stderr).toMatch(
+    /^error: \S+foreign-view-key\.yaml:7 source\.customers\.key: table "Billing\.Customers" has no column "code", by which the set actions find the row of each of the view's keys; name one of its columns \(custCode, orgCode, openedAt, fullName, accountStatus, lifecycle\)\.\n$/,
+  );
+  const noTable = await cli(file('{ table: Clients, key: custCode }'), [
+    'report',
+    '--dry-run',
+    '--as-of',
+    AS_OF,
+  ]);
+  expect(noTable.code).toBe(2);
+  expect(noTable.stderr).toMatch(
+    /source\.customers\.table: table "Billing\.Clients" does not exist in this database/,
+  );
+  expect(await db.knex('suspend.runs').count('* as n')).toEqual([{ n: '0' }]);
+  const good = await cli(file('{ table: Customers, key: custCode }'), [
+    'backfill',
+    '--as-of',
+    AS_OF,
+    '--no-notify',
+  ]);
+  expect(good.code).toBe(0);
+  expect((await hostColumns('CUS-0001')).accountStatus).toBe('hold');
+});

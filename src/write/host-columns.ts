@@ -74,6 +74,36 @@ function setActionPlace(
 }
 
 /**
+ * With a signal view, the customers table is read only by `set` actions, which find each account's
+ * row by source.customers.key (no other check reads it): a table or key column that is not there
+ * is refused at its place in the rules file, not found by the first page's write after the run
+ * opened (a backfill left interrupted, "unexpected failure").
+ */
+async function checkSetTarget(knex: Knex, rules: Rules): Promise<void> {
+  const c = rules.source.customers;
+  const table = qualified(rules.source, c.table);
+  const { rows } = await knex.raw<{ rows: { table: boolean; key: boolean; columns: string[] | null }[] }>(
+    `select to_regclass(?) is not null as table,
+            exists (select 1 from pg_attribute where attrelid = to_regclass(?) and attname = ? and attnum > 0 and not attisdropped) as key,
+            array(select attname::text from pg_attribute where attrelid = to_regclass(?) and attnum > 0 and not attisdropped order by attnum) as columns`,
+    [regclassText(table), regclassText(table), c.key, regclassText(table)],
+  );
+  const found = rows[0];
+  const at = (key: string) =>
+    rules.locate?.(['source', 'customers', key]) ?? `source.customers.${key} (the default mapping)`;
+  if (!found?.table) {
+    throw new UsageError(
+      `${at('table')}: table "${table}" does not exist in this database, and the set actions write its columns (with a signal view too); name the table that holds the customers.`,
+    );
+  }
+  if (!found.key) {
+    throw new UsageError(
+      `${at('key')}: table "${table}" has no column "${c.key}", by which the set actions find the row of each of the view's keys; name one of its columns (${(found.columns ?? []).join(', ')}).`,
+    );
+  }
+}
+
+/**
  * Refuses, before a run starts, `set` actions that name a column the customers table lacks (or one
  * of a type suspend cannot write), or give a value the column cannot take (`suspended` for a boolean,
  * null for a NOT NULL column): one sentence naming the policy and stage, exit 2. Found only when a
@@ -104,6 +134,7 @@ export async function checkSetColumns(knex: Knex, rules: Rules): Promise<void> {
             }
   }
   if (named.size === 0) return;
+  if (rules.source.view) await checkSetTarget(knex, rules);
   let types: Map<string, string>;
   try {
     types = await columnTypes(knex, rules.source, [...named.keys()]);
