@@ -127,6 +127,20 @@ organizations:
     );
   });
 
+  test('settings.max_changes: none is no limit, as --max-changes none is; anything else that is not a limit says what is, exit 2', async () => {
+    const none = writeRules(`${ONE_POLICY}settings:\n  max_changes: none\n`);
+    expect((await loadRules({ file: none, cwd: ROOT })).settings.maxChanges).toBeNull();
+    expect((await runCli(['rules', 'check', '--rules', none])).code).toBe(0);
+    for (const given of ['nope', '-3']) {
+      const file = writeRules(`${ONE_POLICY}settings:\n  max_changes: ${given}\n`);
+      const r = await runCli(['rules', 'check', '--rules', file]);
+      expect({ code: r.code, stderr: r.stderr }).toEqual({
+        code: 2,
+        stderr: `error: ${path.relative(ROOT, file)}:8 settings.max_changes: ${given === 'nope' ? '"nope"' : given} is not a whole number (0 or more), a percentage (e.g. 500 or "5%"), or none (null) for no limit\n`,
+      });
+    }
+  });
+
   test('an empty schema name, an exclusion key that is empty or a fraction, and a status value that is not text say what is allowed, exit 2', async () => {
     const file = writeRules(`${ONE_POLICY}source:
   schema: ""

@@ -1,5 +1,9 @@
 import { Type, type Static, type TSchema } from '@sinclair/typebox';
 
+/** What settings.max_changes takes, as its errors say. */
+const MAX_CHANGES =
+  'a whole number (0 or more), a percentage (e.g. 500 or "5%"), or none (null) for no limit';
+
 /**
  * The rules file's language as a schema: TypeBox gives both the JSON Schema that Ajv validates
  * (and `suspend rules schema` publishes) and the static type of a validated file. Keys are the
@@ -241,17 +245,12 @@ const Settings = obj(
     max_changes: Type.Optional(
       Type.Union(
         [
-          Type.Integer({
-            minimum: 0,
-            title: 'a whole number (0 or more) or a percentage (e.g. 500 or "5%")',
-          }),
-          Type.String({
-            format: 'percent',
-            title: 'a whole number (0 or more) or a percentage (e.g. 500 or "5%")',
-          }),
+          Type.Integer({ minimum: 0, title: MAX_CHANGES }),
+          // `none`, as --max-changes takes it, or null: no limit.
+          Type.Union([Type.String({ format: 'percent' }), Type.Literal('none')], { title: MAX_CHANGES }),
           Type.Null(),
         ],
-        { title: 'a whole number (0 or more), a percentage (e.g. 500 or "5%"), or null for no limit' },
+        { title: MAX_CHANGES },
       ),
     ),
     support_url: Type.Optional(OrgSettingFields.support_url),
