@@ -195,6 +195,28 @@ test('the booking guard blocks a customer whose bookings keep the key in a char(
   await expect(book('CUS-0001')).resolves.toBeDefined();
 });
 
+/** Rules reading the "Billing".signals view, one suspending stage that sets accountStatus. */
+function viewRules(customers: string, name: string): string {
+  return writeRules(
+    `
+version: 1
+settings: { max_changes: null }
+source:
+  schema: Billing
+  view: signals
+  customers: ${customers}
+policies:
+  delinquency:
+    stages:
+      - name: suspended
+        when: { overdue_balance_over: '5.00' }
+        actions: [suspend, { set: { accountStatus: hold } }]
+        message: unpaid
+`,
+    name,
+  );
+}
+
 test('a signal view with a customers table that has no name or email column: reinstate and revert work', async () => {
   await db.knex.raw(`create view "Billing".signals as
     select c."custCode" as key, c."orgCode" as org_id, c."openedAt" as created_on, null::date as last_activity_on,
@@ -204,24 +226,7 @@ test('a signal view with a customers table that has no name or email column: rei
            0 as net_terms_days, array[]::text[] as flags, c."fullName" as name, null::text as email
       from "Billing"."Customers" c left join "Billing"."invoiceLines" i on i."custCode" = c."custCode" and i."settledOn" is null
      group by c."custCode"`);
-  const file = writeRules(
-    `
-version: 1
-settings: { max_changes: null }
-source:
-  schema: Billing
-  view: signals
-  customers: { table: Customers, key: custCode }
-policies:
-  delinquency:
-    stages:
-      - name: suspended
-        when: { overdue_balance_over: '5.00' }
-        actions: [suspend, { set: { accountStatus: hold } }]
-        message: unpaid
-`,
-    'foreign-view.yaml',
-  );
+  const file = viewRules('{ table: Customers, key: custCode }', 'foreign-view.yaml');
   const backfill = await cli(file, ['backfill', '--as-of', AS_OF, '--no-notify']);
   expect(backfill.code).toBe(0);
   expect((await hostColumns('CUS-0002')).accountStatus).toBe('hold');
@@ -242,25 +247,7 @@ test('a signal view with set actions: a customers key column that is not there i
            null::text as oldest_overdue_id, null::bigint as oldest_overdue_unpaid, null::date as past_due_since,
            0 as active_subscriptions, 0 as net_terms_days, array[]::text[] as flags, c."fullName" as name, null::text as email
       from "Billing"."Customers" c`);
-  const file = (customers: string) =>
-    writeRules(
-      `
-version: 1
-settings: { max_changes: null }
-source:
-  schema: Billing
-  view: signals
-  customers: ${customers}
-policies:
-  delinquency:
-    stages:
-      - name: suspended
-        when: { overdue_balance_over: '5.00' }
-        actions: [suspend, { set: { accountStatus: hold } }]
-        message: unpaid
-`,
-      'foreign-view-key.yaml',
-    );
+  const file = (customers: string) => viewRules(customers, 'foreign-view-key.yaml');
   const noKey = await cli(file('{ table: Customers, key: code }'), [
     'backfill',
     '--as-of',
